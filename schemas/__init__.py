@@ -1,0 +1,12 @@
+"""relstream's contract: the serving plan, event schemas and the tensor builder.
+
+Every other package imports these; nothing redefines plan fields, tensor names or window bounds.
+"""
+
+from schemas.plan import PlanError, ServingPlan, builtin_plan, load_plan, parse_plan
+from schemas.tensors import Interaction, RowError, Window, build_tensors, interactions_of, window_keys
+
+__all__ = [
+    "Interaction", "PlanError", "RowError", "ServingPlan", "Window", "build_tensors", "builtin_plan",
+    "interactions_of", "load_plan", "parse_plan", "window_keys",
+]

@@ -1,0 +1,482 @@
+"""The serving plan: the one contract between offline training and online serving.
+
+A plan names the tables of the relational graph (columns, dtypes, keys), the fact table whose
+rows are scored, and the distillation section of the seed SDK page (embedding keys, embedding
+offsets, real-time offset, real-time interactions). Every tensor name and dtype the model
+accepts follows from it, so both the offline trainer and the online scorer derive tensors from
+this object and nothing else.
+
+Time semantics (shared by every package; all instants are int64 nanoseconds since the epoch):
+
+* Embedding of entity E for anchor time T: the latest snapshot S with
+  ``T - max_embedding_offset <= S <= T - min_embedding_offset``; none -> "missing embedding".
+* Real-time interactions (RTI) of hop H for anchor T: the last ``max_len`` interactions whose
+  event time t satisfies ``T - real_time_offset <= t < T``. ``real_time_offset`` is therefore the
+  look-back horizon of the real-time history; the interval is half-open so an event is never
+  part of its own history. The same bounds are applied by every window store
+  (:meth:`ServingPlan.rti_bounds`), offline and online alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+NS_PER = {
+    "nanoseconds": 1,
+    "microseconds": 1_000,
+    "milliseconds": 1_000_000,
+    "seconds": 1_000_000_000,
+    "minutes": 60 * 1_000_000_000,
+    "hours": 3_600 * 1_000_000_000,
+    "days": 86_400 * 1_000_000_000,
+}
+
+# Plan dtype -> (Triton datatype, numpy dtype string). ``timestamp`` travels as INT64 ns.
+DTYPES: dict[str, tuple[str, str]] = {
+    "int64": ("INT64", "int64"),
+    "float32": ("FP32", "float32"),
+    "float64": ("FP64", "float64"),
+    "timestamp": ("INT64", "int64"),
+    "string": ("BYTES", "object"),
+}
+
+ANCHOR_TIME = "anchor_time"
+HOP_ARROW = "->"
+
+
+class PlanError(ValueError):
+    """An invalid serving plan. The message always names the offending field."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        super().__init__(f"{field_path}: {message}")
+
+
+@dataclass(frozen=True)
+class Duration:
+    value: float
+    unit: str
+
+    @property
+    def ns(self) -> int:
+        return int(round(self.value * NS_PER[self.unit]))
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> "Duration":
+        if not isinstance(raw, Mapping) or set(raw) != {"value", "unit"}:
+            raise PlanError(where, f"expected {{value: <number>, unit: <{'|'.join(NS_PER)}>}}, got {raw!r}")
+        value, unit = raw["value"], raw["unit"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PlanError(f"{where}.value", f"expected a number, got {value!r}")
+        if value < 0:
+            raise PlanError(f"{where}.value", f"must be >= 0, got {value!r}")
+        if unit not in NS_PER:
+            raise PlanError(f"{where}.unit", f"unknown unit {unit!r}; one of {sorted(NS_PER)}")
+        return cls(value, unit)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "unit": self.unit}
+
+
+@dataclass(frozen=True)
+class ColumnRef:
+    table: str
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> "ColumnRef":
+        if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", raw):
+            raise PlanError(where, f"expected '<table>.<column>', got {raw!r}")
+        table, column = raw.split(".")
+        return cls(table, column)
+
+
+@dataclass(frozen=True)
+class HopKey:
+    """A 1-hop path ``fact.fk -> entity.pk -> interactions.fk`` (three segments, as in the seed).
+
+    ``source`` is the foreign key on the scored fact row that names the entity, ``entity`` its
+    primary key, ``target`` the column of the interaction table that points back to the entity.
+    """
+
+    source: ColumnRef
+    entity: ColumnRef
+    target: ColumnRef
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}{HOP_ARROW}{self.entity}{HOP_ARROW}{self.target}"
+
+    def __str__(self) -> str:
+        return self.key
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> "HopKey":
+        if not isinstance(raw, str):
+            raise PlanError(where, f"hop key must be a string, got {raw!r}")
+        parts = raw.split(HOP_ARROW)
+        if len(parts) != 3:
+            raise PlanError(where, f"hop key {raw!r} must have three segments 'a.x->b.y->c.z'")
+        refs = [ColumnRef.parse(p.strip(), f"{where} (segment {i + 1})") for i, p in enumerate(parts)]
+        return cls(*refs)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: dict[str, str]  # column -> plan dtype, in declaration order
+    primary_key: str | None = None
+    time_column: str | None = None
+    foreign_keys: dict[str, str] = field(default_factory=dict)  # column -> referenced table
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input: its Triton name, Triton datatype, numpy dtype and where it comes from."""
+
+    name: str
+    kind: str  # "anchor" | "fact" | "rti"
+    dtype: str  # plan dtype
+    column: str | None = None
+    hop_key: str | None = None
+
+    @property
+    def triton_dtype(self) -> str:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def numpy_dtype(self) -> str:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def dims(self) -> list[int]:
+        """Per-request dims without the batch dimension, as written into config.pbtxt."""
+        return [-1, 1] if self.kind == "rti" else [1]
+
+
+@dataclass(frozen=True)
+class Hop:
+    key: HopKey
+    max_len: int
+    columns: tuple[str, ...]  # columns of the interaction table carried in the window
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    name: str
+    fact_table: str
+    tables: dict[str, TableSpec]
+    embedding_keys: tuple[ColumnRef, ...]
+    min_embedding_offset: Duration
+    max_embedding_offset: Duration
+    real_time_offset: Duration
+    hops: tuple[Hop, ...]
+    label: str | None = None  # offline-only column of the fact table; never a tensor
+    fact_columns: tuple[str, ...] = ()
+
+    # ----- derived names -------------------------------------------------------------------
+    @property
+    def fact(self) -> TableSpec:
+        return self.tables[self.fact_table]
+
+    @property
+    def hop_keys(self) -> tuple[str, ...]:
+        return tuple(h.key.key for h in self.hops)
+
+    def hop(self, key: str) -> Hop:
+        for h in self.hops:
+            if h.key.key == key:
+                return h
+        raise KeyError(f"unknown hop key {key!r}; plan has {list(self.hop_keys)}")
+
+    def interaction_table(self, hop: Hop) -> TableSpec:
+        return self.tables[hop.key.target.table]
+
+    def column_dtype(self, table: str, column: str) -> str:
+        return self.tables[table].columns[column]
+
+    @property
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        specs = [TensorSpec(ANCHOR_TIME, "anchor", "int64")]
+        for col in self.fact_columns:
+            specs.append(TensorSpec(f"{self.fact_table}.{col}", "fact", self.fact.columns[col], column=col))
+        for hop in self.hops:
+            table = self.interaction_table(hop)
+            for col in hop.columns:
+                specs.append(
+                    TensorSpec(f"{hop.key.key}:{col}", "rti", table.columns[col], column=col, hop_key=hop.key.key)
+                )
+        return tuple(specs)
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    # ----- time semantics (the single definition; see module docstring) --------------------
+    def rti_bounds(self, anchor_time_ns: int) -> tuple[int, int]:
+        """Half-open event-time interval ``[lo, hi)`` of interactions visible at the anchor."""
+        return anchor_time_ns - self.real_time_offset.ns, anchor_time_ns
+
+    def embedding_snapshot_bounds(self, anchor_time_ns: int) -> tuple[int, int]:
+        """Closed interval ``[lo, hi]`` of admissible embedding snapshot times for the anchor."""
+        return anchor_time_ns - self.max_embedding_offset.ns, anchor_time_ns - self.min_embedding_offset.ns
+
+    @property
+    def embedding_entity_types(self) -> tuple[str, ...]:
+        """The entity table each embedding key points to (order of ``embedding_keys``)."""
+        return tuple(self.fact.foreign_keys[k.column] for k in self.embedding_keys)
+
+    # ----- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        tables = {}
+        for t in self.tables.values():
+            d: dict[str, Any] = {"columns": dict(t.columns)}
+            if t.primary_key:
+                d["primary_key"] = t.primary_key
+            if t.time_column:
+                d["time_column"] = t.time_column
+            if t.foreign_keys:
+                d["foreign_keys"] = dict(t.foreign_keys)
+            tables[t.name] = d
+        out: dict[str, Any] = {
+            "name": self.name,
+            "fact_table": self.fact_table,
+            "fact_columns": list(self.fact_columns),
+            "tables": tables,
+            "distillation": {
+                "embedding_keys": [str(k) for k in self.embedding_keys],
+                "max_embedding_offset": self.max_embedding_offset.to_dict(),
+                "min_embedding_offset": self.min_embedding_offset.to_dict(),
+                "real_time_offset": self.real_time_offset.to_dict(),
+                "real_time_interactions": {h.key.key: h.max_len for h in self.hops},
+                "real_time_columns": {h.key.key: list(h.columns) for h in self.hops},
+            },
+        }
+        if self.label:
+            out["label"] = self.label
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that shapes tensors; equal fingerprints = compatible."""
+        import hashlib
+        import json
+
+        payload = {
+            "tensors": [(t.name, t.dtype) for t in self.tensors],
+            "max_len": {h.key.key: h.max_len for h in self.hops},
+            "offsets": [self.min_embedding_offset.ns, self.max_embedding_offset.ns, self.real_time_offset.ns],
+            "embedding_keys": [str(k) for k in self.embedding_keys],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----- parsing -------------------------------------------------------------------------------
+
+_TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label"}
+_TABLE_KEYS = {"columns", "primary_key", "time_column", "foreign_keys"}
+_DIST_KEYS = {
+    "embedding_keys",
+    "max_embedding_offset",
+    "min_embedding_offset",
+    "real_time_offset",
+    "real_time_interactions",
+    "real_time_columns",
+}
+
+
+def _reject_unknown(raw: Mapping, allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise PlanError(f"{prefix}{key}", f"unknown field; allowed: {sorted(allowed)}")
+
+
+def _mapping(raw: Any, where: str) -> Mapping:
+    if not isinstance(raw, Mapping):
+        raise PlanError(where, f"expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _parse_table(name: str, raw: Any) -> TableSpec:
+    where = f"tables.{name}"
+    raw = _mapping(raw, where)
+    _reject_unknown(raw, _TABLE_KEYS, where)
+    cols = _mapping(raw.get("columns"), f"{where}.columns")
+    if not cols:
+        raise PlanError(f"{where}.columns", "a table needs at least one column")
+    for col, dtype in cols.items():
+        if dtype not in DTYPES:
+            raise PlanError(f"{where}.columns.{col}", f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
+    pk, tcol = raw.get("primary_key"), raw.get("time_column")
+    for label, col in (("primary_key", pk), ("time_column", tcol)):
+        if col is not None and col not in cols:
+            raise PlanError(f"{where}.{label}", f"column {col!r} is not in the table's columns")
+    if tcol is not None and cols[tcol] != "timestamp":
+        raise PlanError(f"{where}.time_column", f"column {tcol!r} must have dtype timestamp")
+    fks = dict(_mapping(raw.get("foreign_keys") or {}, f"{where}.foreign_keys"))
+    for col in fks:
+        if col not in cols:
+            raise PlanError(f"{where}.foreign_keys.{col}", "column is not in the table's columns")
+    return TableSpec(name=name, columns=dict(cols), primary_key=pk, time_column=tcol, foreign_keys=fks)
+
+
+def parse_plan(raw: Any) -> ServingPlan:
+    """Validate a plan dict (as loaded from YAML) and return the typed plan."""
+    raw = _mapping(raw, "plan")
+    _reject_unknown(raw, _TOP_KEYS, "")
+    for key in ("name", "fact_table", "tables", "distillation"):
+        if key not in raw:
+            raise PlanError(key, "missing required field")
+    tables = {name: _parse_table(name, t) for name, t in _mapping(raw["tables"], "tables").items()}
+    for t in tables.values():
+        for col, ref in t.foreign_keys.items():
+            if ref not in tables:
+                raise PlanError(f"tables.{t.name}.foreign_keys.{col}", f"unknown table {ref!r}")
+            if tables[ref].primary_key is None:
+                raise PlanError(f"tables.{ref}.primary_key", f"needed because {t.name}.{col} references it")
+    fact_name = raw["fact_table"]
+    if fact_name not in tables:
+        raise PlanError("fact_table", f"unknown table {fact_name!r}; tables are {sorted(tables)}")
+    fact = tables[fact_name]
+    if fact.time_column is None:
+        raise PlanError(f"tables.{fact_name}.time_column", "the fact table needs a time column (the anchor time)")
+
+    label = raw.get("label")
+    if label is not None and label not in fact.columns:
+        raise PlanError("label", f"column {label!r} is not a column of {fact_name}")
+    if "fact_columns" in raw:
+        fact_columns = tuple(raw["fact_columns"])
+        for i, col in enumerate(fact_columns):
+            if col not in fact.columns:
+                raise PlanError(f"fact_columns[{i}]", f"unknown column {col!r} of {fact_name}")
+            if col == label:
+                raise PlanError(f"fact_columns[{i}]", "the label is never a model input")
+    else:
+        fact_columns = tuple(c for c in fact.columns if c != label)
+
+    dist = _mapping(raw["distillation"], "distillation")
+    _reject_unknown(dist, _DIST_KEYS, "distillation")
+    for key in ("embedding_keys", "max_embedding_offset", "min_embedding_offset", "real_time_offset",
+                "real_time_interactions"):
+        if key not in dist:
+            raise PlanError(f"distillation.{key}", "missing required field")
+
+    emb_raw = dist["embedding_keys"]
+    if not isinstance(emb_raw, list):
+        raise PlanError("distillation.embedding_keys", "expected a list of '<table>.<column>'")
+    embedding_keys = []
+    for i, item in enumerate(emb_raw):
+        where = f"distillation.embedding_keys[{i}]"
+        ref = ColumnRef.parse(item, where)
+        if ref.table != fact_name:
+            raise PlanError(where, f"embedding keys are columns of the fact table {fact_name!r}, got {item!r}")
+        if ref.column not in fact.columns:
+            raise PlanError(where, f"unknown column {ref.column!r} of {fact_name}")
+        if ref.column not in fact.foreign_keys:
+            raise PlanError(where, f"{item} must be a foreign key (tables.{fact_name}.foreign_keys)")
+        if ref.column not in fact_columns:
+            raise PlanError(where, f"{item} must be a fact column: the model looks embeddings up by it")
+        embedding_keys.append(ref)
+
+    min_off = Duration.parse(dist["min_embedding_offset"], "distillation.min_embedding_offset")
+    max_off = Duration.parse(dist["max_embedding_offset"], "distillation.max_embedding_offset")
+    if min_off.ns > max_off.ns:
+        raise PlanError("distillation.min_embedding_offset",
+                        f"{min_off.value} {min_off.unit} is larger than max_embedding_offset "
+                        f"{max_off.value} {max_off.unit}")
+    rt_off = Duration.parse(dist["real_time_offset"], "distillation.real_time_offset")
+    if rt_off.ns <= 0:
+        raise PlanError("distillation.real_time_offset", "must be > 0 (it is the look-back horizon of RTI)")
+
+    rti = _mapping(dist["real_time_interactions"], "distillation.real_time_interactions")
+    rti_cols = _mapping(dist.get("real_time_columns") or {}, "distillation.real_time_columns")
+    for key in rti_cols:
+        if key not in rti:
+            raise PlanError(f"distillation.real_time_columns.{key}", "hop key not in real_time_interactions")
+    hops = []
+    for key, max_len in rti.items():
+        where = f"distillation.real_time_interactions[{key!r}]"
+        hop = HopKey.parse(key, where)
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+            raise PlanError(where, f"max_len must be an integer > 0, got {max_len!r}")
+        for seg_name, ref in (("segment 1", hop.source), ("segment 2", hop.entity), ("segment 3", hop.target)):
+            if ref.table not in tables:
+                raise PlanError(f"{where} ({seg_name})", f"unknown table {ref.table!r}")
+            if ref.column not in tables[ref.table].columns:
+                raise PlanError(f"{where} ({seg_name})", f"unknown column {ref}")
+        if hop.source.table != fact_name:
+            raise PlanError(f"{where} (segment 1)", f"must start at the fact table {fact_name!r}")
+        if tables[hop.entity.table].primary_key != hop.entity.column:
+            raise PlanError(f"{where} (segment 2)", f"{hop.entity} must be the primary key of {hop.entity.table}")
+        if fact.foreign_keys.get(hop.source.column) != hop.entity.table:
+            raise PlanError(f"{where} (segment 1)",
+                            f"{hop.source} must be a foreign key to {hop.entity.table} in tables.{fact_name}.foreign_keys")
+        target = tables[hop.target.table]
+        if target.foreign_keys.get(hop.target.column) != hop.entity.table:
+            raise PlanError(f"{where} (segment 3)",
+                            f"{hop.target} must be a foreign key to {hop.entity.table}")
+        if target.time_column is None:
+            raise PlanError(f"tables.{target.name}.time_column", f"interaction table of hop {key!r} needs a time column")
+        if hop.source.column not in fact_columns:
+            raise PlanError(f"{where} (segment 1)", f"{hop.source} must be a fact column: windows are looked up by it")
+        if key in rti_cols:
+            cols = tuple(rti_cols[key])
+            for i, col in enumerate(cols):
+                if col not in target.columns:
+                    raise PlanError(f"distillation.real_time_columns.{key}[{i}]", f"unknown column {col!r} of {target.name}")
+                if col == label:
+                    raise PlanError(f"distillation.real_time_columns.{key}[{i}]", "labels are never real-time inputs")
+        else:
+            # Default, as in the seed request: the interaction table's columns minus its primary
+            # key, the join column (constant within a window) and the label (not known in real time).
+            cols = tuple(c for c in target.columns
+                         if c not in (target.primary_key, hop.target.column, label))
+        if target.time_column not in cols:
+            cols = cols + (target.time_column,)  # relative time encodings need the event time
+        hops.append(Hop(key=hop, max_len=max_len, columns=cols))
+
+    return ServingPlan(
+        name=str(raw["name"]),
+        fact_table=fact_name,
+        tables=tables,
+        embedding_keys=tuple(embedding_keys),
+        min_embedding_offset=min_off,
+        max_embedding_offset=max_off,
+        real_time_offset=rt_off,
+        hops=tuple(hops),
+        label=label,
+        fact_columns=fact_columns,
+    )
+
+
+def load_plan(path: str | Path) -> ServingPlan:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PlanError("plan", f"file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise PlanError("plan", f"{path} is not valid YAML: {exc}") from None
+    return parse_plan(raw)
+
+
+PLANS_DIR = Path(__file__).parent / "plans"
+
+
+def builtin_plan(name: str) -> ServingPlan:
+    """A plan shipped with relstream (``fraud``, ``recsys``)."""
+    path = PLANS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise PlanError("plan", f"no built-in plan {name!r}; available: {sorted(p.stem for p in PLANS_DIR.glob('*.yaml'))}")
+    return load_plan(path)

@@ -1,0 +1,324 @@
+"""Rows in, tensors out: the single implementation shared by offline training and online scoring.
+
+* :func:`interactions_of` turns one row of an interaction table into the window appends it
+  causes (one per hop whose interaction table it belongs to). Live ingestion, backfill, offline
+  replay and the scorer's optional self-append all call it.
+* :func:`window_keys` names the windows a fact row needs; a window store answers them as of the
+  anchor time with :meth:`ServingPlan.rti_bounds`.
+* :func:`build_tensors` assembles the model inputs of one fact row, exactly the tensors of the
+  plan, in the seed request's shapes: ``[1, 1]`` for ``anchor_time`` and the fact row, and
+  ``[1, seq_len, 1]`` (actual length, no padding) for each RTI column.
+
+Because the distillation rows and the online requests both come out of :func:`build_tensors`,
+train/serve skew in tensor construction cannot happen.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from schemas.plan import ANCHOR_TIME, DTYPES, Hop, ServingPlan, TensorSpec
+
+
+class RowError(ValueError):
+    """A row or request that does not fit the plan. The message names the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+# ----- values ------------------------------------------------------------------------------------
+
+def to_ns(value: Any, field: str = "timestamp") -> int:
+    """An instant as int64 nanoseconds since the epoch (UTC).
+
+    Accepts integers (already ns), ``datetime`` (naive = UTC), ``numpy.datetime64``, pandas
+    ``Timestamp`` and ISO-8601 strings.
+    """
+    if isinstance(value, bool):
+        raise RowError(field, f"expected a timestamp, got a boolean {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[ns]").astype(np.int64))
+    if hasattr(value, "value") and hasattr(value, "tz_localize"):  # pandas.Timestamp
+        return int(value.value)
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        delta = value - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise RowError(field, f"unparseable timestamp {value!r} (use int ns or ISO-8601)") from None
+        return to_ns(parsed, field)
+    raise RowError(field, f"expected a timestamp (int ns or ISO-8601), got {type(value).__name__} {value!r}")
+
+
+def coerce_value(dtype: str, value: Any, field: str) -> Any:
+    """One cell, checked and converted to the plan dtype's Python value."""
+    if value is None:
+        raise RowError(field, "missing value (null)")
+    if dtype == "timestamp":
+        return to_ns(value, field)
+    if dtype == "int64":
+        if isinstance(value, bool):
+            raise RowError(field, f"expected an integer, got a boolean {value!r}")
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+        raise RowError(field, f"expected an integer, got {type(value).__name__} {value!r}")
+    if dtype in ("float32", "float64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise RowError(field, f"expected a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if not np.isfinite(value):
+            raise RowError(field, f"expected a finite number, got {value!r}")
+        return value
+    if dtype == "string":
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (str, int, np.integer)) and not isinstance(value, bool):
+            return str(value).encode("utf-8")
+        raise RowError(field, f"expected a string, got {type(value).__name__} {value!r}")
+    raise RowError(field, f"unknown dtype {dtype!r}")
+
+
+def coerce_row(plan: ServingPlan, table: str, row: Mapping[str, Any], *, columns: Iterable[str] | None = None,
+               allow_extra: bool = True) -> dict[str, Any]:
+    """Check a row of ``table`` against the plan and return it with plan-typed values."""
+    spec = plan.tables.get(table)
+    if spec is None:
+        raise RowError("table", f"unknown table {table!r}")
+    if not isinstance(row, Mapping):
+        raise RowError(table, f"expected an object, got {type(row).__name__}")
+    if not allow_extra:
+        for key in row:
+            if key not in spec.columns:
+                raise RowError(f"{table}.{key}", f"unknown field; {table} has {list(spec.columns)}")
+    out = {}
+    for col in (spec.columns if columns is None else columns):
+        if col not in row:
+            raise RowError(f"{table}.{col}", "missing field")
+        out[col] = coerce_value(spec.columns[col], row[col], f"{table}.{col}")
+    return out
+
+
+def event_id_int(value: Any) -> int:
+    """A signed 64-bit id for any event id: integers as they are, strings by a stable hash."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        v = int(value)
+        if -(2**63) <= v < 2**63:
+            return v
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+
+
+# ----- windows -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interaction:
+    """One interaction to append to a window: an event of a hop's interaction table."""
+
+    event_id: int  # see :func:`event_id_int`
+    event_time: int  # ns
+    values: Mapping[str, Any]  # the hop's columns, plan-typed
+
+
+@dataclass(frozen=True)
+class Window:
+    """The interactions of one entity along one hop, oldest first, as parallel column arrays."""
+
+    event_time: np.ndarray  # int64 ns, ascending
+    columns: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.event_time.shape[0])
+
+    @classmethod
+    def empty(cls, plan: ServingPlan, hop: Hop) -> "Window":
+        table = plan.interaction_table(hop)
+        return cls(np.zeros(0, np.int64),
+                   {c: np.zeros(0, dtype=DTYPES[table.columns[c]][1]) for c in hop.columns})
+
+    @classmethod
+    def from_interactions(cls, plan: ServingPlan, hop: Hop, items: Sequence[Interaction]) -> "Window":
+        table = plan.interaction_table(hop)
+        times = np.fromiter((i.event_time for i in items), np.int64, len(items))
+        cols = {}
+        for c in hop.columns:
+            np_dtype = DTYPES[table.columns[c]][1]
+            if np_dtype == "object":
+                arr = np.empty(len(items), dtype=object)
+                arr[:] = [i.values[c] for i in items]
+            else:
+                arr = np.fromiter((i.values[c] for i in items), np_dtype, len(items))
+            cols[c] = arr
+        return cls(times, cols)
+
+
+WindowKey = tuple[str, Any]  # (hop key, entity id)
+
+
+def interactions_of(plan: ServingPlan, table: str, row: Mapping[str, Any]) -> list[tuple[str, Any, Interaction]]:
+    """The window appends caused by one row of ``table``: ``(hop_key, entity_id, interaction)``.
+
+    Raises :class:`RowError` naming the field when the row lacks what a hop needs.
+    """
+    spec = plan.tables.get(table)
+    if spec is None:
+        raise RowError("table", f"unknown table {table!r}")
+    out = []
+    for hop in plan.hops:
+        if hop.key.target.table != table:
+            continue
+        needed = dict.fromkeys((*hop.columns, hop.key.target.column, spec.time_column))
+        if spec.primary_key:
+            needed[spec.primary_key] = None
+        typed = coerce_row(plan, table, row, columns=needed)
+        event_id = event_id_int(typed[spec.primary_key]) if spec.primary_key else event_id_int(
+            repr(sorted(typed.items())))
+        values = {c: typed[c] for c in hop.columns}
+        out.append((hop.key.key, typed[hop.key.target.column],
+                    Interaction(event_id=event_id, event_time=typed[spec.time_column], values=values)))
+    return out
+
+
+def window_keys(plan: ServingPlan, fact_row: Mapping[str, Any]) -> list[WindowKey]:
+    """The windows a fact row needs, one per hop, in plan order."""
+    keys = []
+    for hop in plan.hops:
+        col = hop.key.source.column
+        if col not in fact_row:
+            raise RowError(f"{plan.fact_table}.{col}", "missing field (needed to find its real-time window)")
+        keys.append((hop.key.key, coerce_value(plan.fact.columns[col], fact_row[col], f"{plan.fact_table}.{col}")))
+    return keys
+
+
+def anchor_time_of(plan: ServingPlan, fact_row: Mapping[str, Any]) -> int:
+    """The default anchor time of a fact row: its own event time."""
+    col = plan.fact.time_column
+    if col not in fact_row:
+        raise RowError(f"{plan.fact_table}.{col}", "missing field (the event time is the anchor time)")
+    return to_ns(fact_row[col], f"{plan.fact_table}.{col}")
+
+
+# ----- tensors -----------------------------------------------------------------------------------
+
+def _column_array(spec: TensorSpec, values: Any, length: int | None = None) -> np.ndarray:
+    if spec.numpy_dtype == "object":
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values]
+        return arr
+    return np.asarray(values, dtype=spec.numpy_dtype)
+
+
+def build_tensors(plan: ServingPlan, fact_row: Mapping[str, Any], windows: Mapping[str, Window],
+                  anchor_time: int | None = None) -> dict[str, np.ndarray]:
+    """The model inputs for one fact row, named and shaped exactly as in ``config.pbtxt``.
+
+    ``windows`` maps each hop key to the entity's window as of ``anchor_time`` (already bounded
+    by :meth:`ServingPlan.rti_bounds` and the hop's ``max_len``). ``anchor_time`` defaults to the
+    fact row's own event time. Windows longer than ``max_len`` keep their newest entries.
+    """
+    if anchor_time is None:
+        anchor_time = anchor_time_of(plan, fact_row)
+    typed = coerce_row(plan, plan.fact_table, fact_row, columns=plan.fact_columns)
+    out: dict[str, np.ndarray] = {}
+    for spec in plan.tensors:
+        if spec.kind == "anchor":
+            out[spec.name] = np.array([[anchor_time]], dtype=np.int64)
+        elif spec.kind == "fact":
+            out[spec.name] = _column_array(spec, [typed[spec.column]]).reshape(1, 1)
+        else:
+            window = windows.get(spec.hop_key)
+            if window is None:
+                raise RowError(spec.hop_key, "no window given for this hop")
+            col = window.columns[spec.column]
+            max_len = plan.hop(spec.hop_key).max_len
+            if len(col) > max_len:
+                col = col[-max_len:]
+            out[spec.name] = _column_array(spec, col).reshape(1, -1, 1)
+    return out
+
+
+def check_tensors(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`RowError` unless ``tensors`` is exactly one request of the plan."""
+    for name in tensors:
+        if name not in plan.tensor_names:
+            raise RowError(name, "unknown tensor for this plan")
+    seq_len: dict[str, int] = {}
+    for spec in plan.tensors:
+        if spec.name not in tensors:
+            raise RowError(spec.name, "missing tensor")
+        arr = np.asarray(tensors[spec.name])
+        want = np.dtype(spec.numpy_dtype)
+        if arr.dtype != want and not (want == object and arr.dtype.kind in "OSU"):
+            raise RowError(spec.name, f"expected {spec.triton_dtype}, got numpy {arr.dtype}")
+        if spec.kind == "rti":
+            if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[2] != 1:
+                raise RowError(spec.name, f"expected shape [1, seq_len, 1], got {list(arr.shape)}")
+            length = seq_len.setdefault(spec.hop_key, arr.shape[1])
+            if arr.shape[1] != length:
+                raise RowError(spec.name, f"seq_len {arr.shape[1]} differs from {length} of the same hop")
+        elif arr.shape != (1, 1):
+            raise RowError(spec.name, f"expected shape [1, 1], got {list(arr.shape)}")
+
+
+# ----- the seed's JSON request shape -------------------------------------------------------------
+
+def to_triton_json(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> dict:
+    """The KServe-v2 JSON body of one request (the seed's shape), inputs in plan order."""
+    inputs = []
+    for spec in plan.tensors:
+        arr = np.asarray(tensors[spec.name])
+        data = arr.reshape(-1).tolist()
+        if spec.numpy_dtype == "object":
+            data = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in data]
+        inputs.append({"name": spec.name, "datatype": spec.triton_dtype, "shape": list(arr.shape), "data": data})
+    return {"inputs": inputs}
+
+
+def from_triton_json(plan: ServingPlan, body: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Parse and check a seed-shaped JSON request; errors name the tensor."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("inputs"), list):
+        raise RowError("inputs", "expected an object with a list 'inputs'")
+    specs = {t.name: t for t in plan.tensors}
+    out: dict[str, np.ndarray] = {}
+    for i, item in enumerate(body["inputs"]):
+        if not isinstance(item, Mapping):
+            raise RowError(f"inputs[{i}]", "expected an object with name, datatype, shape, data")
+        name = item.get("name")
+        if name not in specs:
+            raise RowError(f"inputs[{i}].name", f"unknown tensor {name!r}")
+        spec = specs[name]
+        if item.get("datatype") != spec.triton_dtype:
+            raise RowError(name, f"datatype must be {spec.triton_dtype}, got {item.get('datatype')!r}")
+        shape, data = item.get("shape"), item.get("data")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise RowError(name, f"shape must be a list of non-negative integers, got {shape!r}")
+        if not isinstance(data, list) or len(data) != int(np.prod(shape)):
+            raise RowError(name, f"data must be a flat list of {int(np.prod(shape))} values")
+        try:
+            values = [coerce_value(spec.dtype if spec.dtype != "timestamp" else "int64", v, name) for v in data]
+        except RowError:
+            raise
+        out[name] = _column_array(spec, values).reshape(shape)
+    check_tensors(plan, out)
+    return out
+
+
+__all__ = [
+    "ANCHOR_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
+    "check_tensors", "coerce_row", "coerce_value", "event_id_int", "from_triton_json", "interactions_of",
+    "to_ns", "to_triton_json", "window_keys",
+]
