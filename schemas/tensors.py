@@ -274,6 +274,42 @@ def check_tensors(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> None:
             raise RowError(spec.name, f"expected shape [1, 1], got {list(arr.shape)}")
 
 
+# ----- batches ---------------------------------------------------------------------------------
+
+# Padding marker in an RTI time column: a position whose event time is PAD_TIME holds no
+# interaction. Single requests are never padded (seed shape); padding appears only when several
+# requests of different lengths are stacked into one batch, by the client or inside the model.
+PAD_TIME = np.iinfo(np.int64).min
+
+
+def stack_requests(plan: ServingPlan, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack requests (each with batch dim >= 1) into one batch, padding RTI to the longest.
+
+    Padded positions carry ``PAD_TIME`` in the hop's time column and zeros (or b"") elsewhere, so
+    a model recovers each sequence's true length from the time column alone.
+    """
+    if not requests:
+        raise ValueError("stack_requests needs at least one request")
+    out: dict[str, np.ndarray] = {}
+    longest = {h: max(int(np.shape(r[f"{h}:{plan.hop(h).columns[0]}"])[1]) for r in requests) for h in plan.hop_keys}
+    for spec in plan.tensors:
+        parts = [np.asarray(r[spec.name]) for r in requests]
+        if spec.kind != "rti":
+            out[spec.name] = np.concatenate(parts, axis=0)
+            continue
+        length = longest[spec.hop_key]
+        time_col = plan.interaction_table(plan.hop(spec.hop_key)).time_column
+        fill = PAD_TIME if spec.column == time_col else (b"" if spec.numpy_dtype == "object" else 0)
+        padded = []
+        for arr in parts:
+            if arr.shape[1] < length:
+                pad = np.full((arr.shape[0], length - arr.shape[1], 1), fill, dtype=arr.dtype)
+                arr = np.concatenate([arr, pad], axis=1)
+            padded.append(arr)
+        out[spec.name] = np.concatenate(padded, axis=0)
+    return out
+
+
 # ----- the seed's JSON request shape -------------------------------------------------------------
 
 def to_triton_json(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> dict:
@@ -318,7 +354,7 @@ def from_triton_json(plan: ServingPlan, body: Mapping[str, Any]) -> dict[str, np
 
 
 __all__ = [
-    "ANCHOR_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
+    "ANCHOR_TIME", "PAD_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
     "check_tensors", "coerce_row", "coerce_value", "event_id_int", "from_triton_json", "interactions_of",
-    "to_ns", "to_triton_json", "window_keys",
+    "stack_requests", "to_ns", "to_triton_json", "window_keys",
 ]

@@ -72,3 +72,16 @@ def test_missing_tensor_and_wrong_dtype_in_json_are_named():
     body["inputs"][5]["datatype"] = "INT64"
     with pytest.raises(RowError, match="transactions.tx_amount"):
         from_triton_json(PLAN, body)
+
+
+def test_stack_requests_pads_with_the_time_sentinel():
+    from schemas.tensors import PAD_TIME, stack_requests
+    hist = [interactions_of(PLAN, "transactions", row(i, t=T0 - k * 10**9))[0][2] for k, i in enumerate([5, 6])]
+    w2 = {HOP_C: Window.from_interactions(PLAN, PLAN.hop(HOP_C), hist[::-1]), HOP_T: Window.empty(PLAN, PLAN.hop(HOP_T))}
+    w0 = {h: Window.empty(PLAN, PLAN.hop(h)) for h in PLAN.hop_keys}
+    batch = stack_requests(PLAN, [build_tensors(PLAN, row(), w0), build_tensors(PLAN, row(2), w2)])
+    assert batch["anchor_time"].shape == (2, 1)
+    t = batch[f"{HOP_C}:tx_datetime"]
+    assert t.shape == (2, 2, 1)
+    assert (t[0, :, 0] == PAD_TIME).all() and (t[1, :, 0] != PAD_TIME).all()
+    assert batch[f"{HOP_T}:tx_amount"].shape == (2, 0, 1)
