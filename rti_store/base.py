@@ -1,0 +1,96 @@
+"""The window store interface and what every implementation shares.
+
+A window store keeps, per (hop key, entity id), the recent interactions of that entity along that
+hop, and answers point-in-time reads: the window as of anchor time T is the last ``hop.max_len``
+stored interactions with ``plan.rti_bounds(T)`` (``T - real_time_offset <= t < T``), oldest first.
+
+Semantics shared by all implementations (checked by ``tests/rti_store/test_contract.py``):
+
+* rows are ordered by (event time, event id); identity is (event time, event id), so a redelivered
+  event is a no-op and a late event lands in its place;
+* each window keeps at most ``hop.max_len`` rows (the newest) and drops rows older than
+  ``newest event time in the window - horizon_ns`` (default ``plan.real_time_offset``). Both caps
+  are event-time based, so the stored state depends only on the set of appended events;
+* idle windows expire ``ttl_s`` seconds (wall clock) after their last append;
+* point-in-time reads never return a row at or after ``as_of``. A read as of a time in the past is
+  exact as long as the caps have not dropped rows that were visible then.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from schemas.plan import ServingPlan
+from schemas.tensors import Interaction, RowError, Window
+
+from rti_store.codec import RowCodec, codecs_for, coerce_entity
+
+AppendItem = tuple[str, Any, Interaction]  # (hop key, entity id, interaction)
+WindowKey = tuple[str, Any]  # (hop key, entity id)
+
+
+@runtime_checkable
+class WindowStore(Protocol):
+    plan: ServingPlan
+
+    def append(self, items: Sequence[AppendItem]) -> int:
+        """Store interactions (one round trip for the batch); returns how many were new."""
+
+    def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
+        """Windows of many (hop key, entity id) as of one or per-key anchor times (one round trip)."""
+
+    def read(self, hop_key: str, entity_id: Any, as_of: int) -> Window:
+        """One window as of ``as_of``."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The backing store cannot be reached (callers may retry: appends are idempotent)."""
+
+
+class BaseWindowStore:
+    """Plan-derived helpers: codecs, key validation, as_of broadcasting."""
+
+    def __init__(self, plan: ServingPlan, horizon_ns: int | None = None, ttl_s: float | None = None):
+        if not isinstance(plan, ServingPlan):
+            raise TypeError(f"plan: expected a ServingPlan, got {type(plan).__name__}")
+        self.plan = plan
+        self.horizon_ns = plan.real_time_offset.ns if horizon_ns is None else int(horizon_ns)
+        if self.horizon_ns < 0:
+            raise ValueError(f"horizon_ns: must be >= 0, got {horizon_ns}")
+        if ttl_s is not None and ttl_s <= 0:
+            raise ValueError(f"ttl_s: must be > 0 or None (never expire), got {ttl_s}")
+        self.ttl_s = ttl_s
+        self.codecs: dict[str, RowCodec] = codecs_for(plan)
+        self._hops = {h.key.key: h for h in plan.hops}
+
+    def codec(self, hop_key: str) -> RowCodec:
+        try:
+            return self.codecs[hop_key]
+        except KeyError:
+            raise RowError("hop_key", f"unknown hop key {hop_key!r}; plan {self.plan.name!r} has "
+                                      f"{list(self.codecs)}") from None
+
+    def entity(self, hop_key: str, entity_id: Any) -> int | bytes:
+        return coerce_entity(self.plan, self.codec(hop_key).hop, entity_id)
+
+    def as_of_list(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[int]:
+        if isinstance(as_of, (list, tuple)) or hasattr(as_of, "__len__"):
+            if len(as_of) != len(keys):
+                raise ValueError(f"as_of: {len(as_of)} anchor times for {len(keys)} keys")
+            return [int(t) for t in as_of]
+        return [int(as_of)] * len(keys)
+
+    def read(self, hop_key: str, entity_id: Any, as_of: int) -> Window:
+        return self.read_many([(hop_key, entity_id)], as_of)[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden where there is something to close
+        pass

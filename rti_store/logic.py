@@ -1,0 +1,55 @@
+"""Window semantics on a sorted list of packed members: the reference both stores implement.
+
+The in-memory store runs these functions directly; the Redis store runs the same steps inside a
+Lua script (``redis_store.APPEND_LUA``) on a sorted set whose lexicographic order is the list's
+order. Keeping one reference makes "identical results" checkable.
+
+Why the final state depends only on the SET of events (never on delivery order):
+
+* identity = (event time, event id) -> a redelivery finds its identity and is a no-op;
+* count cap keeps the ``max_len`` largest rows: top-k of a union = top-k of (top-k of A) + B;
+* age cap drops rows older than ``newest - horizon``; ``newest`` only grows, so a row dropped
+  earlier would be dropped now too, and a late row older than the cutoff is dropped on arrival.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Iterable
+
+from rti_store.codec import ID_LEN, INT64_MIN, time_key, time_of
+
+
+def insert(members: list[bytes], new: Iterable[bytes], max_len: int, horizon_ns: int | None) -> int:
+    """Insert packed rows in place, then trim by count and age. Returns rows not seen before."""
+    added = 0
+    for m in new:
+        ident = m[:ID_LEN]
+        i = bisect_left(members, ident)
+        if i < len(members) and members[i][:ID_LEN] == ident:
+            continue  # same (event time, event id): redelivery
+        members.insert(i, m)
+        added += 1
+    trim(members, max_len, horizon_ns)
+    return added
+
+
+def trim(members: list[bytes], max_len: int, horizon_ns: int | None) -> None:
+    extra = len(members) - max_len
+    if extra > 0:
+        del members[:extra]
+    if horizon_ns is not None and members:
+        cutoff = time_of(members[-1]) - horizon_ns
+        if cutoff > INT64_MIN:
+            j = bisect_left(members, time_key(cutoff))
+            if j:
+                del members[:j]
+
+
+def select(members: list[bytes], lo: int, hi: int, max_len: int) -> list[bytes]:
+    """The newest ``max_len`` rows with ``lo <= event_time < hi``, oldest first."""
+    if hi <= lo:
+        return []
+    j = bisect_left(members, time_key(hi))
+    i = bisect_left(members, time_key(lo), 0, j)
+    return members[max(i, j - max_len):j]

@@ -1,0 +1,110 @@
+"""In-memory window store: same rows, same order, same caps as Redis (offline replay, backfill)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Sequence
+
+from schemas.plan import ServingPlan
+from schemas.tensors import Window
+
+from rti_store import logic
+from rti_store.base import AppendItem, BaseWindowStore, WindowKey
+
+
+class MemoryWindowStore(BaseWindowStore):
+    """Windows as sorted lists of packed rows (see :mod:`rti_store.codec`), in one process.
+
+    ``ttl_s=None`` (default) never expires; otherwise a window untouched by appends for ``ttl_s``
+    seconds of ``clock()`` is dropped lazily, on its next access or by :meth:`sweep`.
+    """
+
+    def __init__(self, plan: ServingPlan, horizon_ns: int | None = None, ttl_s: float | None = None,
+                 clock: Callable[[], float] = time.time):
+        super().__init__(plan, horizon_ns=horizon_ns, ttl_s=ttl_s)
+        self.clock = clock
+        self._rows: dict[tuple[str, Any], list[bytes]] = {}
+        self._expires: dict[tuple[str, Any], float] = {}
+
+    # ----- expiry ---------------------------------------------------------------------------
+    def _live(self, key: tuple[str, Any], now: float) -> list[bytes] | None:
+        rows = self._rows.get(key)
+        if rows is not None and self.ttl_s is not None and self._expires[key] <= now:
+            del self._rows[key], self._expires[key]
+            return None
+        return rows
+
+    def sweep(self) -> int:
+        """Drop every expired window now; returns how many were dropped."""
+        if self.ttl_s is None:
+            return 0
+        now = self.clock()
+        dead = [k for k, t in self._expires.items() if t <= now]
+        for k in dead:
+            del self._rows[k], self._expires[k]
+        return len(dead)
+
+    # ----- the interface --------------------------------------------------------------------
+    def append(self, items: Sequence[AppendItem]) -> int:
+        grouped: dict[tuple[str, Any], list[bytes]] = defaultdict(list)
+        for hop_key, entity_id, interaction in items:  # encode everything first: all or nothing
+            codec = self.codec(hop_key)
+            grouped[(hop_key, self.entity(hop_key, entity_id))].append(codec.encode(interaction))
+        now = self.clock()
+        added = 0
+        for key, members in grouped.items():
+            rows = self._live(key, now)
+            if rows is None:
+                rows = self._rows[key] = []
+            added += logic.insert(rows, members, self.codecs[key[0]].hop.max_len, self.horizon_ns)
+            if self.ttl_s is not None:
+                self._expires[key] = now + self.ttl_s
+            if not rows:  # everything was older than the horizon
+                del self._rows[key]
+                self._expires.pop(key, None)
+        return added
+
+    def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
+        anchors = self.as_of_list(keys, as_of)
+        now = self.clock()
+        selected: list[list[bytes]] = []
+        for (hop_key, entity_id), t in zip(keys, anchors):
+            codec = self.codec(hop_key)
+            rows = self._live((hop_key, self.entity(hop_key, entity_id)), now)
+            lo, hi = self.plan.rti_bounds(t)
+            selected.append(logic.select(rows, lo, hi, codec.hop.max_len) if rows else [])
+        return _decode_grouped(self, keys, selected)
+
+    def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
+        """All stored packed rows of one window, oldest first (no time bounds)."""
+        rows = self._live((hop_key, self.entity(hop_key, entity_id)), self.clock())
+        return list(rows or ())
+
+    def dump_many(self, keys: Sequence[WindowKey]) -> list[Window]:
+        """Full stored windows (no time bounds): the state that redelivery tests compare."""
+        return _decode_grouped(self, keys, [self.rows(h, e) for h, e in keys])
+
+    def keys(self) -> Iterable[WindowKey]:
+        now = self.clock()
+        return [k for k in list(self._rows) if self._live(k, now) is not None]
+
+    def close(self) -> None:
+        pass
+
+
+def _decode_grouped(store: BaseWindowStore, keys: Sequence[WindowKey], rows: list[list[bytes]]) -> list[Window]:
+    """Decode per hop in one numpy pass, then put the windows back in key order."""
+    by_hop: dict[str, list[int]] = defaultdict(list)
+    for i, (hop_key, _) in enumerate(keys):
+        by_hop[hop_key].append(i)
+    out: list[Window | None] = [None] * len(keys)
+    for hop_key, idx in by_hop.items():
+        members = [m for i in idx for m in rows[i]]
+        windows = store.codec(hop_key).windows(members, [len(rows[i]) for i in idx])
+        for i, w in zip(idx, windows):
+            out[i] = w
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["MemoryWindowStore"]
