@@ -1,0 +1,177 @@
+"""LocalStack lifecycle on private stacks: idempotent up, down leaves nothing, faults, ports."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relstream.stack import (ComponentSettings, LocalStack, PortInUseError, StackError,
+                             free_port)
+from relstream.stack.process import is_alive, process_group_members
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _all_pids_gone(pids: dict[str, int]) -> bool:
+    return all(not is_alive(pid) and not process_group_members(pid) for pid in pids.values())
+
+
+def test_full_stack_up_is_fast_idempotent_and_down_leaves_nothing(tmp_path, capsys):
+    st = LocalStack(tmp_path / "run", tmp_path / "models")
+    try:
+        t0 = time.monotonic()
+        took = st.up()
+        total = time.monotonic() - t0
+        with capsys.disabled():
+            print(f"\n[stack up, jars cached] healthy in {total:.2f}s "
+                  f"(per component: { {k: round(v, 2) for k, v in took.items()} })")
+        assert total < 60, f"stack up took {total:.1f}s (limit 60s once jars are cached)"
+        pids = st.pids()
+        assert set(pids) == {"kafka", "redis", "triton"}
+        assert all(s["state"] == "running" for s in st.status().values())
+
+        # a second up, even from a fresh object on the same run dir, starts no second copy
+        again = LocalStack(tmp_path / "run")
+        again.up()
+        assert again.pids() == pids
+        assert again.kafka_bootstrap == st.kafka_bootstrap
+        assert again.triton_http_url == st.triton_http_url
+        assert again.model_repository == st.model_repository
+    finally:
+        pids = st.pids()
+        st.down()
+    deadline = time.monotonic() + 10
+    while not _all_pids_gone(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _all_pids_gone(pids), f"left behind: {pids}"
+    assert not (tmp_path / "run" / "stack.json").exists()
+    assert not list((tmp_path / "run").glob("*.pid"))
+    assert all(s["state"] == "stopped" for s in st.status().values())
+
+
+def test_stop_and_start_component_keeps_its_port(stack_factory):
+    st = stack_factory(components=("redis",))
+    import redis
+    url = st.redis_url
+    redis.Redis.from_url(url).set("k", "v")
+    old_pid = st.pids()["redis"]
+    st.stop_component("redis", kill=True)
+    assert "redis" not in st.pids()
+    assert st.status()["redis"]["state"] == "stopped"
+    took = st.start_component("redis")
+    assert st.redis_url == url and st.pids()["redis"] != old_pid
+    assert redis.Redis.from_url(url).ping()
+    assert took < 30
+
+
+def test_redis_persistence_option_survives_restart(stack_factory):
+    st = stack_factory(components=("redis",),
+                       settings=ComponentSettings(redis_persistence=True))
+    import redis
+    client = redis.Redis.from_url(st.redis_url)
+    client.set("durable", "yes")
+    st.stop_component("redis")  # SIGTERM: redis flushes the AOF on shutdown
+    st.start_component("redis")
+    assert redis.Redis.from_url(st.redis_url).get("durable") == b"yes"
+
+
+def test_port_in_use_is_reported_clearly(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        st = LocalStack(tmp_path / "run", components=("redis",), ports={"redis": port})
+        with pytest.raises(PortInUseError) as err:
+            st.up()
+    msg = str(err.value)
+    assert f"redis={port}" in msg and "already in use" in msg
+    assert st.pids() == {}
+
+
+def test_child_that_dies_is_reported_with_its_log_tail(tmp_path):
+    fake = tmp_path / "fake-redis-server"
+    fake.write_text("#!/bin/sh\necho 'FATAL: cannot open config (simulated)'\nexit 7\n")
+    fake.chmod(0o755)
+    st = LocalStack(tmp_path / "run", components=("redis",),
+                    settings=ComponentSettings(redis_server=str(fake)))
+    with pytest.raises(StackError) as err:
+        st.up()
+    msg = str(err.value)
+    assert "redis exited while starting" in msg
+    assert "exit code 7" in msg
+    assert "FATAL: cannot open config (simulated)" in msg
+    assert st.pids() == {}
+
+
+def test_readiness_timeout_names_component_and_reason(tmp_path):
+    # a "server" that runs but never answers PING
+    fake = tmp_path / "silent-redis"
+    fake.write_text("#!/bin/sh\necho 'listening nowhere'\nexec sleep 60\n")
+    fake.chmod(0o755)
+    st = LocalStack(tmp_path / "run", components=("redis",), ready_timeout=2,
+                    settings=ComponentSettings(redis_server=str(fake)))
+    with pytest.raises(StackError) as err:
+        st.up()
+    assert "redis not healthy after 2s" in str(err.value)
+    assert "listening nowhere" in str(err.value)
+    assert st.pids() == {}  # the failed up stopped what it started
+
+
+def test_unknown_component_and_port_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="zookeeper"):
+        LocalStack(tmp_path, components=("zookeeper",))
+    with pytest.raises(ValueError, match="kafka_port"):
+        LocalStack(tmp_path, ports={"kafka_port": 1})
+
+
+def test_cli_stack_up_status_down_leave_nothing(tmp_path):
+    """The CLI path: separate processes share the stack through the run directory."""
+    env = {**os.environ, "RELSTREAM__RUN_DIR": str(tmp_path / "run"),
+           "RELSTREAM__STACK__COMPONENTS": "[redis]", "PYTHONPATH": str(REPO_ROOT)}
+    cli = [sys.executable, "-m", "relstream.cli"]
+    up = subprocess.run(cli + ["stack", "up"], env=env, capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert "redis" in up.stdout and "healthy in" in up.stdout
+    try:
+        status = subprocess.run(cli + ["stack", "status", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        import json
+        pid = json.loads(status.stdout)["redis"]["pid"]
+        assert is_alive(pid)
+        envout = subprocess.run(cli + ["stack", "env"], env=env, capture_output=True,
+                                text=True, timeout=60, cwd=tmp_path)
+        assert "export RELSTREAM__REDIS__URL=redis://127.0.0.1:" in envout.stdout
+        # other commands on the same run_dir see the stack's addresses
+        from relstream.config import load_config
+        cfg = load_config(env={"RELSTREAM__RUN_DIR": str(tmp_path / "run")})
+        assert cfg.redis.url == json.loads(status.stdout)["redis"]["address"]
+    finally:
+        down = subprocess.run(cli + ["stack", "down"], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert not is_alive(pid) and not process_group_members(pid)
+    status = subprocess.run(cli + ["stack", "status"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    assert status.returncode == 3 and "stopped" in status.stdout
+
+
+def test_missing_prerequisite_is_one_clear_message(tmp_path):
+    """No redis-server on PATH: one message naming it and the install command, no traceback."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bindir), "RELSTREAM__RUN_DIR": str(tmp_path / "run"),
+           "RELSTREAM__STACK__COMPONENTS": "[redis]", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "relstream.cli", "stack", "up"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "redis-server" in proc.stderr and "apt-get install -y redis-server" in proc.stderr
