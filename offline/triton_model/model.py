@@ -1,0 +1,73 @@
+"""relstream distilled model for Triton's Python backend (copied into every export version).
+
+The version directory holds everything this file needs: ``vendor/`` (the exact ``schemas`` and
+``offline`` modules the model was trained with), ``model.pt`` (state dict + hyper-parameters),
+``embeddings.parquet`` and ``plan.yaml``. Only torch, numpy, pyarrow and pyyaml must be
+installed, as in a stock Triton container with the Python backend.
+
+``execute()`` receives the requests the dynamic batcher grouped (``allow_ragged_batch``: RTI
+lengths differ between requests; a request may itself carry a batch dim > 1, padded with
+``PAD_TIME``). It checks each request, stacks the good ones with ``stack_requests`` (the same
+function the scorer and the distillation use), looks the embeddings up, runs one forward pass
+and splits ``score`` [b, 1] and ``cold_start`` [b, K] back per request.
+"""
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VENDOR = os.path.join(HERE, "vendor")
+if VENDOR not in sys.path:
+    sys.path.insert(0, VENDOR)  # the bundle's own copy wins over anything installed
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from offline.bundle import load_bundle, request_error, split_scores  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
+        torch.set_num_threads(int(params.get("torch_threads") or 1))
+        self.bundle = load_bundle(HERE)
+        self.plan = self.bundle.plan
+
+    def execute(self, requests):
+        plan = self.plan
+        responses = [None] * len(requests)
+        good, arrays = [], []
+        for i, request in enumerate(requests):
+            tensors = {}
+            for spec in plan.tensors:
+                t = pb_utils.get_input_tensor_by_name(request, spec.name)
+                if t is None:  # Triton rejects missing inputs before execute(); keep a guard
+                    tensors = f"{spec.name}: missing tensor"
+                    break
+                tensors[spec.name] = t.as_numpy()
+            problem = tensors if isinstance(tensors, str) else request_error(plan, tensors)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
+            else:
+                good.append(i)
+                arrays.append(tensors)
+        if good:
+            try:
+                per_request = split_scores(self.bundle, arrays)
+            except Exception as exc:  # a failure of the batch is reported on each request
+                for i in good:
+                    responses[i] = pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"relstream model: {exc}"))
+                return responses
+            for i, (score, cold) in zip(good, per_request):
+                outputs = [pb_utils.Tensor("score", score)]
+                if cold is not None:
+                    outputs.append(pb_utils.Tensor("cold_start", cold))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=outputs)
+        return responses
+
+    def finalize(self):
+        self.bundle = None
