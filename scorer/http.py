@@ -1,0 +1,437 @@
+"""`relstream serve`: synchronous HTTP scoring for checkout flows (FastAPI).
+
+    POST /v1/score    a fact row (the plan's fact columns, optional ``anchor_time``) -> score
+    POST /v1/infer    the seed's Triton-shaped JSON (``{"inputs": [...]}``) -> model outputs
+    GET  /healthz     the process is up
+    GET  /readyz      Triton reachable with the model loaded, window store reachable
+    GET  /metrics     Prometheus
+
+Scoring endpoints need ``Authorization: Bearer <token>`` (the token comes from the environment
+variable named by ``serve.token_env``). Bodies are parsed with orjson and checked against the
+plan by :func:`scorer.pipeline.prepare_event` / :func:`schemas.tensors.from_triton_json`, so the
+error names the field; the OpenAPI document carries JSON schemas generated from the same plan.
+
+Concurrent requests are micro-batched (:class:`scorer.batcher.MicroBatcher`): one window-store
+round trip and one Triton call per batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.plan import ANCHOR_TIME, ServingPlan
+from schemas.tensors import RowError, from_triton_json
+
+from .batcher import MicroBatcher
+from .fallbacks import WindowFallback, WindowReader
+from .metrics import CONTENT_TYPE_LATEST, ScorerMetrics
+from .pipeline import (PreparedEvent, allowed_fields, batch_tensors, event_tensors, prepare_event,
+                       required_fields, score_record, split_windows, window_requests)
+from .settings import ServeSettings
+from .triton import ModelOutput, TritonRequestError, TritonUnavailable
+
+log = logging.getLogger(__name__)
+PATH = "http"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: Mapping[str, str] | None = None):
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = dict(headers or {})
+        super().__init__(message)
+
+
+def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error_response(err: ApiError) -> Response:
+    body = {"error": {"code": err.code, "message": err.message}}
+    if err.field:
+        body["error"]["field"] = err.field
+    return _json(body, err.status, err.headers)
+
+
+# ----- JSON schemas generated from the plan (for OpenAPI and clients) ---------------------------
+
+def _value_schema(dtype: str) -> dict:
+    if dtype == "int64":
+        return {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
+    if dtype in ("float32", "float64"):
+        limit = FLOAT32_MAX if dtype == "float32" else 1.7976931348623157e308
+        return {"type": "number", "minimum": -limit, "maximum": limit}
+    if dtype == "timestamp":
+        return {"oneOf": [{"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX,
+                           "description": "ns since the epoch (UTC)"},
+                          {"type": "string", "format": "date-time"}]}
+    return {"type": "string"}
+
+
+def score_request_schema(plan: ServingPlan) -> dict:
+    props = {c: _value_schema(plan.fact.columns[c]) for c in allowed_fields(plan)}
+    props[ANCHOR_TIME] = {**_value_schema("timestamp"),
+                          "description": f"optional; default: the row's {plan.fact.time_column}"}
+    return {"type": "object", "title": f"{plan.fact_table} row",
+            "description": f"One row of {plan.fact_table} (plan {plan.name!r}); the label is never sent.",
+            "properties": props, "required": list(required_fields(plan)), "additionalProperties": False}
+
+
+def score_response_schema(plan: ServingPlan) -> dict:
+    return {"type": "object", "required": ["event_id", "entity_ids", "score", "model_name", "model_version",
+                                           "latency_ms", "degraded", "cold_start", "scored_at"],
+            "properties": {
+                "event_id": {"type": "string"},
+                "entity_ids": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "score": {"type": "number"},
+                "model_name": {"type": "string"}, "model_version": {"type": "string"},
+                "latency_ms": {"type": "number"},
+                "degraded": {"type": "array", "items": {"type": "string"},
+                             "description": "inputs served from a fallback (windows_unavailable, "
+                                            "embedding_missing:<entity>)"},
+                "cold_start": {"type": "array", "items": {"type": "string"},
+                               "description": "entity columns the model scored without an embedding"},
+                "scored_at": {"type": "integer", "description": "ns since the epoch (UTC)"}}}
+
+
+def infer_request_schema(plan: ServingPlan) -> dict:
+    return {"type": "object", "required": ["inputs"], "additionalProperties": False,
+            "description": "KServe-v2 JSON of one request, exactly the plan's tensors (seed shape): "
+                           + ", ".join(f"{t.name} {t.triton_dtype}" for t in plan.tensors),
+            "properties": {"inputs": {"type": "array", "minItems": len(plan.tensors),
+                                      "maxItems": len(plan.tensors), "items": {
+                "type": "object", "required": ["name", "datatype", "shape", "data"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string", "enum": list(plan.tensor_names)},
+                               "datatype": {"type": "string", "enum": sorted({t.triton_dtype for t in plan.tensors})},
+                               "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                               "data": {"type": "array"}}}}}}
+
+
+def infer_response_schema() -> dict:
+    return {"type": "object", "required": ["model_name", "model_version", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape", "data"],
+                                               "properties": {"name": {"type": "string"},
+                                                              "datatype": {"type": "string"},
+                                                              "shape": {"type": "array", "items": {"type": "integer"}},
+                                                              "data": {"type": "array", "items": {"type": "number"}}}}}}}
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
+
+
+def _error_doc(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+_SCORING_ERRORS = {
+    "400": _error_doc("Body is not valid JSON"),
+    "401": _error_doc("Missing or invalid bearer token"),
+    "413": _error_doc("Body larger than serve.max_body_bytes"),
+    "422": _error_doc("Body does not fit the plan (the error names the field)"),
+    "503": _error_doc("Triton unavailable or model not loaded (the reason is in the message)"),
+}
+
+
+# ----- the service ------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    event: PreparedEvent | None = None
+    tensors: Mapping[str, np.ndarray] | None = None
+    arrived: float = 0.0
+
+
+@dataclass
+class ServeDeps:
+    """The I/O edges of the HTTP service (injected, so tests use real servers explicitly)."""
+
+    plan: ServingPlan
+    triton: Any  # AsyncTritonScorer
+    store: WindowReader | None
+    settings: ServeSettings = field(default_factory=ServeSettings)
+    token: str | None = None
+    metrics: ScorerMetrics = field(default_factory=ScorerMetrics)
+    store_ping: Callable[[], Any] | None = None
+    now_ns: Callable[[], int] = time.time_ns
+    on_close: list[Callable[[], Any]] = field(default_factory=list)
+
+
+class ScoringService:
+    """The batch handler behind both scoring endpoints."""
+
+    def __init__(self, deps: ServeDeps):
+        self.deps = deps
+        s = deps.settings
+        self.plan = deps.plan
+        self.metrics = deps.metrics
+        self.fallback = WindowFallback(deps.plan, deps.store, deadline_s=s.window_deadline_ms / 1000,
+                                       cooldown_s=s.window_cooldown_ms / 1000)
+        self.executor = ThreadPoolExecutor(max_workers=s.window_threads, thread_name_prefix="windows")
+        self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
+                                    max_batch=s.max_batch, max_in_flight=s.max_in_flight)
+
+    async def handle_batch(self, items: Sequence[_Item]) -> list:
+        m, plan = self.metrics, self.plan
+        events = [it.event for it in items if it.event is not None]
+        keys, as_of = window_requests(events)
+        degraded: tuple[str, ...] = ()
+        windows_of: list = []
+        if keys:
+            with m.stage(PATH, "window_read"):
+                read = await self.fallback.read_async(keys, as_of, self.executor)
+            m.window_reads.labels(PATH).inc()
+            degraded = read.degraded
+            windows_of = split_windows(events, read.windows)
+        results: list = [None] * len(items)
+        requests, slots = [], []
+        with m.stage(PATH, "tensor_build"):
+            ev_i = 0
+            for i, it in enumerate(items):
+                if it.event is not None:
+                    try:
+                        requests.append(event_tensors(plan, it.event, windows_of[ev_i]))
+                        slots.append(i)
+                    except RowError as exc:
+                        results[i] = ApiError(422, "invalid_row", str(exc), exc.field)
+                    except (ValueError, TypeError, OverflowError) as exc:
+                        results[i] = ApiError(422, "invalid_row", f"row does not fit the plan's tensors: {exc}")
+                    ev_i += 1
+                else:
+                    requests.append(it.tensors)
+                    slots.append(i)
+            tensors = batch_tensors(plan, requests) if requests else None
+        if tensors is None:
+            return results
+        outputs = await self._infer(tensors, requests)
+        now = self.deps.now_ns()
+        for j, i in enumerate(slots):
+            out = outputs[j] if isinstance(outputs, list) else outputs
+            if isinstance(out, Exception):
+                results[i] = out
+                continue
+            row = j if not isinstance(outputs, list) else 0
+            results[i] = (out, row, degraded if items[i].event is not None else (), now)
+        m.batch_size.labels(PATH).observe(len(requests))
+        return results
+
+    async def _infer(self, tensors, requests) -> ModelOutput | list:
+        m = self.metrics
+        try:
+            with m.stage(PATH, "triton"):
+                m.triton_calls.labels(PATH).inc()
+                out = await self.deps.triton.infer(tensors)
+            m.observe_model(out.model_name, out.model_version)
+            return out
+        except TritonUnavailable as exc:
+            m.errors.labels(PATH, "triton_unavailable").inc()
+            raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+        except TritonRequestError as exc:
+            if len(requests) == 1:
+                m.errors.labels(PATH, "triton_rejected").inc()
+                raise ApiError(400, "triton_rejected", str(exc)) from None
+        # One request of the batch poisoned the call: answer each on its own.
+        outs: list = []
+        for req in requests:
+            try:
+                outs.append(await self._infer(batch_tensors(self.plan, [req]), [req]))
+            except ApiError as exc:
+                outs.append(exc)
+        return outs
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_ranges(plan: ServingPlan, row: Mapping[str, Any]) -> None:
+    """JSON integers are unbounded; the tensors are int64/float32."""
+    for col, value in row.items():
+        dtype = plan.fact.columns.get(col, "timestamp" if col == ANCHOR_TIME else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        where = ANCHOR_TIME if col == ANCHOR_TIME else f"{plan.fact_table}.{col}"
+        if dtype in ("int64", "timestamp") and not INT64_MIN <= value <= INT64_MAX:
+            raise RowError(where, f"integer {value} is outside the int64 range")
+        if dtype == "float32" and abs(value) > FLOAT32_MAX:
+            raise RowError(where, f"number {value} is outside the float32 range")
+
+
+def create_app(deps: ServeDeps) -> FastAPI:
+    plan, settings, metrics = deps.plan, deps.settings, deps.metrics
+    service = ScoringService(deps)
+
+    async def lifespan(app):
+        service.batcher.start()
+        try:
+            yield
+        finally:
+            await service.close()
+            for fn in deps.on_close:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    await res
+
+    app = FastAPI(title="relstream scorer", version="1", lifespan=lifespan,
+                  description=f"Real-time scoring with the distilled model of plan {plan.name!r}.")
+    app.state.service = service
+    app.state.deps = deps
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return _error_response(ApiError(422, "invalid_request", str(exc.errors())))
+
+    def authorize(request: Request) -> None:
+        if not settings.auth:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if deps.token is None:
+            raise ApiError(401, "unauthorized", "server has no API token configured",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.strip().encode(),
+                                                                                 deps.token.encode()):
+            metrics.errors.labels(PATH, "unauthorized").inc()
+            raise ApiError(401, "unauthorized", "missing or invalid bearer token",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_json(request: Request) -> Any:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            metrics.errors.labels(PATH, "oversize").inc()
+            raise ApiError(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                metrics.errors.labels(PATH, "oversize").inc()
+                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            metrics.errors.labels(PATH, "bad_json").inc()
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+    security = [{"bearerAuth": []}]
+
+    @app.post("/v1/score", summary="Score one fact row", openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": score_request_schema(plan)}}},
+        "responses": {"200": {"description": "The score", "content": {"application/json": {
+            "schema": score_response_schema(plan)}}}, **_SCORING_ERRORS},
+        "security": security})
+    async def score(request: Request):
+        t0 = time.perf_counter()
+        authorize(request)
+        body = await read_json(request)
+        try:
+            if not isinstance(body, dict):
+                raise RowError(plan.fact_table, f"expected a JSON object (one row), got {type(body).__name__}")
+            row = dict(body)
+            anchor = row.pop(ANCHOR_TIME, None)
+            _check_ranges(plan, body)
+            event = prepare_event(plan, row, anchor, strict=True, key_column=settings.key_column)
+        except RowError as exc:
+            metrics.errors.labels(PATH, "invalid_row").inc()
+            raise ApiError(422, "invalid_row", str(exc), exc.field) from None
+        out, i, degraded, now = await service.batcher.submit(_Item(event=event, arrived=t0))
+        latency = time.perf_counter() - t0
+        record = score_record(plan, event, out.scores[i], out.cold_start[i], model_name=out.model_name,
+                              model_version=out.model_version, latency_ms=latency * 1000,
+                              degraded=degraded, scored_at=now)
+        metrics.observe_record(PATH, record)
+        metrics.stage_seconds.labels(PATH, "total").observe(latency)
+        return _json(record)
+
+    @app.post("/v1/infer", summary="Pass-through of a Triton-shaped request (tensors built by the client)",
+              openapi_extra={
+                  "requestBody": {"required": True, "content": {"application/json": {
+                      "schema": infer_request_schema(plan)}}},
+                  "responses": {"200": {"description": "Model outputs (KServe v2 JSON)", "content": {
+                      "application/json": {"schema": infer_response_schema()}}}, **_SCORING_ERRORS},
+                  "security": security})
+    async def infer(request: Request):
+        t0 = time.perf_counter()
+        authorize(request)
+        body = await read_json(request)
+        try:
+            tensors = from_triton_json(plan, body)
+        except RowError as exc:
+            metrics.errors.labels(PATH, "invalid_tensors").inc()
+            raise ApiError(422, "invalid_tensors", str(exc), exc.field) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            metrics.errors.labels(PATH, "invalid_tensors").inc()
+            raise ApiError(422, "invalid_tensors", f"tensors do not fit the plan: {exc}") from None
+        out, i, _, _ = await service.batcher.submit(_Item(tensors=tensors, arrived=t0))
+        metrics.stage_seconds.labels(PATH, "total").observe(time.perf_counter() - t0)
+        k = out.cold_start.shape[1]
+        return _json({"model_name": out.model_name, "model_version": out.model_version, "outputs": [
+            {"name": "score", "datatype": "FP32", "shape": [1, 1], "data": [float(out.scores[i])]},
+            {"name": "cold_start", "datatype": "INT8", "shape": [1, k],
+             "data": [int(v) for v in out.cold_start[i]]}]})
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", summary="Readiness: Triton up with the model loaded, window store reachable",
+             responses={503: {"description": "Not ready (reasons listed)"}})
+    async def readyz():
+        checks: dict[str, str] = {}
+        ok, reason = await deps.triton.ready()
+        checks["triton"] = reason
+        ready = ok
+        if deps.store_ping is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.run_in_executor(service.executor, deps.store_ping), 1.0)
+                checks["window_store"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["window_store"] = f"unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+                ready = False
+        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": f"token from ${settings.token_env}"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

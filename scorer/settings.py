@@ -1,0 +1,101 @@
+"""Typed `score` and `serve` sections of the relstream configuration, and where things are.
+
+    score:                       # relstream score (Kafka path)
+      group_id: relstream-scorer
+      transactional_id: relstream-scorer-0   # unique per running instance
+      max_batch: 256
+      append_scored: false       # also append each scored fact to its windows
+    serve:                       # relstream serve (HTTP path)
+      port: 8080
+      batch_window_ms: 1.0
+      window_deadline_ms: 20
+
+Triton is reached over gRPC: ``triton_grpc_url`` if set, else ``triton.url`` when it is a
+grpc:// URL, else the local stack's gRPC address (``<run_dir>/stack.json``), else port 8001 on
+the host of ``triton.url``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relstream.config import DEFAULT_TRITON_GRPC_PORT, Config
+from schemas.plan import ServingPlan, builtin_plan, load_plan
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreSettings(_Section):
+    plan: str | None = None  # plan YAML path or built-in name; default: the top-level `plan`
+    group_id: str = "relstream-scorer"
+    transactional_id: str = "relstream-scorer-0"
+    facts_topics: list[str] | None = None  # default: [topics.facts]
+    scores_topic: str | None = None  # default: topics.scores
+    dlq_topic: str | None = None  # default: topics.dlq
+    max_batch: int = Field(default=256, ge=1, le=4096)
+    poll_timeout_ms: float = Field(default=5.0, ge=0)
+    append_scored: bool = False
+    key_column: str | None = None  # fact column keying score records; default first entity
+    auto_offset_reset: str = "earliest"
+    window_deadline_ms: float = Field(default=200.0, gt=0)  # Redis socket timeout on this path
+    window_cooldown_ms: float = Field(default=500.0, ge=0)
+    retry_backoff_ms: float = Field(default=100.0, gt=0)
+    retry_backoff_max_ms: float = Field(default=2000.0, gt=0)
+    triton_grpc_url: str | None = None
+    model_name: str | None = None  # default triton.model_name
+    model_version: str = ""  # "" = the server's policy (latest)
+    triton_timeout_s: float = Field(default=10.0, gt=0)
+    registry_dir: str | None = None  # Avro registry; default <run_dir>/registry
+    transaction_timeout_ms: int = Field(default=60000, ge=1000)
+
+
+class ServeSettings(_Section):
+    plan: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token_env: str = "RELSTREAM_API_TOKEN"
+    auth: bool = True  # false only for local experiments: every request is accepted
+    max_body_bytes: int = Field(default=64 * 1024, ge=256)
+    batch_window_ms: float = Field(default=1.0, ge=0)
+    max_batch: int = Field(default=64, ge=1, le=4096)
+    max_in_flight: int = Field(default=2, ge=1)
+    window_deadline_ms: float = Field(default=20.0, gt=0)
+    window_cooldown_ms: float = Field(default=500.0, ge=0)
+    window_threads: int = Field(default=4, ge=1)
+    triton_grpc_url: str | None = None
+    model_name: str | None = None
+    model_version: str = ""
+    triton_timeout_s: float = Field(default=2.0, gt=0)
+    workers: int = Field(default=1, ge=1)
+    key_column: str | None = None
+
+
+def resolve_plan(cfg: Config, name_or_path: str | None) -> ServingPlan:
+    ref = name_or_path or (str(cfg.plan) if cfg.plan else None)
+    if ref is None:
+        return builtin_plan("fraud")
+    if Path(ref).suffix in (".yaml", ".yml") or Path(ref).exists():
+        return load_plan(ref)
+    return builtin_plan(ref)
+
+
+def triton_grpc_url(cfg: Config, override: str | None) -> str:
+    if override:
+        return override.split("://", 1)[-1]
+    if cfg.triton.protocol == "grpc":
+        return cfg.triton.host_port
+    try:
+        state = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
+        addr = state.get("addresses", {}).get("triton_grpc")
+        http = state.get("addresses", {}).get("triton_http")
+        if addr and http and urlparse(http).netloc == cfg.triton.host_port:
+            return addr
+    except (OSError, json.JSONDecodeError):
+        pass
+    host = urlparse(cfg.triton.url).hostname or "127.0.0.1"
+    return f"{host}:{DEFAULT_TRITON_GRPC_PORT}"
