@@ -148,8 +148,12 @@ def min_heap(heap: str) -> str:
 
 
 def _kafka_cluster_id() -> str:
+    """Base64 UUID as Kafka makes them; never starting with '-' (it would parse as a flag)."""
     import base64
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 LOG4J2_PROPERTIES = """\

@@ -194,3 +194,10 @@ def test_plugins_register_and_only_their_own_absence_is_skipped(tmp_path, monkey
     # the plugin exists but one of *its* imports is missing: that must surface
     with pytest.raises(ModuleNotFoundError, match="missing_dependency_xyz"):
         cli.load_plugins(sub, ["fakeplug.broken_cli"])
+
+
+def test_kafka_cluster_id_never_looks_like_a_flag():
+    from relstream.stack.components import _kafka_cluster_id
+    ids = {_kafka_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
