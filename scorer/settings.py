@@ -52,6 +52,9 @@ class ScoreSettings(_Section):
     triton_timeout_s: float = Field(default=10.0, gt=0)
     registry_dir: str | None = None  # Avro registry; default <run_dir>/registry
     transaction_timeout_ms: int = Field(default=60000, ge=1000)
+    static_membership: bool = True  # group.instance.id = transactional_id: a restart rejoins at once
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra librdkafka
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class ServeSettings(_Section):

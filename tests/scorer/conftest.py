@@ -102,3 +102,71 @@ def make_app(plan, stack, model_name, store, **settings):
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def codec(tmp_path):
+    from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
+    registry = FileSchemaRegistry(tmp_path / "schema-registry")
+    load_builtin_schemas(registry)
+    return AvroCodec(registry)
+
+
+def produce_facts(kafka_client_config, topic, codec, rows, raw: list[bytes] = ()) -> None:
+    from confluent_kafka import Producer
+    producer = Producer({**kafka_client_config, "enable.idempotence": True, "linger.ms": 2})
+    for r in rows:
+        producer.produce(topic, key=str(r["customer_id"]).encode(),
+                         value=codec.encode("transactions-value", r))
+    for value in raw:
+        producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+
+def consume_all(kafka_consumer_config, topic, n: int, timeout: float = 30.0, committed: bool = True,
+                settle: float = 0.0) -> list:
+    """Up to ``n`` messages (then ``settle`` more seconds, to catch duplicates)."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+    consumer = Consumer({**kafka_consumer_config, "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False,
+                         "isolation.level": "read_committed" if committed else "read_uncommitted"})
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + timeout
+    settle_until = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is None and len(got) >= n:
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    got.append(msg)
+    finally:
+        consumer.close()
+    return got
+
+
+def scorer_for(plan, stack_or_url, model_name, *, consumer_config, client_config, codec, store, topics,
+               group, txn_id, **kw):
+    """An in-process KafkaScorer with real clients."""
+    from confluent_kafka import Consumer, Producer
+
+    from scorer.fallbacks import WindowFallback
+    from scorer.kafka_service import KafkaScorer
+    from scorer.triton import TritonScorer
+    url = stack_or_url if isinstance(stack_or_url, str) else stack_or_url.triton_grpc_url
+    consumer = Consumer({**consumer_config, "group.id": group, "enable.auto.commit": False,
+                         "enable.auto.offset.store": False, "isolation.level": "read_committed",
+                         "fetch.wait.max.ms": 10})
+    producer = Producer({**client_config, "transactional.id": txn_id, "linger.ms": 1})
+    facts, scores, dlq = topics
+    fallback = WindowFallback(plan, store, deadline_s=kw.pop("deadline_s", 0.2), cooldown_s=kw.pop("cooldown_s", 0.0))
+    return KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec,
+                       triton=TritonScorer(plan, url, model_name, timeout_s=kw.pop("triton_timeout_s", 5.0)),
+                       fallback=fallback, facts_topics=[facts], scores_topic=scores, dlq_topic=dlq, store=store,
+                       **kw)

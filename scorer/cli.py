@@ -1,0 +1,162 @@
+"""`relstream score` (Kafka path) and `relstream serve` (HTTP path).
+
+Settings come from the `score` / `serve` sections of the relstream config (see
+:mod:`scorer.settings`); command-line flags override them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("score", help="score facts from Kafka into the scores topic (exactly once)",
+                              description="Consume facts, read RTI windows as of each event, call Triton "
+                                          "once per batch, produce scores + offsets in one Kafka transaction.")
+    p.add_argument("--plan", help="serving plan YAML or built-in name (default: score.plan, then plan, "
+                                  "then the built-in fraud plan)")
+    p.add_argument("--group", help="consumer group id (score.group_id)")
+    p.add_argument("--transactional-id", help="unique per running instance (score.transactional_id)")
+    p.add_argument("--max-batch", type=int, help="events per batch (score.max_batch)")
+    p.add_argument("--append-scored", action="store_true", default=None,
+                   help="also append each scored fact to its windows (score.append_scored)")
+    p.add_argument("--model", help="Triton model name (score.model_name, then triton.model_name)")
+    p.add_argument("--triton-grpc", help="Triton gRPC host:port (score.triton_grpc_url)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+    p.add_argument("--exit-when-idle", type=float, metavar="S", help="exit after S seconds without input")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_score)
+
+    p = subparsers.add_parser("serve", help="HTTP scoring API (POST /v1/score, /v1/infer; bearer token)",
+                              description="FastAPI + uvicorn. The token comes from $RELSTREAM_API_TOKEN "
+                                          "(serve.token_env).")
+    p.add_argument("--plan", help="serving plan YAML or built-in name")
+    p.add_argument("--host", help="bind address (serve.host)")
+    p.add_argument("--port", type=int, help="port (serve.port)")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (serve.workers)")
+    p.add_argument("--model", help="Triton model name")
+    p.add_argument("--triton-grpc", help="Triton gRPC host:port")
+    p.add_argument("--batch-window-ms", type=float, help="micro-batch collection window (serve.batch_window_ms)")
+    p.add_argument("--max-batch", type=int, help="requests per micro-batch (serve.max_batch)")
+    p.add_argument("--window-deadline-ms", type=float, help="window-store deadline (serve.window_deadline_ms)")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without a token (local only)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+
+# ----- score -------------------------------------------------------------------------------------
+
+def cmd_score(args) -> int:
+    from relstream.cli import CliError, config_from_args
+    from relstream.config import section
+
+    from .kafka_service import build_kafka_scorer, install_signal_handlers
+    from .metrics import ScorerMetrics
+    from .settings import ScoreSettings
+
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = config_from_args(args)
+    settings = section(cfg, "score", ScoreSettings)
+    overrides = {"plan": args.plan, "group_id": args.group, "transactional_id": args.transactional_id,
+                 "max_batch": args.max_batch, "append_scored": args.append_scored, "model_name": args.model,
+                 "triton_grpc_url": args.triton_grpc}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if settings.max_batch < 1:
+        raise CliError(f"--max-batch: must be >= 1, got {settings.max_batch}")
+    metrics = ScorerMetrics()
+    scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    install_signal_handlers(scorer)
+    scorer.start()
+    print(f"relstream score: plan {scorer.plan.name}, topics {scorer.facts_topics} -> {scorer.scores_topic} "
+          f"(DLQ {scorer.dlq_topic}), group {settings.group_id}, model {scorer.triton.model_name} "
+          f"@ {scorer.triton.url}, exactly-once (transactional.id {settings.transactional_id})",
+          file=sys.stderr, flush=True)
+    try:
+        stats = scorer.run(idle_exit_s=args.exit_when_idle)
+    finally:
+        scorer.close()
+    print(json.dumps({"batches": stats.batches, "consumed": stats.consumed, "scored": stats.scored,
+                      "dead_letters": stats.dead_letters, "aborts": stats.aborts,
+                      "triton_retries": stats.triton_retries}), flush=True)
+    return 0
+
+
+# ----- serve -------------------------------------------------------------------------------------
+
+def api_token(settings) -> str | None:
+    from relstream.cli import CliError
+    token = os.environ.get(settings.token_env) or None
+    if settings.auth and not token:
+        raise CliError(f"no API token: set ${settings.token_env} (or run with --no-auth for local tests)")
+    return token
+
+
+def build_serve_app(cfg, settings):
+    """The FastAPI app with real clients (Redis window store, Triton gRPC aio)."""
+    from relstream.config import redis_client
+    from rti_store import RedisWindowStore
+
+    from .http import ServeDeps, create_app
+    from .settings import resolve_plan, triton_grpc_url
+    from .triton import AsyncTritonScorer
+
+    plan = resolve_plan(cfg, settings.plan)
+    token = api_token(settings)
+    # The deadline is enforced around the read; the socket timeout only frees a stuck thread.
+    socket_timeout = max(0.25, 4 * settings.window_deadline_ms / 1000)
+    client = redis_client(cfg, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    store = RedisWindowStore(plan, client)
+    triton = AsyncTritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
+                               settings.model_name or cfg.triton.model_name, settings.model_version,
+                               timeout_s=settings.triton_timeout_s)
+    deps = ServeDeps(plan=plan, triton=triton, store=store, settings=settings, token=token,
+                     store_ping=client.ping, on_close=[triton.close, store.close, client.close])
+    return create_app(deps)
+
+
+def serve_app_factory():
+    """uvicorn factory (`scorer.cli:serve_app_factory`): config from $RELSTREAM_CONFIG + env."""
+    from relstream.config import load_config, section
+
+    from .settings import ServeSettings
+    cfg = load_config()
+    return build_serve_app(cfg, section(cfg, "serve", ServeSettings))
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from relstream.cli import config_from_args
+    from relstream.config import section
+
+    from .settings import ServeSettings
+
+    cfg = config_from_args(args)
+    settings = section(cfg, "serve", ServeSettings)
+    overrides = {"plan": args.plan, "host": args.host, "port": args.port, "workers": args.workers,
+                 "model_name": args.model, "triton_grpc_url": args.triton_grpc,
+                 "batch_window_ms": args.batch_window_ms, "max_batch": args.max_batch,
+                 "window_deadline_ms": args.window_deadline_ms, "auth": False if args.no_auth else None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = ServeSettings.model_validate({**settings.model_dump(), **overrides})
+    # Workers are separate processes: hand them the same settings through the environment.
+    if getattr(args, "config", None):
+        os.environ["RELSTREAM_CONFIG"] = str(args.config)
+    for key, value in overrides.items():
+        os.environ[f"RELSTREAM__SERVE__{key.upper()}"] = json.dumps(value) if not isinstance(value, str) else value
+    from .settings import resolve_plan
+    api_token(settings)  # fail fast, before forking workers
+    resolve_plan(cfg, settings.plan)
+    print(f"relstream serve: http://{settings.host}:{settings.port} ({settings.workers} worker(s), "
+          f"batch window {settings.batch_window_ms} ms, max batch {settings.max_batch}, "
+          f"auth {'on' if settings.auth else 'OFF'})", file=sys.stderr, flush=True)
+    uvicorn.run("scorer.cli:serve_app_factory", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=args.log_level, access_log=False,
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,403 @@
+"""`relstream score`: facts from Kafka in, scores to Kafka out, exactly once.
+
+One loop iteration handles one batch of consumed facts:
+
+1. decode (Avro, Confluent wire format) and validate each record against the plan; anything that
+   does not fit becomes a dead letter (reason + error naming the field), never a crash;
+2. optionally append the facts to their own windows first (idempotent by event id; an event
+   never sees itself because windows are read as of its time, half-open);
+3. read every window of the batch in ONE store round trip, each as of its event's time
+   (store down or slow -> empty windows + ``degraded``, see :mod:`scorer.fallbacks`);
+4. build the tensors with ``schemas.tensors.build_tensors`` and stack them: ONE Triton call per
+   batch (chunks of the model's ``max_batch_size``). Triton unavailable -> pause the partitions,
+   keep the group membership alive, retry with backoff, resume: nothing is dropped;
+5. in ONE Kafka transaction: the score records (keyed by entity), the dead letters and the
+   consumed offsets (``send_offsets_to_transaction``). Consumers of the scores topic read with
+   ``isolation.level=read_committed`` and see every fact's score exactly once, also across
+   crashes (an aborted or fenced transaction leaves nothing visible and the offsets uncommitted).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from schemas.plan import ServingPlan
+from schemas.tensors import RowError
+
+from .fallbacks import WindowFallback
+from .metrics import ScorerMetrics
+from .pipeline import (PreparedEvent, batch_tensors, event_tensors, interactions_to_append, prepare_event,
+                       score_record, split_windows, window_requests)
+from .triton import ModelOutput, TritonRequestError, TritonUnavailable
+
+log = logging.getLogger(__name__)
+PATH = "kafka"
+SCORES_SUBJECT = "scores-value"
+DLQ_SUBJECT = "dead-letters-value"
+APPEND_FAILED = "window_append_failed"
+
+
+@dataclass
+class BatchStats:
+    consumed: int = 0
+    scored: int = 0
+    dead_letters: int = 0
+    triton_retries: int = 0
+    aborted: bool = False
+
+
+@dataclass
+class _Pending:
+    msg: Any
+    event: PreparedEvent | None = None
+    dead: tuple[str, str] | None = None  # (reason, error)
+    received: float = 0.0
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    consumed: int = 0
+    scored: int = 0
+    dead_letters: int = 0
+    aborts: int = 0
+    triton_retries: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class KafkaScorer:
+    """The consume-score-produce loop. Clients are injected (real ones in production and tests)."""
+
+    def __init__(self, plan: ServingPlan, *, consumer: Any, producer: Any, codec: Any, triton: Any,
+                 fallback: WindowFallback, facts_topics: Sequence[str], scores_topic: str, dlq_topic: str,
+                 store: Any = None, append_scored: bool = False, max_batch: int = 256,
+                 poll_timeout_s: float = 0.005, key_column: str | None = None,
+                 metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
+                 now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0):
+        self.plan = plan
+        self.consumer = consumer
+        self.producer = producer
+        self.codec = codec
+        self.triton = triton
+        self.fallback = fallback
+        self.facts_topics = list(facts_topics)
+        self.scores_topic = scores_topic
+        self.dlq_topic = dlq_topic
+        self.store = store
+        self.append_scored = append_scored
+        self.max_batch = max_batch
+        self.poll_timeout_s = poll_timeout_s
+        self.key_column = key_column
+        self.metrics = metrics or ScorerMetrics()
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.now_ns = now_ns
+        self.txn_timeout_s = txn_timeout_s
+        self.model_max_batch = max_batch
+        self._stop = threading.Event()
+        self._revoked = False
+        self._slipped: dict[tuple[str, int], int] = {}  # offsets polled while paused, to re-read
+        self.stats = LoopStats()
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.producer.init_transactions(self.txn_timeout_s)
+        self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        try:
+            self.model_max_batch = max(1, min(self.max_batch, self.triton.max_batch_size()))
+        except Exception as exc:  # noqa: BLE001 - Triton may be down at start: learn it later
+            log.warning("could not read the model's max_batch_size (%s); using %d", exc, self.max_batch)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self._revoked = True
+        log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+
+    def run(self, idle_exit_s: float | None = None, max_events: int | None = None) -> LoopStats:
+        """Loop until stopped (SIGTERM/SIGINT in the CLI), idle for ``idle_exit_s``, or ``max_events``."""
+        last_data = time.monotonic()
+        while not self._stop.is_set():
+            msgs = self.consumer.consume(num_messages=self.max_batch, timeout=self.poll_timeout_s)
+            msgs = [m for m in msgs if self._usable(m)]
+            if not msgs:
+                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+                continue
+            last_data = time.monotonic()
+            self.process(msgs)
+            if max_events is not None and self.stats.consumed >= max_events:
+                break
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        finally:
+            self.producer.flush(10)
+
+    def _usable(self, msg) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        from confluent_kafka import KafkaError
+        if err.code() != KafkaError._PARTITION_EOF:
+            self.metrics.errors.labels(PATH, "consumer").inc()
+            log.warning("consumer error: %s", err)
+            if err.fatal():
+                raise RuntimeError(f"fatal consumer error: {err}")
+        return False
+
+    # ----- one batch ---------------------------------------------------------------------------
+    def decode(self, msgs) -> list[_Pending]:
+        from schemas.registry import DecodeError
+        out = []
+        now = time.perf_counter()
+        for msg in msgs:
+            p = _Pending(msg=msg, received=now)
+            try:
+                _, record = self.codec.decode(msg.value())
+                p.event = prepare_event(self.plan, record, key_column=self.key_column)
+            except DecodeError as exc:
+                p.dead = (exc.reason, str(exc))
+            except RowError as exc:
+                p.dead = ("bad_row", str(exc))
+            except (ValueError, TypeError, OverflowError) as exc:
+                p.dead = ("bad_row", f"{type(exc).__name__}: {exc}")
+            out.append(p)
+        return out
+
+    def process(self, msgs) -> BatchStats:
+        m = self.metrics
+        self._revoked = False
+        stats = BatchStats(consumed=len(msgs))
+        pending = self.decode(msgs)
+        events = [p for p in pending if p.event is not None]
+        flags: tuple[str, ...] = ()
+        if events and self.append_scored and self.store is not None:
+            try:
+                self.store.append(interactions_to_append(self.plan, [p.event for p in events]))
+            except Exception as exc:  # noqa: BLE001 - scoring goes on; the flag says what is missing
+                log.warning("self-append failed: %s", exc)
+                m.errors.labels(PATH, "window_append").inc()
+                flags = (APPEND_FAILED,)
+        keys, as_of = window_requests([p.event for p in events])
+        with m.stage(PATH, "window_read"):
+            read = self.fallback.read(keys, as_of)
+        if keys:
+            m.window_reads.labels(PATH).inc()
+        flags = flags + read.degraded
+        with m.stage(PATH, "tensor_build"):
+            requests, ready = [], []
+            for p, windows in zip(events, split_windows([p.event for p in events], read.windows)):
+                try:
+                    requests.append(event_tensors(self.plan, p.event, windows))
+                    ready.append(p)
+                except (RowError, ValueError, TypeError, OverflowError) as exc:
+                    p.dead = ("bad_row", str(exc))
+        outputs = self._infer_all(requests, stats) if requests else []
+        if self._revoked:
+            # Partitions moved while Triton was down: their new owner re-reads the uncommitted batch.
+            log.warning("partitions revoked during the batch; dropping it (offsets not committed)")
+            m.retries.labels(PATH, "revoked").inc()
+            stats.aborted = True
+            return stats
+        now = self.now_ns()
+        records = []
+        for p, out in zip(ready, outputs):
+            if isinstance(out, Exception):
+                p.dead = ("model_rejected", str(out))
+                continue
+            model_out, i = out
+            latency_ms = (time.perf_counter() - p.received) * 1000
+            records.append((p, score_record(self.plan, p.event, model_out.scores[i], model_out.cold_start[i],
+                                            model_name=model_out.model_name,
+                                            model_version=model_out.model_version, latency_ms=latency_ms,
+                                            degraded=flags, scored_at=now)))
+        committed = self._produce_transaction(pending, records, stats)
+        if committed:
+            for p, rec in records:
+                m.observe_record(PATH, rec)
+                m.stage_seconds.labels(PATH, "total").observe(rec["latency_ms"] / 1000)
+            stats.scored = len(records)
+            self.stats.batches += 1
+            self.stats.consumed += stats.consumed
+            self.stats.scored += stats.scored
+            self.stats.dead_letters += stats.dead_letters
+        else:
+            self.stats.aborts += 1
+        self.stats.triton_retries += stats.triton_retries
+        return stats
+
+    # ----- Triton with pause-and-retry -----------------------------------------------------------
+    def _infer_all(self, requests, stats: BatchStats) -> list:
+        outs: list = []
+        step = self.model_max_batch
+        for start in range(0, len(requests), step):
+            chunk = requests[start:start + step]
+            outs.extend(self._infer_chunk(chunk, stats))
+        return outs
+
+    def _infer_chunk(self, chunk, stats: BatchStats) -> list:
+        try:
+            out = self._infer_retrying(batch_tensors(self.plan, chunk), stats)
+            self.metrics.batch_size.labels(PATH).observe(len(chunk))
+            return [(out, i) for i in range(len(chunk))]
+        except TritonRequestError as exc:
+            if len(chunk) == 1:
+                self.metrics.errors.labels(PATH, "triton_rejected").inc()
+                return [exc]
+        return [r for req in chunk for r in self._infer_chunk([req], stats)]
+
+    def _infer_retrying(self, tensors, stats: BatchStats) -> ModelOutput:
+        delay = self.backoff_s
+        paused = None
+        try:
+            while True:
+                try:
+                    with self.metrics.stage(PATH, "triton"):
+                        self.metrics.triton_calls.labels(PATH).inc()
+                        out = self.triton.infer(tensors)
+                    self.metrics.observe_model(out.model_name, out.model_version)
+                    return out
+                except TritonUnavailable as exc:
+                    self.metrics.errors.labels(PATH, "triton_unavailable").inc()
+                    self.metrics.retries.labels(PATH, "triton").inc()
+                    stats.triton_retries += 1
+                    if paused is None:
+                        paused = list(self.consumer.assignment())
+                        self.consumer.pause(paused)
+                        log.warning("Triton unavailable, partitions paused, retrying: %s", exc)
+                    self._wait(delay)
+                    delay = min(delay * 2, self.backoff_max_s)
+        finally:
+            if paused is not None:
+                self._rewind_to_batch()
+                self.consumer.resume(paused)
+                log.info("Triton answered again after %d retries; partitions resumed", stats.triton_retries)
+
+    def _wait(self, seconds: float) -> None:
+        """Wait while serving the group protocol: poll() on paused partitions returns nothing,
+        and anything that still slips through is forgotten and re-read by :meth:`_rewind_to_batch`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            msg = self.consumer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+            if msg is not None and msg.error() is None:
+                key = (msg.topic(), msg.partition())
+                self._slipped[key] = min(self._slipped.get(key, msg.offset()), msg.offset())
+
+    def _rewind_to_batch(self) -> None:
+        from confluent_kafka import TopicPartition
+        for (topic, part), offset in list(self._slipped.items()):
+            self.consumer.seek(TopicPartition(topic, part, offset))
+        self._slipped = {}
+
+    # ----- the transaction ---------------------------------------------------------------------
+    def _produce_transaction(self, pending: Sequence[_Pending], records, stats: BatchStats) -> bool:
+        from confluent_kafka import KafkaException, TopicPartition
+        offsets: dict[tuple[str, int], int] = {}
+        first: dict[tuple[str, int], int] = {}
+        for p in pending:
+            key = (p.msg.topic(), p.msg.partition())
+            offsets[key] = max(offsets.get(key, -1), p.msg.offset() + 1)
+            first[key] = min(first.get(key, p.msg.offset()), p.msg.offset())
+        try:
+            self.producer.begin_transaction()
+            for p, rec in records:
+                self.producer.produce(self.scores_topic, key=p.event.key,
+                                      value=self.codec.encode(SCORES_SUBJECT, rec))
+            for p in pending:
+                if p.dead is not None:
+                    self._produce_dead_letter(p)
+                    stats.dead_letters += 1
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
+                self.consumer.consumer_group_metadata(), self.txn_timeout_s)
+            self.producer.commit_transaction(self.txn_timeout_s)
+            return True
+        except KafkaException as exc:
+            err = exc.args[0]
+            self.metrics.errors.labels(PATH, "transaction").inc()
+            if getattr(err, "txn_requires_abort", lambda: False)():
+                log.warning("transaction aborted, batch will be re-read: %s", err)
+                self.producer.abort_transaction(self.txn_timeout_s)
+                stats.aborted = True
+                for (t, part), off in first.items():
+                    try:
+                        self.consumer.seek(TopicPartition(t, part, off))
+                    except KafkaException as seek_exc:  # partition no longer ours: new owner re-reads
+                        log.info("seek after abort skipped: %s", seek_exc)
+                self.metrics.retries.labels(PATH, "abort").inc()
+                return False
+            raise
+
+    def _produce_dead_letter(self, p: _Pending) -> None:
+        from streams.dlq import dead_letter_headers, dead_letter_payload, dead_letter_record
+        from streams.records import DeadLetter
+        reason, error = p.dead
+        msg = p.msg
+        dl = DeadLetter(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), reason=reason,
+                        error=error, value=msg.value(), key=msg.key())
+        payload, truncated = dead_letter_payload(dl, getattr(self.codec, "max_bytes", 1 << 20))
+        value = self.codec.encode(DLQ_SUBJECT, dead_letter_record(dl, payload, self.now_ns()))
+        self.producer.produce(self.dlq_topic, key=msg.key(), value=value,
+                              headers=dead_letter_headers(dl, truncated))
+        self.metrics.dlq.labels(reason).inc()
+
+
+# ----- wiring from configuration ----------------------------------------------------------------
+
+def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -> KafkaScorer:
+    """A KafkaScorer with real clients from the relstream config and the `score` section."""
+    from confluent_kafka import Consumer, Producer
+
+    from relstream.config import kafka_client_config, redis_client
+    from rti_store import RedisWindowStore
+    from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
+
+    from .settings import resolve_plan, triton_grpc_url
+    from .triton import TritonScorer
+
+    plan = resolve_plan(cfg, settings.plan)
+    registry = FileSchemaRegistry(settings.registry_dir or f"{cfg.run_dir}/schema-registry")
+    load_builtin_schemas(registry)
+    codec = AvroCodec(registry)
+    deadline = settings.window_deadline_ms / 1000
+    store = RedisWindowStore(plan, redis_client(cfg, socket_timeout=deadline, socket_connect_timeout=deadline))
+    consumer_conf = {"group.id": settings.group_id, "enable.auto.commit": False,
+                     "enable.auto.offset.store": False, "isolation.level": "read_committed",
+                     "auto.offset.reset": settings.auto_offset_reset, "session.timeout.ms": 10000,
+                     "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10}
+    if settings.static_membership:
+        consumer_conf["group.instance.id"] = settings.transactional_id
+    consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))
+    producer = Producer(kafka_client_config(
+        cfg, **{"transactional.id": settings.transactional_id, "linger.ms": 1,
+                "transaction.timeout.ms": settings.transaction_timeout_ms, **settings.producer}))
+    triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
+                          settings.model_name or cfg.triton.model_name, settings.model_version,
+                          timeout_s=settings.triton_timeout_s)
+    fallback = WindowFallback(plan, store, deadline_s=deadline, cooldown_s=settings.window_cooldown_ms / 1000)
+    return KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
+                       facts_topics=settings.facts_topics or [cfg.topics.facts],
+                       scores_topic=settings.scores_topic or cfg.topics.scores,
+                       dlq_topic=settings.dlq_topic or cfg.topics.dlq, store=store,
+                       append_scored=settings.append_scored, max_batch=settings.max_batch,
+                       poll_timeout_s=settings.poll_timeout_ms / 1000, key_column=settings.key_column,
+                       metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
+                       backoff_max_s=settings.retry_backoff_max_ms / 1000,
+                       txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000))
+
+
+def install_signal_handlers(scorer: KafkaScorer) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: scorer.request_stop())
