@@ -136,7 +136,10 @@ def cmd_smoke(args) -> int:
 
 
 # ----------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("stack", "config", "smoke")
+
+
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relstream",
         description="Real-time relational scoring: Kafka -> Redis windows -> Triton.")
@@ -190,8 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=cmd_smoke)
 
-    load_plugins(sub)
+    if plugins:
+        load_plugins(sub)
     return parser
+
+
+def _first_command(argv: Sequence[str]) -> str | None:
+    """The subcommand word in argv (skipping --config PATH), or None."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--config":
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
 
 
 def load_plugins(subparsers, modules: Sequence[str] = PLUGIN_MODULES) -> list[str]:
@@ -217,7 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .stack import PortInUseError, StackError
     from .stack.kafka_jars import JarCacheError
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # core commands do not import the plugins (faster, and a broken plugin cannot block
+    # `stack down`); everything else, including the top-level --help, loads them all
+    parser = build_parser(plugins=_first_command(argv) not in CORE_COMMANDS)
     args = parser.parse_args(argv)
     try:
         code = args.func(args)

@@ -201,3 +201,10 @@ def test_kafka_cluster_id_never_looks_like_a_flag():
     ids = {_kafka_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_core_commands_skip_plugins_others_load_them():
+    from relstream.cli import _first_command
+    assert _first_command(["--config", "x.yaml", "stack", "up"]) == "stack"
+    assert _first_command(["--config=x.yaml", "ingest", "--help"]) == "ingest"
+    assert _first_command(["--help"]) is None
