@@ -65,8 +65,8 @@ def _assert_stopped(pids: dict[str, tuple[int, int]]) -> None:
 
 def _started(st: LocalStack) -> dict[str, tuple[int, int]]:
     out = {}
-    for name in st.components:
-        rec = st._children[name].record()
+    for name, child in [*st._children.items(), ("watchdog", st._watchdog)]:
+        rec = child.record()
         if rec is not None:
             out[name] = (rec.pid, rec.start_ticks)
     return out
@@ -75,7 +75,8 @@ def _started(st: LocalStack) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> LocalStack:
     run_dir = tmp_path_factory.mktemp("stack")
-    st = LocalStack(run_dir, run_dir / "models")
+    # stop_with_owner: a watchdog stops the servers even if this session is killed outright
+    st = LocalStack(run_dir, run_dir / "models", stop_with_owner=True)
     install_smoke_model(st.model_repository)
     try:
         took = st.up()
@@ -97,6 +98,7 @@ def stack_factory(tmp_path):
     def make(components=("kafka", "redis", "triton"), **kwargs) -> LocalStack:
         run_dir = tmp_path / f"stack{len(made)}"
         kwargs.setdefault("model_repository", run_dir / "models")
+        kwargs.setdefault("stop_with_owner", True)
         st = LocalStack(run_dir, components=components, **kwargs)
         made.append(st)
         st.up()

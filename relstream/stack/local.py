@@ -17,11 +17,14 @@ from typing import Iterable, Mapping
 
 from .components import (Component, ComponentSettings, KafkaComponent, RedisComponent,
                          TritonComponent)
-from .ports import HOST, ensure_ports_free, free_port, port_in_use
+from .ports import HOST, ensure_ports_free, free_ports, port_in_use
 from .process import Child, StackError
 
 ALL_COMPONENTS = ("kafka", "redis", "triton")
 STATE_FILE = "stack.json"
+# log lines by which a server reports that its port was taken
+BIND_FAILURES = ("Address already in use", "BindException", "Failed to bind",
+                 "failed to start", "Could not create server TCP listening socket")
 
 # flat port names, as used in the `stack.ports` config section and LocalStack(ports=...)
 PORT_KEYS = {
@@ -39,7 +42,10 @@ class LocalStack:
                  components: Iterable[str] = ALL_COMPONENTS,
                  ports: Mapping[str, int] | None = None,
                  settings: ComponentSettings | None = None,
-                 ready_timeout: float = 120.0):
+                 ready_timeout: float = 120.0,
+                 stop_with_owner: bool = False):
+        """stop_with_owner: also start a watchdog that stops the servers if this process dies
+        without calling down() (used by the test fixtures; not by `relstream stack up`)."""
         self.run_dir = Path(run_dir).resolve()
         self.components = tuple(components)
         unknown = set(self.components) - set(ALL_COMPONENTS)
@@ -63,6 +69,8 @@ class LocalStack:
             "triton": TritonComponent(self.run_dir, self.settings, self.model_repository),
         }
         self._children = {name: Child(name, self.run_dir) for name in ALL_COMPONENTS}
+        self.stop_with_owner = stop_with_owner
+        self._watchdog = Child("watchdog", self.run_dir)
 
     # ------------------------------------------------------------------------ addresses
     def ports_of(self, name: str) -> dict[str, int]:
@@ -126,19 +134,25 @@ class LocalStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         started: list[str] = []
+        watchdog_started = self.stop_with_owner and self._watchdog.running() is None
+        if watchdog_started:
+            self._start_watchdog()
         try:
             for name in self.components:
                 if self._children[name].running() is None:
                     self._launch(name, repick_stale_ports=True)
                     started.append(name)
             self._save_state()
-            took = {name: self._wait_healthy(name, t0) for name in self.components}
+            took = {name: self._wait_healthy_retrying(name, t0, name in started)
+                    for name in self.components}
         except BaseException:
             for name in reversed(started):
                 try:
                     self._children[name].stop(timeout=10)
                 except StackError:
                     pass
+            if watchdog_started:
+                self._watchdog.stop(timeout=5)
             raise
         self._save_state()
         return took
@@ -146,9 +160,10 @@ class LocalStack:
     def down(self) -> None:
         """Stop exactly the children this run directory started, newest first."""
         errors = []
-        for name in reversed(ALL_COMPONENTS):
+        for name in ("watchdog", *reversed(ALL_COMPONENTS)):
+            child = self._watchdog if name == "watchdog" else self._children[name]
             try:
-                self._children[name].stop()
+                child.stop()
             except StackError as exc:
                 errors.append(str(exc))
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
@@ -188,6 +203,10 @@ class LocalStack:
         return {name: rec.pid for name in ALL_COMPONENTS
                 if (rec := self._children[name].running()) is not None}
 
+    def watchdog_pid(self) -> int | None:
+        rec = self._watchdog.running()
+        return rec.pid if rec else None
+
     def log_file(self, name: str) -> Path:
         self._check_name(name)
         return self._children[name].log_file
@@ -213,28 +232,53 @@ class LocalStack:
                 "triton": self.triton_http_url}[name]
 
     def _resolve_ports(self, saved: Mapping[str, int]) -> dict[str, int]:
-        ports = {}
-        for key in PORT_KEYS.values():
-            want = self._requested_ports.get(key, 0)
-            ports[key] = want or int(saved.get(key, 0)) or free_port()
-        if len(set(ports.values())) != len(ports):
+        ports = {key: self._requested_ports.get(key, 0) or int(saved.get(key, 0))
+                 for key in PORT_KEYS.values()}
+        if len({p for p in ports.values() if p}) != len([p for p in ports.values() if p]):
             raise ValueError(f"stack ports must be distinct, got {ports}")
+        self._pick_ports([k for k, p in ports.items() if not p], ports)
         return ports
+
+    @staticmethod
+    def _pick_ports(keys: list[str], ports: dict[str, int]) -> None:
+        taken = {p for k, p in ports.items() if p and k not in keys}
+        for key, port in zip(keys, free_ports(len(keys), exclude=taken)):
+            ports[key] = port
+
+    def _auto_port_keys(self, name: str) -> list[str]:
+        return [key for (comp, _), key in PORT_KEYS.items()
+                if comp == name and not self._requested_ports.get(key)]
 
     def _launch(self, name: str, repick_stale_ports: bool = False) -> None:
         if repick_stale_ports:
             # A port remembered from an earlier run (not one the user asked for) may have
             # been taken by someone else since; pick a new free one instead of failing.
-            for (comp, _role), key in PORT_KEYS.items():
-                if comp == name and not self._requested_ports.get(key) \
-                        and port_in_use(self._ports[key]):
-                    self._ports[key] = free_port()
+            stale = [k for k in self._auto_port_keys(name) if port_in_use(self._ports[k])]
+            self._pick_ports(stale, self._ports)
         ports = self.ports_of(name)
         ensure_ports_free(name, {PORT_KEYS[(name, r)]: p for r, p in ports.items()})
         impl = self._impl[name]
         impl.prepare(ports)
         argv, env = impl.command(ports)
         self._children[name].start(argv, env=env, cwd=self.run_dir)
+
+    def _wait_healthy_retrying(self, name: str, t0: float, started_now: bool) -> float:
+        """Wait healthy; if a child we just started on *free-picked* ports died because one
+        was grabbed by another process in between (bind race), retry on new ports."""
+        for attempt in range(3):
+            try:
+                return self._wait_healthy(name, t0)
+            except StackError as exc:
+                auto = self._auto_port_keys(name)
+                lost_race = started_now and len(auto) == len(self.ports_of(name)) \
+                    and self._children[name].running() is None \
+                    and any(s in str(exc) for s in BIND_FAILURES)
+                if not lost_race or attempt == 2:
+                    raise
+                self._pick_ports(auto, self._ports)
+                self._launch(name)
+                self._save_state()
+        raise AssertionError("unreachable")
 
     def _wait_healthy(self, name: str, t0: float) -> float:
         child, impl = self._children[name], self._impl[name]
@@ -253,6 +297,17 @@ class LocalStack:
                     f"{name} not healthy after {self.ready_timeout:.0f}s ({reason}); "
                     f"last lines of {child.log_file}:\n{child.log_tail(30)}")
             time.sleep(0.2)
+
+    def _start_watchdog(self) -> None:
+        import os
+        import sys
+        from .process import process_start_ticks
+        me = os.getpid()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [package_root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        self._watchdog.start([sys.executable, "-m", "relstream.stack.watchdog", str(me),
+                              str(process_start_ticks(me)), str(self.run_dir)], env=env)
 
     def _load_state(self) -> dict:
         try:

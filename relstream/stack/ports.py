@@ -17,6 +17,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(n: int, exclude: set[int] = frozenset()) -> list[int]:
+    """`n` distinct free ports (all held open together while picking, so none repeats)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
+
+
 def port_in_use(port: int) -> bool:
     """True if something listens on (or holds) 127.0.0.1:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -81,6 +81,29 @@ def test_redis_persistence_option_survives_restart(stack_factory):
     assert redis.Redis.from_url(st.redis_url).get("durable") == b"yes"
 
 
+def test_watchdog_stops_servers_when_owner_dies_without_down(tmp_path):
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from pathlib import Path
+from relstream.stack import LocalStack
+st = LocalStack(Path({str(tmp_path / 'run')!r}), components=("redis",), stop_with_owner=True)
+st.up()
+print(st.pids()["redis"], st.watchdog_pid(), flush=True)
+os._exit(0)   # dies without down()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    redis_pid, watchdog_pid = map(int, proc.stdout.split())
+    deadline = time.monotonic() + 20
+    while (is_alive(redis_pid) or is_alive(watchdog_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_alive(redis_pid), "redis outlived its owner"
+    assert not is_alive(watchdog_pid)
+    assert "owner" in (tmp_path / "run" / "logs" / "watchdog.log").read_text()
+
+
 def test_port_in_use_is_reported_clearly(tmp_path):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -107,6 +130,44 @@ def test_child_that_dies_is_reported_with_its_log_tail(tmp_path):
     assert "exit code 7" in msg
     assert "FATAL: cannot open config (simulated)" in msg
     assert st.pids() == {}
+
+
+def test_lost_port_race_on_free_ports_is_retried_on_new_ports(tmp_path):
+    # first start fails the way redis does when another process grabbed the port in between
+    mark = tmp_path / "failed-once"
+    fake = tmp_path / "racy-redis"
+    fake.write_text(f"""#!/bin/sh
+if [ ! -e {mark} ]; then
+  touch {mark}
+  echo "Warning: Could not create server TCP listening socket 127.0.0.1:$2: bind: Address already in use"
+  exit 1
+fi
+exec redis-server "$@"
+""")
+    fake.chmod(0o755)
+    st = LocalStack(tmp_path / "run", components=("redis",),
+                    settings=ComponentSettings(redis_server=str(fake)))
+    first_port = st.ports["redis"]
+    try:
+        st.up()
+        assert mark.exists()
+        assert st.ports["redis"] != first_port
+        import redis
+        assert redis.Redis.from_url(st.redis_url).ping()
+    finally:
+        st.down()
+
+
+def test_explicit_port_is_not_silently_changed(tmp_path):
+    fake = tmp_path / "failing-redis"
+    fake.write_text("#!/bin/sh\necho 'bind: Address already in use'\nexit 1\n")
+    fake.chmod(0o755)
+    port = free_port()
+    st = LocalStack(tmp_path / "run", components=("redis",), ports={"redis": port},
+                    settings=ComponentSettings(redis_server=str(fake)))
+    with pytest.raises(StackError, match="Address already in use"):
+        st.up()
+    assert st.ports["redis"] == port
 
 
 def test_readiness_timeout_names_component_and_reason(tmp_path):
