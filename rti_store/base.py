@@ -34,7 +34,11 @@ class WindowStore(Protocol):
     plan: ServingPlan
 
     def append(self, items: Sequence[AppendItem]) -> int:
-        """Store interactions (one round trip for the batch); returns how many were new."""
+        """Store interactions (one round trip for the batch).
+
+        Returns how many were newly stored: not stored before and kept by the caps (a
+        redelivery, or a late event already outside the caps, counts 0).
+        """
 
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
         """Windows of many (hop key, entity id) as of one or per-key anchor times (one round trip)."""

@@ -21,17 +21,24 @@ from rti_store.codec import ID_LEN, INT64_MIN, time_key, time_of
 
 
 def insert(members: list[bytes], new: Iterable[bytes], max_len: int, horizon_ns: int | None) -> int:
-    """Insert packed rows in place, then trim by count and age. Returns rows not seen before."""
-    added = 0
+    """Insert packed rows in place, then trim by count and age.
+
+    Returns how many rows were newly stored: their (time, id) was not stored before and they are
+    still in the window after the caps (so a redelivery always returns 0).
+    """
+    inserted = []
     for m in new:
         ident = m[:ID_LEN]
         i = bisect_left(members, ident)
         if i < len(members) and members[i][:ID_LEN] == ident:
             continue  # same (event time, event id): redelivery
         members.insert(i, m)
-        added += 1
+        inserted.append(m)
     trim(members, max_len, horizon_ns)
-    return added
+    if not members:
+        return 0
+    oldest = members[0]
+    return sum(1 for m in inserted if m >= oldest)
 
 
 def trim(members: list[bytes], max_len: int, horizon_ns: int | None) -> None:

@@ -33,43 +33,81 @@ from rti_store.base import AppendItem, BaseWindowStore, StoreUnavailable, Window
 from rti_store.codec import time_key
 from rti_store.memory import _decode_grouped
 
-# KEYS[1] window key
-# ARGV[1] max_len   ARGV[2], ARGV[3] horizon (high, low 32 bits) or "-1" for none
-# ARGV[4] ttl in ms ("0" = no expiry)   ARGV[5..] packed rows
-# Returns the number of rows whose (time, id) was not already stored.
+# Append to many windows in one call (standalone: chunks of keys; cluster: keys of one slot).
+# KEYS     the window keys
+# ARGV[1], ARGV[2]  horizon in ns as (high, low) 32-bit halves, or "-1" for no age cap
+# ARGV[3]  TTL in ms ("0" = no expiry)
+# then per key, in KEYS order: max_len, n, n packed rows
+# Returns the number of rows newly stored: (time, id) not stored before and kept by the caps.
 APPEND_LUA = r"""
-local key = KEYS[1]
+local call = redis.call
+local unpack4 = struct.unpack
+local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local a = 4
 local added = 0
-for i = 5, #ARGV do
-  local m = ARGV[i]
-  local ident = string.sub(m, 1, 16)
-  local hit = redis.call('ZRANGEBYLEX', key, '[' .. ident, '+', 'LIMIT', 0, 1)
-  if hit[1] == nil or string.sub(hit[1], 1, 16) ~= ident then
-    redis.call('ZADD', key, 0, m)
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local max_len, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  -- (time, id) of the newest stored row, as four 32-bit numbers (Lua string comparison follows
+  -- the locale, so identities are compared numerically)
+  local newest = call('ZRANGE', key, -1, -1)[1]
+  local n1, n2, n3, n4 = -1, 0, 0, 0
+  if newest then n1, n2, n3, n4 = unpack4('>I4I4I4I4', newest) end
+  local inserted, late = {}, false
+  for i = a, a + n - 1 do
+    local m = ARGV[i]
+    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', m)
+    if m1 > n1 or (m1 == n1 and (m2 > n2 or (m2 == n2 and (m3 > n3 or (m3 == n3 and m4 > n4))))) then
+      -- newer than everything stored (the in-order case): it cannot be a redelivery
+      call('ZADD', key, 0, m)
+      inserted[#inserted + 1] = {m1, m2, m3, m4}
+      n1, n2, n3, n4 = m1, m2, m3, m4
+    else
+      local ident = string.sub(m, 1, 16)
+      local hit = call('ZRANGEBYLEX', key, '[' .. ident, '+', 'LIMIT', 0, 1)[1]
+      if hit == nil or string.sub(hit, 1, 16) ~= ident then
+        call('ZADD', key, 0, m)
+        inserted[#inserted + 1] = {m1, m2, m3, m4}
+        late = true
+      end
+    end
+  end
+  a = a + n
+  -- count cap: keep the newest max_len (a no-op while the window is shorter)
+  call('ZREMRANGEBYRANK', key, 0, -max_len - 1)
+  if h_hi >= 0 and n1 >= 0 then
+    -- age cap: drop rows older than newest - horizon, computed on the biased 64-bit time in
+    -- two 32-bit halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+    local hi, lo = n1 - h_hi, n2 - h_lo
+    if lo < 0 then
+      lo = lo + 4294967296
+      hi = hi - 1
+    end
+    if hi >= 0 then
+      call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo))
+    end
+  end
+  -- count what was stored AND survived the caps: a single in-order row is the newest and always
+  -- survives; otherwise compare with the oldest row left
+  if #inserted == 1 and not late then
     added = added + 1
+  elseif #inserted > 0 then
+    local oldest = call('ZRANGE', key, 0, 0)[1]
+    if oldest then
+      local o1, o2, o3, o4 = unpack4('>I4I4I4I4', oldest)
+      for _, r in ipairs(inserted) do
+        local r1, r2, r3, r4 = r[1], r[2], r[3], r[4]
+        if r1 > o1 or (r1 == o1 and (r2 > o2 or (r2 == o2 and (r3 > o3 or (r3 == o3 and r4 >= o4))))) then
+          added = added + 1
+        end
+      end
+    end
   end
-end
-local max_len = tonumber(ARGV[1])
-local n = redis.call('ZCARD', key)
-if n > max_len then
-  redis.call('ZREMRANGEBYRANK', key, 0, n - max_len - 1)
-end
-if ARGV[2] ~= '-1' and n > 0 then
-  local newest = redis.call('ZRANGE', key, -1, -1)[1]
-  local hi, lo = struct.unpack('>I4I4', newest)
-  hi = hi - tonumber(ARGV[2])
-  lo = lo - tonumber(ARGV[3])
-  if lo < 0 then
-    lo = lo + 4294967296
-    hi = hi - 1
+  if ttl > 0 then
+    call('PEXPIRE', key, ttl)
   end
-  if hi >= 0 then
-    redis.call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo))
-  end
-end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('PEXPIRE', key, ttl)
 end
 return added
 """
@@ -87,11 +125,15 @@ def entity_token(entity: int | bytes) -> bytes:
 
 
 class RedisWindowStore(BaseWindowStore):
-    """Windows in Redis (standalone or Cluster client); see the module docstring for the layout."""
+    """Windows in Redis (standalone or Cluster client); see the module docstring for the layout.
+
+    ``chunk_keys`` bounds how many windows one Lua call touches: a Lua call blocks the Redis
+    event loop, so smaller chunks keep concurrent reads fast, larger ones cost fewer calls.
+    """
 
     def __init__(self, plan: ServingPlan, client_or_url: Any, horizon_ns: int | None = None,
                  ttl_s: float | None = 7 * 86400, key_prefix: str = "rs",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, chunk_keys: int = 256):
         super().__init__(plan, horizon_ns=horizon_ns, ttl_s=ttl_s)
         if isinstance(client_or_url, str):
             self.client = redis.Redis.from_url(client_or_url)
@@ -101,14 +143,20 @@ class RedisWindowStore(BaseWindowStore):
             self._owns_client = False
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise ValueError(f"key_prefix: must be non-empty and brace-free, got {key_prefix!r}")
+        if chunk_keys < 1:
+            raise ValueError(f"chunk_keys: must be >= 1, got {chunk_keys}")
         self.key_prefix = key_prefix
-        self.clock = clock  # Redis expires by its own clock; kept for interface symmetry
+        self.chunk_keys = chunk_keys
+        self.clock = clock  # Redis expires keys by its own clock; kept for interface symmetry
+        self._cluster = _is_cluster(self.client)
         self._ttl_ms = b"0" if ttl_s is None else str(max(1, int(round(ttl_s * 1000)))).encode()
         h = self.horizon_ns
         self._horizon = (b"-1", b"-1") if h is None else (str(h >> 32).encode(), str(h & 0xFFFFFFFF).encode())
-        self._key_heads = {k: f"{key_prefix}:{{{c.layout_id}:".encode() for k, c in self.codecs.items()}
+        self._key_heads = {k: f"{key_prefix}:{{{c.layout_id}:" for k, c in self.codecs.items()}
+        self._int_entities = {k: self.plan.column_dtype(c.hop.key.target.table, c.hop.key.target.column)
+                              in ("int64", "timestamp") for k, c in self.codecs.items()}
         self._max_len = {k: str(c.hop.max_len).encode() for k, c in self.codecs.items()}
-        self._append_sha: bytes | None = None
+        self._shas: dict[str, bytes] = {}
 
     # ----- keys -----------------------------------------------------------------------------
     def redis_key(self, hop_key: str, entity_id: Any) -> bytes:
@@ -116,80 +164,161 @@ class RedisWindowStore(BaseWindowStore):
         head = self._key_heads.get(hop_key)
         if head is None:
             self.codec(hop_key)  # raises the RowError naming the unknown hop key
+        if type(entity_id) is int and self._int_entities[hop_key]:
+            return f"{head}{entity_id}}}".encode()  # hot path: plain int ids
         ent = self.entity(hop_key, entity_id)
-        return head + (str(ent).encode() if type(ent) is int else entity_token(ent)) + b"}"
+        return head.encode() + (str(ent).encode() if type(ent) is int else entity_token(ent)) + b"}"
 
     _keyed = redis_key
 
-    # ----- append ---------------------------------------------------------------------------
-    def _sha(self) -> bytes:
-        if self._append_sha is None:
-            sha = self._call(lambda: self.client.script_load(APPEND_LUA))
-            if isinstance(sha, dict):  # cluster clients answer per node
-                sha = next(iter(sha.values()))
-            self._append_sha = sha if isinstance(sha, bytes) else str(sha).encode()
-        return self._append_sha
+    def _groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        """Indices of ``keys`` per Lua call: same slot on a cluster, chunks otherwise."""
+        if self._cluster:
+            from redis.cluster import key_slot
 
-    def append(self, items: Sequence[AppendItem]) -> int:
-        grouped: dict[bytes, list[bytes]] = defaultdict(list)
-        max_len: dict[bytes, bytes] = {}
-        for hop_key, entity_id, interaction in items:  # encode all first: bad input sends nothing
-            key = self._keyed(hop_key, entity_id)
-            grouped[key].append(self.codecs[hop_key].encode(interaction))
-            max_len[key] = self._max_len[hop_key]
-        if not grouped:
-            return 0
+            by_slot: dict[int, list[int]] = defaultdict(list)
+            for i, k in enumerate(keys):
+                by_slot[key_slot(k)].append(i)
+            groups = list(by_slot.values())
+        else:
+            groups = [list(range(len(keys)))]
+        n = self.chunk_keys
+        return [g[i:i + n] for g in groups for i in range(0, len(g), n)]
+
+    # ----- scripts --------------------------------------------------------------------------
+    def _sha(self, script: str) -> bytes:
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._call(lambda: self.client.script_load(script))
+            if isinstance(sha, dict):  # some cluster clients answer per node
+                sha = next(iter(sha.values()))
+            sha = sha if isinstance(sha, bytes) else str(sha).encode()
+            self._shas[script] = sha
+        return sha
+
+    def _eval_many(self, script: str, calls: list[tuple[list[bytes], list[bytes]]]) -> list:
+        """Run ``script`` once per (keys, args) call, all in one round trip; reload on NOSCRIPT.
+
+        Appends are idempotent, so a retry after NOSCRIPT (or a lost connection) is always safe.
+        """
         for attempt in range(2):
-            sha = self._sha()
+            sha = self._sha(script)
             try:
-                results = self._call(lambda: self._run_append(sha, grouped, max_len))
+                return self._roundtrip([(b"EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
             except redis.exceptions.NoScriptError:
-                # Redis restarted or SCRIPT FLUSH: reload and retry (appends are idempotent).
-                self._append_sha = None
+                # Redis restarted, failed over or ran SCRIPT FLUSH: load again and retry.
+                self._shas.pop(script, None)
                 if attempt:
                     raise
-                continue
-            return sum(int(r) for r in results)
         raise AssertionError("unreachable")
 
-    def _run_append(self, sha: bytes, grouped: dict[bytes, list[bytes]], max_len: dict[bytes, bytes]) -> list:
-        pipe = self.client.pipeline(transaction=False)
-        h_hi, h_lo = self._horizon
-        for key, members in grouped.items():
-            pipe.execute_command("EVALSHA", sha, 1, key, max_len[key], h_hi, h_lo, self._ttl_ms, *members)
-        return pipe.execute()
+    def _roundtrip(self, commands: list[tuple]) -> list:
+        """Send many commands in one write and read all replies (one round trip).
+
+        On a standalone client this packs the commands with hiredis and talks to one pooled
+        connection directly: redis-py's Pipeline object costs ~10 us per command in Python,
+        which is most of the time of a 64-window read. Cluster clients go through their own
+        pipeline, which splits the commands per node.
+        """
+        if self._cluster:
+            def run():
+                pipe = self.client.pipeline(transaction=False)
+                for cmd in commands:
+                    pipe.execute_command(*cmd)
+                return pipe.execute()
+            return self._call(run)
+        packed = _pack_commands(commands)
+        for attempt in range(2):
+            pool = self.client.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([packed])
+                replies = [conn.read_response() for _ in commands]
+                return replies
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                conn.disconnect()
+                if attempt:  # one reconnect (stale pooled socket after a Redis restart)
+                    raise StoreUnavailable(f"redis: {exc}") from exc
+            except redis.exceptions.ResponseError as exc:
+                conn.disconnect()  # replies after the failed one are unread: drop the socket
+                self._call(lambda: _reraise(exc))
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")
+
+    # ----- append ---------------------------------------------------------------------------
+    def append(self, items: Sequence[AppendItem]) -> int:
+        rows: dict[bytes, list[bytes]] = {}
+        max_len: dict[bytes, bytes] = {}
+        codecs = self.codecs
+        for hop_key, entity_id, interaction in items:  # encode all first: bad input sends nothing
+            key = self.redis_key(hop_key, entity_id)
+            member = codecs[hop_key].encode(interaction)
+            got = rows.get(key)
+            if got is None:
+                rows[key] = [member]
+                max_len[key] = self._max_len[hop_key]
+            else:
+                got.append(member)
+        if not rows:
+            return 0
+        keys = list(rows)
+        calls = []
+        for group in self._groups(keys):
+            call_keys = [keys[i] for i in group]
+            args = [*self._horizon, self._ttl_ms]
+            for k in call_keys:
+                members = rows[k]
+                args.append(max_len[k])
+                args.append(len(members))
+                args.extend(members)
+            calls.append((call_keys, args))
+        return sum(int(r) for r in self._eval_many(APPEND_LUA, calls))
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
         anchors = self.as_of_list(keys, as_of)
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for (hop_key, entity_id), t in zip(keys, anchors):
-            lo, hi = self.plan.rti_bounds(t)
-            pipe.execute_command("ZREVRANGEBYLEX", self._keyed(hop_key, entity_id), b"(" + time_key(hi),
-                                 b"[" + time_key(lo), b"LIMIT", 0, self._max_len[hop_key])
-        replies = self._call(pipe.execute)
-        rows = []
-        for (_, _), reply, t in zip(keys, replies, anchors):
-            lo, hi = self.plan.rti_bounds(t)
-            rows.append(reply[::-1] if hi > lo else [])
+        redis_keys = [self.redis_key(h, e) for h, e in keys]
+        bounds: dict[int, tuple[bytes, bytes] | None] = {}
+        for t in anchors:
+            if t not in bounds:
+                lo, hi = self.plan.rti_bounds(t)
+                bounds[t] = (b"(" + time_key(hi), b"[" + time_key(lo)) if hi > lo else None
+        commands, order = [], []
+        for i, (hop_key, _) in enumerate(keys):
+            b = bounds[anchors[i]]
+            if b is not None:
+                commands.append((b"ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], b"LIMIT", b"0",
+                                 self._max_len[hop_key]))
+                order.append(i)
+        rows: list[list[bytes]] = [[] for _ in keys]
+        if commands:
+            for i, reply in zip(order, self._roundtrip(commands)):
+                reply.reverse()  # newest first -> oldest first
+                rows[i] = reply
         return _decode_grouped(self, keys, rows)
 
     def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
         """All stored packed rows of one window, oldest first (no time bounds)."""
-        return self._call(lambda: self.client.zrange(self._keyed(hop_key, entity_id), 0, -1))
+        return self._call(lambda: self.client.zrange(self.redis_key(hop_key, entity_id), 0, -1))
 
     def dump_many(self, keys: Sequence[WindowKey]) -> list[Window]:
         """Full stored windows (no time bounds), one round trip."""
+        if not keys:
+            return []
         pipe = self.client.pipeline(transaction=False)
         for hop_key, entity_id in keys:
-            pipe.zrange(self._keyed(hop_key, entity_id), 0, -1)
-        return _decode_grouped(self, keys, self._call(pipe.execute) if keys else [])
+            pipe.zrange(self.redis_key(hop_key, entity_id), 0, -1)
+        return _decode_grouped(self, keys, self._call(pipe.execute))
 
     def ttl_ms(self, hop_key: str, entity_id: Any) -> int:
         """Remaining TTL of a window key in ms (-2 = no such key, -1 = no expiry)."""
-        return int(self._call(lambda: self.client.pttl(self._keyed(hop_key, entity_id))))
+        return int(self._call(lambda: self.client.pttl(self.redis_key(hop_key, entity_id))))
 
     def iter_keys(self, count: int = 1000) -> Iterable[bytes]:
         """Every window key of this store's prefix (SCAN, non-blocking)."""
@@ -203,15 +332,43 @@ class RedisWindowStore(BaseWindowStore):
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
-            if "NOSCRIPT" in str(exc) and not isinstance(exc, redis.exceptions.NoScriptError):
-                raise redis.exceptions.NoScriptError(str(exc)) from exc
-            if "BUSY" in str(exc) or "LOADING" in str(exc):
+            text = str(exc)
+            if text.startswith("NOSCRIPT") and not isinstance(exc, redis.exceptions.NoScriptError):
+                raise redis.exceptions.NoScriptError(text) from exc
+            if text.startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
                 raise StoreUnavailable(f"redis: {exc}") from exc
             raise
 
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.cluster import RedisCluster
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(client, RedisCluster)
+
+
+def _reraise(exc: BaseException):
+    raise exc
+
+
+try:  # hiredis packs commands in C; the pure-Python fallback keeps the store usable without it
+    from hiredis import pack_command as _pack_one
+except ImportError:  # pragma: no cover
+    def _pack_one(cmd: tuple) -> bytes:
+        parts = [b"*%d\r\n" % len(cmd)]
+        for arg in cmd:
+            arg = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(parts)
+
+
+def _pack_commands(commands: list[tuple]) -> bytes:
+    return b"".join([_pack_one(cmd) for cmd in commands])
 
 
 __all__ = ["APPEND_LUA", "RedisWindowStore", "entity_token"]

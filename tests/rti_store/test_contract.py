@@ -172,8 +172,9 @@ def test_late_event_lands_in_its_place(make_store):
 def test_count_cap_keeps_the_newest(make_store):
     store = make_store()
     rows = [event(i, 100 + i) for i in range(10)]
-    store.append(appends(RECO, rows[5:]))
-    store.append(appends(RECO, rows[:5]))  # older, arrive later: trimmed on arrival
+    assert store.append(appends(RECO, rows[5:])) == 4 + 3  # kept: 4 in the household window, 3 in the product one
+    assert store.append(appends(RECO, rows[:5])) == 0  # older, arrive later: trimmed on arrival
+    assert store.append(appends(RECO, rows)) == 0  # a full redelivery stores nothing new
     state = store.dump_many([(HH, 1), (PROD, "p1")])
     assert list(state[0].event_time) == [106, 107, 108, 109]  # max_len 4
     assert list(state[1].event_time) == [107, 108, 109]  # max_len 3
@@ -185,8 +186,9 @@ def test_age_cap_is_measured_from_the_newest_event_time(make_store):
     assert list(store.dump_many([(HH, 1)])[0].event_time) == [100, 120]
     store.append(appends(RECO, [event(3, 160)]))  # cutoff 110: 100 goes, 120 stays
     assert list(store.dump_many([(HH, 1)])[0].event_time) == [120, 160]
-    store.append(appends(RECO, [event(4, 110)]))  # late and exactly at the cutoff: kept
-    store.append(appends(RECO, [event(5, 109)]))  # late and older than the cutoff: dropped
+    hh_only = lambda rows: [a for a in appends(RECO, rows) if a[0] == HH]  # noqa: E731
+    assert store.append(hh_only([event(4, 110)])) == 1  # late and exactly at the cutoff: kept
+    assert store.append(hh_only([event(5, 109)])) == 0  # late and older than the cutoff: dropped
     assert list(store.dump_many([(HH, 1)])[0].event_time) == [110, 120, 160]
     store.append(appends(RECO, [event(6, 10_000)]))
     assert list(store.dump_many([(HH, 1)])[0].event_time) == [10_000]
@@ -363,6 +365,7 @@ def test_any_delivery_order_with_duplicates_equals_a_clean_sorted_pass(make_stor
     for r in sorted(rows, key=lambda r: (r["event_time"], r["event_id"])):
         clean.append(appends(RECO, [r]))
 
+    assert messy.append(appends(RECO, delivery)) == 0  # everything again: nothing new
     keys = [(HH, h) for h in range(4)] + [(PROD, f"p{p}") for p in range(3)]
     for hop_key, entity in keys:
         assert messy.rows(hop_key, entity) == clean.rows(hop_key, entity)
