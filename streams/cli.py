@@ -1,0 +1,160 @@
+"""`relstream ingest`: registered into the relstream CLI by ``register(subparsers)``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Consume the interaction topics and keep the real-time windows of every hop of the serving plan
+in Redis. Records are decoded with the Avro codec (Confluent wire format), turned into window
+appends, written in one Redis round trip per batch, and their offsets committed only after
+Redis acknowledged them (at-least-once delivery + idempotent appends = each event exactly once
+in its windows). Bad records go to the dead-letter topic with the reason and source offset.
+SIGTERM finishes the batch in hand, commits it and exits.
+
+With --backfill FILE.parquet, fill the windows from a parquet file of the plan's table instead
+(same append path), then exit.
+
+Settings: the config file's `ingest` section (topics, group_id, batch_size, batch_timeout_s,
+max_payload_bytes, metrics_port, registry, store, consumer, producer); flags override it."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ingest", help="Kafka -> Redis window ingestion (or --backfill a parquet file)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", metavar="NAME|PATH", help="serving plan: built-in name or YAML path "
+                   "(default: config `plan`, else the built-in 'fraud')")
+    p.add_argument("--topic", action="append", metavar="TOPIC[=TABLE]",
+                   help="topic to consume and the plan table its records belong to (repeatable; "
+                        "default: config ingest.topics, else topics.interactions -> the plan's interaction table)")
+    p.add_argument("--group", metavar="ID", help="consumer group id (default: ingest.group_id)")
+    p.add_argument("--dlq-topic", metavar="TOPIC", help="dead-letter topic (default: topics.dlq)")
+    p.add_argument("--registry", metavar="DIR", help="file schema registry (default: ingest.registry, "
+                   "else <run_dir>/schema-registry)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="records per batch / Redis round trip")
+    p.add_argument("--batch-timeout", type=float, metavar="S", help="max seconds to wait for a batch to fill")
+    p.add_argument("--max-payload-bytes", type=int, metavar="B", help="larger records are dead-lettered")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    p.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra librdkafka setting for the consumer (repeatable)")
+    p.add_argument("--exit-when-idle", type=float, metavar="S",
+                   help="exit after S seconds without records (drains, for jobs and tests)")
+    p.add_argument("--backfill", metavar="FILE.parquet", help="fill the windows from this file, then exit")
+    p.add_argument("--backfill-table", metavar="TABLE", help="plan table of the file (default: the fact table)")
+    p.add_argument("--chunk-rows", type=int, default=20_000, metavar="N", help="rows per store append in backfill")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_ingest)
+
+
+def resolve_plan(value):
+    from schemas.plan import builtin_plan, load_plan
+
+    if value is None:
+        return builtin_plan("fraud")
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_plan(path)
+    return builtin_plan(str(value))
+
+
+def parse_kv(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--kafka-config: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_ingest(args) -> int:
+    from relstream.cli import CliError, config_from_args
+    from relstream.config import kafka_client_config, redis_client, section
+    from schemas.plan import PlanError
+    from streams.backfill import BackfillError, backfill
+    from streams.ingest import (IngestSection, IngestService, IngestSettings, default_topics, open_codec,
+                                open_redis_store)
+    from streams.records import RecordDecoder, parse_topic_tables
+
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = config_from_args(args)
+    sec = section(cfg, "ingest", IngestSection)
+    try:
+        plan = resolve_plan(args.plan or cfg.plan)
+    except PlanError as exc:
+        raise CliError(f"--plan: {exc}") from None
+    store = open_redis_store(plan, redis_client(cfg), sec.store)
+
+    if args.backfill:
+        decoder = RecordDecoder(plan, {}, decode=_no_decode, decode_errors=())
+        try:
+            report = backfill(args.backfill, decoder, store, table=args.backfill_table,
+                              chunk_rows=args.chunk_rows, progress=not args.no_progress)
+        except BackfillError as exc:
+            raise CliError(str(exc)) from None
+        print(json.dumps(report.to_dict()))
+        return 0
+
+    # SIGTERM/SIGINT: finish the batch in hand, commit, close. Installed before the clients
+    # exist, so a signal during start-up also ends cleanly (nothing consumed, nothing to commit).
+    signalled: list[int] = []
+    running: list = []
+
+    def on_signal(signum, _frame):
+        signalled.append(signum)
+        for svc in running:
+            svc.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        topics = (parse_topic_tables(args.topic) if args.topic else dict(sec.topics)
+                  or default_topics(plan, list(cfg.topics.interactions)))
+        settings = IngestSettings(
+            topics=topics, dlq_topic=args.dlq_topic or cfg.topics.dlq,
+            group_id=args.group or sec.group_id,
+            batch_size=_positive("--batch-size", args.batch_size, sec.batch_size),
+            batch_timeout_s=_positive("--batch-timeout", args.batch_timeout, sec.batch_timeout_s),
+            max_payload_bytes=_positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes),
+            shutdown_grace_s=sec.shutdown_grace_s,
+            metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port)
+        registry = args.registry or sec.registry or Path(cfg.run_dir) / "schema-registry"
+        codec, decode_errors = open_codec(registry, settings.max_payload_bytes)
+        consumer_extra = {**sec.consumer, **parse_kv(args.kafka_config)}
+        service = IngestService(plan, settings, kafka_client_config(cfg), store, codec, decode_errors,
+                                consumer_extra=consumer_extra, producer_extra=dict(sec.producer))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    running.append(service)
+    if signalled:
+        print("relstream ingest: stopped during start-up", file=sys.stderr)
+        service.close()
+        return 0
+    port = service.start_metrics()
+    print(f"relstream ingest: group {settings.group_id}, topics {topics}, DLQ {settings.dlq_topic}, "
+          f"plan {plan.name}" + (f", metrics on 127.0.0.1:{port}/metrics" if port else ""),
+          file=sys.stderr, flush=True)
+    stats = service.run(idle_exit_s=args.exit_when_idle, install_signals=False)
+    print(json.dumps({"batches": stats.batches, "records": stats.records, "interactions": stats.interactions,
+                      "dead_letters": stats.dead_letters, "commits": stats.commits,
+                      "commit_failures": stats.commit_failures, "store_retries": stats.store_retries}),
+          flush=True)
+    return 0
+
+
+def _positive(flag: str, value, default):
+    if value is None:
+        return default
+    if value <= 0:
+        raise ValueError(f"{flag}: must be > 0, got {value}")
+    return value
+
+
+def _no_decode(_value: bytes):
+    raise AssertionError("backfill reads rows, not Kafka records")

@@ -1,0 +1,288 @@
+"""The ingest loop: consume a batch -> decode -> ONE store append -> DLQ acked -> commit.
+
+Delivery contract (exactly-once *effect* on the windows):
+
+* Offsets are committed only after the window store acknowledged the batch's appends and the
+  broker acknowledged the batch's dead letters. A crash at any point before the commit makes
+  Kafka redeliver the batch (at-least-once delivery), never skip it.
+* Appends are idempotent by (event time, event id) in every window store, so a redelivered
+  record is a no-op. At-least-once delivery + idempotent appends = each event is in its windows
+  exactly once, whatever was killed when.
+* A store failure (Redis down, slow) retries the same batch with capped backoff; nothing is
+  committed or dropped meanwhile. On shutdown the retry gives up after a grace period without
+  committing, so the batch is redelivered later.
+* Rebalances: batches are processed synchronously between two ``consume`` calls, so when the
+  revoke callback runs (inside ``consume``) every acknowledged batch has been committed or is
+  still pending after a failed commit -- the callback commits those pending offsets of the
+  revoked partitions while this member still owns them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from streams.dlq import DeadLetterSink
+from streams.metrics import IngestMetrics
+from streams.records import REASON_STORE, DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
+from streams.retry import Backoff, GaveUp, retry_until
+
+log = logging.getLogger(__name__)
+
+
+def default_transient_errors() -> tuple[type[BaseException], ...]:
+    """Store errors that mean "unavailable, try again" (anything else means "refused")."""
+    from rti_store.base import StoreUnavailable
+
+    errors: list[type[BaseException]] = [StoreUnavailable, ConnectionError, TimeoutError]
+    try:
+        import redis
+        errors.append(redis.exceptions.RedisError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return tuple(errors)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    batch_size: int = 5000  # records per consume() call, i.e. per store round trip
+    batch_timeout_s: float = 0.1  # max wait for a batch to fill
+    shutdown_grace_s: float = 30.0  # on stop, how long a failing store is still retried
+    dlq_timeout_s: float = 30.0
+    lag_interval_s: float = 1.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    records: int = 0
+    interactions: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    store_retries: int = 0
+
+
+class IngestLoop:
+    """One consumer's batching loop. ``consumer`` is a subscribed-by-us confluent ``Consumer``;
+    ``store`` anything with ``append(items)``; time is injected for tests."""
+
+    def __init__(self, consumer: Any, store: Any, decoder: RecordDecoder, dlq: DeadLetterSink,
+                 metrics: IngestMetrics, settings: LoopSettings = LoopSettings(),
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 transient_errors: tuple[type[BaseException], ...] | None = None):
+        self.transient_errors = transient_errors or default_transient_errors()
+        self.consumer = consumer
+        self.store = store
+        self.decoder = decoder
+        self.dlq = dlq
+        self.metrics = metrics
+        self.settings = settings
+        self.stats = LoopStats()
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._pending: dict[tuple[str, int], int] = {}  # acknowledged, not yet committed
+        self._assigned: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._stop_seen_at: float | None = None
+        self._next_lag_at = 0.0
+        self._refused_appends = 0
+
+    # ----------------------------------------------------------------- subscription
+    def subscribe(self, topics) -> None:
+        self.consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        # offsets we still hold for a partition we get (back) are stale: the group's committed
+        # offset is the truth and re-reading from it is harmless (idempotent appends)
+        for tp in tps:
+            self._pending.pop(tp, None)
+        self._assigned |= tps
+        log.info("assigned %s", sorted(tps))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        mine = {tp: off for tp, off in self._pending.items() if tp in tps}
+        if mine:
+            self._commit_offsets(mine)
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self.metrics.drop_lag(*tp)
+        self._assigned -= tps
+        log.info("revoked %s", sorted(tps))
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # the group already moved on: committing now would fail; redelivery covers the rest
+        tps = {(p.topic, p.partition) for p in partitions}
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self.metrics.drop_lag(*tp)
+        self._assigned -= tps
+        log.warning("lost %s", sorted(tps))
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        return set(self._assigned)
+
+    # ----------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit it, return from :meth:`run` (signal-handler safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _give_up(self) -> bool:
+        if not self._stop.is_set():
+            return False
+        now = self._monotonic()
+        if self._stop_seen_at is None:
+            self._stop_seen_at = now
+        return now - self._stop_seen_at >= self.settings.shutdown_grace_s
+
+    def run(self, idle_exit_s: float | None = None) -> LoopStats:
+        """Consume until :meth:`request_stop` (or ``idle_exit_s`` without records)."""
+        last_records_at = self._monotonic()
+        while not self._stop.is_set():
+            messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+            now = self._monotonic()
+            if messages:
+                try:
+                    self.process(messages)
+                except GaveUp as exc:
+                    log.error("stopping without committing the last batch (it will be redelivered): %s", exc)
+                    break
+                last_records_at = now
+            elif idle_exit_s is not None and now - last_records_at >= idle_exit_s:
+                break
+            self._maybe_update_lag(now)
+        return self.stats
+
+    def process(self, messages) -> None:
+        """One batch. Returns after its offsets were committed (or left pending on failure)."""
+        t0 = self._monotonic()
+        self._refused_appends = 0
+        batch = decode_batch(messages, self.decoder)
+        for err in batch.consumer_errors:
+            self._consumer_error(err, messages)
+        if batch.dead_letters:
+            self.dlq.send(batch.dead_letters)  # asynchronous; overlaps with the store round trip
+        if batch.appends:
+            try:
+                self._append(batch.appends)
+            except self.transient_errors + (GaveUp,):
+                raise
+            except Exception as exc:  # the store refused the content, not an outage
+                log.error("window store refused a batch (%s); isolating the bad record(s)", exc)
+                refused = self._append_one_by_one(batch)
+                batch.dead_letters.extend(refused)
+                self.dlq.send(refused)
+        if batch.dead_letters:
+            retry_until(lambda: self.dlq.wait(self.settings.dlq_timeout_s), what="dead-letter delivery",
+                        backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
+                        sleep=self._sleep)
+        # acknowledged by the store (and the DLQ): only now may the offsets move
+        for tp, off in batch.next_offsets.items():
+            if off > self._pending.get(tp, -1):
+                self._pending[tp] = off
+        self._commit_offsets(dict(self._pending))
+
+        m = self.metrics
+        for topic, n in batch.records_by_topic.items():
+            m.records.labels(topic).inc(n)
+        appended = len(batch.appends) - self._refused_appends
+        m.interactions.inc(appended)
+        for dl in batch.dead_letters:
+            m.dlq.labels(dl.topic, dl.reason).inc()
+        m.note_event_time(batch.newest_event_time)
+        m.batch_seconds.observe(self._monotonic() - t0)
+        s = self.stats
+        s.batches += 1
+        s.records += batch.records
+        s.interactions += appended
+        s.dead_letters += len(batch.dead_letters)
+
+    def _append(self, items) -> None:
+        """One round trip, retried with backoff while the store is unavailable."""
+        retry_until(lambda: self.store.append(items), what="window store append",
+                    backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
+                    sleep=self._sleep, retry_on=self.transient_errors)
+
+    def _append_one_by_one(self, batch: DecodedBatch) -> list[DeadLetter]:
+        refused = []
+        for msg, start, end in batch.spans:
+            try:
+                self._append(batch.appends[start:end])
+            except self.transient_errors + (GaveUp,):
+                raise
+            except Exception as exc:
+                refused.append(dead_letter_of(msg, REASON_STORE, f"{type(exc).__name__}: {exc}"))
+                self._refused_appends += end - start
+        return refused
+
+    def _count_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self.stats.store_retries += 1
+        self.metrics.retries.inc()
+
+    def _consumer_error(self, err: str, messages) -> None:
+        for msg in messages:
+            e = msg.error()
+            if e is not None and e.fatal():
+                raise KafkaException(e)
+        log.warning("consumer error: %s", err)
+
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+        try:
+            result = self.consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. a rebalance is in progress; offsets stay pending (committed on the next batch
+            # or in the revoke callback), and if this member lost the partitions the new owner
+            # re-reads from the last commit -- redelivery, harmless thanks to idempotent appends
+            self.stats.commit_failures += 1
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed, offsets kept pending: %s", exc)
+            return
+        failed = [tp for tp in (result or []) if tp.error is not None]
+        for tp in result or []:
+            if tp.error is None and self._pending.get((tp.topic, tp.partition)) == tp.offset:
+                del self._pending[(tp.topic, tp.partition)]
+        if failed:
+            self.stats.commit_failures += 1
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed for %s", [(tp.topic, tp.partition, str(tp.error)) for tp in failed])
+        else:
+            self.stats.commits += 1
+
+    def _maybe_update_lag(self, now: float) -> None:
+        if now < self._next_lag_at or not self._assigned:
+            return
+        self._next_lag_at = now + self.settings.lag_interval_s
+        try:
+            tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+            for tp in self.consumer.position(tps):
+                _lo, hi = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=True)
+                if hi is None or hi < 0:
+                    continue
+                pos = tp.offset
+                if pos < 0:  # nothing consumed yet in this assignment: ask the group
+                    committed = self.consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=1.0)[0]
+                    pos = committed.offset if committed.offset >= 0 else _lo
+                self.metrics.set_lag(tp.topic, tp.partition, max(0, hi - pos))
+        except KafkaException as exc:  # lag is best effort; never let it stop ingestion
+            log.debug("lag update failed: %s", exc)
+
+    def close(self) -> None:
+        """Commit what is acknowledged, leave the group."""
+        self._commit_offsets(dict(self._pending))
+        self.consumer.close()

@@ -1,0 +1,171 @@
+"""`relstream ingest`: the Kafka -> Redis-windows service, assembled from its parts.
+
+Settings come from the config file's ``ingest`` section (validated by :class:`IngestSection`),
+with command-line flags on top. Kafka client settings are the shared ``kafka.client`` passthrough
+(SASL/TLS/...) plus ``ingest.consumer`` / ``ingest.producer`` for this service only; the
+settings the delivery contract depends on (manual commits, acks=all) are forced.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.plan import ServingPlan
+from streams.consumer import IngestLoop, LoopSettings, LoopStats
+from streams.dlq import DeadLetterSink
+from streams.metrics import IngestMetrics
+from streams.records import RecordDecoder
+from streams.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+LooseScalar = str | int | float | bool
+
+# librdkafka settings the exactly-once effect relies on; user values may not override them.
+FORCED_CONSUMER = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+FORCED_PRODUCER = {"acks": "all", "enable.idempotence": True}
+DEFAULT_CONSUMER = {"auto.offset.reset": "earliest", "enable.partition.eof": False,
+                    "fetch.wait.max.ms": 50, "queued.min.messages": 100000}
+DEFAULT_PRODUCER = {"linger.ms": 5}
+
+
+class IngestSection(BaseModel):
+    """The ``ingest`` section of the relstream config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topics: dict[str, str] = Field(default_factory=dict)  # topic -> plan table
+    group_id: str = "relstream-ingest"
+    batch_size: int = Field(default=5000, gt=0)
+    batch_timeout_s: float = Field(default=0.1, gt=0)
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    registry: Path | None = None  # file schema registry; default <run_dir>/schema-registry
+    store: dict[str, Any] = Field(default_factory=dict)  # extra RedisWindowStore keyword arguments
+    consumer: dict[str, LooseScalar] = Field(default_factory=dict)  # librdkafka, consumer only
+    producer: dict[str, LooseScalar] = Field(default_factory=dict)  # librdkafka, DLQ producer only
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything the service needs, resolved (pure metadata)."""
+
+    topics: Mapping[str, str]
+    dlq_topic: str
+    group_id: str = "relstream-ingest"
+    batch_size: int = 5000
+    batch_timeout_s: float = 0.1
+    max_payload_bytes: int = 256 * 1024
+    shutdown_grace_s: float = 30.0
+    metrics_port: int | None = None
+    backoff: Backoff = Backoff()
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(batch_size=self.batch_size, batch_timeout_s=self.batch_timeout_s,
+                            shutdown_grace_s=self.shutdown_grace_s, backoff=self.backoff)
+
+
+def default_topics(plan: ServingPlan, topics: list[str]) -> dict[str, str]:
+    """Map the configured interaction topics onto the plan's one interaction table."""
+    tables = sorted({h.key.target.table for h in plan.hops})
+    if len(tables) != 1:
+        raise ValueError(f"ingest.topics: plan {plan.name!r} has interaction tables {tables}; "
+                         "map each topic explicitly (ingest.topics: {topic: table} or --topic TOPIC=TABLE)")
+    return {t: tables[0] for t in topics}
+
+
+def consumer_config(base: Mapping[str, Any], settings: IngestSettings,
+                    extra: Mapping[str, Any] | None = None) -> dict:
+    for key, forced in FORCED_CONSUMER.items():
+        for src in (base, extra or {}):
+            if key in src and str(src[key]).lower() != str(forced).lower():
+                raise ValueError(f"kafka consumer setting {key}={src[key]!r} is not allowed: the service "
+                                 f"commits offsets itself, after the window store acknowledged them")
+    conf = {**DEFAULT_CONSUMER, **base, **(extra or {}), **FORCED_CONSUMER}
+    conf["group.id"] = settings.group_id
+    return conf
+
+
+def producer_config(base: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+    # consumer-only keys in the shared passthrough would make the producer complain
+    shared = {k: v for k, v in base.items() if k not in ("session.timeout.ms", "heartbeat.interval.ms",
+                                                         "group.id", "auto.offset.reset")}
+    return {**DEFAULT_PRODUCER, **shared, **(extra or {}), **FORCED_PRODUCER}
+
+
+class IngestService:
+    """Consumer + decoder + store + DLQ + metrics. ``run()`` blocks until stopped."""
+
+    def __init__(self, plan: ServingPlan, settings: IngestSettings, kafka_conf: Mapping[str, Any],
+                 store: Any, codec: Any, decode_errors: tuple[type[BaseException], ...],
+                 consumer_extra: Mapping[str, Any] | None = None,
+                 producer_extra: Mapping[str, Any] | None = None,
+                 now_ns: Callable[[], int] | None = None):
+        from confluent_kafka import Consumer, Producer
+        import time
+
+        self.plan = plan
+        self.settings = settings
+        self.store = store
+        now_ns = now_ns or time.time_ns
+        self.metrics = IngestMetrics(now_ns=now_ns)
+        self.decoder = RecordDecoder(plan, settings.topics, codec.decode, decode_errors,
+                                     max_payload_bytes=settings.max_payload_bytes)
+        self.consumer = Consumer(consumer_config(kafka_conf, settings, consumer_extra), logger=log)
+        self.producer = Producer(producer_config(kafka_conf, producer_extra), logger=log)
+        self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode,
+                                  settings.max_payload_bytes, now_ns=now_ns)
+        self.loop = IngestLoop(self.consumer, store, self.decoder, self.dlq, self.metrics,
+                               settings.loop_settings())
+        self._metrics_server = None
+
+    def start_metrics(self) -> int | None:
+        if self.settings.metrics_port is None:
+            return None
+        server, _thread = self.metrics.serve(self.settings.metrics_port)
+        self._metrics_server = server
+        return server.server_address[1]
+
+    def run(self, idle_exit_s: float | None = None, install_signals: bool = True) -> LoopStats:
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.loop.request_stop())
+        self.loop.subscribe(self.settings.topics)
+        try:
+            return self.loop.run(idle_exit_s=idle_exit_s)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.loop.request_stop()
+
+    def close(self) -> None:
+        try:
+            self.loop.close()
+        finally:
+            self.producer.flush(10)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server = None
+
+
+def open_codec(registry_path: str | Path, max_payload_bytes: int):
+    """The Avro codec over the file registry, with the built-in schemas registered."""
+    from schemas.registry import AvroCodec, DecodeError, FileSchemaRegistry, load_builtin_schemas
+
+    registry = FileSchemaRegistry(registry_path)
+    load_builtin_schemas(registry)
+    return AvroCodec(registry, max_bytes=max_payload_bytes), (DecodeError,)
+
+
+def open_redis_store(plan: ServingPlan, client: Any, options: Mapping[str, Any] | None = None):
+    from rti_store import RedisWindowStore
+
+    return RedisWindowStore(plan, client, **dict(options or {}))
