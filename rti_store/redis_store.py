@@ -204,7 +204,7 @@ class RedisWindowStore(BaseWindowStore):
         for attempt in range(2):
             sha = self._sha(script)
             try:
-                return self._roundtrip([(b"EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
+                return self._roundtrip([("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
             except redis.exceptions.NoScriptError:
                 # Redis restarted, failed over or ran SCRIPT FLUSH: load again and retry.
                 self._shas.pop(script, None)
@@ -293,7 +293,7 @@ class RedisWindowStore(BaseWindowStore):
         for i, (hop_key, _) in enumerate(keys):
             b = bounds[anchors[i]]
             if b is not None:
-                commands.append((b"ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], b"LIMIT", b"0",
+                commands.append(("ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], "LIMIT", b"0",
                                  self._max_len[hop_key]))
                 order.append(i)
         rows: list[list[bytes]] = [[] for _ in keys]
