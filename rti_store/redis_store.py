@@ -228,9 +228,14 @@ class RedisWindowStore(BaseWindowStore):
                 return pipe.execute()
             return self._call(run)
         packed = _pack_commands(commands)
+        pool = self.client.connection_pool
         for attempt in range(2):
-            pool = self.client.connection_pool
-            conn = pool.get_connection()
+            try:
+                conn = pool.get_connection()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if attempt:
+                    raise StoreUnavailable(f"redis: {exc}") from exc
+                continue
             try:
                 conn.send_packed_command([packed])
                 replies = [conn.read_response() for _ in commands]
