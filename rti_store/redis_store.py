@@ -141,6 +141,10 @@ class RedisWindowStore(BaseWindowStore):
         else:
             self.client = client_or_url
             self._owns_client = False
+        pool_kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {}) or {}
+        if pool_kwargs.get("decode_responses"):
+            raise ValueError("client_or_url: the window store needs a client with decode_responses=False "
+                             "(rows are binary)")
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise ValueError(f"key_prefix: must be non-empty and brace-free, got {key_prefix!r}")
         if chunk_keys < 1:
@@ -232,7 +236,9 @@ class RedisWindowStore(BaseWindowStore):
         for attempt in range(2):
             try:
                 conn = pool.get_connection()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except redis.exceptions.TimeoutError as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
+            except redis.exceptions.ConnectionError as exc:
                 if attempt:
                     raise StoreUnavailable(f"redis: {exc}") from exc
                 continue
@@ -240,7 +246,10 @@ class RedisWindowStore(BaseWindowStore):
                 conn.send_packed_command([packed])
                 replies = [conn.read_response() for _ in commands]
                 return replies
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except redis.exceptions.TimeoutError as exc:
+                conn.disconnect()  # no retry: the caller's deadline (socket_timeout) is spent
+                raise StoreUnavailable(f"redis: {exc}") from exc
+            except redis.exceptions.ConnectionError as exc:
                 conn.disconnect()
                 if attempt:  # one reconnect (stale pooled socket after a Redis restart)
                     raise StoreUnavailable(f"redis: {exc}") from exc

@@ -77,6 +77,7 @@ def make_store(request):
 
         def make(plan=RECO, **kw):
             kw.setdefault("key_prefix", f"t{uuid.uuid4().hex[:8]}")
+            kw.setdefault("chunk_keys", 7)  # small Lua calls: every batch spans several of them
             kw.pop("clock", None)
             store = RedisWindowStore(plan, client, **kw)
             made.append(store)

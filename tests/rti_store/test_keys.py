@@ -56,3 +56,9 @@ def test_string_entities_cannot_break_the_hash_tag(raw):
 def test_key_prefix_is_validated():
     with pytest.raises(ValueError, match="key_prefix"):
         RedisWindowStore(PLAN, "redis://127.0.0.1:1/0", key_prefix="a{b")
+
+
+def test_text_clients_are_refused():
+    import redis
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisWindowStore(PLAN, redis.Redis(port=1, decode_responses=True))
