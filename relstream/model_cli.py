@@ -28,15 +28,17 @@ def _ops(args) -> ModelOps:
     repo = Path(args.model_repository or cfg.model_repository)
     plan_path = args.plan or cfg.plan
     contract = load_plan(plan_path) if plan_path else None
-    triton = TritonControl(args.triton_url or cfg.triton.url, grpc_url=_grpc_url(args, cfg))
+    triton = TritonControl(_grpc_url(args, cfg))
     return ModelOps(repository=repo, model=args.model or cfg.triton.model_name, triton=triton,
                     contract=contract, routing_path=Path(args.routing_file) if args.routing_file else None,
                     drain_s=args.drain_s, warmup_requests=args.warmup,
                     log=lambda msg: print(f"  {msg}", flush=True))
 
 
-def _grpc_url(args, cfg) -> str | None:
-    """gRPC address for load/unload: the flag, else the local stack's, else :8001 next to :8000."""
+def _grpc_url(args, cfg) -> str:
+    """Triton's gRPC address: the flag, a grpc:// triton.url, the local stack's, or :8001 next to :8000."""
+    from relstream.cli import CliError
+
     if args.triton_grpc_url:
         return args.triton_grpc_url
     if cfg.triton.protocol == "grpc":
@@ -44,11 +46,14 @@ def _grpc_url(args, cfg) -> str | None:
     try:
         stack = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
         if stack.get("addresses", {}).get("triton_http") == cfg.triton.url:
-            return stack["addresses"].get("triton_grpc")
-    except (OSError, ValueError):
+            return stack["addresses"]["triton_grpc"]
+    except (OSError, ValueError, KeyError):
         pass
     host, _, port = cfg.triton.host_port.rpartition(":")
-    return f"{host}:8001" if port == "8000" else None  # Triton's default port pair
+    if port == "8000":
+        return f"{host}:8001"  # Triton's default port pair
+    raise CliError(f"cannot derive Triton's gRPC address from triton.url {cfg.triton.url}; "
+                   "pass --triton-grpc-url HOST:PORT")
 
 
 def _run(args, action):
@@ -137,8 +142,7 @@ def format_status(report: dict) -> str:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="Triton model name (default: triton.model_name)")
     p.add_argument("--model-repository", help="model repository (default: stack.model_repository)")
-    p.add_argument("--triton-url", help="Triton HTTP URL (default: triton.url)")
-    p.add_argument("--triton-grpc-url", help="Triton gRPC host:port for load/unload (default: derived)")
+    p.add_argument("--triton-grpc-url", help="Triton gRPC host:port (default: from triton.url / the local stack)")
     p.add_argument("--plan", help="serving-plan YAML the scorers run (default: `plan`, else the primary's)")
     p.add_argument("--routing-file", help="routing state file (default: <repository>/<model>/routing.json)")
     p.add_argument("--drain-s", type=float, default=2.0,

@@ -39,7 +39,7 @@ def embeddings(path, plan, snapshot_ns, n=20, seed=0):
 def ops(stack, tmp_path):
     """A ModelOps on a fresh model name in the session stack's repository; unloads at the end."""
     model = f"ops_{uuid.uuid4().hex[:8]}"
-    triton = TritonControl(stack.triton_http_url, stack.triton_grpc_url)
+    triton = TritonControl(stack.triton_grpc_url)
     o = ModelOps(stack.model_repository, model, triton, clock=lambda: NOW, sleep=lambda s: None,
                  drain_s=0.0, warmup_requests=8, triton_warmup=2)
     yield o
@@ -183,3 +183,37 @@ def test_refresh_embeddings_rolls_out_as_canary(plan, ops, tmp_path):
     from relstream.model_ops import ModelOpsError
     with pytest.raises(ModelOpsError, match="column 'snapshot_time' missing"):
         ops.refresh_embeddings(1, bad)
+
+
+def test_cli_deploy_status_rollback(plan, stack, tmp_path, capsys):
+    import time
+
+    from relstream.cli import main
+    from schemas.plan import PLANS_DIR
+
+    model = f"ops_cli_{uuid.uuid4().hex[:6]}"
+    emb = embeddings(tmp_path / "emb.parquet", plan, time.time_ns() - DAY)
+    for seed in (1, 2):
+        export_untrained(plan, stack.model_repository, model, embeddings=emb, seed=seed)
+    common = ["--model", model, "--model-repository", str(stack.model_repository),
+              "--triton-grpc-url", stack.triton_grpc_url, "--plan", str(PLANS_DIR / "fraud.yaml"),
+              "--warmup", "4", "--drain-s", "0"]
+    try:
+        assert main(["model", "deploy", "1", *common]) == 0
+        assert main(["model", "deploy", "2", "--canary", "10", *common]) == 0
+        out = capsys.readouterr().out
+        assert "traffic: v1: 90%, v2: 10%" in out
+        assert main(["model", "status", "--json", *common]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert [(r["version"], r["role"], r["traffic_percent"], r["triton"]) for r in status["versions"]] == \
+            [(1, "primary", 90.0, "READY"), (2, "canary", 10.0, "READY")]
+        assert main(["model", "status", *common]) == 0
+        table = capsys.readouterr().out
+        assert "canary" in table and "primary" in table
+        # a refused step exits 1 with one line naming the rule, no traceback
+        assert main(["model", "deploy", "3", "--canary", "10", *common]) == 1
+        assert "version 3 of model" in capsys.readouterr().err
+        assert main(["model", "rollback", *common]) == 0
+        assert "traffic: v1: 100%" in capsys.readouterr().out
+    finally:
+        ModelOps(stack.model_repository, model, TritonControl(stack.triton_grpc_url)).unload_versions(keep=())
