@@ -78,7 +78,8 @@ def cmd_stack_status(args) -> int:
     else:
         for name, s in status.items():
             extra = f"  ({s['reason']})" if s.get("reason") else ""
-            print(f"{name:<7} {s['state']:<9} pid {str(s['pid']):<8} {s['address']}{extra}")
+            print(f"{name:<7} {s['state']:<9} pid {str(s['pid'] or '-'):<8} "
+                  f"{s['address'] or '-'}{extra}")
     running = sum(s["state"] == "running" for s in status.values())
     return 0 if running == len(status) else 3
 
@@ -97,6 +98,9 @@ def cmd_stack_logs(args) -> int:
 
 def cmd_stack_env(args) -> int:
     _, st = _stack(args)
+    if not st.is_up():
+        raise CliError(f"the local stack in {st.run_dir} is not running; "
+                       f"start it with `relstream stack up`")
     frag = st.config_overrides()
     if args.format == "json":
         print(json.dumps(frag, indent=1))

@@ -185,10 +185,11 @@ class LocalStack:
 
     def status(self) -> dict[str, dict]:
         out = {}
+        known = (self.run_dir / STATE_FILE).exists()  # ports mean something only then
         for name in self.components:
             rec = self._children[name].running()
             entry = {"state": "stopped", "pid": None,
-                     "address": self._address_of(name),
+                     "address": self._address_of(name) if known or rec else None,
                      "log": str(self._children[name].log_file)}
             if rec is not None:
                 ok, reason = self._impl[name].healthy(self.ports_of(name))
@@ -197,6 +198,11 @@ class LocalStack:
                     entry["reason"] = reason
             out[name] = entry
         return out
+
+    def is_up(self) -> bool:
+        """True when every component of this stack runs (state file present)."""
+        return (self.run_dir / STATE_FILE).exists() and \
+            all(self._children[n].running() is not None for n in self.components)
 
     def pids(self) -> dict[str, int]:
         """PIDs of live children (what down() will stop)."""

@@ -222,6 +222,9 @@ def test_cli_stack_up_status_down_leave_nothing(tmp_path):
     status = subprocess.run(cli + ["stack", "status"], env=env, capture_output=True,
                             text=True, timeout=60, cwd=tmp_path)
     assert status.returncode == 3 and "stopped" in status.stdout
+    envout = subprocess.run(cli + ["stack", "env"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert envout.returncode == 1 and "not running" in envout.stderr
 
 
 def test_missing_prerequisite_is_one_clear_message(tmp_path):
