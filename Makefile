@@ -21,7 +21,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: setup
-	$(PYTHON) -m relstream.cli smoke
+	$(PYTHON) -m relstream.demo $(DEMO_ARGS)
 
 smoke: setup
 	$(PYTHON) -m relstream.cli smoke
