@@ -90,8 +90,11 @@ class RowCodec:
     # ----- encode ---------------------------------------------------------------------------
     def encode(self, item: Interaction) -> bytes:
         values = item.values
+        t, i = item.event_time, item.event_id
+        if type(t) is not int or type(i) is not int:
+            t, i = self._ints(t, i)
         try:
-            head = PREFIX.pack(item.event_time + _BIAS, item.event_id + _BIAS)
+            head = PREFIX.pack(t + _BIAS, i + _BIAS)
             body = self._fixed.pack(*[values[c] for c in self.fixed_columns])
         except (struct.error, KeyError, TypeError, OverflowError):
             self._raise_bad(item)
@@ -107,6 +110,13 @@ class RowCodec:
             parts.append(_LEN.pack(len(v)))
             parts.append(bytes(v))
         return b"".join(parts)
+
+    def _ints(self, t: Any, i: Any) -> tuple[int, int]:
+        for name, value in (("event_time", t), ("event_id", i)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise RowError(f"{self.hop_key}:{name}", f"expected a signed 64-bit integer, got "
+                                                         f"{type(value).__name__} {value!r}")
+        return int(t), int(i)
 
     def _raise_bad(self, item: Interaction) -> None:
         for name, value in (("event_time", item.event_time), ("event_id", item.event_id)):

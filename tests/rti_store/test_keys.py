@@ -62,3 +62,22 @@ def test_text_clients_are_refused():
     import redis
     with pytest.raises(ValueError, match="decode_responses"):
         RedisWindowStore(PLAN, redis.Redis(port=1, decode_responses=True))
+
+
+def test_numpy_scalars_encode_like_python_ints_and_floats_are_refused():
+    import numpy as np
+    from schemas.tensors import Interaction, RowError
+    from rti_store.codec import RowCodec
+
+    codec = RowCodec(PLAN, PLAN.hop(HOP_C))
+    values = {"tx_datetime": 5, "terminal_id": 7, "tx_amount": 1.25}
+    plain = codec.encode(Interaction(event_id=3, event_time=5, values=values))
+    numpy = codec.encode(Interaction(event_id=np.int64(3), event_time=np.int64(5),
+                                     values={**values, "terminal_id": np.int64(7), "tx_amount": np.float32(1.25)}))
+    assert plain == numpy
+    with pytest.raises(RowError, match="event_time"):
+        codec.encode(Interaction(event_id=3, event_time=5.5, values=values))
+    with pytest.raises(RowError, match="event_id"):
+        codec.encode(Interaction(event_id=True, event_time=5, values=values))
+    with pytest.raises(RowError, match="event_time"):
+        codec.encode(Interaction(event_id=3, event_time=2**63, values=values))
