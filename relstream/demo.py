@@ -365,7 +365,7 @@ class ScoreCollector(threading.Thread):
         self.undecodable = 0
         self.records = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._ready = threading.Event()
 
     def run(self) -> None:
@@ -374,7 +374,7 @@ class ScoreCollector(threading.Thread):
 
         self.consumer.subscribe([self.topic], on_assign=assigned)
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 msgs = self.consumer.consume(500, 0.05)
                 now = self.clock()
                 for msg in msgs:
@@ -426,7 +426,7 @@ class ScoreCollector(threading.Thread):
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
 
