@@ -115,6 +115,9 @@ def build_serve_app(cfg, settings):
     triton = AsyncTritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
                                settings.model_name or cfg.triton.model_name, settings.model_version,
                                timeout_s=settings.triton_timeout_s)
+    if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
+        from relstream.model_routing import routed
+        triton = routed(triton, plan, cfg)
     deps = ServeDeps(plan=plan, triton=triton, store=store, settings=settings, token=token,
                      store_ping=client.ping, on_close=[triton.close, store.close, client.close])
     return create_app(deps)

@@ -363,8 +363,8 @@ def create_app(deps: ServeDeps) -> FastAPI:
             raise ApiError(422, "invalid_row", str(exc), exc.field) from None
         out, i, degraded, now = await service.batcher.submit(_Item(event=event, arrived=t0))
         latency = time.perf_counter() - t0
-        record = score_record(plan, event, out.scores[i], out.cold_start[i], model_name=out.model_name,
-                              model_version=out.model_version, latency_ms=latency * 1000,
+        record = score_record(plan, event, out.scores[i], out.cold_start[i], model_name=out.name_at(i),
+                              model_version=out.version_at(i), latency_ms=latency * 1000,
                               degraded=degraded, scored_at=now)
         metrics.observe_record(PATH, record)
         metrics.stage_seconds.labels(PATH, "total").observe(latency)

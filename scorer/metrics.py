@@ -16,6 +16,7 @@ STAGES = ("window_read", "tensor_build", "triton", "total")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99, 1.0)
 
 
 class ScorerMetrics:
@@ -32,6 +33,9 @@ class ScorerMetrics:
         self.errors = Counter("relstream_scorer_errors", "Errors by kind", ["path", "kind"], registry=r)
         self.degraded = Counter("relstream_scorer_degraded", "Scores served with a fallback input",
                                 ["path", "reason"], registry=r)
+        # per model version: canary vs primary score distributions (relstream model status, Grafana)
+        self.score = Histogram("relstream_scorer_score", "Scores served, by model version",
+                               ["path", "model_version"], buckets=_SCORE_BUCKETS, registry=r)
         self.cold_start = Counter("relstream_scorer_cold_start", "Entities scored without an embedding",
                                   ["path", "entity"], registry=r)
         self.triton_calls = Counter("relstream_scorer_triton_calls", "Triton inference calls", ["path"],
@@ -64,6 +68,7 @@ class ScorerMetrics:
 
     def observe_record(self, path: str, record: dict) -> None:
         self.scored.labels(path).inc()
+        self.score.labels(path, record["model_version"]).observe(record["score"])
         for reason in record["degraded"]:
             self.degraded.labels(path, reason).inc()
         for entity in record["cold_start"]:

@@ -41,6 +41,13 @@ class ModelOutput:
     model_name: str
     model_version: str
 
+    # Row accessors: a routed batch (relstream.model_routing) can mix model versions.
+    def version_at(self, i: int) -> str:
+        return self.model_version
+
+    def name_at(self, i: int) -> str:
+        return self.model_name
+
 
 def _status_name(exc: Exception) -> str:
     status = getattr(exc, "status", None)
