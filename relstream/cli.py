@@ -42,7 +42,8 @@ def _stack(args):
 
 def cmd_stack_up(args) -> int:
     cfg, st = _stack(args)
-    print(f"starting local stack in {st.run_dir} ({', '.join(st.components)}) ...", flush=True)
+    print(f"starting local stack in {st.run_dir} ({', '.join(st.components)}) ...", flush=True,
+          file=sys.stderr if args.json else sys.stdout)
     t0 = time.monotonic()
     took = st.up()
     total = time.monotonic() - t0
