@@ -12,7 +12,7 @@ say() { printf '[setup] %s\n' "$*"; }
 # ---------------------------------------------------------------- apt
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
-command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
+command -v java >/dev/null 2>&1 || need_pkgs+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
 if ((${#need_pkgs[@]})); then
     SUDO=""

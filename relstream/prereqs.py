@@ -58,12 +58,12 @@ def missing_for(components: Iterable[str]) -> list[Missing]:
         java = shutil.which("java")
         if java is None:
             missing.append(Missing("Java 17+ (`java`, needed by the Kafka broker)",
-                                   "sudo apt-get install -y openjdk-17-jre-headless"))
+                                   "sudo apt-get install -y default-jre-headless"))
         else:
             major = _java_major(java)
             if major is not None and major < 17:
                 missing.append(Missing(f"Java 17+ (found Java {major})",
-                                       "sudo apt-get install -y openjdk-17-jre-headless"))
+                                       "sudo apt-get install -y default-jre-headless"))
         if shutil.which("mvn") is None and not _kafka_jars_cached():
             missing.append(Missing("Maven (`mvn`, resolves the Kafka broker jars)",
                                    "sudo apt-get install -y maven   (then: make setup)"))
