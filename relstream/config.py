@@ -79,6 +79,7 @@ class RedisConfig(_Strict):
     # extra keyword arguments for redis.Redis.from_url (ssl_ca_certs, ssl_cert_reqs, ...)
     options: dict[str, LooseScalar] = Field(default_factory=dict)
     socket_timeout_s: float = Field(default=5.0, strict=False)
+    cluster: bool = False  # url names one node of a Redis Cluster (redis.cluster.RedisCluster)
 
     @field_validator("url")
     @classmethod
@@ -374,6 +375,9 @@ def redis_client(cfg: Config, **overrides: Any):
         kwargs["password"] = cfg.redis.password.get_secret_value()
     kwargs.update(cfg.redis.options)
     kwargs.update(overrides)
+    if cfg.redis.cluster:  # window keys are hash-tagged per entity: every command hits one slot
+        from redis.cluster import RedisCluster
+        return RedisCluster.from_url(cfg.redis.url, **kwargs)
     return redis.Redis.from_url(cfg.redis.url, **kwargs)
 
 
