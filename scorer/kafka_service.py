@@ -220,8 +220,8 @@ class KafkaScorer:
             model_out, i = out
             latency_ms = (time.perf_counter() - p.received) * 1000
             records.append((p, score_record(self.plan, p.event, model_out.scores[i], model_out.cold_start[i],
-                                            model_name=model_out.model_name,
-                                            model_version=model_out.model_version, latency_ms=latency_ms,
+                                            model_name=model_out.name_at(i),
+                                            model_version=model_out.version_at(i), latency_ms=latency_ms,
                                             degraded=flags, scored_at=now)))
         committed = self._produce_transaction(pending, records, stats)
         if committed:
@@ -386,6 +386,9 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
     triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
                           settings.model_name or cfg.triton.model_name, settings.model_version,
                           timeout_s=settings.triton_timeout_s)
+    if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
+        from relstream.model_routing import routed
+        triton = routed(triton, plan, cfg)
     fallback = WindowFallback(plan, store, deadline_s=deadline, cooldown_s=settings.window_cooldown_ms / 1000)
     return KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
                        facts_topics=settings.facts_topics or [cfg.topics.facts],
