@@ -11,16 +11,22 @@ Delivery contract (exactly-once *effect* on the windows):
 * A store failure (Redis down, slow) retries the same batch with capped backoff; nothing is
   committed or dropped meanwhile. On shutdown the retry gives up after a grace period without
   committing, so the batch is redelivered later.
-* Rebalances: batches are processed synchronously between two ``consume`` calls, so when the
-  revoke callback runs (inside ``consume``) every acknowledged batch has been committed or is
-  still pending after a failed commit -- the callback commits those pending offsets of the
-  revoked partitions while this member still owns them.
+
+Pipelining: while the store applies batch k (a round trip; Redis works on its own core), the
+loop already consumes and decodes batch k+1. At most ``pipeline_depth`` batches are in flight;
+they are written by one writer thread, so they complete -- and are committed -- in order.
+
+Rebalances: the revoke callback runs inside ``consume``; it first waits for the in-flight
+batches, commits every acknowledged offset of the revoked partitions while this member still
+owns them, and only then lets the rebalance proceed.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,6 +60,7 @@ class LoopSettings:
     shutdown_grace_s: float = 30.0  # on stop, how long a failing store is still retried
     dlq_timeout_s: float = 30.0
     lag_interval_s: float = 1.0
+    pipeline_depth: int = 1  # batches written to the store while the next is decoded (0 = none)
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -91,7 +98,9 @@ class IngestLoop:
         self._stop = threading.Event()
         self._stop_seen_at: float | None = None
         self._next_lag_at = 0.0
-        self._refused_appends = 0
+        self._in_flight: deque[tuple[Future, DecodedBatch, float]] = deque()
+        # one writer: batches reach the store, and complete, in submission order
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relstream-store-writer")
 
     # ----------------------------------------------------------------- subscription
     def subscribe(self, topics) -> None:
@@ -109,6 +118,10 @@ class IngestLoop:
 
     def _on_revoke(self, consumer, partitions) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        try:
+            self.drain()  # batches in flight first: their offsets belong to this generation
+        except GaveUp:
+            self._in_flight.clear()
         mine = {tp: off for tp, off in self._pending.items() if tp in tps}
         if mine:
             self._commit_offsets(mine)
@@ -121,6 +134,10 @@ class IngestLoop:
     def _on_lost(self, consumer, partitions) -> None:
         # the group already moved on: committing now would fail; redelivery covers the rest
         tps = {(p.topic, p.partition) for p in partitions}
+        try:
+            self.drain()  # the appends still land (harmless); their commits may fail
+        except GaveUp:
+            self._in_flight.clear()
         for tp in tps:
             self._pending.pop(tp, None)
             self.metrics.drop_lag(*tp)
@@ -151,40 +168,71 @@ class IngestLoop:
     def run(self, idle_exit_s: float | None = None) -> LoopStats:
         """Consume until :meth:`request_stop` (or ``idle_exit_s`` without records)."""
         last_records_at = self._monotonic()
-        while not self._stop.is_set():
-            messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
-            now = self._monotonic()
-            if messages:
-                try:
-                    self.process(messages)
-                except GaveUp as exc:
-                    log.error("stopping without committing the last batch (it will be redelivered): %s", exc)
-                    break
-                last_records_at = now
-            elif idle_exit_s is not None and now - last_records_at >= idle_exit_s:
-                break
-            self._maybe_update_lag(now)
+        try:
+            while not self._stop.is_set():
+                messages = self.consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+                now = self._monotonic()
+                if messages:
+                    self.submit(messages)
+                    last_records_at = now
+                else:
+                    self.drain()  # nothing new: finish and commit what is in flight now
+                    if idle_exit_s is not None and now - last_records_at >= idle_exit_s:
+                        break
+                self._maybe_update_lag(now)
+            self.drain()
+        except GaveUp as exc:
+            log.error("stopping without committing the batches in flight (they will be redelivered): %s", exc)
         return self.stats
 
     def process(self, messages) -> None:
-        """One batch. Returns after its offsets were committed (or left pending on failure)."""
+        """One batch, synchronously: returns after its offsets were committed."""
+        self.submit(messages)
+        self.drain()
+
+    def submit(self, messages) -> None:
+        """Decode a batch and hand its appends to the writer; completes older batches beyond
+        ``pipeline_depth`` (ack -> DLQ ack -> commit, in order)."""
         t0 = self._monotonic()
-        self._refused_appends = 0
         batch = decode_batch(messages, self.decoder)
         for err in batch.consumer_errors:
             self._consumer_error(err, messages)
         if batch.dead_letters:
-            self.dlq.send(batch.dead_letters)  # asynchronous; overlaps with the store round trip
-        if batch.appends:
-            try:
-                self._append(batch.appends)
-            except self.transient_errors + (GaveUp,):
-                raise
-            except Exception as exc:  # the store refused the content, not an outage
-                log.error("window store refused a batch (%s); isolating the bad record(s)", exc)
-                refused = self._append_one_by_one(batch)
-                batch.dead_letters.extend(refused)
-                self.dlq.send(refused)
+            self.dlq.send(batch.dead_letters)  # asynchronous; acknowledged before the commit
+        future = self._writer.submit(self._store_batch, batch)
+        self._in_flight.append((future, batch, t0))
+        while len(self._in_flight) > self.settings.pipeline_depth:
+            self._complete_oldest()
+
+    def drain(self) -> None:
+        """Complete (and commit) every batch in flight."""
+        while self._in_flight:
+            self._complete_oldest()
+
+    def _store_batch(self, batch: DecodedBatch) -> tuple[list[DeadLetter], int]:
+        """Writer thread: append the batch; returns (records the store refused, their appends)."""
+        if not batch.appends:
+            return [], 0
+        try:
+            self._append(batch.appends)
+            return [], 0
+        except self.transient_errors + (GaveUp,):
+            raise
+        except Exception as exc:  # the store refused the content, not an outage
+            log.error("window store refused a batch (%s); isolating the bad record(s)", exc)
+            return self._append_one_by_one(batch)
+
+    def _complete_oldest(self) -> None:
+        future, batch, t0 = self._in_flight[0]
+        try:
+            refused, refused_appends = future.result()
+        except BaseException:
+            self._in_flight.popleft()
+            raise
+        self._in_flight.popleft()
+        if refused:
+            batch.dead_letters.extend(refused)
+            self.dlq.send(refused)
         if batch.dead_letters:
             retry_until(lambda: self.dlq.wait(self.settings.dlq_timeout_s), what="dead-letter delivery",
                         backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
@@ -198,7 +246,7 @@ class IngestLoop:
         m = self.metrics
         for topic, n in batch.records_by_topic.items():
             m.records.labels(topic).inc(n)
-        appended = len(batch.appends) - self._refused_appends
+        appended = len(batch.appends) - refused_appends
         m.interactions.inc(appended)
         for dl in batch.dead_letters:
             m.dlq.labels(dl.topic, dl.reason).inc()
@@ -216,8 +264,8 @@ class IngestLoop:
                     backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
                     sleep=self._sleep, retry_on=self.transient_errors)
 
-    def _append_one_by_one(self, batch: DecodedBatch) -> list[DeadLetter]:
-        refused = []
+    def _append_one_by_one(self, batch: DecodedBatch) -> tuple[list[DeadLetter], int]:
+        refused, refused_appends = [], 0
         for msg, start, end in batch.spans:
             try:
                 self._append(batch.appends[start:end])
@@ -225,8 +273,8 @@ class IngestLoop:
                 raise
             except Exception as exc:
                 refused.append(dead_letter_of(msg, REASON_STORE, f"{type(exc).__name__}: {exc}"))
-                self._refused_appends += end - start
-        return refused
+                refused_appends += end - start
+        return refused, refused_appends
 
     def _count_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
         self.stats.store_retries += 1
@@ -284,5 +332,11 @@ class IngestLoop:
 
     def close(self) -> None:
         """Commit what is acknowledged, leave the group."""
+        try:
+            self.drain()
+        except GaveUp as exc:
+            log.error("closing with unacknowledged batches (they will be redelivered): %s", exc)
+            self._in_flight.clear()
+        self._writer.shutdown(wait=True)
         self._commit_offsets(dict(self._pending))
         self.consumer.close()

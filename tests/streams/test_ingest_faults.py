@@ -88,7 +88,7 @@ def _wait(cond, timeout: float, what: str, ingest: Ingest | None = None) -> None
 
 def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(
         stack, new_topic, redis_client, plan, codec, registry_dir, ih, kill_rounds, tmp_path):
-    partitions, per_round = 3, 1200
+    partitions, per_round = 3, 900
     topic, dlq = new_topic("kill", partitions=partitions), new_topic("kill-dlq")
     group = f"g-{topic}"
     config = _write_config(tmp_path, stack, registry_dir, topic, dlq, group, batch_size=150)
