@@ -207,11 +207,12 @@ def cmd_export(args) -> int:
                 manifest["training_data_range"] = {"split": rep.get("split"), "transactions": rep.get("transactions"),
                                                    "train_rows": rep.get("train_rows") or rep.get("train", {}).get("rows")}
                 break
-        vdir = export_model(plan, args.repo, model, embeddings, model_name=args.model_name, manifest=manifest)
+        vdir = export_model(plan, args.repo, model, embeddings, model_name=args.model_name, manifest=manifest,
+                            embeddings_last_days=args.embeddings_last_days)
     print(f"exported {vdir}")
     if args.check:
         http, grpc = _triton_urls(args)
-        report = check_export(vdir, http, grpc, _real_requests(plan, args))
+        report = check_export(vdir, http, grpc, _real_requests(plan, args), latency_requests=50)
         print(json.dumps(report, indent=1))
     return 0
 
@@ -232,6 +233,8 @@ def register_stage2(offline_sub) -> None:
     p.add_argument("--run-dir", type=Path, help="a distill/quality run directory (shallow_model.pt)")
     p.add_argument("--untrained", action="store_true", help="export a randomly initialised model (for tests)")
     p.add_argument("--embeddings", type=Path, help="embeddings.parquet (default: the run's; untrained: empty)")
+    p.add_argument("--embeddings-last-days", type=float,
+                   help="bundle only the snapshots of the last N days (serving needs max_embedding_offset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", action="store_true", help="load into Triton and compare with offline scores")
     p.add_argument("--triton-http", help="e.g. http://127.0.0.1:8000 (default: the local stack's)")

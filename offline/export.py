@@ -113,8 +113,13 @@ def vendor_code(dst: Path) -> None:
 
 def export_model(plan: ServingPlan, repo: str | Path, model: ShallowModel, embeddings: str | Path, *,
                  model_name: str = DEFAULT_MODEL_NAME, manifest: dict | None = None, max_batch_size: int = 256,
-                 instance_count: int = 1, torch_threads: int = 1, now: Callable[[], float] = time.time) -> Path:
-    """Write a new version of ``model_name`` into the repository; returns the version directory."""
+                 instance_count: int = 1, torch_threads: int = 1, now: Callable[[], float] = time.time,
+                 embeddings_last_days: float | None = None) -> Path:
+    """Write a new version of ``model_name`` into the repository; returns the version directory.
+
+    ``embeddings_last_days`` keeps only the snapshots of the last N days (counted back from the
+    newest snapshot) in the bundle: serving needs no more than ``max_embedding_offset``.
+    """
     repo = Path(repo)
     model_dir = repo / model_name
     embeddings = Path(embeddings)
@@ -132,7 +137,10 @@ def export_model(plan: ServingPlan, repo: str | Path, model: ShallowModel, embed
         state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "config": model.config.to_dict(), "emb_dim": int(model.emb_dim)}
         torch.save(state, staging / WEIGHTS_FILE)
-        shutil.copy2(embeddings, staging / EMBEDDINGS_FILE)
+        if embeddings_last_days is None:
+            shutil.copy2(embeddings, staging / EMBEDDINGS_FILE)
+        else:
+            trim_embeddings(embeddings, staging / EMBEDDINGS_FILE, embeddings_last_days)
         (staging / PLAN_FILE).write_text(plan.to_yaml())
         info = {
             "model_name": model_name,
@@ -156,6 +164,22 @@ def export_model(plan: ServingPlan, repo: str | Path, model: ShallowModel, embed
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def trim_embeddings(src: Path, dst: Path, last_days: float) -> int:
+    """Copy the snapshots with ``snapshot_time >= newest - last_days``; returns the rows kept."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    if table.num_rows == 0:
+        shutil.copy2(src, dst)
+        return 0
+    newest = pc.max(table.column("snapshot_time")).as_py()
+    cutoff = newest - int(last_days * 86_400 * 10**9)
+    kept = table.filter(pc.greater_equal(table.column("snapshot_time"), cutoff))
+    pq.write_table(kept, dst, compression="zstd")
+    return kept.num_rows
 
 
 def empty_embeddings(path: Path, dim: int) -> Path:
@@ -266,7 +290,7 @@ def load_in_triton(http_url: str, model_name: str, timeout_s: float = 120.0) -> 
 
 
 def check_export(version_dir: str | Path, http_url: str, grpc_url: str, requests: Sequence[dict] | None = None,
-                 load: bool = True, tolerance: float = TOLERANCE) -> dict:
+                 load: bool = True, tolerance: float = TOLERANCE, latency_requests: int = 0) -> dict:
     """Compare Triton's answers (HTTP via curl, gRPC) with the in-process score; raise on mismatch."""
     version_dir = Path(version_dir)
     model_name, version = version_dir.parent.name, int(version_dir.name)
@@ -309,8 +333,36 @@ def check_export(version_dir: str | Path, http_url: str, grpc_url: str, requests
     if max(report["max_abs_diff_http"], report["max_abs_diff_grpc"], report["max_abs_diff_multi_row"]) > tolerance:
         raise ExportError(f"Triton score differs from the offline score by more than {tolerance}: {report}")
     report["error_paths"] = check_error_paths(plan, http_url, model_name, version, requests[0])
+    if latency_requests:
+        report["grpc_latency_ms_p50"] = triton_latency_ms(grpc_url, model_name, plan, requests, latency_requests)
     report["ok"] = True
     return report
+
+
+def triton_latency_ms(grpc_url: str, model_name: str, plan: ServingPlan, requests: Sequence[dict], n: int) -> float:
+    """Median wall time of ``n`` sequential single-row gRPC requests (one client, after warm-up)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        prepared = []
+        for req in requests:
+            inputs = []
+            for spec in plan.tensors:
+                arr = np.asarray(req[spec.name])
+                inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            prepared.append(inputs)
+        times = []
+        for i in range(n + 5):
+            t0 = time.perf_counter()
+            client.infer(model_name, prepared[i % len(prepared)])
+            if i >= 5:
+                times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
+    finally:
+        client.close()
 
 
 def check_error_paths(plan: ServingPlan, http_url: str, model_name: str, version: int, request: dict) -> dict:

@@ -96,3 +96,18 @@ print(out[0][1].tolist())
     lines = res.stdout.strip().splitlines()
     np.testing.assert_allclose([float(x) for x in lines[0].split()], expected, atol=1e-6)
     assert lines[1] == "[[0, 0]]"  # customer/terminal ids < 50 have an admissible snapshot
+
+
+def test_bundle_can_carry_only_recent_snapshots(plan, tmp_path):
+    import pyarrow.parquet as pq
+
+    from offline.export import export_model
+    from offline.shallow_model import build_model
+
+    day = 86_400 * 10**9
+    types, ids, snaps, vecs = random_embeddings(plan, {"customers": np.arange(3)}, [T - d * day for d in range(30)], dim=4)
+    write_embeddings_parquet(tmp_path / "emb.parquet", types, ids, snaps, vecs)
+    vdir = export_model(plan, tmp_path / "repo", build_model(plan, 4), tmp_path / "emb.parquet",
+                        embeddings_last_days=14)
+    kept = pq.read_table(vdir / "embeddings.parquet").column("snapshot_time").to_numpy()
+    assert kept.min() == T - 14 * day and kept.max() == T and len(kept) == 3 * 15
