@@ -89,3 +89,18 @@ def test_quality_report_compares_three_models(run_dir):
     assert report["latency"]["distilled_ms_p50"] > 0 and report["latency"]["deep_ms_p50"] > 0
     assert (run_dir / "quality" / "roc_pr.png").stat().st_size > 0
     assert (run_dir / "quality" / "metrics.png").stat().st_size > 0
+
+
+def test_trained_export_answers_real_rows_on_triton(run_dir, stack):
+    """The distilled model of this run, exported and checked on the real Triton with real rows."""
+    from offline.quality import SHALLOW_FILE
+
+    if not (run_dir / SHALLOW_FILE).exists():
+        assert relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
+                               "--d-model", "32", "--layers", "1"]) == 0
+    code = relstream_main(["offline", "export", "--run-dir", str(run_dir), "--repo", str(stack.model_repository),
+                           "--model-name", "relstream_trained", "--check", "--triton-http", stack.triton_http_url,
+                           "--triton-grpc", stack.triton_grpc_url])
+    assert code == 0
+    vdir = max((stack.model_repository / "relstream_trained").glob("[0-9]*"), key=lambda p: int(p.name))
+    assert json.loads((vdir / "manifest.json").read_text())["trained"] is True
