@@ -9,9 +9,12 @@ sizes. In the same run, as baselines:
   same batch sizes (the ceiling Redis + the Lua append allow);
 * decode-only: Avro decode + ``interactions_of`` of the same records, no I/O.
 
-Each transaction of the fraud plan makes 2 window appends (customer and terminal hop); the
-target is counted in interactions (= window appends) per second. The process is pinned to one
-CPU core (``--cpus``; librdkafka's threads inherit it); Kafka and Redis run as separate processes.
+Units: an *interaction* is one interaction event (one transaction record); with the fraud plan
+each makes 2 window rows (customer hop and terminal hop), reported as ``window_rows_per_s``. The
+target (>= 50,000 interactions/s) is checked against events, the stricter reading, as in
+bench/bench_window_read.py. The process is pinned to one CPU core (``--cpus``; librdkafka's
+threads inherit it); Kafka and Redis run as separate processes. Because the machine is shared,
+the JSON also reports the load average and the ingest process's own CPU time per event.
 
     python3 bench/bench_ingest.py [--events 100000] [--batch-sizes 1000,5000,10000] [--runs 3]
 
@@ -32,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TARGET = 50_000  # interactions/s on one core (issue 3)
+TARGET = 50_000  # interaction events/s on one core (issue 3)
 
 
 def produce_all(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> None:
@@ -83,9 +86,10 @@ def run_pipeline(plan, bootstrap: str, redis_url: str, registry: Path, topic: st
     svc.close()
     assert stats.records == n and stats.dead_letters == 0, stats
     batch_p = _histogram_quantiles(svc.metrics)
-    return {"seconds": wall, "interactions": stats.interactions, "records": stats.records,
-            "interactions_per_s": stats.interactions / wall, "records_per_s": stats.records / wall,
-            "cpu_seconds": cpu, "cpu_utilisation": cpu / wall, "batches": stats.batches, **batch_p}
+    return {"seconds": wall, "events": stats.records, "window_rows": stats.interactions,
+            "events_per_s": stats.records / wall, "window_rows_per_s": stats.interactions / wall,
+            "cpu_seconds": cpu, "cpu_us_per_event": cpu / stats.records * 1e6, "cpu_utilisation": cpu / wall,
+            "batches": stats.batches, **batch_p}
 
 
 def _histogram_quantiles(metrics) -> dict:
@@ -99,7 +103,8 @@ def _histogram_quantiles(metrics) -> dict:
     return out
 
 
-def run_store_only(plan, redis_url: str, appends: list, batch_interactions: int) -> dict:
+def run_store_only(plan, redis_url: str, appends: list, batch_events: int, per_event: int) -> dict:
+    """The same window rows, already decoded, straight into Redis in the same batches."""
     import redis
 
     from rti_store import RedisWindowStore
@@ -107,23 +112,23 @@ def run_store_only(plan, redis_url: str, appends: list, batch_interactions: int)
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     store = RedisWindowStore(plan, client)
+    step = batch_events * per_event
     t0 = time.perf_counter()
-    for i in range(0, len(appends), batch_interactions):
-        store.append(appends[i:i + batch_interactions])
+    for i in range(0, len(appends), step):
+        store.append(appends[i:i + step])
     wall = time.perf_counter() - t0
-    return {"seconds": wall, "interactions_per_s": len(appends) / wall}
+    return {"seconds": wall, "events_per_s": len(appends) / per_event / wall, "window_rows_per_s": len(appends) / wall}
 
 
 def run_decode_only(plan, codec, values: list[bytes]) -> dict:
     from schemas.tensors import interactions_of
 
-    t0 = time.perf_counter()
-    n = 0
+    t0, c0 = time.perf_counter(), time.process_time()
     for v in values:
         _s, rec = codec.decode(v)
-        n += len(interactions_of(plan, "transactions", rec))
-    wall = time.perf_counter() - t0
-    return {"seconds": wall, "interactions_per_s": n / wall}
+        interactions_of(plan, "transactions", rec)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": wall, "events_per_s": len(values) / wall, "cpu_us_per_event": cpu / len(values) * 1e6}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -133,16 +138,18 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = result["config"]["batch_sizes"]
-    pipe = [result["pipeline"][str(b)]["median_interactions_per_s"] for b in sizes]
-    store = [result["store_only"][str(b)]["median_interactions_per_s"] for b in sizes]
+    pipe = [result["pipeline"][str(b)]["median_events_per_s"] for b in sizes]
+    store = [result["store_only"][str(b)]["median_events_per_s"] for b in sizes]
     fig, ax = plt.subplots(figsize=(7, 4))
     x = range(len(sizes))
     ax.bar([i - 0.2 for i in x], store, width=0.4, label="store only (Redis append)")
     ax.bar([i + 0.2 for i in x], pipe, width=0.4, label="full ingest (Kafka->decode->Redis->commit)")
-    ax.axhline(TARGET, color="red", linestyle="--", label=f"target {TARGET:,}/s")
+    ax.axhline(TARGET, color="red", linestyle="--", label=f"target {TARGET:,} events/s")
+    dec = result["decode_only"]["median_events_per_s"]
+    ax.axhline(dec, color="gray", linestyle=":", label=f"decode only (no I/O) {dec:,.0f}/s")
     ax.set_xticks(list(x), [f"{b:,}" for b in sizes])
     ax.set_xlabel("records per batch (one Redis round trip)")
-    ax.set_ylabel("interactions / s (median)")
+    ax.set_ylabel("interaction events / s (median; x2 window rows)")
     ax.set_title(f"relstream ingest, one process on {result['config']['cpus']} core(s), "
                  f"{result['config']['events']:,} events")
     ax.legend(fontsize=8)
@@ -196,33 +203,45 @@ def main() -> int:
         produce_all(bootstrap, topic, values, args.partitions)
         produce_s = time.perf_counter() - t0
 
-        result = {"config": {"events": args.events, "interactions": len(appends), "partitions": args.partitions,
+        result = {"config": {"events": args.events, "window_rows": len(appends), "loadavg_start": os.getloadavg(), "partitions": args.partitions,
                              "batch_sizes": sizes, "runs": args.runs, "cpus": args.cpus or "all",
                              "customers": args.customers, "terminals": args.terminals,
                              "value_bytes_mean": sum(map(len, values)) / len(values),
                              "produce_seconds": round(produce_s, 2)},
                   "decode_only": {}, "store_only": {}, "pipeline": {}}
-        dec = [run_decode_only(plan, codec, values)["interactions_per_s"] for _ in range(args.runs)]
-        result["decode_only"] = {"median_interactions_per_s": statistics.median(dec), "runs": dec}
+        per_event = len(appends) // len(events)
+        dec = [run_decode_only(plan, codec, values) for _ in range(args.runs)]
+        result["decode_only"] = {"median_events_per_s": statistics.median(r["events_per_s"] for r in dec),
+                                 "median_cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in dec)}
         for b in sizes:
-            store_runs = [run_store_only(plan, redis_url, appends, 2 * b) for _ in range(args.runs)]
-            pipe_runs = [run_pipeline(plan, bootstrap, redis_url, registry, topic, args.events, b)
-                         for _ in range(args.runs)]
-            s_med = statistics.median(r["interactions_per_s"] for r in store_runs)
-            p_med = statistics.median(r["interactions_per_s"] for r in pipe_runs)
-            result["store_only"][str(b)] = {"median_interactions_per_s": s_med,
-                                            "runs": [r["interactions_per_s"] for r in store_runs]}
-            result["pipeline"][str(b)] = {"median_interactions_per_s": p_med,
-                                          "median_records_per_s": statistics.median(r["records_per_s"] for r in pipe_runs),
-                                          "ratio_vs_store_only": p_med / s_med,
-                                          "median_cpu_utilisation": statistics.median(r["cpu_utilisation"] for r in pipe_runs),
-                                          "runs": pipe_runs}
-            print(f"batch {b}: pipeline {p_med:,.0f} interactions/s, store only {s_med:,.0f}/s "
-                  f"(ratio {p_med / s_med:.2f})", file=sys.stderr, flush=True)
-        best = max(sizes, key=lambda b: result["pipeline"][str(b)]["median_interactions_per_s"])
-        result["best"] = {"batch_size": best, **{k: v for k, v in result["pipeline"][str(best)].items() if k != "runs"},
-                          "target_interactions_per_s": TARGET,
-                          "meets_target": result["pipeline"][str(best)]["median_interactions_per_s"] >= TARGET}
+            # interleave the two so load changes on the shared machine hit both alike
+            store_runs, pipe_runs = [], []
+            for _ in range(args.runs):
+                store_runs.append(run_store_only(plan, redis_url, appends, b, per_event))
+                pipe_runs.append(run_pipeline(plan, bootstrap, redis_url, registry, topic, args.events, b))
+            s_med = statistics.median(r["events_per_s"] for r in store_runs)
+            p_med = statistics.median(r["events_per_s"] for r in pipe_runs)
+            result["store_only"][str(b)] = {"median_events_per_s": s_med,
+                                            "median_window_rows_per_s": s_med * per_event,
+                                            "runs": [r["events_per_s"] for r in store_runs]}
+            result["pipeline"][str(b)] = {
+                "median_events_per_s": p_med,
+                "median_window_rows_per_s": statistics.median(r["window_rows_per_s"] for r in pipe_runs),
+                "ratio_vs_store_only": p_med / s_med,
+                "median_cpu_us_per_event": statistics.median(r["cpu_us_per_event"] for r in pipe_runs),
+                "median_cpu_utilisation": statistics.median(r["cpu_utilisation"] for r in pipe_runs),
+                "batch_seconds_p50_le": statistics.median(r["batch_seconds_p50_le"] for r in pipe_runs),
+                "batch_seconds_p99_le": statistics.median(r["batch_seconds_p99_le"] for r in pipe_runs),
+                "runs": pipe_runs}
+            print(f"batch {b}: ingest {p_med:,.0f} events/s, store only {s_med:,.0f} events/s "
+                  f"(ratio {p_med / s_med:.2f}), load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        best = max(sizes, key=lambda b: result["pipeline"][str(b)]["median_events_per_s"])
+        pbest = result["pipeline"][str(best)]
+        result["best"] = {"batch_size": best, **{k: v for k, v in pbest.items() if k != "runs"},
+                          "target_events_per_s": TARGET, "meets_target": pbest["median_events_per_s"] >= TARGET,
+                          # what one core of this process could carry if it never waited on Redis/Kafka
+                          "cpu_bound_events_per_s": 1e6 / pbest["median_cpu_us_per_event"]}
+        result["env"] = {"loadavg_end": os.getloadavg(), "cpus_online": os.cpu_count()}
     finally:
         if stack is not None:
             stack.down()
