@@ -180,3 +180,46 @@ def test_two_consumers_in_one_group_split_the_partitions(stack, new_topic, redis
     # a rebalance may hand a partition over with an uncommitted tail: redelivery, never loss
     assert stats_a.records + stats_b.records >= len(values)
     ih.assert_same_windows(ih.single_pass(plan, codec, values), store_a, redis_client)
+
+
+def test_rows_the_store_refuses_are_isolated_and_dead_lettered(stack, new_topic, plan, codec, registry_dir, ih):
+    """A store error that is not an outage (here: a store that refuses one event's rows) must
+    not block the partition or lose the rest of the batch."""
+    from rti_store import MemoryWindowStore
+
+    class Refusing(MemoryWindowStore):
+        def append(self, items):
+            if any(i[2].event_id == 77 for i in items):
+                raise ValueError("event 77: refused by the store")
+            return super().append(items)
+
+    topic, dlq = new_topic("refuse"), new_topic("refuse-dlq")
+    events = synthetic_transactions(200, seed=6, first_id=1)
+    values = ih.encode_all(codec, TRANSACTIONS_SUBJECT, events)
+    produce_values(ih.producer(stack.kafka_bootstrap), topic, values, partition=0)
+    store = Refusing(plan)
+    group = f"g-{topic}"
+    run = ih.Running(ih.make_service(plan, stack.kafka_bootstrap, registry_dir, store, topic, dlq, group,
+                                     batch_size=64))
+    probe = ih.GroupProbe(stack.kafka_bootstrap, group, topic, 1)
+    try:
+        probe.wait_for({0: len(values)})
+    finally:
+        stats = run.stop()
+        probe.close()
+    assert stats.dead_letters == 1 and stats.interactions == 2 * (len(values) - 1)
+    expected = ih.single_pass(plan, codec, [v for e, v in zip(events, values) if e["transaction_id"] != 77])
+    assert sorted(expected.keys(), key=repr) == sorted(store.keys(), key=repr)
+    assert all(expected.rows(*k) == store.rows(*k) for k in expected.keys())
+    reader = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"read-{dlq}",
+                       "auto.offset.reset": "earliest"})
+    reader.subscribe([dlq])
+    msg = None
+    deadline = time.monotonic() + 20
+    while msg is None and time.monotonic() < deadline:
+        m = reader.poll(0.5)
+        msg = m if m is not None and m.error() is None else None
+    reader.close()
+    letter = parse_dead_letter(msg, codec.decode)
+    assert letter.record["reason"] == "store_rejected" and letter.record["source_offset"] == 76
+    assert "event 77" in letter.record["error"]
