@@ -105,7 +105,10 @@ class KafkaScorer:
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        t0 = time.monotonic()
+        # Fences a previous incarnation with the same transactional.id and aborts its open batch.
         self.producer.init_transactions(self.txn_timeout_s)
+        log.info("transactions initialised in %.2fs", time.monotonic() - t0)
         self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         try:
@@ -118,6 +121,7 @@ class KafkaScorer:
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.assigned_at = time.monotonic()
 
     def _on_revoke(self, consumer, partitions) -> None:
         self._revoked = True
@@ -133,8 +137,8 @@ class KafkaScorer:
                 if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                     break
                 continue
-            last_data = time.monotonic()
             self.process(msgs)
+            last_data = time.monotonic()  # after: a batch that waited out an outage is not idleness
             if max_events is not None and self.stats.consumed >= max_events:
                 break
         return self.stats
@@ -323,6 +327,7 @@ class KafkaScorer:
                 [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
                 self.consumer.consumer_group_metadata(), self.txn_timeout_s)
             self.producer.commit_transaction(self.txn_timeout_s)
+            log.debug("committed %d scores, %d dead letters, offsets %s", len(records), stats.dead_letters, offsets)
             return True
         except KafkaException as exc:
             err = exc.args[0]
