@@ -285,7 +285,9 @@ def register(subparsers) -> None:
     p.add_argument("--heads", type=int, default=m.heads)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads spin-wait "
+                        "and ran ~3x slower per step, see docs/offline.md)")
     p.set_defaults(func=cmd_train_deep)
 
     p = sub.add_parser("embed", help="write embeddings.parquet: every entity at daily snapshots")
@@ -297,7 +299,7 @@ def register(subparsers) -> None:
     p.add_argument("--last-day", type=int, help="last snapshot day (default: the midnight after the last transaction)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="time split + LightGBM baseline (+ deep embeddings): JSON report and ROC/PR plot")
