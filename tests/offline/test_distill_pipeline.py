@@ -45,11 +45,11 @@ def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
     from schemas.plan import builtin_plan
 
     code = relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
-                           "--d-model", "32", "--layers", "1"])
+                           "--d-model", "32", "--layers", "1", "--soft-weight", "0.3"])
     assert code == 0
     report = json.loads((run_dir / "distill.json").read_text())
     assert 0.0 <= report["metrics"]["auc_roc"] <= 1.0 and report["metrics"]["n"] > 0
-    assert report["train"]["parameters"] > 0
+    assert report["train"]["parameters"] > 0 and report["config"]["soft_weight"] == 0.3
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "distill" in manifest["steps"]
 
