@@ -16,3 +16,16 @@ def redis_cluster(tmp_path_factory):
     yield cluster
     cluster.stop()
     assert all(p.poll() is not None for p in cluster.procs), "redis-server processes left running"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests of this directory run only when asked: -m slow (or RELSTREAM_SLOW=1)."""
+    import os
+
+    wanted = "slow" in (config.getoption("markexpr") or "") or os.environ.get("RELSTREAM_SLOW") == "1"
+    if wanted:
+        return
+    skip = pytest.mark.skip(reason="slow ops test: run with -m slow or RELSTREAM_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords and "/tests/ops/" in str(item.fspath):
+            item.add_marker(skip)
