@@ -70,7 +70,9 @@ def cmd_score(args) -> int:
     scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
     if args.metrics_port:
         from prometheus_client import start_http_server
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod
+        start_http_server(args.metrics_port, addr=os.environ.get("RELSTREAM_METRICS_HOST", "127.0.0.1"),
+                          registry=metrics.registry)
     install_signal_handlers(scorer)
     scorer.start()
     print(f"relstream score: plan {scorer.plan.name}, topics {scorer.facts_topics} -> {scorer.scores_topic} "

@@ -8,6 +8,7 @@ settings the delivery contract depends on (manual commits, acks=all) are forced.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -129,7 +130,9 @@ class IngestService:
     def start_metrics(self) -> int | None:
         if self.settings.metrics_port is None:
             return None
-        server, _thread = self.metrics.serve(self.settings.metrics_port)
+        # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod
+        server, _thread = self.metrics.serve(self.settings.metrics_port,
+                                             addr=os.environ.get("RELSTREAM_METRICS_HOST", "127.0.0.1"))
         self._metrics_server = server
         return server.server_address[1]
 

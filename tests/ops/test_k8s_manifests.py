@@ -247,6 +247,8 @@ def test_ports_agree_with_config_defaults_compose_and_prometheus():
     assert c["args"][c["args"].index("--metrics-port") + 1] == str(port)
     assert port == targets["score"] and port in _compose_ports("score")
 
+    for w in (ingest, score):  # their /metrics listen on RELSTREAM_METRICS_HOST (default loopback)
+        assert _env(pod_spec(w)["containers"][0])["RELSTREAM_METRICS_HOST"] == "0.0.0.0"
     for w in (serve, ingest, score):
         ann = w["spec"]["template"]["metadata"]["annotations"]
         assert ann["prometheus.io/scrape"] == "true"
