@@ -50,9 +50,12 @@ class TimeEncoder(nn.Module):
 
 
 class TemporalHeteroGNN(nn.Module):
-    def __init__(self, cfg: DeepModelConfig = DeepModelConfig()):
+    def __init__(self, cfg: DeepModelConfig = DeepModelConfig(), node_types: tuple = NODE_TYPES,
+                 edge_types: tuple = EDGE_TYPES):
         super().__init__()
         self.cfg = cfg
+        self.node_types, self.edge_types = tuple(node_types), tuple(tuple(e) for e in edge_types)
+        NODE_TYPES, EDGE_TYPES = self.node_types, self.edge_types  # noqa: N806 - shadow the fraud defaults
         h = cfg.hidden
         self.encoders = nn.ModuleDict({t: nn.Sequential(nn.Linear(len(NODE_FEATURES), h), nn.ReLU(), nn.Linear(h, h))
                                        for t in NODE_TYPES})
@@ -71,6 +74,7 @@ class TemporalHeteroGNN(nn.Module):
         self.heads = nn.ModuleDict({t: nn.Linear(cfg.embedding_dim, 1) for t in NODE_TYPES})
 
     def node_states(self, batch: HeteroData) -> dict[str, torch.Tensor]:
+        NODE_TYPES, EDGE_TYPES = self.node_types, self.edge_types  # noqa: N806
         x = {t: self.encoders[t](batch[t].x) for t in NODE_TYPES}
         edge_index = {et: batch[et].edge_index for et in EDGE_TYPES}
         edge_attr = {et: torch.cat([batch[et].edge_attr, self.time_enc(batch[et].edge_age_days)], dim=1)
@@ -85,7 +89,7 @@ class TemporalHeteroGNN(nn.Module):
         """{node type: (seed embeddings [n_seeds, dim], base-task logits [n_seeds])}."""
         states = self.node_states(batch)
         out = {}
-        for t in NODE_TYPES:
+        for t in self.node_types:
             n = int(batch[t].num_seeds)
             emb = self.project[t](states[t][:n])
             out[t] = (emb, self.heads[t](emb).squeeze(-1))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
 from offline.deep_model import TemporalHeteroGNN
 from offline.evaluate import data_day0_ns
-from offline.graph import NODE_TYPES, build_graph
+from offline.graph import build_graph
 from offline.sampler import SnapshotFeatures
 from offline.train_deep import SnapshotSamples, TrainConfig, predict
 
@@ -71,7 +71,7 @@ def write_embeddings(model: TemporalHeteroGNN, cfg: TrainConfig, ds: RelationalD
     meta = {
         "format": "relstream-embeddings/1",
         "dim": dim,
-        "entity_types": list(NODE_TYPES),
+        "entity_types": list(g.node_types),
         "label_delay_ns": cfg.label_delay_ns,
         "snapshot_times": snapshots_ns.tolist(),
         "model": {"class": type(model).__name__, "config": model.cfg.to_dict()},
@@ -90,7 +90,7 @@ def write_embeddings(model: TemporalHeteroGNN, cfg: TrainConfig, ds: RelationalD
             chunk = snapshots_ns[lo:lo + per_chunk]
             feats = SnapshotFeatures(g, chunk, cfg.label_delay_ns)
             parts = []
-            for code, t in enumerate(NODE_TYPES):
+            for code, t in enumerate(g.node_types):
                 n = g.num_nodes[t]
                 parts.append((np.full(n * len(chunk), code, np.int8), np.tile(np.arange(n), len(chunk)),
                               np.repeat(chunk, n)))
@@ -98,7 +98,7 @@ def write_embeddings(model: TemporalHeteroGNN, cfg: TrainConfig, ds: RelationalD
                                       np.zeros(n_entities * len(chunk), np.float32))
             _, emb = predict(model, g, samples, cfg, feats, batch_size=batch_size, progress=False)
             for snap in chunk:
-                for code, t in enumerate(NODE_TYPES):
+                for code, t in enumerate(g.node_types):
                     sel = np.flatnonzero((samples.ntype == code) & (samples.time == snap))
                     n = len(sel)
                     flat = pa.array(emb[sel].reshape(-1), pa.float32())

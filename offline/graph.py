@@ -59,15 +59,39 @@ class EntityCSR:
 
 @dataclass
 class TemporalGraph:
+    """A bipartite temporal graph: every fact row is an edge source entity -> destination entity
+    (fraud: customer -> terminal; recommendation: household -> product)."""
+
     node_ids: dict[str, np.ndarray]  # node type -> sorted entity ids (index = node index)
     edge_time: np.ndarray  # int64 ns, non-decreasing
-    edge_customer: np.ndarray  # node index into customers
-    edge_terminal: np.ndarray  # node index into terminals
+    edge_src: np.ndarray  # node index into the source type
+    edge_dst: np.ndarray  # node index into the destination type
     edge_amount: np.ndarray  # float32
-    edge_fraud: np.ndarray  # int8; never read directly by features (see sampler)
-    edge_tx_id: np.ndarray  # int64 transaction ids
+    edge_fraud: np.ndarray  # int8 label; never read directly by features (see sampler)
+    edge_tx_id: np.ndarray  # int64 fact row ids
     times: np.ndarray  # sorted distinct edge times (the rank table)
     csr: dict[str, EntityCSR]
+    edge_types: tuple = EDGE_TYPES  # ((src, rel, dst), (dst, rev_rel, src))
+
+    @property
+    def node_types(self) -> tuple[str, str]:
+        return (self.edge_types[0][0], self.edge_types[0][2])
+
+    @property
+    def edge_customer(self) -> np.ndarray:  # fraud naming
+        return self.edge_src
+
+    @property
+    def edge_terminal(self) -> np.ndarray:
+        return self.edge_dst
+
+    def other(self, ntype: str) -> str:
+        src, dst = self.node_types
+        return dst if ntype == src else src
+
+    def into(self, ntype: str) -> tuple:
+        """The edge type whose messages arrive at ``ntype`` nodes."""
+        return self.edge_types[1] if ntype == self.node_types[0] else self.edge_types[0]
 
     @property
     def num_nodes(self) -> dict[str, int]:
@@ -78,7 +102,7 @@ class TemporalGraph:
         return len(self.edge_time)
 
     def endpoint(self, ntype: str) -> np.ndarray:
-        return self.edge_customer if ntype == CUSTOMERS else self.edge_terminal
+        return self.edge_src if ntype == self.node_types[0] else self.edge_dst
 
     def time_rank(self, t_ns: np.ndarray) -> np.ndarray:
         """Number of distinct edge times strictly before each instant."""
@@ -99,11 +123,12 @@ class TemporalGraph:
         for t, ids in self.node_ids.items():
             data[t].num_nodes = len(ids)
             data[t].entity_id = torch.from_numpy(ids)
-        ei = torch.from_numpy(np.stack([self.edge_customer, self.edge_terminal]))
+        fwd, rev = self.edge_types
+        ei = torch.from_numpy(np.stack([self.edge_src, self.edge_dst]))
         attr = torch.from_numpy(self.edge_amount)[:, None]
         tm = torch.from_numpy(self.edge_time)
-        data[PAYS].edge_index, data[PAYS].edge_time, data[PAYS].edge_attr = ei, tm, attr
-        data[PAID_BY].edge_index, data[PAID_BY].edge_time, data[PAID_BY].edge_attr = ei.flip(0), tm, attr
+        data[fwd].edge_index, data[fwd].edge_time, data[fwd].edge_attr = ei, tm, attr
+        data[rev].edge_index, data[rev].edge_time, data[rev].edge_attr = ei.flip(0), tm, attr
         return data
 
 
@@ -118,30 +143,42 @@ def _entity_csr(entity: np.ndarray, n_entities: int, rank: np.ndarray, n_ranks: 
     return EntityCSR(indptr, order.astype(np.int64), key, cum_amount, cum_fraud, n_ranks)
 
 
-def build_graph(ds: RelationalDataset) -> TemporalGraph:
-    """Fraud dataset (normalised tables) -> :class:`TemporalGraph`."""
-    tx = ds.table("transactions")
-    for col in ("tx_fraud",):
-        if str(tx[col].dtype) in ("Int8", "Int16", "Int32", "Int64"):
-            # A dataset cut with upto(): masked labels are unknown -> never counted as fraud.
-            tx = tx.assign(**{col: tx[col].fillna(0).astype(np.int64)})
-    tx = tx.sort_values(["tx_datetime", "transaction_id"], kind="stable")
-    node_ids = {
-        CUSTOMERS: np.sort(ds.table("customers")["customer_id"].to_numpy(np.int64)),
-        TERMINALS: np.sort(ds.table("terminals")["terminal_id"].to_numpy(np.int64)),
-    }
-    times_col = tx["tx_datetime"].to_numpy(np.int64)
+def build_bipartite_graph(facts, *, src: tuple[str, str, np.ndarray], dst: tuple[str, str, np.ndarray],
+                          relation: tuple[str, str], time_column: str, id_column: str, amount_column: str,
+                          label_column: str | None = None) -> TemporalGraph:
+    """Fact table -> :class:`TemporalGraph`. ``src``/``dst`` are (node type, fact column, all
+    entity ids); ``relation`` the names of the forward and reverse message directions."""
+    if label_column is not None and str(facts[label_column].dtype) in ("Int8", "Int16", "Int32", "Int64"):
+        # A dataset cut with upto(): masked labels are unknown -> never counted as positive.
+        facts = facts.assign(**{label_column: facts[label_column].fillna(0).astype(np.int64)})
+    facts = facts.sort_values([time_column, id_column], kind="stable")
+    (src_type, src_col, src_ids), (dst_type, dst_col, dst_ids) = src, dst
+    node_ids = {src_type: np.sort(np.asarray(src_ids, np.int64)), dst_type: np.sort(np.asarray(dst_ids, np.int64))}
+    times_col = facts[time_column].to_numpy(np.int64)
     times = np.unique(times_col)
     rank = np.searchsorted(times, times_col)
     n_ranks = len(times) + 1
+    label = (facts[label_column].to_numpy(np.int8) if label_column is not None
+             else np.zeros(len(facts), np.int8))
     g = TemporalGraph(
         node_ids=node_ids, edge_time=times_col,
-        edge_customer=np.zeros(0, np.int64), edge_terminal=np.zeros(0, np.int64),
-        edge_amount=tx["tx_amount"].to_numpy(np.float32), edge_fraud=tx["tx_fraud"].to_numpy(np.int8),
-        edge_tx_id=tx["transaction_id"].to_numpy(np.int64), times=times, csr={},
+        edge_src=np.zeros(0, np.int64), edge_dst=np.zeros(0, np.int64),
+        edge_amount=facts[amount_column].to_numpy(np.float32), edge_fraud=label,
+        edge_tx_id=facts[id_column].to_numpy(np.int64), times=times, csr={},
+        edge_types=((src_type, relation[0], dst_type), (dst_type, relation[1], src_type)),
     )
-    g.edge_customer = g.node_index(CUSTOMERS, tx["customer_id"].to_numpy(np.int64))
-    g.edge_terminal = g.node_index(TERMINALS, tx["terminal_id"].to_numpy(np.int64))
-    for t in NODE_TYPES:
+    g.edge_src = g.node_index(src_type, facts[src_col].to_numpy(np.int64))
+    g.edge_dst = g.node_index(dst_type, facts[dst_col].to_numpy(np.int64))
+    for t in g.node_types:
         g.csr[t] = _entity_csr(g.endpoint(t), len(node_ids[t]), rank, n_ranks, g.edge_amount, g.edge_fraud)
     return g
+
+
+def build_graph(ds: RelationalDataset) -> TemporalGraph:
+    """Fraud dataset (normalised tables) -> :class:`TemporalGraph` customers -> terminals."""
+    return build_bipartite_graph(
+        ds.table("transactions"),
+        src=(CUSTOMERS, "customer_id", ds.table("customers")["customer_id"].to_numpy(np.int64)),
+        dst=(TERMINALS, "terminal_id", ds.table("terminals")["terminal_id"].to_numpy(np.int64)),
+        relation=(PAYS[1], PAID_BY[1]), time_column="tx_datetime", id_column="transaction_id",
+        amount_column="tx_amount", label_column="tx_fraud")

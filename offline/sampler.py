@@ -21,12 +21,12 @@ import torch
 from torch_geometric.data import HeteroData
 
 from offline.datasets.base import NS_PER_DAY, NS_PER_SECOND
-from offline.graph import CUSTOMERS, INTO, NODE_TYPES, OTHER, TemporalGraph
+from offline.graph import TemporalGraph
 
 NODE_FEATURES = (
     "log_count_1d", "log_count_7d", "log_count_30d", "log_mean_amount_30d", "days_since_last_30",
     "log_known_fraud_7d", "log_known_fraud_30d", "known_fraud_rate_7d", "known_fraud_rate_30d",
-    "is_customer",
+    "is_source_type",  # 1 for the fact's source entity (customers / households)
 )
 EDGE_FEATURES = (
     "log_amount", "known_fraud", "label_known", "tod_sin", "tod_cos", "weekend", "night",
@@ -87,7 +87,7 @@ def node_features(g: TemporalGraph, ntype: str, entity: np.ndarray, t: np.ndarra
         cols.append(np.log1p(f))
     for c, f in zip(counts, frauds):
         cols.append(np.where(c > 0, f / np.maximum(c, 1), 0.0))
-    cols.append(np.full(len(entity), 1.0 if ntype == CUSTOMERS else 0.0))
+    cols.append(np.full(len(entity), 1.0 if ntype == g.node_types[0] else 0.0))
     return np.stack(cols, axis=1).astype(np.float32)
 
 
@@ -103,7 +103,7 @@ class SnapshotFeatures:
         self.times = np.unique(np.asarray(snapshot_times_ns, np.int64))
         self.label_delay_ns = int(label_delay_ns)
         self.tables = {}
-        for t in NODE_TYPES:
+        for t in g.node_types:
             n = g.num_nodes[t]
             ent = np.tile(np.arange(n), len(self.times))
             at = np.repeat(self.times, n)
@@ -143,13 +143,17 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
     every node carries ``n_id`` (global index), ``seed_time`` and ``x``; every edge
     ``edge_index`` (messages flow towards the seeds), ``edge_attr``, ``edge_age_days``,
     ``edge_time`` and ``e_id`` (global edge id = row of the time-sorted transactions)."""
-    nodes = {t: [np.zeros(0, np.int64)] for t in NODE_TYPES}
-    times = {t: [np.zeros(0, np.int64)] for t in NODE_TYPES}
-    count = {t: 0 for t in NODE_TYPES}
-    edges = {t: [] for t in NODE_TYPES}  # keyed by destination type
+    node_types = g.node_types
+    unknown = set(seeds) - set(node_types)
+    if unknown:
+        raise KeyError(f"seeds: unknown node type(s) {sorted(unknown)}; graph has {list(node_types)}")
+    nodes = {t: [np.zeros(0, np.int64)] for t in node_types}
+    times = {t: [np.zeros(0, np.int64)] for t in node_types}
+    count = {t: 0 for t in node_types}
+    edges = {t: [] for t in node_types}  # keyed by destination type
     frontier = {}
     num_seeds = {}
-    for t in NODE_TYPES:
+    for t in node_types:
         idx, ts = seeds.get(t, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         idx, ts = np.asarray(idx, np.int64), np.asarray(ts, np.int64)
         if len(idx) != len(ts):
@@ -159,13 +163,13 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
         frontier[t] = (idx, ts, np.arange(len(idx)))
         count[t] = num_seeds[t] = len(idx)
     for k in cfg.fanouts:
-        nxt = {t: [] for t in NODE_TYPES}
-        for t in NODE_TYPES:
+        nxt = {t: [] for t in node_types}
+        for t in node_types:
             idx, ts, local = frontier[t]
             if len(idx) == 0:
                 continue
             owner, e = recent_edges(g, t, idx, ts, k)
-            other = OTHER[t]
+            other = g.other(t)
             new_idx = g.endpoint(other)[e]
             new_local = count[other] + np.arange(len(e))
             count[other] += len(e)
@@ -175,10 +179,10 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
             nxt[other].append((new_idx, ts[owner], new_local))
         frontier = {
             t: tuple(np.concatenate([p[i] for p in nxt[t]]) if nxt[t] else np.zeros(0, np.int64) for i in range(3))
-            for t in NODE_TYPES
+            for t in node_types
         }
     data = HeteroData()
-    for t in NODE_TYPES:
+    for t in node_types:
         n_id = np.concatenate(nodes[t])
         st = np.concatenate(times[t])
         data[t].n_id = torch.from_numpy(n_id)
@@ -188,8 +192,8 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
         data[t].x = torch.from_numpy(np.ascontiguousarray(feats))
         data[t].num_seeds = num_seeds[t]
         data[t].num_nodes = len(n_id)
-    for dst in NODE_TYPES:
-        et = INTO[dst]
+    for dst in node_types:
+        et = g.into(dst)
         parts = edges[dst]
         if parts:
             src_l, dst_l, e, ts = (np.concatenate([p[i] for p in parts]) for i in range(4))

@@ -88,7 +88,7 @@ class SnapshotSamples:
 
 def snapshot_samples(g: TemporalGraph, snapshots_ns: np.ndarray, horizon_ns: int) -> SnapshotSamples:
     parts = []
-    for code, t in enumerate(NODE_TYPES):
+    for code, t in enumerate(g.node_types):
         n = g.num_nodes[t]
         node = np.tile(np.arange(n), len(snapshots_ns))
         at = np.repeat(snapshots_ns, n)
@@ -118,12 +118,13 @@ def training_window(ds: RelationalDataset, cfg: TrainConfig) -> dict:
             "train_snapshots_ns": train_snaps, "val_snapshots_ns": val_snaps}
 
 
-def batch_seeds(s: SnapshotSamples) -> dict:
-    return {t: (s.node[s.ntype == code], s.time[s.ntype == code]) for code, t in enumerate(NODE_TYPES)}
+def batch_seeds(s: SnapshotSamples, node_types=NODE_TYPES) -> dict:
+    """Seeds per node type; ``ntype`` codes index ``node_types`` (the graph's)."""
+    return {t: (s.node[s.ntype == code], s.time[s.ntype == code]) for code, t in enumerate(node_types)}
 
 
-def batch_targets(s: SnapshotSamples, device) -> dict:
-    return {t: torch.from_numpy(s.y[s.ntype == code]).to(device) for code, t in enumerate(NODE_TYPES)}
+def batch_targets(s: SnapshotSamples, device, node_types=NODE_TYPES) -> dict:
+    return {t: torch.from_numpy(s.y[s.ntype == code]).to(device) for code, t in enumerate(node_types)}
 
 
 def to_device(batch, device):
@@ -144,20 +145,20 @@ def predict(model: TemporalHeteroGNN, g: TemporalGraph, samples: SnapshotSamples
     emb = np.zeros((len(samples), model.cfg.embedding_dim), np.float32)
     for lo in tqdm(range(0, len(samples), batch_size), desc=desc, disable=not progress, unit="batch"):
         part = samples.take(np.arange(lo, min(lo + batch_size, len(samples))))
-        batch = to_device(sample_subgraphs(g, batch_seeds(part), cfg.sampler, features), cfg.device)
+        batch = to_device(sample_subgraphs(g, batch_seeds(part, g.node_types), cfg.sampler, features), cfg.device)
         out = model(batch)
-        for code, t in enumerate(NODE_TYPES):
+        for code, t in enumerate(g.node_types):
             rows = lo + np.flatnonzero(part.ntype == code)
             emb[rows] = out[t][0].cpu().numpy()
             scores[rows] = torch.sigmoid(out[t][1]).cpu().numpy()
     return scores, emb
 
 
-def base_task_metrics(samples: SnapshotSamples, scores: np.ndarray) -> dict:
+def base_task_metrics(samples: SnapshotSamples, scores: np.ndarray, node_types=NODE_TYPES) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     out = {}
-    for code, t in enumerate(NODE_TYPES):
+    for code, t in enumerate(node_types):
         m = samples.ntype == code
         y = samples.y[m]
         ok = len(np.unique(y)) == 2
