@@ -26,6 +26,17 @@ _UNAVAILABLE_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND", "CANCELLE
                       "RESOURCE_EXHAUSTED", "ABORTED"}
 
 
+# Reconnect quickly after a Triton restart (gRPC's default backoff grows to minutes); passing
+# channel_args replaces tritonclient's defaults, so the message size limits are repeated here.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class TritonUnavailable(RuntimeError):
     """Triton cannot answer now (down, model not ready, timeout). Retry later; never drop."""
 
@@ -106,7 +117,7 @@ class TritonScorer:
         self.model_name = model_name
         self.model_version = model_version
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._outputs = [grpcclient.InferRequestedOutput(n) for n in OUTPUTS]
 
     def infer(self, tensors: Mapping[str, np.ndarray]) -> ModelOutput:
@@ -156,7 +167,7 @@ class AsyncTritonScorer:
     @property
     def client(self):
         if self._client is None:
-            self._client = self._mod.InferenceServerClient(self.url)
+            self._client = self._mod.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def infer(self, tensors: Mapping[str, np.ndarray]) -> ModelOutput:
