@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 import os
 import shutil
 import tempfile
@@ -580,8 +581,25 @@ class ModelOps:
     def _save(self, state: lc.RoutingState) -> None:
         lc.save_routing(self.routing_path, state)
 
+    @contextmanager
+    def _exclusive(self):
+        """One control-plane operation per model at a time (two operators, two terminals)."""
+        import fcntl
+        lock = Path(str(self.routing_path) + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ModelOpsError(f"another `relstream model` operation on {self.model!r} is running "
+                                    f"(lock {lock})") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     # ----- operations --------------------------------------------------------------------
-    def deploy(self, version: int, canary_percent: float | None = None, skip: Sequence[str] = ()) -> dict:
+    def _deploy(self, version: int, canary_percent: float | None = None, skip: Sequence[str] = ()) -> dict:
         state = self.state()
         info = self.static_checks(version, state, skip)
         new_state = lc.deploy(state, version, info, self.clock(), canary_percent)  # refuses bad transitions
@@ -604,7 +622,7 @@ class ModelOps:
         report["split"] = new_state.split()
         return report
 
-    def promote(self) -> dict:
+    def _promote(self) -> dict:
         state = self.state()
         new_state = lc.promote(state, self.clock())
         self._save(new_state)  # traffic moves first ...
@@ -613,7 +631,7 @@ class ModelOps:
         return {"action": "promote", "primary": new_state.primary, "unloaded": dropped,
                 "split": new_state.split()}
 
-    def rollback(self) -> dict:
+    def _rollback(self) -> dict:
         state = self.state()
         new_state = lc.rollback(state, self.clock())
         report: dict[str, Any] = {"action": "rollback", "primary": new_state.primary}
@@ -627,7 +645,7 @@ class ModelOps:
         report["split"] = new_state.split()
         return report
 
-    def refresh_embeddings(self, from_version: int, embeddings: Path) -> dict:
+    def _refresh_embeddings(self, from_version: int, embeddings: Path) -> dict:
         """Copy a version with a new embeddings.parquet into a new version (no retraining)."""
         import pyarrow.parquet as pq
 
@@ -667,6 +685,22 @@ class ModelOps:
             raise
         return {"action": "refresh-embeddings", "from": from_version, "version": version,
                 "next": f"relstream model deploy {version} --canary 10"}
+
+    def deploy(self, version: int, canary_percent: float | None = None, skip: Sequence[str] = ()) -> dict:
+        with self._exclusive():
+            return self._deploy(version, canary_percent, skip)
+
+    def promote(self) -> dict:
+        with self._exclusive():
+            return self._promote()
+
+    def rollback(self) -> dict:
+        with self._exclusive():
+            return self._rollback()
+
+    def refresh_embeddings(self, from_version: int, embeddings: Path) -> dict:
+        with self._exclusive():
+            return self._refresh_embeddings(from_version, embeddings)
 
     def status(self, scorer_metrics: Sequence[str] = ()) -> dict:
         state = self.state()

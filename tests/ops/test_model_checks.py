@@ -157,3 +157,18 @@ def test_version_histograms_and_quantiles():
     assert h["2"]["mean"] == pytest.approx(0.7)
     assert mo.histogram_quantile(0.5, h["1"]["buckets"]) == pytest.approx(0.5)
     assert mo.histogram_quantile(0.5, h["2"]["buckets"]) == pytest.approx(0.5 + 0.5 * 3 / 8)
+
+
+def test_one_operation_per_model_at_a_time(tmp_path):
+    import fcntl
+
+    ops = mo.ModelOps(tmp_path, "m", mo.TritonControl("127.0.0.1:1"))
+    lock = tmp_path / "m" / "routing.json.lock"
+    lock.parent.mkdir()
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(mo.ModelOpsError, match="another `relstream model` operation"):
+            ops.promote()
+    with pytest.raises(mo.ModelOpsError, match="version 1 of model 'm' not found"):
+        ops.deploy(1)  # lock free again: the operation itself runs (and finds no bundle)
+    ops.triton.close()
