@@ -20,6 +20,28 @@ from typing import Iterable
 from rti_store.codec import ID_LEN, INT64_MIN, time_key, time_of
 
 
+def prune_batch(new: list[bytes], max_len: int, horizon_ns: int | None) -> list[bytes]:
+    """The rows of one window's batch that can still matter, sorted (oldest first).
+
+    A row outside the batch's own newest ``max_len``, or older than the batch's newest row minus
+    the horizon, can never be in the window (the window only keeps rows at least that new), so
+    dropping it before the store sees it changes neither the state nor the newly-stored count.
+    Among rows with the same (time, id) the first delivered one is kept, like the store does.
+    Hot keys in a backfill batch thus cost the store at most ``max_len`` rows.
+    """
+    if len(new) < 2:
+        return new
+    first: dict[bytes, bytes] = {}
+    for m in new:
+        first.setdefault(m[:ID_LEN], m)
+    rows = sorted(first.values())[-max_len:]
+    if horizon_ns is not None:
+        cutoff = time_of(rows[-1]) - horizon_ns
+        if cutoff > INT64_MIN:
+            rows = rows[bisect_left(rows, time_key(cutoff)):]
+    return rows
+
+
 def insert(members: list[bytes], new: Iterable[bytes], max_len: int, horizon_ns: int | None) -> int:
     """Insert packed rows in place, then trim by count and age.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
@@ -17,7 +18,8 @@ class MemoryWindowStore(BaseWindowStore):
     """Windows as sorted lists of packed rows (see :mod:`rti_store.codec`), in one process.
 
     ``ttl_s=None`` (default) never expires; otherwise a window untouched by appends for ``ttl_s``
-    seconds of ``clock()`` is dropped lazily, on its next access or by :meth:`sweep`.
+    seconds of ``clock()`` is dropped lazily, on its next access or by :meth:`sweep`. Safe to
+    share between threads (one lock; appends and reads are short).
     """
 
     def __init__(self, plan: ServingPlan, horizon_ns: int | None = None, ttl_s: float | None = None,
@@ -26,6 +28,7 @@ class MemoryWindowStore(BaseWindowStore):
         self.clock = clock
         self._rows: dict[tuple[str, Any], list[bytes]] = {}
         self._expires: dict[tuple[str, Any], float] = {}
+        self._lock = threading.Lock()
 
     # ----- expiry ---------------------------------------------------------------------------
     def _live(self, key: tuple[str, Any], now: float) -> list[bytes] | None:
@@ -39,11 +42,12 @@ class MemoryWindowStore(BaseWindowStore):
         """Drop every expired window now; returns how many were dropped."""
         if self.ttl_s is None:
             return 0
-        now = self.clock()
-        dead = [k for k, t in self._expires.items() if t <= now]
-        for k in dead:
-            del self._rows[k], self._expires[k]
-        return len(dead)
+        with self._lock:
+            now = self.clock()
+            dead = [k for k, t in self._expires.items() if t <= now]
+            for k in dead:
+                del self._rows[k], self._expires[k]
+            return len(dead)
 
     # ----- the interface --------------------------------------------------------------------
     def append(self, items: Sequence[AppendItem]) -> int:
@@ -51,13 +55,19 @@ class MemoryWindowStore(BaseWindowStore):
         for hop_key, entity_id, interaction in items:  # encode everything first: all or nothing
             codec = self.codec(hop_key)
             grouped[(hop_key, self.entity(hop_key, entity_id))].append(codec.encode(interaction))
+        with self._lock:
+            return self._insert_grouped(grouped)
+
+    def _insert_grouped(self, grouped: dict[tuple[str, Any], list[bytes]]) -> int:
         now = self.clock()
         added = 0
         for key, members in grouped.items():
             rows = self._live(key, now)
             if rows is None:
                 rows = self._rows[key] = []
-            added += logic.insert(rows, members, self.codecs[key[0]].hop.max_len, self.horizon_ns)
+            max_len = self.codecs[key[0]].hop.max_len
+            added += logic.insert(rows, logic.prune_batch(members, max_len, self.horizon_ns), max_len,
+                                  self.horizon_ns)
             if self.ttl_s is not None:
                 self._expires[key] = now + self.ttl_s
             if not rows:  # everything was older than the horizon
@@ -67,27 +77,30 @@ class MemoryWindowStore(BaseWindowStore):
 
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
         anchors = self.as_of_list(keys, as_of)
-        now = self.clock()
+        wanted = [(self.codec(h).hop.max_len, (h, self.entity(h, e))) for h, e in keys]
         selected: list[list[bytes]] = []
-        for (hop_key, entity_id), t in zip(keys, anchors):
-            codec = self.codec(hop_key)
-            rows = self._live((hop_key, self.entity(hop_key, entity_id)), now)
-            lo, hi = self.plan.rti_bounds(t)
-            selected.append(logic.select(rows, lo, hi, codec.hop.max_len) if rows else [])
+        with self._lock:
+            now = self.clock()
+            for (max_len, key), t in zip(wanted, anchors):
+                rows = self._live(key, now)
+                lo, hi = self.plan.rti_bounds(t)
+                selected.append(logic.select(rows, lo, hi, max_len) if rows else [])
         return _decode_grouped(self, keys, selected)
 
     def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
         """All stored packed rows of one window, oldest first (no time bounds)."""
-        rows = self._live((hop_key, self.entity(hop_key, entity_id)), self.clock())
-        return list(rows or ())
+        key = (hop_key, self.entity(hop_key, entity_id))
+        with self._lock:
+            return list(self._live(key, self.clock()) or ())
 
     def dump_many(self, keys: Sequence[WindowKey]) -> list[Window]:
         """Full stored windows (no time bounds): the state that redelivery tests compare."""
         return _decode_grouped(self, keys, [self.rows(h, e) for h, e in keys])
 
     def keys(self) -> Iterable[WindowKey]:
-        now = self.clock()
-        return [k for k in list(self._rows) if self._live(k, now) is not None]
+        with self._lock:
+            now = self.clock()
+            return [k for k in list(self._rows) if self._live(k, now) is not None]
 
     def close(self) -> None:
         pass

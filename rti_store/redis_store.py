@@ -31,6 +31,7 @@ from schemas.tensors import Window
 
 from rti_store.base import AppendItem, BaseWindowStore, StoreUnavailable, WindowKey
 from rti_store.codec import time_key
+from rti_store.logic import prune_batch
 from rti_store.memory import _decode_grouped
 
 # Append to many windows in one call (standalone: chunks of keys; cluster: keys of one slot).
@@ -286,6 +287,8 @@ class RedisWindowStore(BaseWindowStore):
             args = [*self._horizon, self._ttl_ms]
             for k in call_keys:
                 members = rows[k]
+                if len(members) > 1:  # sorted: in-order rows take the Lua fast path
+                    members = prune_batch(members, int(max_len[k]), self.horizon_ns)
                 args.append(max_len[k])
                 args.append(len(members))
                 args.extend(members)

@@ -393,3 +393,18 @@ def test_memory_and_redis_store_identical_rows(redis_client):
         assert mem.append(batch) == red.append(batch)
     for hop, entity in [(HH, h) for h in range(5)] + [(PROD, f"p{p}") for p in range(4)]:
         assert mem.rows(hop, entity) == red.rows(hop, entity)
+
+
+def test_hot_key_batch_is_pruned_without_changing_the_result(make_store):
+    # a backfill-like batch: 300 rows of one household (and one product) in random order with
+    # redeliveries, spanning more than the horizon
+    rng = np.random.default_rng(5)
+    rows = [event(i, int(t), household=9, product="hot") for i, t in enumerate(rng.integers(0, 5000, 300))]
+    delivery = [rows[i] for i in rng.permutation(len(rows))] + rows[:50]
+    store = make_store()
+    stored = store.append(appends(RECO, delivery))
+    state = {hop: expected_state(RECO, hop, rows) for hop in (HH, PROD)}
+    assert stored == len(state[HH][9]) + len(state[PROD][b"hot"])
+    assert_window(RECO, HH, store.dump_many([(HH, 9)])[0], state[HH][9])
+    assert_window(RECO, PROD, store.dump_many([(PROD, "hot")])[0], state[PROD][b"hot"])
+    assert store.append(appends(RECO, delivery)) == 0
