@@ -134,10 +134,14 @@ class RedisWindowStore(BaseWindowStore):
 
     def __init__(self, plan: ServingPlan, client_or_url: Any, horizon_ns: int | None = None,
                  ttl_s: float | None = 7 * 86400, key_prefix: str = "rs",
-                 clock: Callable[[], float] = time.time, chunk_keys: int = 256):
+                 clock: Callable[[], float] = time.time, chunk_keys: int = 256,
+                 socket_timeout_s: float | None = 10.0):
         super().__init__(plan, horizon_ns=horizon_ns, ttl_s=ttl_s)
         if isinstance(client_or_url, str):
-            self.client = redis.Redis.from_url(client_or_url)
+            # a hung Redis must surface as StoreUnavailable, not block forever (URL clients only;
+            # a client passed in keeps its own timeouts)
+            self.client = redis.Redis.from_url(client_or_url, socket_timeout=socket_timeout_s,
+                                               socket_connect_timeout=socket_timeout_s)
             self._owns_client = True
         else:
             self.client = client_or_url

@@ -35,3 +35,26 @@ def test_outage_raises_store_unavailable_then_recovers(stack_factory):
         assert [len(w) for w in store.read_many(keys, 10**18 + 10)] == [2, 2]
     finally:
         store.close()
+
+
+def test_hung_redis_times_out_instead_of_blocking(stack_factory):
+    import os
+    import signal
+    import time
+
+    st = stack_factory(components=("redis",))
+    store = RedisWindowStore(PLAN, st.redis_url, key_prefix="hung", socket_timeout_s=0.5)
+    pid = st.pids()["redis"]
+    try:
+        items = interactions_of(PLAN, "transactions", tx(1))
+        store.append(items)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="redis"):
+            store.read_many([(h, e) for h, e, _ in items], 10**18 + 10)
+        assert time.monotonic() - t0 < 5  # one timeout, no silent retry doubling the deadline
+        os.kill(pid, signal.SIGCONT)
+        assert store.append(items) == 0  # reconnects; the batch was already stored
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        store.close()
