@@ -219,11 +219,15 @@ class Service:
     def tail(self, lines: int = 25) -> str:
         return log_tail(self.log_path, lines)
 
-    def wait_for_log(self, needle: str, timeout_s: float, stage: str) -> None:
+    def log_count(self, needle: str) -> int:
+        return self.log_path.read_text(errors="replace").count(needle) if self.log_path.exists() else 0
+
+    def wait_for_log(self, needle: str, timeout_s: float, stage: str, count: int = 1) -> None:
+        """Wait until ``needle`` occurs ``count`` times in the log (restarts append to it)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive(stage)
-            if self.log_path.exists() and needle in self.log_path.read_text(errors="replace"):
+            if self.log_count(needle) >= count:
                 return
             time.sleep(0.1)
         raise DemoError(stage, f"{self.name} did not log {needle!r} within {timeout_s:.0f}s", self.log_path,
