@@ -75,6 +75,23 @@ def _paced_produce(prod, topic, values, slice_size=100, pause=0.03):
         time.sleep(pause)
 
 
+class Feeder(threading.Thread):
+    """Produces records at a steady pace while the consumer runs; ``sent`` = acknowledged so far."""
+
+    def __init__(self, prod, topic, values, slice_size: int, pause: float):
+        super().__init__(daemon=True)
+        self.args_ = (prod, topic, values, slice_size, pause)
+        self.sent = 0
+
+    def run(self) -> None:
+        prod, topic, values, slice_size, pause = self.args_
+        for i in range(0, len(values), slice_size):
+            part = values[i:i + slice_size]
+            produce_values(prod, topic, part)
+            self.sent += len(part)
+            time.sleep(pause)
+
+
 def _wait(cond, timeout: float, what: str, ingest: Ingest | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,33 +119,46 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(
     produce_values(prod, topic, chunks[0])
     produced = len(chunks[0])
     kills = []
+    # static membership: a restarted process takes its partitions over at once instead of
+    # waiting for the killed member's session to time out (also what a k8s deployment wants)
+    member = ("--kafka-config", f"group.instance.id=ingest-{topic}")
     try:
         for r in range(kill_rounds):
             before = probe.total()
-            ingest = Ingest(config)
-            feeder = threading.Thread(target=_paced_produce, args=(prod, topic, chunks[r + 1], 100, 0.1))
+            t_round = time.monotonic()
+            ingest = Ingest(config, *member)
+            _wait(ingest.started, 60, f"round {r}: start-up", ingest)
+            t_started = time.monotonic()
+            feeder = Feeder(prod, topic, chunks[r + 1], slice_size=30, pause=0.1)  # ~3 s of traffic
             feeder.start()
             _wait(lambda: probe.total() > before, 60, f"round {r}: first commit", ingest)
-            time.sleep(rng.uniform(0.0, 1.0))  # a random moment: mid-batch, mid-append, mid-commit
+            print(f"round {r}: started after {t_started - t_round:.1f}s, first commit after "
+                  f"{time.monotonic() - t_started:.1f}s more")
+            # a random moment while records still flow: mid-batch, mid-append or mid-commit
+            kill_at = time.monotonic() + rng.uniform(0.0, 1.5)
+            while time.monotonic() < kill_at and feeder.is_alive():
+                time.sleep(0.01)
             ingest.kill9()
+            kills.append((probe.total(), produced + feeder.sent))
             feeder.join()
             produced += len(chunks[r + 1])
-            kills.append((probe.total(), produced))
         # resume and drain
         ends = ih.end_offsets(stack.kafka_bootstrap, topic, partitions)
         assert sum(ends.values()) == len(values)
-        ingest = Ingest(config)
+        ingest = Ingest(config, *member)
         _wait(ingest.started, 60, "start-up", ingest)
         probe.wait_for(ends, timeout=120)
         rc, _out = ingest.terminate()
         assert rc == 0, "".join(ingest.stderr)[-2000:]
     finally:
         probe.close()
-    # at least one kill left work uncommitted behind it (it really hit a live stream)
-    assert any(committed < produced_then for committed, produced_then in kills), kills
+    # the kills really hit a live stream: records were acknowledged by Kafka but not yet
+    # committed by the group at the moment of (at least one) kill
+    assert any(committed < sent for committed, sent in kills), kills
     n = ih.assert_same_windows(ih.single_pass(plan, codec, values), RedisWindowStore(plan, redis_client),
                                redis_client)
     print(f"kill -9 x{kill_rounds}: (committed, produced) at each kill {kills}; {n} windows identical")
+    assert produced == len(values)
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_cleanly(stack, new_topic, redis_client, plan, codec,
