@@ -165,8 +165,9 @@ def triton_model_name(model: str, version: int) -> str:
     """The Triton model that serves ``version`` of ``model`` (one Triton model per live version).
 
     Loading a version as its own Triton model never touches the others: re-loading one model
-    with a changed ``version_policy`` was measured to block the running version's requests for
-    the whole load (10-11 s with the distilled model), a per-version model loads beside it.
+    with a changed ``version_policy`` re-initialises the running version too (measured: its
+    statistics restart, the load takes twice as long); a per-version model loads beside it
+    (bench/bench_canary_rollout.py).
     """
     return f"{model}{SLOT_SEPARATOR}{int(version)}"
 

@@ -6,9 +6,9 @@ takes traffic is served as its *own* Triton model ``<model>__v<N>`` (:func:`rels
 triton_model_name`): a small directory with a copy of the model's ``config.pbtxt`` (name
 rewritten, ``version_policy`` pinned to N, Triton ``model_warmup`` added) and ``N/`` hard-linked
 to the export. Why not one Triton model with ``version_policy { specific { versions: [...] } }``:
-that was measured here first, and re-loading the model to add a version re-loads the running
-version too, blocking its requests for the whole load (10-11 s with the distilled model, no
-errors, just a stall). A per-version model loads beside the running one without touching it.
+that was measured here first (bench/bench_canary_rollout.py): re-loading the model to add a
+version re-initialises the running version too (its statistics restart, the load takes twice
+as long, p99 3-5x during it). A per-version model loads beside the running one untouched.
 Dropping a version first moves the routing away, waits ``drain_s`` (longer than the scorers'
 routing-file poll interval) and only then unloads.
 
@@ -299,9 +299,9 @@ class TritonControl:
     """The few Triton calls the control plane makes, all over gRPC.
 
     gRPC, not HTTP: a model load over HTTP was measured to stall HTTP inference requests to
-    *other*, already-loaded models for the whole load (5.8 s with the distilled model: the
-    blocking load holds the HTTP server thread their connection is served by), while the same
-    load over gRPC left them at p99 32 ms, max 107 ms, zero errors.
+    *other*, already-loaded models for the whole load (5.8-9.7 s with the distilled model; gRPC
+    clients were not affected), while the same load over gRPC left HTTP clients at p99 1.3-2.8x
+    their baseline with zero errors (bench/bench_canary_rollout.py).
     """
 
     def __init__(self, grpc_url: str, timeout_s: float = 180.0):
