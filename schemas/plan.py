@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,7 +112,7 @@ class HopKey:
     entity: ColumnRef
     target: ColumnRef
 
-    @property
+    @cached_property  # immutable; cached because the scorer's hot path asks per event
     def key(self) -> str:
         return f"{self.source}{HOP_ARROW}{self.entity}{HOP_ARROW}{self.target}"
 
@@ -187,7 +188,7 @@ class ServingPlan:
     def fact(self) -> TableSpec:
         return self.tables[self.fact_table]
 
-    @property
+    @cached_property  # derived from frozen fields: computed once per plan
     def hop_keys(self) -> tuple[str, ...]:
         return tuple(h.key.key for h in self.hops)
 
@@ -203,7 +204,7 @@ class ServingPlan:
     def column_dtype(self, table: str, column: str) -> str:
         return self.tables[table].columns[column]
 
-    @property
+    @cached_property  # derived from frozen fields: computed once per plan
     def tensors(self) -> tuple[TensorSpec, ...]:
         specs = [TensorSpec(ANCHOR_TIME, "anchor", "int64")]
         for col in self.fact_columns:
@@ -216,7 +217,7 @@ class ServingPlan:
                 )
         return tuple(specs)
 
-    @property
+    @cached_property  # derived from frozen fields: computed once per plan
     def tensor_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors)
 
