@@ -10,6 +10,8 @@ State lives in the run directory, so a second process (e.g. `relstream stack sta
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -43,7 +45,8 @@ class LocalStack:
                  ports: Mapping[str, int] | None = None,
                  settings: ComponentSettings | None = None,
                  ready_timeout: float = 120.0,
-                 stop_with_owner: bool = False):
+                 stop_with_owner: bool = False,
+                 port_wait_s: float = 10.0):
         """stop_with_owner: also start a watchdog that stops the servers if this process dies
         without calling down() (used by the test fixtures; not by `relstream stack up`)."""
         self.run_dir = Path(run_dir).resolve()
@@ -70,6 +73,7 @@ class LocalStack:
         }
         self._children = {name: Child(name, self.run_dir) for name in ALL_COMPONENTS}
         self.stop_with_owner = stop_with_owner
+        self.port_wait_s = port_wait_s
         self._watchdog = Child("watchdog", self.run_dir)
 
     # ------------------------------------------------------------------------ addresses
@@ -132,6 +136,26 @@ class LocalStack:
         from ..prereqs import require
         require(self.components)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():  # two `up`s on one run dir at once must not start two copies
+            return self._up()
+
+    def _adopt_running_ports(self) -> None:
+        """Another process (or object) may have started components since __init__: use the
+        ports they actually listen on."""
+        saved = self._load_state().get("ports", {})
+        for name in self.components:
+            if self._children[name].running() is None:
+                continue
+            for (comp, _), key in PORT_KEYS.items():
+                if comp != name or not saved.get(key) or saved[key] == self._ports[key]:
+                    continue
+                if self._requested_ports.get(key):
+                    raise StackError(f"{name} already runs with {key}={saved[key]} (asked for "
+                                     f"{self._requested_ports[key]}); run `stack down` first")
+                self._ports[key] = int(saved[key])
+
+    def _up(self) -> dict[str, float]:
+        self._adopt_running_ports()
         t0 = time.monotonic()
         started: list[str] = []
         watchdog_started = self.stop_with_owner and self._watchdog.running() is None
@@ -140,7 +164,9 @@ class LocalStack:
         try:
             for name in self.components:
                 if self._children[name].running() is None:
-                    self._launch(name, repick_stale_ports=True)
+                    # short wait: `up` reports a port held by someone else promptly
+                    self._launch(name, repick_stale_ports=True,
+                                 port_wait_s=min(2.0, self.port_wait_s))
                     started.append(name)
             self._save_state()
             took = {name: self._wait_healthy_retrying(name, t0, name in started)
@@ -159,6 +185,12 @@ class LocalStack:
 
     def down(self) -> None:
         """Stop exactly the children this run directory started, newest first."""
+        if not self.run_dir.is_dir():
+            return
+        with self._lock():
+            self._down()
+
+    def _down(self) -> None:
         errors = []
         for name in ("watchdog", *reversed(ALL_COMPONENTS)):
             child = self._watchdog if name == "watchdog" else self._children[name]
@@ -255,14 +287,16 @@ class LocalStack:
         return [key for (comp, _), key in PORT_KEYS.items()
                 if comp == name and not self._requested_ports.get(key)]
 
-    def _launch(self, name: str, repick_stale_ports: bool = False) -> None:
+    def _launch(self, name: str, repick_stale_ports: bool = False,
+                port_wait_s: float | None = None) -> None:
         if repick_stale_ports:
             # A port remembered from an earlier run (not one the user asked for) may have
             # been taken by someone else since; pick a new free one instead of failing.
             stale = [k for k in self._auto_port_keys(name) if port_in_use(self._ports[k])]
             self._pick_ports(stale, self._ports)
         ports = self.ports_of(name)
-        ensure_ports_free(name, {PORT_KEYS[(name, r)]: p for r, p in ports.items()})
+        ensure_ports_free(name, {PORT_KEYS[(name, r)]: p for r, p in ports.items()},
+                          wait_s=self.port_wait_s if port_wait_s is None else port_wait_s)
         impl = self._impl[name]
         impl.prepare(ports)
         argv, env = impl.command(ports)
@@ -303,6 +337,15 @@ class LocalStack:
                     f"{name} not healthy after {self.ready_timeout:.0f}s ({reason}); "
                     f"last lines of {child.log_file}:\n{child.log_tail(30)}")
             time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        with open(self.run_dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _start_watchdog(self) -> None:
         import os

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 HOST = "127.0.0.1"
 
@@ -45,9 +46,18 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def ensure_ports_free(owner: str, ports: dict[str, int]) -> None:
-    """Raise PortInUseError naming the component, the port role and the port."""
-    taken = [f"{role}={port}" for role, port in ports.items() if port_in_use(port)]
+def ensure_ports_free(owner: str, ports: dict[str, int], wait_s: float = 0.0) -> None:
+    """Raise PortInUseError naming the component, the port role and the port.
+
+    wait_s: keep checking that long first -- a server killed a moment ago releases its
+    listening sockets slightly after its process is gone.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        taken = [f"{role}={port}" for role, port in ports.items() if port_in_use(port)]
+        if not taken or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if taken:
         raise PortInUseError(
             f"cannot start {owner}: port {', '.join(taken)} already in use on {HOST} "

@@ -109,9 +109,12 @@ def test_port_in_use_is_reported_clearly(tmp_path):
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         port = blocker.getsockname()[1]
-        st = LocalStack(tmp_path / "run", components=("redis",), ports={"redis": port})
+        st = LocalStack(tmp_path / "run", components=("redis",), ports={"redis": port},
+                        port_wait_s=1.0)
+        t0 = time.monotonic()
         with pytest.raises(PortInUseError) as err:
             st.up()
+        assert time.monotonic() - t0 < 10
     msg = str(err.value)
     assert f"redis={port}" in msg and "already in use" in msg
     assert st.pids() == {}
@@ -283,3 +286,18 @@ def test_kafka_restart_on_same_port_keeps_data_and_committed_offsets(stack_facto
             rest.append(msg.value())
     consumer.close()
     assert rest == [b"m4", b"m5"]
+
+
+def test_concurrent_ups_on_one_run_dir_start_one_copy(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    stacks = [LocalStack(tmp_path / "run", components=("redis",)) for _ in range(3)]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda s: s.up(), stacks))
+        pids = {s.pids()["redis"] for s in stacks}
+        assert len(pids) == 1
+        assert len({s.redis_url for s in [LocalStack(tmp_path / "run", components=("redis",))]
+                    + stacks[:1]}) == 1
+    finally:
+        stacks[0].down()
+    assert stacks[1].pids() == {}
