@@ -342,7 +342,7 @@ def test_bad_input_names_the_field_and_stores_nothing(make_store):
 # ----- property: delivery order and duplicates never change the final windows --------------------
 
 events_strategy = st.lists(
-    st.tuples(st.integers(0, 40), st.integers(0, 3000), st.integers(0, 3), st.integers(0, 2)),
+    st.tuples(st.integers(0, 40), st.integers(-1500, 3000), st.integers(0, 3), st.integers(0, 2)),
     min_size=1, max_size=60, unique_by=lambda e: e[0])
 
 
@@ -359,10 +359,11 @@ def test_any_delivery_order_with_duplicates_equals_a_clean_sorted_pass(make_stor
     cuts = sorted(data.draw(st.lists(st.integers(0, len(delivery)), max_size=6)))
     batches = [delivery[a:b] for a, b in zip([0] + cuts, cuts + [len(delivery)])]
 
-    messy = make_store(horizon_ns=700)
+    horizon = data.draw(st.sampled_from([0, 700, 2**62]))
+    messy = make_store(horizon_ns=horizon)
     for batch in batches:
         messy.append(appends(RECO, batch))
-    clean = make_store(horizon_ns=700)
+    clean = make_store(horizon_ns=horizon)
     for r in sorted(rows, key=lambda r: (r["event_time"], r["event_id"])):
         clean.append(appends(RECO, [r]))
 
@@ -370,11 +371,11 @@ def test_any_delivery_order_with_duplicates_equals_a_clean_sorted_pass(make_stor
     keys = [(HH, h) for h in range(4)] + [(PROD, f"p{p}") for p in range(3)]
     for hop_key, entity in keys:
         assert messy.rows(hop_key, entity) == clean.rows(hop_key, entity)
-    states = {HH: expected_state(RECO, HH, rows, 700), PROD: expected_state(RECO, PROD, rows, 700)}
+    states = {HH: expected_state(RECO, HH, rows, horizon), PROD: expected_state(RECO, PROD, rows, horizon)}
     for (hop, entity), window in zip(keys, messy.dump_many(keys)):
         e = entity.encode() if isinstance(entity, str) else entity
         assert_window(RECO, hop, window, states[hop].get(e, []))
-    anchor = data.draw(st.integers(0, 4000))
+    anchor = data.draw(st.integers(-2000, 4000))
     for (hop, entity), window in zip(keys, messy.read_many(keys, anchor)):
         e = entity.encode() if isinstance(entity, str) else entity
         assert_window(RECO, hop, window, expected_read(RECO, hop, states[hop].get(e, []), anchor))
