@@ -68,11 +68,14 @@ def server_cpu_s(client) -> float:
 
 def bench_append(plan, client, batches, n_interactions):
     store = RedisWindowStore(plan, client, key_prefix="bench")
+    mem0, keys0 = client.info("memory")["used_memory"], client.dbsize()
     srv0 = server_cpu_s(client)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stored = sum(store.append(b) for b in batches)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     srv = server_cpu_s(client) - srv0
+    windows = client.dbsize() - keys0
+    bytes_per_window = (client.info("memory")["used_memory"] - mem0) / max(1, windows)
     w1 = time.perf_counter()
     again = sum(store.append(b) for b in batches)
     redelivery = time.perf_counter() - w1
@@ -96,6 +99,7 @@ def bench_append(plan, client, batches, n_interactions):
         "redis_redelivery_interactions_per_s": n_interactions / redelivery,
         "memory_interactions_per_s": n_interactions / mem_wall,
         "newly_stored": stored, "newly_stored_on_redelivery": again,
+        "redis_windows": windows, "redis_bytes_per_window": bytes_per_window,
     }
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import RowError, interactions_of
-from rti_store import MemoryWindowStore, RedisWindowStore
+from rti_store import MemoryWindowStore, RedisWindowStore, WindowStore
 
 # A small recommendation-like plan: int and string entities, string/int/float/timestamp columns,
 # short windows and a 1000 ns look-back so caps are easy to hit.
@@ -138,6 +138,7 @@ def assert_window(plan, hop_key, window, interactions):
 
 def test_redelivery_is_a_no_op(make_store):
     store = make_store()
+    assert isinstance(store, WindowStore)
     rows = [event(i, 100 + i * 10, household=1 + i % 2, product=f"p{i % 3}") for i in range(8)]
     assert store.append(appends(RECO, rows)) == 16  # two hops per event
     before = store.dump_many([(HH, 1), (HH, 2), (PROD, "p0")])
