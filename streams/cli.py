@@ -20,7 +20,8 @@ With --backfill FILE.parquet, fill the windows from a parquet file of the plan's
 (same append path), then exit.
 
 Settings: the config file's `ingest` section (topics, group_id, batch_size, batch_timeout_s,
-max_payload_bytes, metrics_port, registry, store, consumer, producer); flags override it."""
+max_payload_bytes, metrics_port, metrics_addr, registry, store, consumer, producer); flags
+override it. See docs/streams.md."""
 
 
 def register(subparsers) -> None:
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-timeout", type=float, metavar="S", help="max seconds to wait for a batch to fill")
     p.add_argument("--max-payload-bytes", type=int, metavar="B", help="larger records are dead-lettered")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-addr", metavar="ADDR", help="address of the metrics endpoint (default 127.0.0.1)")
     p.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra librdkafka setting for the consumer (repeatable)")
     p.add_argument("--exit-when-idle", type=float, metavar="S",
@@ -123,7 +125,8 @@ def cmd_ingest(args) -> int:
             batch_timeout_s=_positive("--batch-timeout", args.batch_timeout, sec.batch_timeout_s),
             max_payload_bytes=_positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes),
             shutdown_grace_s=sec.shutdown_grace_s,
-            metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port)
+            metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port,
+            metrics_addr=args.metrics_addr or sec.metrics_addr)
         registry = args.registry or sec.registry or Path(cfg.run_dir) / "schema-registry"
         codec, decode_errors = open_codec(registry, settings.max_payload_bytes)
         consumer_extra = {**sec.consumer, **parse_kv(args.kafka_config)}
@@ -138,7 +141,7 @@ def cmd_ingest(args) -> int:
         return 0
     port = service.start_metrics()
     print(f"relstream ingest: group {settings.group_id}, topics {topics}, DLQ {settings.dlq_topic}, "
-          f"plan {plan.name}" + (f", metrics on 127.0.0.1:{port}/metrics" if port else ""),
+          f"plan {plan.name}" + (f", metrics on {settings.metrics_addr}:{port}/metrics" if port else ""),
           file=sys.stderr, flush=True)
     stats = service.run(idle_exit_s=args.exit_when_idle, install_signals=False)
     print(json.dumps({"batches": stats.batches, "records": stats.records, "interactions": stats.interactions,

@@ -48,6 +48,7 @@ class IngestSection(BaseModel):
     max_payload_bytes: int = Field(default=256 * 1024, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
     registry: Path | None = None  # file schema registry; default <run_dir>/schema-registry
     store: dict[str, Any] = Field(default_factory=dict)  # extra RedisWindowStore keyword arguments
     consumer: dict[str, LooseScalar] = Field(default_factory=dict)  # librdkafka, consumer only
@@ -66,6 +67,7 @@ class IngestSettings:
     max_payload_bytes: int = 256 * 1024
     shutdown_grace_s: float = 30.0
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     backoff: Backoff = Backoff()
 
     def loop_settings(self) -> LoopSettings:
