@@ -227,7 +227,9 @@ class IngestLoop:
         try:
             refused, refused_appends = future.result()
         except BaseException:
-            self._in_flight.popleft()
+            # this batch is not stored: drop the later ones too, so none of their offsets can be
+            # committed past it (all of them are redelivered)
+            self._in_flight.clear()
             raise
         self._in_flight.popleft()
         if refused:

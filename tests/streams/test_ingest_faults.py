@@ -227,3 +227,40 @@ def test_redis_outage_mid_stream_is_retried_and_nothing_is_lost(stack, stack_fac
         stats = run.stop()
     assert stats.records >= len(values) and stats.store_retries >= retries
     ih.assert_same_windows(ih.single_pass(plan, codec, values), store, client)
+
+
+def test_stop_while_redis_is_down_gives_up_after_the_grace_without_committing(
+        stack, stack_factory, new_topic, plan, codec, registry_dir, ih):
+    import redis
+
+    private = stack_factory(components=("redis",), settings=ComponentSettings(redis_persistence=True))
+    client = redis.Redis.from_url(private.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    store = RedisWindowStore(plan, client)
+    topic, dlq = new_topic("downstop"), new_topic("downstop-dlq")
+    group = f"g-{topic}"
+    values = ih.encode_all(codec, TRANSACTIONS_SUBJECT, synthetic_transactions(1500, seed=12))
+    prod = ih.producer(stack.kafka_bootstrap)
+    probe = ih.GroupProbe(stack.kafka_bootstrap, group, topic, 1)
+    produce_values(prod, topic, values[:500])
+    run = ih.Running(ih.make_service(plan, stack.kafka_bootstrap, registry_dir, store, topic, dlq, group,
+                                     batch_size=100))
+    probe.wait_for({0: 500})
+    private.stop_component("redis")
+    produce_values(prod, topic, values[500:1000])
+    _wait(lambda: run.service.loop.stats.store_retries > 0, 30, "retries against the stopped Redis")
+    t0 = time.monotonic()
+    stats = run.stop()  # grace is 2 s in make_service
+    assert time.monotonic() - t0 < 15
+    assert probe.committed() == {0: 500}  # nothing past the unacknowledged batches
+    assert stats.records == 500
+
+    private.start_component("redis")
+    produce_values(prod, topic, values[1000:])
+    run = ih.Running(ih.make_service(plan, stack.kafka_bootstrap, registry_dir, store, topic, dlq, group,
+                                     batch_size=100))
+    try:
+        probe.wait_for({0: len(values)})
+    finally:
+        run.stop()
+        probe.close()
+    ih.assert_same_windows(ih.single_pass(plan, codec, values), store, client)
