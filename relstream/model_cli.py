@@ -117,7 +117,7 @@ def _ts(ns) -> str:
 
 def format_status(report: dict) -> str:
     lines = [f"model {report['model']}  (routing: {report['routing_file']})"]
-    head = f"{'ver':>4} {'role':<9} {'traffic':>8} {'triton':<10} {'fingerprint':<17} {'emb newest':<17} " \
+    head = f"{'ver':>4} {'role':<9} {'traffic':>8} {'triton':<11} {'fingerprint':<17} {'emb newest':<17} " \
            f"{'ok':>7} {'fail':>5} {'avg ms':>7} {'avg batch':>9} {'score mean':>10} {'p50':>6} {'p90':>6}"
     lines.append(head)
     for r in report["versions"]:
@@ -128,7 +128,7 @@ def format_status(report: dict) -> str:
 
         def num(x, fmt):
             return format(x, fmt) if x is not None else "-"
-        lines.append(f"{r['version']:>4} {r['role'] or '-':<9} {r['traffic_percent']:>7g}% {r['triton']:<10} "
+        lines.append(f"{r['version']:>4} {r['role'] or '-':<9} {r['traffic_percent']:>7g}% {r['triton']:<11} "
                      f"{r['fingerprint'] or '-':<17} {_ts(r['embeddings_newest_ns']):<17} "
                      f"{st.get('success', 0):>7} {st.get('fail', 0):>5} {num(st.get('avg_request_ms'), '7.2f'):>7} "
                      f"{num(avg_batch, '9.1f'):>9} {num(sc.get('mean'), '10.4f'):>10} "
