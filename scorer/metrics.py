@@ -66,6 +66,26 @@ class ScorerMetrics:
             self.model_version.labels(name, version).set(1)
             self._version = (name, version)
 
+    def observe_records(self, path: str, records) -> None:
+        """Count a batch of score records (one label lookup per distinct label, not per record)."""
+        from collections import Counter as _Tally
+        if not records:
+            return
+        self.scored.labels(path).inc(len(records))
+        degraded, cold, by_version = _Tally(), _Tally(), {}
+        for rec in records:
+            degraded.update(rec["degraded"])
+            cold.update(rec["cold_start"])
+            by_version.setdefault(rec["model_version"], []).append(rec["score"])
+        for version, scores in by_version.items():
+            hist = self.score.labels(path, version)
+            for value in scores:
+                hist.observe(value)
+        for reason, n in degraded.items():
+            self.degraded.labels(path, reason).inc(n)
+        for entity, n in cold.items():
+            self.cold_start.labels(path, entity).inc(n)
+
     def observe_record(self, path: str, record: dict) -> None:
         self.scored.labels(path).inc()
         self.score.labels(path, record["model_version"]).observe(record["score"])

@@ -41,19 +41,45 @@ class PreparedEvent:
     key: bytes  # Kafka key of the score record (the entity it is about)
 
 
+_DERIVED: dict[int, tuple[ServingPlan, dict]] = {}
+
+
+def _derived(plan: ServingPlan) -> dict:
+    """Per-plan constants of the hot path, computed once (plans are immutable)."""
+    hit = _DERIVED.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    info = {"entity_columns": _entity_columns(plan), "allowed": _allowed_fields(plan),
+            "required": _required_fields(plan)}
+    _DERIVED[id(plan)] = (plan, info)
+    return info
+
+
 def entity_columns(plan: ServingPlan) -> tuple[str, ...]:
+    return _derived(plan)["entity_columns"]
+
+
+def allowed_fields(plan: ServingPlan) -> tuple[str, ...]:
+    return _derived(plan)["allowed"]
+
+
+def required_fields(plan: ServingPlan) -> tuple[str, ...]:
+    return _derived(plan)["required"]
+
+
+def _entity_columns(plan: ServingPlan) -> tuple[str, ...]:
     """Fact columns naming entities: embedding keys first, then hop sources, no repeats."""
     cols = [k.column for k in plan.embedding_keys]
     cols += [h.key.source.column for h in plan.hops]
     return tuple(dict.fromkeys(cols))
 
 
-def allowed_fields(plan: ServingPlan) -> tuple[str, ...]:
+def _allowed_fields(plan: ServingPlan) -> tuple[str, ...]:
     """Fields a client may send for a fact row: the fact table's columns except the label."""
     return tuple(c for c in plan.fact.columns if c != plan.label)
 
 
-def required_fields(plan: ServingPlan) -> tuple[str, ...]:
+def _required_fields(plan: ServingPlan) -> tuple[str, ...]:
     fact = plan.fact
     cols = list(plan.fact_columns) + [fact.time_column] + ([fact.primary_key] if fact.primary_key else [])
     cols += [h.key.source.column for h in plan.hops]

@@ -1,0 +1,544 @@
+"""Load benchmark of the online scorer, following the seed's protocol (seeds/000):
+
+* open-loop traffic at a constant arrival rate (sends are scheduled on a fixed clock and never
+  wait for replies), round-robin over 128 pre-generated payloads with N in {4, 8, 16, 32} recent
+  interactions per window (pre-loaded into Redis for ``/v1/score``, inlined for ``/v1/infer``);
+* per load step a warm-up, then a measurement window; a sweep of offered QPS up to saturation;
+* latency at the client, request out -> response in (auth, JSON, Redis, tensors, Triton);
+* the Kafka path: produce-to-score-consumed latency at a given rate (read_committed consumer);
+* optional: the deep-at-request-time baseline (``offline/deep_baseline.py``) at the same load.
+
+Everything is co-located on this machine: Kafka, Redis, Triton (CPU, Python backend), the
+scorer (`relstream serve` / `relstream score` as subprocesses) and this load generator.
+
+    python3 bench/bench_serve.py                          # short defaults: 5 s warm-up + 15 s per step
+    python3 bench/bench_serve.py --warmup 30 --duration 180 --qps 200,400,600,800,1000,1100,1200
+    python3 bench/bench_serve.py --skip-kafka --workers 2 --batch-window-ms 2
+
+Prints JSON and writes bench/results/serve.json + serve.png.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.payloads import LENGTHS, Payloads, infer_bodies, make_payloads  # noqa: E402
+from schemas.plan import builtin_plan  # noqa: E402
+
+TOKEN = "bench-" + uuid.uuid4().hex
+TARGET_HTTP = {"qps": 1000, "p99_ms": 50.0, "errors": 0}
+TARGET_KAFKA = {"rate": 1000, "p99_ms": 100.0}
+
+
+def pct(xs, q) -> float | None:
+    return float(np.percentile(np.asarray(xs), q)) if len(xs) else None
+
+
+def summary_ms(xs) -> dict:
+    xs = np.asarray(xs, dtype=np.float64) * 1e3
+    if not len(xs):
+        return {"n": 0}
+    return {"n": int(len(xs)), "p50_ms": pct(xs, 50), "p90_ms": pct(xs, 90), "p99_ms": pct(xs, 99),
+            "max_ms": float(xs.max()), "mean_ms": float(xs.mean())}
+
+
+# ----- environment ------------------------------------------------------------------------------
+
+def start_stack(run_dir: Path):
+    from relstream.stack import LocalStack
+    st = LocalStack(run_dir, run_dir / "models")
+    st.up()
+    return st
+
+
+def export_and_load(plan, stack, model_name: str, instances: int, kind: str) -> dict:
+    """``kind``: ``export`` = offline.export.export_untrained (the real model code, random weights),
+    ``fixture`` = the scorer tests' numpy model (isolates the serving overhead from model cost),
+    or a path to a model repository directory holding ``model_name`` (e.g. a trained export)."""
+    import shutil
+
+    import tritonclient.http as httpclient
+    info: dict = {"name": model_name, "kind": kind, "instances": instances}
+    if kind == "export":
+        from offline.export import export_untrained
+        vdir = export_untrained(plan, stack.model_repository, model_name=model_name, instance_count=instances)
+        manifest = json.loads((Path(vdir) / "manifest.json").read_text())
+        info.update(version=manifest.get("version"), parameters=manifest.get("parameters"),
+                    trained=manifest.get("trained", False))
+    elif kind == "fixture":
+        from tests.scorer.model_repo import write_test_model
+        write_test_model(plan, stack.model_repository, name=model_name)
+        cfg = stack.model_repository / model_name / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace("count: 1,", f"count: {instances},"))
+    else:
+        src = Path(kind) / model_name
+        if not src.is_dir():
+            raise SystemExit(f"--model: no model {model_name!r} in repository {kind}")
+        shutil.copytree(src, stack.model_repository / model_name, dirs_exist_ok=True)
+    client = httpclient.InferenceServerClient(stack.triton_http_url.split("://")[1], network_timeout=300)
+    client.load_model(model_name)
+    assert client.is_model_ready(model_name)
+    client.close()
+    return info
+
+
+def write_config(path: Path, stack, model_name: str, topics: tuple[str, str, str], registry: Path,
+                 args) -> Path:
+    import yaml
+    facts, scores, dlq = topics
+    cfg = {
+        "run_dir": str(path.parent / "run"),
+        "kafka": {"bootstrap_servers": stack.kafka_bootstrap},
+        "redis": {"url": stack.redis_url},
+        "triton": {"url": stack.triton_http_url, "model_name": model_name},
+        "topics": {"facts": facts, "scores": scores, "dlq": dlq},
+        "serve": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "batch_window_ms": args.batch_window_ms,
+                  "max_batch": args.max_batch, "max_in_flight": args.max_in_flight,
+                  "window_deadline_ms": args.window_deadline_ms},
+        "score": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "registry_dir": str(registry),
+                  "max_batch": args.kafka_max_batch, "group_id": f"bench-{facts}",
+                  "transactional_id": f"bench-{facts}", "poll_timeout_ms": args.kafka_poll_ms},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELSTREAM")}
+    env["RELSTREAM_API_TOKEN"] = TOKEN
+    return env
+
+
+def start_serve(config: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "relstream.cli", "--config", str(config), "serve", "--port", str(port),
+            "--workers", str(workers)]
+    return subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    import httpx
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+# ----- open-loop HTTP load ------------------------------------------------------------------------
+
+async def open_loop(url: str, bodies: list[bytes], qps: float, warmup: float, duration: float,
+                    headers: dict, timeout_s: float = 5.0) -> dict:
+    """Send at a constant rate on a fixed clock; never wait for replies before sending."""
+    import aiohttp
+    loop = asyncio.get_running_loop()
+    n_total = int(qps * (warmup + duration))
+    sched = np.empty(n_total)
+    sent = np.full(n_total, np.nan)
+    done = np.full(n_total, np.nan)
+    status = np.zeros(n_total, dtype=np.int32)
+    errors: dict[str, int] = {}
+    conn = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
+    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    clock = time.perf_counter  # uvloop's loop.time() has 1 ms resolution
+
+    async def one(i: int, session) -> None:
+        sent[i] = clock()
+        try:
+            async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as resp:
+                await resp.read()
+                status[i] = resp.status
+        except asyncio.TimeoutError:
+            errors["timeout"] = errors.get("timeout", 0) + 1
+        except aiohttp.ClientError as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+        done[i] = clock()
+
+    async with aiohttp.ClientSession(connector=conn, timeout=client_timeout) as session:
+        tasks = []
+        t0 = clock() + 0.05
+        for i in range(n_total):
+            sched[i] = t0 + i / qps
+            delay = sched[i] - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(one(i, session)))
+        await asyncio.gather(*tasks)
+    in_window = sched >= t0 + warmup
+    ok = in_window & (status == 200)
+    bad_status = in_window & (status != 200) & (status != 0)
+    statuses = {str(s): int(c) for s, c in zip(*np.unique(status[bad_status], return_counts=True))}
+    window_errors = int((in_window & (status != 200)).sum())
+    measured_end = np.nanmax(done[in_window]) if in_window.any() else t0 + warmup + duration
+    return {
+        "offered_qps": qps,
+        "sent": int(in_window.sum()),
+        "ok": int(ok.sum()),
+        "errors": window_errors,
+        "error_kinds": {**errors, **{f"http_{k}": v for k, v in statuses.items()}},
+        "achieved_qps": float(ok.sum() / max(1e-9, measured_end - (t0 + warmup))),
+        # latency from the actual send (seed definition) and from the scheduled send (includes any
+        # lag of this load generator, so it is the conservative number used for the targets)
+        "latency": summary_ms(done[ok] - sent[ok]),
+        "latency_from_schedule": summary_ms(done[ok] - sched[ok]),
+        "send_lag": summary_ms(sent[in_window] - sched[in_window]),
+    }
+
+
+def http_sweep(url: str, bodies: list[bytes], qps_list, warmup: float, duration: float, log) -> list[dict]:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    steps = []
+    for qps in qps_list:
+        step = asyncio.run(open_loop(url, bodies, qps, warmup, duration, headers))
+        lat = step["latency_from_schedule"]
+        log(f"  {qps:>6.0f} QPS offered: {step['achieved_qps']:.0f} achieved, p50 {lat.get('p50_ms', float('nan')):.1f} ms,"
+            f" p99 {lat.get('p99_ms', float('nan')):.1f} ms, errors {step['errors']}")
+        steps.append(step)
+        saturated = (step["errors"] > 0.01 * max(1, step["sent"])
+                     or step["achieved_qps"] < 0.9 * qps
+                     or (lat.get("p99_ms") or 1e9) > 1000)
+        if saturated:
+            log(f"  saturated at {qps:.0f} QPS offered; stopping the sweep")
+            break
+    return steps
+
+
+def scrape(url: str) -> dict:
+    """Server-side stage latencies and batch sizes from /metrics (means over the whole run)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    sums: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in ("relstream_scorer_stage_seconds_sum", "relstream_scorer_stage_seconds_count"):
+                sums[f"{s.labels['stage']}_{s.name.rsplit('_', 1)[1]}"] = s.value
+            elif s.name in ("relstream_scorer_batch_size_sum", "relstream_scorer_batch_size_count"):
+                sums[s.name] = s.value
+    out = {f"mean_{stage}_ms": 1e3 * sums[f"{stage}_sum"] / sums[f"{stage}_count"]
+           for stage in ("window_read", "tensor_build", "triton", "total") if sums.get(f"{stage}_count")}
+    if sums.get("relstream_scorer_batch_size_count"):
+        out["mean_batch_size"] = sums["relstream_scorer_batch_size_sum"] / sums["relstream_scorer_batch_size_count"]
+        out["triton_calls"] = int(sums["relstream_scorer_batch_size_count"])
+    return out
+
+
+# ----- Kafka path ---------------------------------------------------------------------------------
+
+def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: float, warmup: float,
+                  duration: float, log_path: Path, log) -> dict:
+    from confluent_kafka import Consumer, Producer
+    facts, scores, _ = topics
+    argv = [sys.executable, "-m", "relstream.cli", "--config", str(config), "score", "--log-level", "WARNING"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    produced: dict[str, float] = {}
+    latencies: list[tuple[float, float]] = []  # (produce time, latency)
+    stop_consumer = threading.Event()
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
+    consumer.subscribe([scores])
+
+    def consume():
+        while not stop_consumer.is_set():
+            for msg in consumer.consume(500, 0.05):
+                if msg.error() is not None:
+                    continue
+                now = time.time()
+                _, rec = codec.decode(msg.value())
+                t = produced.get(rec["event_id"])
+                if t is not None:
+                    latencies.append((t, now - t))
+
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 1})
+    try:
+        # wait until the scorer answers (group joined, model reachable)
+        probe_deadline = time.monotonic() + 90
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        i = 0
+        while not latencies:
+            if proc.poll() is not None or time.monotonic() > probe_deadline:
+                raise RuntimeError(f"scorer did not answer:\n{log_path.read_text()[-3000:]}")
+            row = {**payloads.rows[i % len(payloads.rows)], "transaction_id": 10**12 + i}
+            produced[str(row["transaction_id"])] = time.time()
+            producer.produce(facts, key=str(row["customer_id"]).encode(), value=codec.encode("transactions-value", row))
+            producer.flush(5)
+            i += 1
+            time.sleep(0.2)
+        latencies.clear()
+        n_total = int(rate * (warmup + duration))
+        t_start = time.time()
+        t0 = time.monotonic()
+        encoded = []
+        for k in range(len(payloads.rows)):
+            encoded.append(payloads.rows[k])
+        for k in range(n_total):
+            target = t0 + k / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            row = {**encoded[k % len(encoded)], "transaction_id": 2 * 10**12 + k}
+            value = codec.encode("transactions-value", row)
+            produced[str(row["transaction_id"])] = time.time()
+            producer.produce(facts, key=str(row["customer_id"]).encode(), value=value)
+            producer.poll(0)
+        producer.flush(30)
+        send_span = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while len(latencies) < n_total and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop_consumer.set()
+        time.sleep(0.2)
+        consumer.close()
+        stop(proc)
+    window = [lat for t, lat in latencies if t >= t_start + warmup]
+    expected = sum(1 for k in range(n_total) if k / rate >= warmup)
+    res = {"rate": rate, "produced_in_window": expected, "scored_in_window": len(window),
+           "achieved_produce_rate": n_total / send_span, "latency": summary_ms(window),
+           "missing": expected - len(window)}
+    log(f"  Kafka at {rate:.0f} ev/s: p50 {res['latency'].get('p50_ms', float('nan')):.1f} ms, "
+        f"p99 {res['latency'].get('p99_ms', float('nan')):.1f} ms, {res['missing']} missing")
+    return res
+
+
+# ----- deep baseline ------------------------------------------------------------------------------
+
+def deep_baseline_latency(deep_dir: Path, payload_rows: list[dict], qps: float, seconds: float, log) -> dict:
+    """The deep model at request time, driven open-loop in-process (one worker thread, as one
+    predictor would): latency = queueing + subgraph sampling + deep GNN + head, per request."""
+    from offline.deep_baseline import DeepRequestScorer
+    from offline.datasets.loader import load_dataset  # type: ignore[attr-defined]
+    dataset = load_dataset(deep_dir)
+    scorer = DeepRequestScorer.from_files(deep_dir / "deep_model.pt", deep_dir / "deep_head.pt", dataset)
+    rows = payload_rows
+    n = int(qps * seconds)
+    sched = time.monotonic() + np.arange(n) / qps
+    lat = []
+    for i in range(n):
+        delay = sched[i] - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        scorer.score_rows([rows[i % len(rows)]])
+        lat.append(time.monotonic() - sched[i])
+    res = {"qps": qps, "latency_from_schedule": summary_ms(lat)}
+    log(f"  deep baseline at {qps:.0f} QPS: p99 {res['latency_from_schedule']['p99_ms']:.1f} ms")
+    return res
+
+
+# ----- plot ---------------------------------------------------------------------------------------
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, steps in result["http"].items():
+        qps = [s["offered_qps"] for s in steps]
+        for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
+            ax.plot(qps, [s["latency_from_schedule"].get(key) or np.nan for s in steps], style, marker="o",
+                    label=f"{name} {key.split('_')[0]}")
+    if result.get("kafka"):
+        k = result["kafka"]
+        ax.scatter([k["rate"]], [k["latency"].get("p99_ms") or np.nan], marker="s", color="k",
+                   label="Kafka path p99 (produce->score consumed)", zorder=5)
+    ax.axhline(TARGET_HTTP["p99_ms"], color="r", lw=0.8, ls=":", label="HTTP p99 target (50 ms)")
+    ax.axhline(100, color="grey", lw=0.8, ls=":", label="100 ms budget")
+    ax.set_xlabel("offered QPS (open loop)")
+    ax.set_ylabel("client latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("relstream scorer, all co-located on one 2-core machine")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----- main ---------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--qps", default="200,400,600,800,1000,1200,1500", help="offered QPS steps (comma separated)")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up per step (seed: 30)")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds measured per step (seed: 180)")
+    ap.add_argument("--endpoints", default="score", help="comma list of score,infer")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--batch-window-ms", type=float, default=1.0)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-in-flight", type=int, default=2)
+    ap.add_argument("--window-deadline-ms", type=float, default=20.0)
+    ap.add_argument("--triton-instances", type=int, default=1)
+    ap.add_argument("--model", default="export",
+                    help="export (untrained real export, default) | fixture (tests' numpy model: serving "
+                         "overhead only) | PATH of a model repository with a 'relstream' model")
+    ap.add_argument("--kafka-rate", type=float, default=1000.0)
+    ap.add_argument("--kafka-max-batch", type=int, default=256)
+    ap.add_argument("--kafka-poll-ms", type=float, default=5.0)
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--skip-kafka", action="store_true")
+    ap.add_argument("--deep-dir", type=Path, help="run dir with deep_model.pt + deep_head.pt + dataset "
+                                                  "(deep-at-request-time baseline)")
+    ap.add_argument("--deep-qps", type=float, default=None, help="load for the baseline comparison "
+                                                                  "(default: the lowest HTTP step)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve")
+    args = ap.parse_args(argv)
+
+    from relstream.stack import free_port
+    from rti_store import RedisWindowStore
+    from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    plan = builtin_plan("fraud")
+    payloads = make_payloads(128)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    log(f"starting the local stack in {tmp} ...")
+    stack = start_stack(tmp / "stack")
+    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "python": platform.python_version(), "load_avg_start": os.getloadavg()},
+                    "protocol": {"warmup_s": args.warmup, "duration_s": args.duration, "payloads": len(payloads.rows),
+                                 "lengths": list(LENGTHS), "open_loop": True},
+                    "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "targets": {"http": TARGET_HTTP, "kafka": TARGET_KAFKA}, "http": {}, "server": {}}
+    procs = []
+    try:
+        model = export_and_load(plan, stack, "relstream", args.triton_instances, args.model)
+        result["model"] = model
+        store = RedisWindowStore(plan, stack.redis_url)
+        store.append(payloads.append_items(plan))
+        store.close()
+        registry = tmp / "schema-registry"
+        load_builtin_schemas(FileSchemaRegistry(registry))
+        codec = AvroCodec(FileSchemaRegistry(registry))
+        topics = _topics(stack)
+        config = write_config(tmp / "relstream.yaml", stack, model["name"], topics, registry, args)
+
+        if not args.skip_http:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            server_log = tmp / "serve.log"
+            proc = start_serve(config, port, args.workers, server_log)
+            procs.append(proc)
+            wait_ready(url, proc, server_log)
+            import orjson
+            qps_list = [float(q) for q in args.qps.split(",") if q]
+            for endpoint in [e.strip() for e in args.endpoints.split(",") if e.strip()]:
+                if endpoint == "score":
+                    bodies = [orjson.dumps(r) for r in payloads.rows]
+                elif endpoint == "infer":
+                    bodies = [orjson.dumps(b) for b in infer_bodies(plan, payloads)]
+                else:
+                    raise SystemExit(f"--endpoints: unknown endpoint {endpoint!r}")
+                sizes = [len(b) for b in bodies]
+                log(f"HTTP /v1/{endpoint}: payloads {min(sizes)}-{max(sizes)} bytes, workers {args.workers}")
+                result["http"][f"/v1/{endpoint}"] = http_sweep(f"{url}/v1/{endpoint}", bodies, qps_list,
+                                                               args.warmup, args.duration, log)
+                result.setdefault("payload_bytes", {})[endpoint] = [min(sizes), max(sizes)]
+            if args.workers == 1:
+                result["server"] = scrape(url)
+            stop(proc)
+
+        if not args.skip_kafka:
+            log(f"Kafka path at {args.kafka_rate:.0f} events/s ...")
+            result["kafka"] = kafka_latency(stack, config, topics, codec, payloads, args.kafka_rate, args.warmup,
+                                            args.duration, tmp / "score.log", log)
+
+        if args.deep_dir:
+            steps = result["http"].get("/v1/score") or []
+            qps = args.deep_qps or (steps[0]["offered_qps"] if steps else 50.0)
+            result["deep_baseline"] = deep_baseline_latency(args.deep_dir, payloads.rows, qps,
+                                                            args.duration, log)
+            distilled = next((s for s in steps if s["offered_qps"] == qps), None)
+            if distilled and distilled["latency_from_schedule"].get("p99_ms"):
+                result["deep_baseline"]["p99_ratio_deep_over_distilled"] = (
+                    result["deep_baseline"]["latency_from_schedule"]["p99_ms"]
+                    / distilled["latency_from_schedule"]["p99_ms"])
+    finally:
+        for p in procs:
+            stop(p)
+        stack.down()
+    result["machine"]["load_avg_end"] = os.getloadavg()
+    result["verdict"] = verdict(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def _topics(stack) -> tuple[str, str, str]:
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    suffix = uuid.uuid4().hex[:8]
+    names = (f"bench-facts-{suffix}", f"bench-scores-{suffix}", f"bench-dlq-{suffix}")
+    futures = admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for n in names])
+    for f in futures.values():
+        f.result(30)
+    time.sleep(0.5)
+    return names
+
+
+def verdict(result: dict) -> dict:
+    out = {}
+    steps = result["http"].get("/v1/score") or []
+    ok = [s for s in steps if s["errors"] == 0 and (s["latency_from_schedule"].get("p99_ms") or 1e9)
+          <= TARGET_HTTP["p99_ms"] and s["achieved_qps"] >= 0.95 * s["offered_qps"]]
+    if steps:
+        best = max(ok, key=lambda s: s["offered_qps"]) if ok else None
+        out["http_max_qps_meeting_p99_50ms_0_errors"] = best["offered_qps"] if best else 0
+        out["http_target_met"] = bool(best and best["offered_qps"] >= TARGET_HTTP["qps"])
+    if result.get("kafka"):
+        k = result["kafka"]
+        out["kafka_p99_ms"] = k["latency"].get("p99_ms")
+        out["kafka_target_met"] = bool(k["missing"] == 0 and (k["latency"].get("p99_ms") or 1e9)
+                                       <= TARGET_KAFKA["p99_ms"] and k["rate"] >= TARGET_KAFKA["rate"])
+    if result.get("deep_baseline", {}).get("p99_ratio_deep_over_distilled"):
+        out["deep_over_distilled_p99"] = result["deep_baseline"]["p99_ratio_deep_over_distilled"]
+        out["deep_target_met"] = out["deep_over_distilled_p99"] >= 20
+    return out
+
+
+if __name__ == "__main__":
+    main()
