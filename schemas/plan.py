@@ -198,6 +198,27 @@ class ServingPlan:
                 return h
         raise KeyError(f"unknown hop key {key!r}; plan has {list(self.hop_keys)}")
 
+    @cached_property  # derived from frozen fields: ingestion asks per event
+    def hops_by_interaction_table(self) -> dict[str, tuple[Hop, ...]]:
+        """The hops each table feeds (tables that feed none are absent)."""
+        out: dict[str, list[Hop]] = {}
+        for hop in self.hops:
+            out.setdefault(hop.key.target.table, []).append(hop)
+        return {t: tuple(h) for t, h in out.items()}
+
+    @cached_property
+    def interaction_columns(self) -> dict[str, tuple[str, ...]]:
+        """Per interaction table, every column an append needs: hop columns, join keys, time, id."""
+        out = {}
+        for table, hops in self.hops_by_interaction_table.items():
+            spec = self.tables[table]
+            cols = dict.fromkeys(c for h in hops for c in (*h.columns, h.key.target.column))
+            cols[spec.time_column] = None
+            if spec.primary_key:
+                cols[spec.primary_key] = None
+            out[table] = tuple(cols)
+        return out
+
     def interaction_table(self, hop: Hop) -> TableSpec:
         return self.tables[hop.key.target.table]
 

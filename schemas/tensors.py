@@ -177,20 +177,18 @@ def interactions_of(plan: ServingPlan, table: str, row: Mapping[str, Any]) -> li
     spec = plan.tables.get(table)
     if spec is None:
         raise RowError("table", f"unknown table {table!r}")
-    out = []
-    for hop in plan.hops:
-        if hop.key.target.table != table:
-            continue
-        needed = dict.fromkeys((*hop.columns, hop.key.target.column, spec.time_column))
-        if spec.primary_key:
-            needed[spec.primary_key] = None
-        typed = coerce_row(plan, table, row, columns=needed)
-        event_id = event_id_int(typed[spec.primary_key]) if spec.primary_key else event_id_int(
-            repr(sorted(typed.items())))
-        values = {c: typed[c] for c in hop.columns}
-        out.append((hop.key.key, typed[hop.key.target.column],
-                    Interaction(event_id=event_id, event_time=typed[spec.time_column], values=values)))
-    return out
+    hops = plan.hops_by_interaction_table.get(table)
+    if not hops:
+        return []
+    typed = coerce_row(plan, table, row, columns=plan.interaction_columns[table])  # once per row, not per hop
+    if spec.primary_key:
+        event_id = event_id_int(typed[spec.primary_key])
+    else:
+        event_id = event_id_int(repr(sorted(typed.items())))
+    event_time = typed[spec.time_column]
+    return [(hop.key.key, typed[hop.key.target.column],
+             Interaction(event_id=event_id, event_time=event_time, values={c: typed[c] for c in hop.columns}))
+            for hop in hops]
 
 
 def window_keys(plan: ServingPlan, fact_row: Mapping[str, Any]) -> list[WindowKey]:
