@@ -58,6 +58,25 @@ def update_manifest(run_dir: Path, step: str, entry: dict) -> Path:
     return path
 
 
+class _torch_threads:
+    """Set torch's CPU thread count for one command, restoring it afterwards (in-process use)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
 def _run_dir(args) -> Path:
     d = Path(args.run_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -155,8 +174,6 @@ def cmd_train_deep(args) -> int:
     tx_path = _transactions_path(args, run_dir)
     if args.device == "cuda" and not torch.cuda.is_available():
         _error("--device cuda: no CUDA device available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ds = _load(tx_path)
     split = _split_cfg(args, _n_days(ds), tail_days=args.horizon_days)
     fanouts = tuple(int(x) for x in args.fanouts.split(","))
@@ -165,7 +182,8 @@ def cmd_train_deep(args) -> int:
                       max_samples_per_epoch=args.max_samples_per_epoch, seed=args.seed, device=args.device,
                       model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim,
                                             num_layers=args.layers, heads=args.heads))
-    model, metrics = train(ds, cfg, progress=not args.no_progress)
+    with _torch_threads(args.threads):
+        model, metrics = train(ds, cfg, progress=not args.no_progress)
     save_model(run_dir / "model.pt", model, cfg)
     write_json(run_dir / "train_metrics.json", metrics)
     update_manifest(run_dir, "train-deep", {
@@ -190,8 +208,6 @@ def cmd_embed(args) -> int:
         _error(f"--model: {model_path} does not exist (run `relstream offline train-deep --run-dir {run_dir}` first)")
     if args.device == "cuda" and not torch.cuda.is_available():
         _error("--device cuda: no CUDA device available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tx_path = _transactions_path(args, run_dir)
     ds = _load(tx_path)
     model, cfg = load_model(model_path, args.device)
@@ -201,8 +217,9 @@ def cmd_embed(args) -> int:
         cfg = replace(cfg, device=args.device)
     snaps = daily_snapshots(ds, args.every_days, args.first_day, args.last_day)
     out = Path(args.out) if args.out else run_dir / "embeddings.parquet"
-    meta = write_embeddings(model, cfg, ds, out, snaps, batch_size=args.batch_size, progress=not args.no_progress,
-                            extra_meta={"model_path": str(model_path), "transactions": str(tx_path)})
+    with _torch_threads(args.threads):
+        meta = write_embeddings(model, cfg, ds, out, snaps, batch_size=args.batch_size, progress=not args.no_progress,
+                                extra_meta={"model_path": str(model_path), "transactions": str(tx_path)})
     update_manifest(run_dir, "embed", {
         "inputs": {"model": str(model_path), "transactions": str(tx_path)},
         "config": {"every_days": args.every_days, "first_day": args.first_day, "last_day": args.last_day,
@@ -250,15 +267,14 @@ def cmd_train_recsys(args) -> int:
     from offline.train_recsys import RecsysConfig, train_recsys
 
     run_dir = _run_dir(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = RecsysConfig(epochs=args.epochs, max_positives_per_epoch=args.max_positives_per_epoch,
                        batch_size=args.batch_size, fanouts=tuple(int(x) for x in args.fanouts.split(",")),
                        candidates=args.candidates, eval_households=args.eval_households, seed=args.seed,
                        device=args.device, test_weeks=args.test_weeks,
                        model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
     ds = load_complete_journey(max_rows=args.max_rows)
-    model, metrics = train_recsys(ds, cfg, progress=not args.no_progress)
+    with _torch_threads(args.threads):
+        model, metrics = train_recsys(ds, cfg, progress=not args.no_progress)
     torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, run_dir / "recsys_model.pt")
     write_json(run_dir / "recsys_metrics.json", metrics)
     update_manifest(run_dir, "train-recsys", {

@@ -62,7 +62,7 @@ def write_embeddings(model: TemporalHeteroGNN, cfg: TrainConfig, ds: RelationalD
                      snapshots_ns: np.ndarray, batch_size: int = 4096, progress: bool = True,
                      extra_meta: dict | None = None) -> dict:
     """Embed all entities at each snapshot; returns the sidecar metadata (also written)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     path = Path(path)
     g = build_graph(ds)
     dim = model.cfg.embedding_dim
@@ -113,6 +113,7 @@ def write_embeddings(model: TemporalHeteroGNN, cfg: TrainConfig, ds: RelationalD
         bar.close()
     meta["rows"] = rows
     meta["seconds"] = time.perf_counter() - t0
+    meta["cpu_seconds"] = time.process_time() - cpu0
     Path(str(path) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
