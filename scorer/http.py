@@ -342,11 +342,28 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     security = [{"bearerAuth": []}]
 
-    @app.post("/v1/score", summary="Score one fact row", openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": score_request_schema(plan)}}},
-        "responses": {"200": {"description": "The score", "content": {"application/json": {
-            "schema": score_response_schema(plan)}}}, **_SCORING_ERRORS},
-        "security": security})
+    # The two scoring routes are plain Starlette routes: FastAPI's dependency machinery costs
+    # ~0.1-0.3 ms per request here, and their bodies are parsed by orjson + the plan anyway.
+    # They are documented below with the JSON schemas generated from the plan.
+    scoring_docs = {
+        "/v1/score": {"post": {
+            "summary": "Score one fact row", "operationId": "score_v1_score_post",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": score_request_schema(plan)}}},
+            "responses": {"200": {"description": "The score", "content": {"application/json": {
+                "schema": score_response_schema(plan)}}}, **_SCORING_ERRORS},
+            "security": security}},
+        "/v1/infer": {"post": {
+            "summary": "Pass-through of a Triton-shaped request (tensors built by the client)",
+            "operationId": "infer_v1_infer_post",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": infer_request_schema(plan)}}},
+            "responses": {"200": {"description": "Model outputs (KServe v2 JSON)", "content": {
+                "application/json": {"schema": infer_response_schema()}}}, **_SCORING_ERRORS},
+            "security": security}},
+    }
+    total_seconds = metrics.stage_seconds.labels(PATH, "total")
+
     async def score(request: Request):
         t0 = time.perf_counter()
         authorize(request)
@@ -367,16 +384,9 @@ def create_app(deps: ServeDeps) -> FastAPI:
                               model_version=out.version_at(i), latency_ms=latency * 1000,
                               degraded=degraded, scored_at=now)
         metrics.observe_record(PATH, record)
-        metrics.stage_seconds.labels(PATH, "total").observe(latency)
+        total_seconds.observe(latency)
         return _json(record)
 
-    @app.post("/v1/infer", summary="Pass-through of a Triton-shaped request (tensors built by the client)",
-              openapi_extra={
-                  "requestBody": {"required": True, "content": {"application/json": {
-                      "schema": infer_request_schema(plan)}}},
-                  "responses": {"200": {"description": "Model outputs (KServe v2 JSON)", "content": {
-                      "application/json": {"schema": infer_response_schema()}}}, **_SCORING_ERRORS},
-                  "security": security})
     async def infer(request: Request):
         t0 = time.perf_counter()
         authorize(request)
@@ -390,12 +400,15 @@ def create_app(deps: ServeDeps) -> FastAPI:
             metrics.errors.labels(PATH, "invalid_tensors").inc()
             raise ApiError(422, "invalid_tensors", f"tensors do not fit the plan: {exc}") from None
         out, i, _, _ = await service.batcher.submit(_Item(tensors=tensors, arrived=t0))
-        metrics.stage_seconds.labels(PATH, "total").observe(time.perf_counter() - t0)
+        total_seconds.observe(time.perf_counter() - t0)
         k = out.cold_start.shape[1]
         return _json({"model_name": out.model_name, "model_version": out.model_version, "outputs": [
             {"name": "score", "datatype": "FP32", "shape": [1, 1], "data": [float(out.scores[i])]},
             {"name": "cold_start", "datatype": "INT8", "shape": [1, k],
              "data": [int(v) for v in out.cold_start[i]]}]})
+
+    app.router.add_route("/v1/score", score, methods=["POST"], include_in_schema=False)
+    app.router.add_route("/v1/infer", infer, methods=["POST"], include_in_schema=False)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz():
@@ -427,6 +440,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
             from fastapi.openapi.utils import get_openapi
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
+            schema["paths"] = {**scoring_docs, **schema.get("paths", {})}
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
                                "description": f"token from ${settings.token_env}"}}

@@ -50,6 +50,7 @@ class ScorerMetrics:
         self.retries = Counter("relstream_scorer_retries", "Batches retried (Triton unavailable, abort)",
                                ["path", "kind"], registry=r)
         self._version: tuple[str, str] | None = None
+        self._children: dict = {}
 
     @contextmanager
     def stage(self, path: str, stage: str) -> Iterator[None]:
@@ -86,13 +87,21 @@ class ScorerMetrics:
         for entity, n in cold.items():
             self.cold_start.labels(path, entity).inc(n)
 
+    def child(self, metric, *labels):
+        """``metric.labels(*labels)``, memoised: label lookups are a visible cost per request."""
+        key = (metric._name, labels)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*labels)
+        return got
+
     def observe_record(self, path: str, record: dict) -> None:
-        self.scored.labels(path).inc()
-        self.score.labels(path, record["model_version"]).observe(record["score"])
+        self.child(self.scored, path).inc()
+        self.child(self.score, path, record["model_version"]).observe(record["score"])
         for reason in record["degraded"]:
-            self.degraded.labels(path, reason).inc()
+            self.child(self.degraded, path, reason).inc()
         for entity in record["cold_start"]:
-            self.cold_start.labels(path, entity).inc()
+            self.child(self.cold_start, path, entity).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
