@@ -26,14 +26,23 @@ pytestmark = pytest.mark.slow
 PARTITIONS = 4
 
 
-def scored(port: int) -> float:
+def counter(port: int, family: str) -> float:
+    """Sum of a counter family on a service's /metrics (0 when unreachable)."""
     from prometheus_client.parser import text_string_to_metric_families
     try:
         text = urllib.request.urlopen(svc.metrics_url(port), timeout=3).read().decode()
     except OSError:
         return 0.0
-    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "relstream_scorer_scored"
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == family
                for s in f.samples if s.name.endswith("_total"))
+
+
+def scored(port: int) -> float:
+    return counter(port, "relstream_scorer_scored")
+
+
+def ingested(port: int) -> float:
+    return counter(port, "relstream_ingest_records")
 
 
 def wait(cond, what: str, timeout: float, procs=()):
@@ -70,8 +79,8 @@ def test_two_ingest_two_score_survive_sigkill_on_redis_cluster(stack, redis_clus
         ops.deploy(1)
         t = cfg.topics
         svc.create_topics(stack.kafka_bootstrap, [t["facts"], t["scores"], t["dlq"]], partitions=PARTITIONS)
-        ingest_a, _ = svc.start_ingest(config, tmp_path, "ingest-a")
-        ingest_b, _ = svc.start_ingest(config, tmp_path, "ingest-b")
+        ingest_a, in_a = svc.start_ingest(config, tmp_path, "ingest-a")
+        ingest_b, in_b = svc.start_ingest(config, tmp_path, "ingest-b")
         score_a, port_a = svc.start_score(config, tmp_path, "score-a")
         score_b, port_b = svc.start_score(config, tmp_path, "score-b")
         procs += [ingest_a, ingest_b, score_a, score_b]
@@ -82,8 +91,9 @@ def test_two_ingest_two_score_survive_sigkill_on_redis_cluster(stack, redis_clus
         n1, n2 = 300, 300
         rows = svc.transaction_rows(n1 + n2, now - 600 * 10**9, customers=60, terminals=25)
         svc.produce_transactions(stack.kafka_bootstrap, t["facts"], codec, rows[:n1])
-        # both scorers work (the group split the partitions) before one of them dies mid-stream
+        # both of each pair work (the groups split the partitions) before one of each dies mid-stream
         wait(lambda: scored(port_a) > 0 and scored(port_b) > 0, "both scorers scoring", 120, procs)
+        wait(lambda: ingested(in_a) > 0 and ingested(in_b) > 0, "both ingests consuming", 60, procs)
         before = (scored(port_a), scored(port_b))
         ingest_a.kill()
         score_a.kill()
