@@ -5,6 +5,7 @@
     relstream model rollback                                             drop canary / previous primary
     relstream model refresh-embeddings --from VERSION --embeddings NEW.parquet
     relstream model status [--metrics-url URL ...] [--json]
+    relstream model sync                                                 reload routed versions
 
 Settings come from the relstream configuration (``triton.url``, ``triton.model_name``,
 ``stack.model_repository``, ``plan``); flags override them. See docs/operations.md.
@@ -87,6 +88,13 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    _, report = _run(args, lambda ops: ops.sync())
+    print(json.dumps(report, indent=1) if args.json else
+          f"sync done: loaded {report['loaded'] or 'nothing (all routed versions READY)'}")
+    return 0
+
+
 def cmd_refresh(args) -> int:
     _, report = _run(args, lambda ops: ops.refresh_embeddings(args.from_version, Path(args.embeddings)))
     print(json.dumps(report, indent=1) if args.json else
@@ -135,7 +143,7 @@ def format_status(report: dict) -> str:
                      f"{num(q.get(0.5), '6.3f'):>6} {num(q.get(0.9), '6.3f'):>6}")
     if report["not_ready_but_routed"]:
         lines.append(f"WARNING: routed versions not READY in Triton: {report['not_ready_but_routed']} "
-                     "(re-run the last deploy/promote to reconcile)")
+                     "(run `relstream model sync`)")
     return "\n".join(lines)
 
 
@@ -172,6 +180,10 @@ def register(subparsers) -> None:
     p = msub.add_parser("rollback", help="drop the canary, or go back to the previous primary")
     _common(p)
     p.set_defaults(func=cmd_rollback)
+
+    p = msub.add_parser("sync", help="load every routed version Triton is not serving (after a restart)")
+    _common(p)
+    p.set_defaults(func=cmd_sync)
 
     p = msub.add_parser("refresh-embeddings", help="copy a version with a new embeddings.parquet (no retraining)")
     p.add_argument("--from", dest="from_version", type=int, required=True, help="version to copy")

@@ -702,6 +702,23 @@ class ModelOps:
         with self._exclusive():
             return self._refresh_embeddings(from_version, embeddings)
 
+    def sync(self) -> dict:
+        """Load (and warm) every routed version Triton is not serving, e.g. after a Triton restart.
+
+        Triton in explicit model control starts empty; the routing file still names the
+        versions, so this brings Triton back in line with it without changing any routing.
+        """
+        with self._exclusive():
+            state = self.state()
+            before = self.triton.ready_versions(self.model)
+            loaded = []
+            for version in state.serving_versions:
+                if before.get(version) != "READY":
+                    self.load_version(version)
+                    self.smoke_and_warm(version)
+                    loaded.append(version)
+            return {"action": "sync", "loaded": loaded, "split": state.split()}
+
     def status(self, scorer_metrics: Sequence[str] = ()) -> dict:
         state = self.state()
         on_disk = list_versions(self.repository, self.model)

@@ -217,3 +217,27 @@ def test_cli_deploy_status_rollback(plan, stack, tmp_path, capsys):
         assert "traffic: v1: 100%" in capsys.readouterr().out
     finally:
         ModelOps(stack.model_repository, model, TritonControl(stack.triton_grpc_url)).unload_versions(keep=())
+
+
+def test_sync_after_triton_restart(plan, stack_factory, tmp_path):
+    """A restarted Triton (explicit control) serves nothing; `sync` restores the routed versions."""
+    st = stack_factory(components=("triton",))
+    triton = TritonControl(st.triton_grpc_url)
+    ops = ModelOps(st.model_repository, "fraud", triton, clock=lambda: NOW, sleep=lambda s: None,
+                   drain_s=0.0, warmup_requests=2, triton_warmup=1)
+    export(plan, ops, tmp_path, seed=1)
+    export(plan, ops, tmp_path, seed=2)
+    ops.deploy(1)
+    ops.deploy(2, canary_percent=20)
+    req = synthetic_requests(plan, 1, NOW, seed=3)[0]
+    scores = {v: score_of(ops, plan, v, req) for v in (1, 2)}
+
+    st.stop_component("triton")
+    st.start_component("triton")
+    assert ops.status()["not_ready_but_routed"] == [1, 2]
+    r = ops.sync()
+    assert r["loaded"] == [1, 2] and r["split"] == {1: 80.0, 2: 20.0}
+    assert ops.status()["not_ready_but_routed"] == []
+    assert {v: score_of(ops, plan, v, req) for v in (1, 2)} == scores  # same versions, same answers
+    assert ops.sync()["loaded"] == []  # idempotent
+    triton.close()
