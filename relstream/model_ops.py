@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -508,6 +508,7 @@ class ModelOps:
         if "embeddings-freshness" not in skip:
             check_embeddings_fresh(contract, newest, self.clock())
         derived = manifest.get("derived_from")
+        # the binding constraint: the newest snapshot of the entity type whose snapshots are oldest
         return lc.VersionInfo(fingerprint=plan.fingerprint(), deployed_at_ns=self.clock(),
                               embeddings_newest_ns=min(newest.values()) if newest else None,
                               source=f"refresh-embeddings from {derived}" if derived else "export")

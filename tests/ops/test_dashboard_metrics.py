@@ -15,7 +15,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 
 from offline.export import export_untrained
 from relstream import lifecycle as lc
