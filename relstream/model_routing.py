@@ -45,7 +45,7 @@ class RoutedOutput:
 def entity_tensor(plan) -> str:
     """The fact tensor rows are routed by (the first embedding key, as in lifecycle.routing_entity)."""
     col = plan.embedding_keys[0].column if plan.embedding_keys else plan.hops[0].key.source.column
-    return f"{plan.fact_table}.{col}"
+    return next(t.name for t in plan.tensors if t.kind == "fact" and t.column == col)
 
 
 def route_rows(tensors: Mapping[str, np.ndarray], column: str, state: lc.RoutingState) -> np.ndarray:
