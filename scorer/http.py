@@ -76,16 +76,19 @@ def _value_schema(dtype: str) -> dict:
         limit = FLOAT32_MAX if dtype == "float32" else 1.7976931348623157e308
         return {"type": "number", "minimum": -limit, "maximum": limit}
     if dtype == "timestamp":
+        # int64 ns reach the years 1678-2262; ISO strings are limited to 1900-2199 to stay inside
         return {"oneOf": [{"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX,
                            "description": "ns since the epoch (UTC)"},
-                          {"type": "string", "format": "date-time"}]}
+                          {"type": "string", "format": "date-time", "pattern": "^(19|20|21)[0-9]{2}-",
+                           "description": "ISO-8601 / RFC 3339, years 1900-2199"}]}
     return {"type": "string"}
 
 
 def score_request_schema(plan: ServingPlan) -> dict:
     props = {c: _value_schema(plan.fact.columns[c]) for c in allowed_fields(plan)}
-    props[ANCHOR_TIME] = {**_value_schema("timestamp"),
-                          "description": f"optional; default: the row's {plan.fact.time_column}"}
+    anchor = _value_schema("timestamp")
+    props[ANCHOR_TIME] = {"oneOf": anchor["oneOf"] + [{"type": "null"}],
+                          "description": f"optional (absent or null: the row's {plan.fact.time_column})"}
     return {"type": "object", "title": f"{plan.fact_table} row",
             "description": f"One row of {plan.fact_table} (plan {plan.name!r}); the label is never sent.",
             "properties": props, "required": list(required_fields(plan)), "additionalProperties": False}
@@ -108,18 +111,33 @@ def score_response_schema(plan: ServingPlan) -> dict:
                 "scored_at": {"type": "integer", "description": "ns since the epoch (UTC)"}}}
 
 
+def _tensor_item_schema(plan: ServingPlan, spec) -> dict:
+    value = _value_schema("int64" if spec.dtype == "timestamp" else spec.dtype)
+    if spec.kind == "rti":
+        max_len = plan.hop(spec.hop_key).max_len
+        shape = {"type": "array", "prefixItems": [{"const": 1}, {"type": "integer", "minimum": 0,
+                                                                 "maximum": max_len}, {"const": 1}],
+                 "minItems": 3, "maxItems": 3,
+                 "description": "[1, seq_len, 1]; seq_len equal for the columns of one hop"}
+        data = {"type": "array", "items": value, "maxItems": max_len,
+                "description": "seq_len values, oldest first"}
+    else:
+        shape = {"type": "array", "prefixItems": [{"const": 1}, {"const": 1}], "minItems": 2, "maxItems": 2}
+        data = {"type": "array", "items": value, "minItems": 1, "maxItems": 1}
+    return {"type": "object", "required": ["name", "datatype", "shape", "data"], "additionalProperties": False,
+            "properties": {"name": {"const": spec.name}, "datatype": {"const": spec.triton_dtype},
+                           "shape": shape, "data": data}}
+
+
 def infer_request_schema(plan: ServingPlan) -> dict:
+    """One request in the seed's shape: every plan tensor once, in plan order (as the seed lists
+    them). What JSON Schema cannot say: len(data) == prod(shape), and one seq_len per hop."""
+    items = [_tensor_item_schema(plan, spec) for spec in plan.tensors]
     return {"type": "object", "required": ["inputs"], "additionalProperties": False,
             "description": "KServe-v2 JSON of one request, exactly the plan's tensors (seed shape): "
                            + ", ".join(f"{t.name} {t.triton_dtype}" for t in plan.tensors),
-            "properties": {"inputs": {"type": "array", "minItems": len(plan.tensors),
-                                      "maxItems": len(plan.tensors), "items": {
-                "type": "object", "required": ["name", "datatype", "shape", "data"],
-                "additionalProperties": False,
-                "properties": {"name": {"type": "string", "enum": list(plan.tensor_names)},
-                               "datatype": {"type": "string", "enum": sorted({t.triton_dtype for t in plan.tensors})},
-                               "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                               "data": {"type": "array"}}}}}}
+            "properties": {"inputs": {"type": "array", "prefixItems": items, "items": False,
+                                      "minItems": len(items), "maxItems": len(items)}}}
 
 
 def infer_response_schema() -> dict:
@@ -274,6 +292,52 @@ def _check_ranges(plan: ServingPlan, row: Mapping[str, Any]) -> None:
             raise RowError(where, f"number {value} is outside the float32 range")
 
 
+_INFER_ITEM_KEYS = ("name", "datatype", "shape", "data")
+
+
+def _check_infer_body(body: Any) -> None:
+    """What from_triton_json tolerates but the documented schema does not: unknown keys."""
+    if not isinstance(body, dict):
+        raise RowError("inputs", f"expected a JSON object with 'inputs', got {type(body).__name__}")
+    for key in body:
+        if key != "inputs":
+            raise RowError(key, "unknown field; the body has only 'inputs'")
+    items = body.get("inputs")
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                for key in item:
+                    if key not in _INFER_ITEM_KEYS:
+                        raise RowError(f"inputs[{i}].{key}", f"unknown field; allowed: {list(_INFER_ITEM_KEYS)}")
+                data = item.get("data")
+                if item.get("datatype") == "FP32" and isinstance(data, list):
+                    for v in data:
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > FLOAT32_MAX:
+                            raise RowError(str(item.get("name")), f"{v!r} is outside the FP32 range")
+                if item.get("datatype") == "INT64" and isinstance(data, list):
+                    for v in data:  # orjson reads integers beyond int64 as floats: never round them
+                        if isinstance(v, float) and abs(v) > 2**53:
+                            raise RowError(str(item.get("name")), f"{v!r} is not an exact int64")
+                shape = item.get("shape")
+                if isinstance(shape, list):  # JSON Schema integers include 2.0
+                    item["shape"] = [int(d) if isinstance(d, float) and d.is_integer() else d for d in shape]
+
+
+def _integral_floats(plan: ServingPlan, row: Mapping[str, Any]) -> dict:
+    """JSON Schema counts 5.0 as an integer: accept it for integer and timestamp fields, as long
+    as the float is exact (|x| <= 2**53; larger integers must be written as integer literals)."""
+    out = dict(row)
+    for col, value in row.items():
+        dtype = "timestamp" if col == ANCHOR_TIME else plan.fact.columns.get(col)
+        if dtype in ("int64", "timestamp") and isinstance(value, float) and value.is_integer():
+            if abs(value) > 2**53:
+                where = ANCHOR_TIME if col == ANCHOR_TIME else f"{plan.fact_table}.{col}"
+                raise RowError(where, f"{value!r} is not an exact integer; write integers beyond 2**53 "
+                                      "without a fraction or exponent (and inside the int64 range)")
+            out[col] = int(value)
+    return out
+
+
 def create_app(deps: ServeDeps) -> FastAPI:
     plan, settings, metrics = deps.plan, deps.settings, deps.metrics
     service = ScoringService(deps)
@@ -301,7 +365,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(ApiError(exc.status_code, code, str(exc.detail)))
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -371,9 +435,9 @@ def create_app(deps: ServeDeps) -> FastAPI:
         try:
             if not isinstance(body, dict):
                 raise RowError(plan.fact_table, f"expected a JSON object (one row), got {type(body).__name__}")
-            row = dict(body)
-            anchor = row.pop(ANCHOR_TIME, None)
             _check_ranges(plan, body)
+            row = _integral_floats(plan, body)
+            anchor = row.pop(ANCHOR_TIME, None)
             event = prepare_event(plan, row, anchor, strict=True, key_column=settings.key_column)
         except RowError as exc:
             metrics.errors.labels(PATH, "invalid_row").inc()
@@ -392,6 +456,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
         authorize(request)
         body = await read_json(request)
         try:
+            _check_infer_body(body)
             tensors = from_triton_json(plan, body)
         except RowError as exc:
             metrics.errors.labels(PATH, "invalid_tensors").inc()
@@ -431,7 +496,9 @@ def create_app(deps: ServeDeps) -> FastAPI:
                 ready = False
         return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={
+        200: {"description": "Prometheus text exposition format",
+              "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -41,6 +41,7 @@ class PreparedEvent:
     key: bytes  # Kafka key of the score record (the entity it is about)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DERIVED: dict[int, tuple[ServingPlan, dict]] = {}
 
 
@@ -114,8 +115,15 @@ def prepare_event(plan: ServingPlan, row: Mapping[str, Any], anchor_time: Any = 
             what = "the event id" if name == fact.primary_key else (
                 "the anchor time" if name == fact.time_column else "a model input")
             raise RowError(f"{plan.fact_table}.{name}", f"missing field ({what})")
-    coerce_row(plan, plan.fact_table, row, columns=plan.fact_columns)
+    typed = coerce_row(plan, plan.fact_table, row, columns=plan.fact_columns)
+    for col, value in typed.items():  # tensors are int64: say which field does not fit
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            unit = " ns (years 1678-2262)" if fact.columns[col] == "timestamp" else ""
+            raise RowError(f"{plan.fact_table}.{col}", f"{value}{unit} is outside the int64 range")
     anchor = to_ns(anchor_time, ANCHOR_TIME) if anchor_time is not None else anchor_time_of(plan, row)
+    if not _INT64_MIN <= anchor <= _INT64_MAX:
+        raise RowError(ANCHOR_TIME if anchor_time is not None else f"{plan.fact_table}.{fact.time_column}",
+                       f"{anchor} ns is outside the int64 range (years 1678-2262)")
     keys = tuple(window_keys(plan, row))
     if fact.primary_key:
         raw_id = coerce_value(fact.columns[fact.primary_key], row[fact.primary_key],
