@@ -859,6 +859,7 @@ class Demo:
         with self.clock.stage("stream", f"{n:,} held-out transactions at {self.o.rate:g}/s through Kafka") as d:
             records = transaction_records(self.holdout)
             ids = [str(r["transaction_id"]) for r in records]
+            self.data_info["load_avg_at_stream"] = round(os.getloadavg()[0], 1)  # 2 shared cores: context
             producer = RateProducer(self.stack.kafka_bootstrap, open_codec(self.registry_dir))
             t0 = time.monotonic()
             produced = producer.produce(self.TOPIC_TX, records, rate=self.o.rate)

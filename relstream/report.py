@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -278,6 +279,8 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
         "",
         f"- Data: {s.data.get('description', '')}",
         f"- Held-out period streamed through Kafka: {s.data.get('holdout', '')}",
+        f"- Machine: {os.cpu_count()} CPUs shared with other work; 1-minute load average when streaming began: "
+        f"{s.data.get('load_avg_at_stream', 'n/a')}",
         "- Path: producer -> Kafka -> `relstream score` (windows from Redis as of each event's time, "
         "filled by `relstream ingest` and the backfill) -> Triton (distilled model) -> scores topic -> consumer.",
         "",
