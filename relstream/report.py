@@ -287,7 +287,7 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
         "| stage | seconds | detail |",
         "|---|---:|---|",
     ]
-    md += [f"| {t.name} | {t.seconds:.1f} | {t.detail} |" for t in s.stages]
+    md += [f"| {t.name} | {t.seconds:.1f} | {t.detail.replace('|', chr(92) + '|')} |" for t in s.stages]
     md += [
         "",
         "## Streaming",
@@ -336,7 +336,29 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
             f"- mean abs diff: {p.mean_abs_diff:.3e}",
             f"- worst event: {p.worst_event_id}",
             "",
+            "How the claim is made exact: the compared scores come from a second scoring pass (its own "
+            "consumer group) over the same held-out events, started after `relstream ingest` had committed "
+            "every one of them, so the Redis windows and the in-memory store hold the same interactions. "
+            "Window stores keep the newest `max_len` rows and a 7-day look-back relative to their newest row, "
+            "so reads as of an earlier time see what both stores kept, identically.",
+            "",
         ]
+        if "live_equal_event_time" in s.data:
+            n = p.events
+            md += [
+                "The live pass (scored while the day was streaming) compared with the rows the model was trained on "
+                "(`offline.distill.replay_rows`: windows as of each event while replaying in event-time order):",
+                "",
+                f"- live pass = training-time rows: {s.data['live_equal_event_time']:,} of {n:,} events",
+                f"- live pass = caught-up replay pass: {s.data['live_equal_replay']:,} of {n:,}",
+                f"- caught-up replay pass = training-time rows: {s.data['replay_equal_event_time']:,} of {n:,}",
+                "",
+                "Differences there are window freshness, not serving bugs: live, an event is scored with whatever "
+                "interactions reached Redis before it was read (ingest and the scorer's own append race each other); "
+                "after the fact, later events of the same day have pushed the oldest rows out of full windows "
+                "(count cap 32) that were still visible at the earlier event's time.",
+                "",
+            ]
     if s.curl is not None:
         md += ["## One HTTP call (`relstream serve`)", "", "```console", f"$ {s.curl.command}",
                s.curl.body.strip(), "```", f"HTTP status {s.curl.status}.", ""]

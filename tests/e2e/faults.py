@@ -157,7 +157,9 @@ def run_with_fault(e2e, plan, name: str, fault: Callable[[dict], dict], n: int =
         back_after_s=back_at - result["t_fault"], recovery_s=recovery, max_latency_ms=max(lat) if lat else 0.0,
         extra={k: v for k, v in result.items() if k not in ("t_fault", "back_at")})
     print(report.line(), flush=True)
-    assert report.lost == 0, f"{name}: {report.lost} events unscored, e.g. {missing[:5]}\n{ctx['score'].tail()}"
+    if report.lost:
+        stacks = ctx["score"].dump_stacks() if ctx["score"].alive else ctx["score"].tail()
+        raise AssertionError(f"{name}: {report.lost} events unscored, e.g. {missing[:5]}; scorer state:\n{stacks}")
     assert report.duplicates == 0, f"{name}: {report.duplicates} duplicate score records"
     assert ok, f"{name}: Redis windows differ from a clean single pass: {why}"
     assert report.dead_letters == 0, f"{name}: {report.dead_letters} good events dead-lettered"
