@@ -61,6 +61,9 @@ class LoopSettings:
     dlq_timeout_s: float = 30.0
     lag_interval_s: float = 1.0
     pipeline_depth: int = 1  # batches written to the store while the next is decoded (0 = none)
+    # commit each acknowledged batch asynchronously (a synchronous commit costs a broker round
+    # trip per batch); revoke and close still commit synchronously
+    async_commit: bool = True
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -243,7 +246,7 @@ class IngestLoop:
         for tp, off in batch.next_offsets.items():
             if off > self._pending.get(tp, -1):
                 self._pending[tp] = off
-        self._commit_offsets(dict(self._pending))
+        self._commit_offsets(dict(self._pending), asynchronous=self.settings.async_commit)
 
         m = self.metrics
         for topic, n in batch.records_by_topic.items():
@@ -289,30 +292,47 @@ class IngestLoop:
                 raise KafkaException(e)
         log.warning("consumer error: %s", err)
 
-    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int], asynchronous: bool = False) -> None:
+        """Commit acknowledged offsets. Asynchronous commits (the hot path) report back through
+        :meth:`on_commit`; until then the offsets stay pending and are simply committed again
+        with the next batch (offsets are cumulative, so a repeat is harmless)."""
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
         try:
-            result = self.consumer.commit(offsets=tps, asynchronous=False)
+            result = self.consumer.commit(offsets=tps, asynchronous=asynchronous)
         except KafkaException as exc:
             # e.g. a rebalance is in progress; offsets stay pending (committed on the next batch
             # or in the revoke callback), and if this member lost the partitions the new owner
             # re-reads from the last commit -- redelivery, harmless thanks to idempotent appends
-            self.stats.commit_failures += 1
-            self.metrics.commit_failures.inc()
-            log.warning("offset commit failed, offsets kept pending: %s", exc)
+            self._commit_failed(str(exc))
             return
-        failed = [tp for tp in (result or []) if tp.error is not None]
-        for tp in result or []:
-            if tp.error is None and self._pending.get((tp.topic, tp.partition)) == tp.offset:
-                del self._pending[(tp.topic, tp.partition)]
+        if not asynchronous:
+            self._committed(result or [])
+
+    def on_commit(self, err, partitions) -> None:
+        """librdkafka's commit report (served inside ``consume``); set as the consumer's
+        ``on_commit``."""
+        if err is not None:
+            self._commit_failed(str(err))
+            return
+        self._committed(partitions)
+
+    def _committed(self, partitions) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and key in self._pending and self._pending[key] <= tp.offset:
+                del self._pending[key]
         if failed:
-            self.stats.commit_failures += 1
-            self.metrics.commit_failures.inc()
-            log.warning("offset commit failed for %s", [(tp.topic, tp.partition, str(tp.error)) for tp in failed])
+            self._commit_failed(str([(tp.topic, tp.partition, str(tp.error)) for tp in failed]))
         else:
             self.stats.commits += 1
+
+    def _commit_failed(self, why: str) -> None:
+        self.stats.commit_failures += 1
+        self.metrics.commit_failures.inc()
+        log.warning("offset commit failed, offsets kept pending (redelivered at worst): %s", why)
 
     def _maybe_update_lag(self, now: float) -> None:
         if now < self._next_lag_at or not self._assigned:
@@ -333,7 +353,9 @@ class IngestLoop:
             log.debug("lag update failed: %s", exc)
 
     def close(self) -> None:
-        """Commit what is acknowledged, leave the group."""
+        """Commit what is acknowledged, leave the group. Batches still failing against the store
+        are retried for at most ``shutdown_grace_s``, then left uncommitted (redelivered)."""
+        self.request_stop()
         try:
             self.drain()
         except GaveUp as exc:

@@ -121,7 +121,9 @@ class IngestService:
         self.metrics = IngestMetrics(now_ns=now_ns)
         self.decoder = RecordDecoder(plan, settings.topics, codec.decode, decode_errors,
                                      max_payload_bytes=settings.max_payload_bytes)
-        self.consumer = Consumer(consumer_config(kafka_conf, settings, consumer_extra), logger=log)
+        conf = consumer_config(kafka_conf, settings, consumer_extra)
+        conf["on_commit"] = lambda err, partitions: self.loop.on_commit(err, partitions)
+        self.consumer = Consumer(conf, logger=log)
         self.producer = Producer(producer_config(kafka_conf, producer_extra), logger=log)
         self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode,
                                   settings.max_payload_bytes, now_ns=now_ns)

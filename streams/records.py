@@ -122,30 +122,35 @@ class DecodedBatch:
 def decode_batch(messages: Iterable[Any], decoder: RecordDecoder) -> DecodedBatch:
     """Decode confluent-kafka ``Message`` objects (or anything with the same methods)."""
     out = DecodedBatch()
-    for msg in messages:
+    appends_out, spans, next_offsets = out.appends, out.spans, out.next_offsets
+    counts: dict[str, int] = {}
+    newest = None
+    to_appends = decoder.appends
+    for msg in messages:  # the hot loop of ingestion: locals only
         err = msg.error()
         if err is not None:
             # consumer-level events (e.g. partition EOF, transient broker errors): no record
             out.consumer_errors.append(str(err))
             continue
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        out.records_by_topic[topic] += 1
-        tp = (topic, partition)
-        if offset + 1 > out.next_offsets.get(tp, -1):
-            out.next_offsets[tp] = offset + 1
-        value = msg.value()
+        topic, offset = msg.topic(), msg.offset()
+        counts[topic] = counts.get(topic, 0) + 1
+        tp = (topic, msg.partition())
+        if offset >= next_offsets.get(tp, 0):
+            next_offsets[tp] = offset + 1
         try:
-            appends = decoder.appends(topic, value)
+            appends = to_appends(topic, msg.value())
         except RecordRejected as rej:
             out.dead_letters.append(dead_letter_of(msg, rej.reason, rej.error))
             continue
         for item in appends:
             t = item[2].event_time
-            if out.newest_event_time is None or t > out.newest_event_time:
-                out.newest_event_time = t
-        start = len(out.appends)
-        out.appends.extend(appends)
-        out.spans.append((msg, start, len(out.appends)))
+            if newest is None or t > newest:
+                newest = t
+        start = len(appends_out)
+        appends_out.extend(appends)
+        spans.append((msg, start, len(appends_out)))
+    out.records_by_topic.update(counts)
+    out.newest_event_time = newest
     return out
 
 
