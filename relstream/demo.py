@@ -792,7 +792,12 @@ class Demo:
 
     def stage_embed(self) -> None:
         with self.clock.stage("embed", "daily embeddings of every customer and terminal") as d:
-            self.offline("embed", "embed", "--threads", self.o.threads)
+            # snapshots from two weeks before the training period on: the distillation's earliest anchor
+            # looks back max_embedding_offset (14 days); earlier snapshots would never be used
+            from offline.evaluate import SplitConfig
+
+            first = max(1, SplitConfig().fitted(self.o.days).train_start_day - 15)
+            self.offline("embed", "embed", "--threads", self.o.threads, "--first-day", first)
             d["text"] = str(self.offline_dir / "embeddings.parquet")
 
     def stage_distill(self) -> None:
