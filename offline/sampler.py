@@ -140,7 +140,8 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
     """Disjoint temporal subgraphs around seeds ``{ntype: (node index, seed time ns)}``.
 
     In the result the first ``num_seeds`` nodes of each type are its seeds (in input order);
-    every node carries ``n_id`` (global index), ``seed_time`` and ``x``; every edge
+    every node carries ``n_id`` (global index), ``seed_time``, ``hop`` (distance to its seed)
+    and ``x``; every edge
     ``edge_index`` (messages flow towards the seeds), ``edge_attr``, ``edge_age_days``,
     ``edge_time`` and ``e_id`` (global edge id = row of the time-sorted transactions)."""
     node_types = g.node_types
@@ -149,6 +150,7 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
         raise KeyError(f"seeds: unknown node type(s) {sorted(unknown)}; graph has {list(node_types)}")
     nodes = {t: [np.zeros(0, np.int64)] for t in node_types}
     times = {t: [np.zeros(0, np.int64)] for t in node_types}
+    hops = {t: [np.zeros(0, np.int64)] for t in node_types}  # distance to the node's seed
     count = {t: 0 for t in node_types}
     edges = {t: [] for t in node_types}  # keyed by destination type
     frontier = {}
@@ -160,9 +162,10 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
             raise ValueError(f"seeds[{t}]: {len(idx)} nodes but {len(ts)} seed times")
         nodes[t].append(idx)
         times[t].append(ts)
+        hops[t].append(np.zeros(len(idx), np.int64))
         frontier[t] = (idx, ts, np.arange(len(idx)))
         count[t] = num_seeds[t] = len(idx)
-    for k in cfg.fanouts:
+    for hop, k in enumerate(cfg.fanouts, start=1):
         nxt = {t: [] for t in node_types}
         for t in node_types:
             idx, ts, local = frontier[t]
@@ -175,6 +178,7 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
             count[other] += len(e)
             nodes[other].append(new_idx)
             times[other].append(ts[owner])
+            hops[other].append(np.full(len(e), hop, np.int64))
             edges[t].append((new_local, local[owner], e, ts[owner]))
             nxt[other].append((new_idx, ts[owner], new_local))
         frontier = {
@@ -187,6 +191,7 @@ def sample_subgraphs(g: TemporalGraph, seeds: dict[str, tuple[np.ndarray, np.nda
         st = np.concatenate(times[t])
         data[t].n_id = torch.from_numpy(n_id)
         data[t].seed_time = torch.from_numpy(st)
+        data[t].hop = torch.from_numpy(np.concatenate(hops[t]))
         feats = (features.lookup(g, t, n_id, st, cfg.label_delay_ns) if features is not None
                  else node_features(g, t, n_id, st, cfg.label_delay_ns))
         data[t].x = torch.from_numpy(np.ascontiguousarray(feats))
