@@ -148,7 +148,7 @@ class DeepRequestScorer:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
         head.eval()
         self.head = head
         log(f"deep head: {cfg.epochs} epochs on {len(x)} rows, last loss {total / max(len(x), 1):.4f}")
