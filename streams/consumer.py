@@ -15,6 +15,9 @@ Delivery contract (exactly-once *effect* on the windows):
 Pipelining: while the store applies batch k (a round trip; Redis works on its own core), the
 loop already consumes and decodes batch k+1. At most ``pipeline_depth`` batches are in flight;
 they are written by one writer thread, so they complete -- and are committed -- in order.
+The commit after an acknowledged batch is asynchronous (cumulative offsets; a lost or failed
+commit is covered by the next one, or means a harmless redelivery); commits in the revoke
+callback and on close are synchronous.
 
 Rebalances: the revoke callback runs inside ``consume``; it first waits for the in-flight
 batches, commits every acknowledged offset of the revoked partitions while this member still
