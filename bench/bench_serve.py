@@ -218,7 +218,29 @@ async def open_loop(url: str, bodies: list[bytes], qps: float, warmup: float, du
     }
 
 
-def http_sweep(url: str, bodies: list[bytes], qps_list, warmup: float, duration: float, log) -> list[dict]:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user+system CPU seconds of each named process and its live descendants (load-independent:
+    what a request costs, whatever else runs on the machine)."""
+    import psutil
+    out = {}
+    for name, pid in pids.items():
+        total = 0.0
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        out[name] = total
+    return out
+
+
+def http_sweep(url: str, bodies: list[bytes], qps_list, warmup: float, duration: float, log,
+               pids: dict[str, int] | None = None) -> list[dict]:
     try:
         import uvloop
         uvloop.install()
@@ -226,11 +248,20 @@ def http_sweep(url: str, bodies: list[bytes], qps_list, warmup: float, duration:
         pass
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     steps = []
+    pids = {**(pids or {}), "load_generator": os.getpid()}
     for qps in qps_list:
+        before = cpu_seconds(pids)
         step = asyncio.run(open_loop(url, bodies, qps, warmup, duration, headers))
+        after = cpu_seconds(pids)
+        n = max(1, int(qps * (warmup + duration)))
+        step["cpu_ms_per_request"] = {k: 1e3 * (after[k] - before[k]) / n for k in pids}
+        step["cpu_ms_per_request"]["scorer_stack"] = sum(v for k, v in step["cpu_ms_per_request"].items()
+                                                          if k != "load_generator")
         lat = step["latency_from_schedule"]
+        cpu = step["cpu_ms_per_request"]
         log(f"  {qps:>6.0f} QPS offered: {step['achieved_qps']:.0f} achieved, p50 {lat.get('p50_ms', float('nan')):.1f} ms,"
-            f" p99 {lat.get('p99_ms', float('nan')):.1f} ms, errors {step['errors']}")
+            f" p99 {lat.get('p99_ms', float('nan')):.1f} ms, errors {step['errors']}; CPU ms/request: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         steps.append(step)
         saturated = (step["errors"] > 0.01 * max(1, step["sent"])
                      or step["achieved_qps"] < 0.9 * qps
@@ -275,7 +306,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
     stop_consumer = threading.Event()
     consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100, "session.timeout.ms": 6000})
     consumer.subscribe([scores])
 
     def consume():
@@ -306,6 +337,8 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
             i += 1
             time.sleep(0.2)
         latencies.clear()
+        cpu_pids = {"score": proc.pid, **{k: v for k, v in stack.pids().items()}}
+        cpu_before = cpu_seconds(cpu_pids)
         n_total = int(rate * (warmup + duration))
         t_start = time.time()
         t0 = time.monotonic()
@@ -327,18 +360,22 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
         deadline = time.monotonic() + 30
         while len(latencies) < n_total and time.monotonic() < deadline:
             time.sleep(0.1)
+        cpu_after = cpu_seconds(cpu_pids)
     finally:
         stop_consumer.set()
         time.sleep(0.2)
         consumer.close()
         stop(proc)
     window = [lat for t, lat in latencies if t >= t_start + warmup]
-    expected = sum(1 for k in range(n_total) if k / rate >= warmup)
-    res = {"rate": rate, "produced_in_window": expected, "scored_in_window": len(window),
+    expected = sum(1 for key, t in produced.items() if key.startswith("2") and len(key) == 13
+                   and t >= t_start + warmup)
+    cpu = {k: 1e3 * (cpu_after[k] - cpu_before[k]) / max(1, n_total) for k in cpu_pids}
+    res = {"rate": rate, "cpu_ms_per_event": cpu, "produced_in_window": expected, "scored_in_window": len(window),
            "achieved_produce_rate": n_total / send_span, "latency": summary_ms(window),
            "missing": expected - len(window)}
     log(f"  Kafka at {rate:.0f} ev/s: p50 {res['latency'].get('p50_ms', float('nan')):.1f} ms, "
-        f"p99 {res['latency'].get('p99_ms', float('nan')):.1f} ms, {res['missing']} missing")
+        f"p99 {res['latency'].get('p99_ms', float('nan')):.1f} ms, {res['missing']} missing; CPU ms/event: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     return res
 
 
@@ -443,7 +480,7 @@ def main(argv=None) -> dict:
                          "overhead only) | PATH of a model repository with a 'relstream' model")
     ap.add_argument("--kafka-rate", type=float, default=1000.0)
     ap.add_argument("--kafka-max-batch", type=int, default=256)
-    ap.add_argument("--kafka-poll-ms", type=float, default=5.0)
+    ap.add_argument("--kafka-poll-ms", type=float, default=20.0)
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-kafka", action="store_true")
     ap.add_argument("--deep-dir", type=Path, help="run dir with deep_model.pt + deep_head.pt + dataset "
@@ -508,8 +545,10 @@ def main(argv=None) -> dict:
                     raise SystemExit(f"--endpoints: unknown endpoint {endpoint!r}")
                 sizes = [len(b) for b in bodies]
                 log(f"HTTP /v1/{endpoint}: payloads {min(sizes)}-{max(sizes)} bytes, workers {args.workers}")
+                stack_pids = {k: v for k, v in stack.pids().items() if k in ("redis", "triton")}
                 result["http"][f"/v1/{endpoint}"] = http_sweep(f"{url}/v1/{endpoint}", bodies, qps_list,
-                                                               args.warmup, args.duration, log)
+                                                               args.warmup, args.duration, log,
+                                                               pids={"serve": proc.pid, **stack_pids})
                 result.setdefault("payload_bytes", {})[endpoint] = [min(sizes), max(sizes)]
             if args.workers == 1:
                 result["server"] = scrape(url)

@@ -387,7 +387,7 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
     consumer_conf = {"group.id": settings.group_id, "enable.auto.commit": False,
                      "enable.auto.offset.store": False, "isolation.level": "read_committed",
                      "auto.offset.reset": settings.auto_offset_reset, "session.timeout.ms": 10000,
-                     "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 10}
+                     "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100}
     if settings.static_membership:
         consumer_conf["group.instance.id"] = settings.transactional_id
     consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))

@@ -38,7 +38,8 @@ class ScoreSettings(_Section):
     scores_topic: str | None = None  # default: topics.scores
     dlq_topic: str | None = None  # default: topics.dlq
     max_batch: int = Field(default=256, ge=1, le=4096)
-    poll_timeout_ms: float = Field(default=5.0, ge=0)
+    # how long one consume() may collect a batch: fewer, larger transactions (broker CPU) vs latency
+    poll_timeout_ms: float = Field(default=20.0, ge=0)
     append_scored: bool = False
     key_column: str | None = None  # fact column keying score records; default first entity
     auto_offset_reset: str = "earliest"
