@@ -220,14 +220,16 @@ async def open_loop(url: str, bodies: list[bytes], qps: float, warmup: float, du
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """user+system CPU seconds of each named process and its live descendants (load-independent:
-    what a request costs, whatever else runs on the machine)."""
+    what a request costs, whatever else runs on the machine). This process itself
+    (``load_generator``) is counted without its children: it is the parent of the servers."""
     import psutil
     out = {}
     for name, pid in pids.items():
         total = 0.0
         try:
             proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
+            family = [proc] if pid == os.getpid() else [proc, *proc.children(recursive=True)]
+            for p in family:
                 try:
                     t = p.cpu_times()
                     total += t.user + t.system
