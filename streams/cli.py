@@ -141,7 +141,7 @@ def cmd_ingest(args) -> int:
         return 0
     port = service.start_metrics()
     print(f"relstream ingest: group {settings.group_id}, topics {topics}, DLQ {settings.dlq_topic}, "
-          f"plan {plan.name}" + (f", metrics on {settings.metrics_addr}:{port}/metrics" if port else ""),
+          f"plan {plan.name}" + (f", metrics on port {port} (/metrics)" if port else ""),
           file=sys.stderr, flush=True)
     stats = service.run(idle_exit_s=args.exit_when_idle, install_signals=False)
     print(json.dumps({"batches": stats.batches, "records": stats.records, "interactions": stats.interactions,

@@ -134,9 +134,10 @@ class IngestService:
     def start_metrics(self) -> int | None:
         if self.settings.metrics_port is None:
             return None
-        # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod
+        # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod; it
+        # overrides ingest.metrics_addr / --metrics-addr
         server, _thread = self.metrics.serve(self.settings.metrics_port,
-                                             addr=os.environ.get("RELSTREAM_METRICS_HOST", "127.0.0.1"))
+                                             addr=os.environ.get("RELSTREAM_METRICS_HOST") or self.settings.metrics_addr)
         self._metrics_server = server
         return server.server_address[1]
 
