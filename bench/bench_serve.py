@@ -450,6 +450,10 @@ def plot(result: dict, path: Path) -> None:
         k = result["kafka"]
         ax.scatter([k["rate"]], [k["latency"].get("p99_ms") or np.nan], marker="s", color="k",
                    label="Kafka path p99 (produce->score consumed)", zorder=5)
+    deep = result.get("deep_baseline")
+    if deep and deep["latency_from_schedule"].get("p99_ms"):
+        ax.scatter([deep["qps"]], [deep["latency_from_schedule"]["p99_ms"]], marker="x", s=80, color="m",
+                   label="deep-at-request-time baseline p99", zorder=5)
     ax.axhline(TARGET_HTTP["p99_ms"], color="r", lw=0.8, ls=":", label="HTTP p99 target (50 ms)")
     ax.axhline(100, color="grey", lw=0.8, ls=":", label="100 ms budget")
     ax.set_xlabel("offered QPS (open loop)")
@@ -492,7 +496,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--nice", type=int, default=0, help="run the whole benchmark (stack, scorer, load) at this "
                                                          "niceness, e.g. -10 (root): less noise from other load")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of an earlier result")
     args = ap.parse_args(argv)
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        plot(result, args.replot.with_suffix(".png"))
+        return result
 
     from relstream.stack import free_port
     from rti_store import RedisWindowStore
