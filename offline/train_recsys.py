@@ -5,8 +5,8 @@ The graph is households -> products (one edge per purchase line, amount = sales 
 weekly snapshot t the model embeds households and products from purchases strictly before t
 (most-recent-K sampling); a pair's score is the scaled dot product of the two embeddings plus
 the product head's logit (an inductive popularity bias computed from the product's history). Training
-uses pairs bought in [t, t + 7 days) as positives and popularity-sampled products as
-negatives, only from snapshots whose week ended before the training cut. Evaluation ranks a
+uses pairs bought in [t, t + 7 days) as positives and products sampled half by popularity,
+half uniformly as negatives, only from snapshots whose week ended before the training cut. Evaluation ranks a
 candidate set (the most popular products of the 4 weeks before t) for households active in the
 test week and reports recall@k and NDCG@k against two baselines measured on the same
 households and candidates: popularity, and "buy again" (the household's own purchase counts).
@@ -39,6 +39,7 @@ class RecsysConfig:
     epochs: int = 2
     max_positives_per_epoch: int = 60_000
     lr: float = 3e-3
+    neg_popularity_share: float = 0.5
     candidates: int = 2_000
     eval_households: int = 500
     ks: tuple[int, ...] = (10, 50)
@@ -124,10 +125,14 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
             sel = chosen[lo:lo + cfg.batch_size]
             ts, hh, pp = pos_t[sel], pos_pairs[sel, 0], pos_pairs[sel, 1]
             neg = np.empty(len(sel), np.int64)
-            for t in np.unique(ts):  # popularity-proportional negatives per snapshot
-                m = ts == t
+            # Negatives: half popularity-proportional (hard: teaches personalisation), half
+            # uniform over products (easy: lets the product head learn popularity).
+            for t in np.unique(ts):
+                m = np.flatnonzero(ts == t)
                 p = pop[int(t)]
-                neg[m] = rng.choice(len(p), size=int(m.sum()), p=p / p.sum())
+                hard = rng.random(len(m)) < cfg.neg_popularity_share
+                neg[m[hard]] = rng.choice(len(p), size=int(hard.sum()), p=p / p.sum())
+                neg[m[~hard]] = rng.integers(0, len(p), int((~hard).sum()))
             seeds = {HOUSEHOLDS: (hh, ts), PRODUCTS: (np.concatenate([pp, neg]), np.concatenate([ts, ts]))}
             out = model(sample_subgraphs(g, seeds, SamplerConfig(cfg.fanouts, 0), feats))
             eh, (ep, bias) = out[HOUSEHOLDS][0], out[PRODUCTS]
