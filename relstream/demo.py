@@ -375,7 +375,9 @@ class ScoreCollector(threading.Thread):
                                   "isolation.level": "read_committed", "session.timeout.ms": 6000,
                                   "fetch.wait.max.ms": 10})
         self.seen: dict[str, ScoreSeen] = {}
-        self.duplicates = 0
+        self.duplicates = 0  # records with an event id already seen at another offset
+        self.rereads = 0
+        self._offsets: set[tuple[int, int]] = set()
         self.undecodable = 0
         self.records = 0
         self._lock = threading.Lock()
@@ -400,6 +402,13 @@ class ScoreCollector(threading.Thread):
                         self.undecodable += 1
                         continue
                     with self._lock:
+                        # a re-read of the same offset (this consumer lost its position in a group
+                        # rebalance, e.g. after a broker restart) is not a duplicate record
+                        where = (msg.partition(), msg.offset())
+                        if where in self._offsets:
+                            self.rereads += 1
+                            continue
+                        self._offsets.add(where)
                         self.records += 1
                         eid = str(rec["event_id"])
                         if eid in self.seen:

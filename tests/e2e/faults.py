@@ -61,7 +61,8 @@ class FaultReport:
     def line(self) -> str:
         return (f"[fault] {self.name}: {self.events} events, lost {self.lost}, duplicates {self.duplicates}, "
                 f"degraded {self.degraded}, windows equal {self.windows_equal}, DLQ {self.dead_letters}; "
-                f"component back after {self.back_after_s:.1f}s, pipeline recovered after {self.recovery_s:.1f}s; "
+                f"component back after {self.back_after_s:.1f}s, fresh events scored again after "
+                f"{'n/a' if self.recovery_s != self.recovery_s else f'{self.recovery_s:.1f}s'}; "
                 f"max produce->score latency {self.max_latency_ms:.0f} ms {self.extra or ''}")
 
 
@@ -136,7 +137,9 @@ def run_with_fault(e2e, plan, name: str, fault: Callable[[dict], dict], n: int =
                 ctx[key].check_alive(name)
 
         missing = collector.wait_for(ids, score_timeout_s, check=check)
+        result["all_scored_at"] = time.time()
         wait_caught_up(kafka, e2e.ingest_group, [e2e.tx_topic], 120, check=check)
+        result["windows_caught_up_at"] = time.time()
         time.sleep(1.0)  # a duplicate would arrive right behind
     finally:
         collector.stop()
@@ -155,7 +158,10 @@ def run_with_fault(e2e, plan, name: str, fault: Callable[[dict], dict], n: int =
             not f.startswith("embedding_missing") for f in collector.seen[i].record["degraded"])),
         windows_equal=ok, dead_letters=len(dlq), fault_at_s=result["t_fault"] - t_start,
         back_after_s=back_at - result["t_fault"], recovery_s=recovery, max_latency_ms=max(lat) if lat else 0.0,
-        extra={k: v for k, v in result.items() if k not in ("t_fault", "back_at")})
+        extra={k: v for k, v in result.items() if not k.endswith("_at") and k != "t_fault"})
+    # from the fault: every event scored / every interaction committed to the windows
+    report.extra["all_scored_after_s"] = round(result["all_scored_at"] - result["t_fault"], 1)
+    report.extra["windows_caught_up_after_s"] = round(result["windows_caught_up_at"] - result["t_fault"], 1)
     print(report.line(), flush=True)
     if report.lost:
         stacks = ctx["score"].dump_stacks() if ctx["score"].alive else ctx["score"].tail()

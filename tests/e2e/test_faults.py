@@ -3,7 +3,8 @@ the Kafka broker restarted mid-stream. Each test prints what was lost (must be n
 duplicates (absent by design: scores + offsets are one Kafka transaction, read_committed), and how
 long the component and the pipeline took to recover. See tests/e2e/faults.py.
 
-Default: 2,000 events at 250/s, one fault each. With --soak: 10,000 events and --kill-rounds kills.
+Default: 3,000 events at 120/s (25 s, longer than any restart), one fault each. With --soak: 10,000
+events and --kill-rounds kills.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .faults import run_with_fault
 
 @pytest.fixture(scope="module")
 def load(soak, kill_rounds):
-    return {"n": 10_000 if soak else 2_000, "rate": 250.0, "rounds": kill_rounds if soak else 1}
+    # the stream must outlast a restart (a killed member's session expires first): 25 s at 120/s
+    return {"n": 10_000 if soak else 3_000, "rate": 120.0, "rounds": kill_rounds if soak else 1}
 
 
 ASSIGNED = "assigned [("  # both services log a non-empty partition assignment
