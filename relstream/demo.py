@@ -767,12 +767,14 @@ class Demo:
         from relstream.stack import LocalStack
 
         with self.clock.stage("stack", "starting Kafka (KRaft), Redis, Triton on free ports") as d:
-            self.stack = LocalStack(self.run_dir / "stack", self.run_dir / "models")
+            # the stack's state (stack.json, pids, kafka/, redis/, logs/<component>.log) lives in the run
+            # directory itself, so `relstream --config RUN/relstream.yaml stack status|down` finds it
+            self.stack = LocalStack(self.run_dir, self.run_dir / "models")
             try:
                 took = self.stack.up()
             except Exception as exc:
                 tails = "\n".join(f"--- {n}\n{self.stack.log_tail(n, 10)}" for n in self.stack.components)
-                raise DemoError("stack", str(exc), self.run_dir / "stack" / "logs", tails) from None
+                raise DemoError("stack", str(exc), self.run_dir / "logs", tails) from None
             d["text"] = ", ".join(f"{k} {v:.1f}s" for k, v in took.items())
             for name, addr in self.stack.addresses().items():
                 self.say(f"{name:<15} {addr}")
@@ -1041,11 +1043,15 @@ class Demo:
             with contextlib.suppress(Exception):
                 c.stop()
         if self.o.keep_stack:
-            alive = [f"{s.name} (pid {s.pid})" for s in self.services if s.alive]
-            print(f"--keep-stack: leaving the stack running in {self.run_dir / 'stack'}"
-                  + (f" and {', '.join(alive)}" if alive else "")
-                  + f"; stop with: python3 -m relstream.cli --config {getattr(self, 'config', '')} stack down",
-                  file=self.out, flush=True)
+            alive = [s for s in self.services if s.alive]
+            print(f"--keep-stack: the stack is still running (state in {self.run_dir})", file=self.out)
+            for s in alive:
+                print(f"  {s.name:<8} pid {s.pid}, log {s.log_path}", file=self.out)
+            config = getattr(self, "config", None)
+            down = (f"python3 -m relstream.cli --config {config} stack down" if config
+                    else f"RELSTREAM__RUN_DIR={self.run_dir} python3 -m relstream.cli stack down")
+            kill = f"kill {' '.join(str(s.pid) for s in alive)}; " if alive else ""
+            print(f"stop with: {kill}{down}", file=self.out, flush=True)
             return
         for s in reversed(self.services):
             with contextlib.suppress(Exception):
