@@ -114,4 +114,4 @@ def test_triton_restart_under_load(e2e_private, plan, load):
 
 def test_kafka_broker_restart_under_load(e2e_private, plan, load):
     run_with_fault(e2e_private, plan, "Kafka broker restart", _restart_component("kafka"),
-                   n=load["n"], rate=load["rate"], first_id=5_000_000, score_timeout_s=240)
+                   n=load["n"], rate=load["rate"], first_id=5_000_000, score_timeout_s=90)
