@@ -150,7 +150,10 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "positives": int(seen)})
         log(f"recsys epoch {epoch + 1}: loss {total / max(seen, 1):.4f}")
     t_train = time.perf_counter() - t_start
-    metrics = {"history": history, "seconds_train": t_train, "test": evaluate_recsys(model, g, cfg, feats, test_snaps, rng)}
+    # Own generator for the evaluation households: the same households for every model config.
+    eval_rng = np.random.default_rng([cfg.seed, 1])
+    metrics = {"history": history, "seconds_train": t_train,
+               "test": evaluate_recsys(model, g, cfg, feats, test_snaps, eval_rng)}
     metrics["seconds_total"] = time.perf_counter() - t_start
     log(f"recsys test: {metrics['test']}")
     return model, metrics
