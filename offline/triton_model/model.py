@@ -28,6 +28,12 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from offline.bundle import load_bundle, request_error, split_scores  # noqa: E402
 
 
+def _invalid_argument(message):
+    """A client error (HTTP 400 / gRPC INVALID_ARGUMENT), not an internal one."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -50,7 +56,7 @@ class TritonPythonModel:
                 tensors[spec.name] = t.as_numpy()
             problem = tensors if isinstance(tensors, str) else request_error(plan, tensors)
             if problem:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(problem))
             else:
                 good.append(i)
                 arrays.append(tensors)
