@@ -77,8 +77,11 @@ def log_tail(path: Path | None, lines: int = 25) -> str:
 # ----- subprocesses -----------------------------------------------------------------------------
 
 def relstream_argv(config: Path | None, *args: str) -> list[str]:
-    """``python -m relstream.cli [--config FILE] ARGS`` with this interpreter."""
-    argv = [sys.executable, "-m", "relstream.cli"]
+    """``python -m relstream [--config FILE] ARGS`` with this interpreter.
+
+    (``-m relstream``, not ``-m relstream.cli``: run as ``__main__``, the CLI module would exist
+    twice and a plugin's ``relstream.cli.CliError`` would escape as a traceback.)"""
+    argv = [sys.executable, "-m", "relstream"]
     if config is not None:
         argv += ["--config", str(config)]
     return argv + [str(a) for a in args]
