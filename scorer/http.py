@@ -344,6 +344,12 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     async def lifespan(app):
         service.batcher.start()
+        if deps.store_ping is not None:  # open the Redis connection and the read thread up front,
+            try:                         # so the first request does not pay for them
+                loop = asyncio.get_running_loop()
+                await asyncio.wait_for(loop.run_in_executor(service.executor, deps.store_ping), 2.0)
+            except Exception as exc:  # noqa: BLE001 - serving starts anyway (degraded until it answers)
+                log.warning("window store not reachable at start: %s", exc)
         try:
             yield
         finally:

@@ -93,7 +93,8 @@ def make_app(plan, stack, model_name, store, **settings):
     from scorer.http import ServeDeps, create_app
     from scorer.settings import ServeSettings
     from scorer.triton import AsyncTritonScorer
-    s = ServeSettings(**settings)
+    # exact-score tests must not race the 20 ms production deadline on a loaded machine
+    s = ServeSettings(**{"window_deadline_ms": 2000, **settings})
     triton = AsyncTritonScorer(plan, stack.triton_grpc_url, model_name, timeout_s=s.triton_timeout_s)
     ping = (lambda: store.client.ping()) if store is not None else None
     deps = ServeDeps(plan=plan, triton=triton, store=store, settings=s, token=TOKEN, store_ping=ping,
