@@ -1,0 +1,147 @@
+"""Fast unit tests of the scorer's pure logic (no servers): validation, records, batching, fallback."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from rti_store import MemoryWindowStore
+from schemas.tensors import RowError, Window, build_tensors, stack_requests
+from scorer.batcher import MicroBatcher
+from scorer.fallbacks import WindowFallback
+from scorer.pipeline import (DEGRADED_WINDOWS, batch_tensors, event_tensors, prepare_event, score_record,
+                             split_windows, window_requests)
+from tests.scorer.conftest import BASE_T, SECOND, fact_row, history
+
+
+# ----- validation --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"colour": 1}, "transactions.colour", "unknown field"),
+    ({"tx_fraud": 0}, "transactions.tx_fraud", "label"),
+    ({"tx_amount": "x"}, "transactions.tx_amount", "expected a number"),
+    ({"customer_id": None}, "transactions.customer_id", "missing"),
+    ({"tx_datetime": "yesterday"}, "transactions.tx_datetime", "unparseable timestamp"),
+    ({"terminal_id": 2**64}, "transactions.terminal_id", "int64"),
+])
+def test_prepare_event_names_the_field(plan, change, field, words):
+    with pytest.raises(RowError) as err:
+        prepare_event(plan, {**fact_row(1), **change}, strict=True)
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_prepare_event_missing_id_and_defaults(plan):
+    row = fact_row(5, customer=3, terminal=4)
+    with pytest.raises(RowError, match="event id"):
+        prepare_event(plan, {k: v for k, v in row.items() if k != "transaction_id"})
+    ev = prepare_event(plan, row)
+    assert ev.event_id == "5" and ev.anchor_time == row["tx_datetime"] and ev.key == b"3"
+    assert ev.entity_ids == {"customer_id": 3, "terminal_id": 4}
+    assert [k for k, _ in ev.keys] == list(plan.hop_keys)
+    assert prepare_event(plan, row, "2023-11-14T22:13:20Z").anchor_time == BASE_T
+    assert prepare_event(plan, row, key_column="terminal_id").key == b"4"
+
+
+def test_batch_tensors_equal_per_event_build_tensors(plan):
+    store = MemoryWindowStore(plan)
+    store.append(history(plan, [fact_row(i, customer=1 + i % 2, terminal=9, amount=i) for i in range(1, 12)]))
+    events = [prepare_event(plan, fact_row(20 + i, customer=1 + i % 2, terminal=9 if i else 77)) for i in range(3)]
+    keys, as_of = window_requests(events)
+    assert as_of == [e.anchor_time for e in events for _ in plan.hops]
+    windows = store.read_many(keys, as_of)
+    per_event = [event_tensors(plan, e, w) for e, w in zip(events, split_windows(events, windows))]
+    for e, t in zip(events, per_event):
+        direct = build_tensors(plan, e.row, {h: store.read(h, ent, e.anchor_time) for h, ent in e.keys})
+        assert all(np.array_equal(t[k], direct[k]) for k in direct)
+    stacked = batch_tensors(plan, per_event)
+    ref = stack_requests(plan, per_event)
+    assert all(np.array_equal(stacked[k], ref[k]) for k in ref)
+    assert stacked["anchor_time"].shape == (3, 1)
+
+
+def test_score_record_fits_the_avro_schema(plan, codec):
+    ev = prepare_event(plan, fact_row(1, customer=5000))
+    rec = score_record(plan, ev, np.float32(0.25), np.array([1, 0], np.int8), model_name="m", model_version="3",
+                       latency_ms=1.5, degraded=(DEGRADED_WINDOWS,), scored_at=7)
+    assert rec["cold_start"] == ["customer_id"]
+    assert rec["degraded"] == [DEGRADED_WINDOWS, "embedding_missing:customer_id"]
+    assert codec.decode(codec.encode("scores-value", rec))[1] == rec
+
+
+# ----- micro-batching ---------------------------------------------------------------------------
+
+def test_micro_batcher_groups_concurrent_items_and_keeps_order():
+    seen: list[list[int]] = []
+
+    async def handler(items):
+        seen.append(list(items))
+        await asyncio.sleep(0.001)
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    async def main():
+        b = MicroBatcher(handler, window_s=0.02, max_batch=4, max_in_flight=1)
+        b.start()
+        results = await asyncio.gather(*(b.submit(i) for i in range(6)), return_exceptions=True)
+        await b.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert results[:3] == [0, 10, 20] and isinstance(results[3], ValueError) and results[4:] == [40, 50]
+    assert [len(s) for s in seen] == [4, 2] and sum(seen, []) == list(range(6))
+
+
+def test_micro_batcher_batch_error_reaches_every_caller():
+    async def handler(items):
+        raise RuntimeError("triton down")
+
+    async def main():
+        b = MicroBatcher(handler, window_s=0.001, max_batch=8)
+        return await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+# ----- window fallback -----------------------------------------------------------------------------
+
+class _SlowThenDead:
+    """A window reader that is slow (sleeps) or raises, to exercise the deadline logic."""
+
+    def __init__(self, plan):
+        self.inner = MemoryWindowStore(plan)
+        self.delay = 0.0
+        self.dead = False
+        self.calls = 0
+
+    def read_many(self, keys, as_of):
+        self.calls += 1
+        if self.dead:
+            raise ConnectionError("redis: connection refused")
+        time.sleep(self.delay)
+        return self.inner.read_many(keys, as_of)
+
+
+def test_window_fallback_deadline_breaker_and_recovery(plan):
+    reader = _SlowThenDead(plan)
+    now = [100.0]
+    fb = WindowFallback(plan, reader, deadline_s=0.05, cooldown_s=1.0, clock=lambda: now[0])
+    keys = [(plan.hop_keys[0], 1), (plan.hop_keys[1], 2)]
+
+    async def read():
+        t0 = time.perf_counter()
+        res = await fb.read_async(keys, [BASE_T, BASE_T])
+        return res, time.perf_counter() - t0
+
+    ok, _ = asyncio.run(read())
+    assert ok.degraded == () and all(isinstance(w, Window) for w in ok.windows)
+    reader.delay = 0.5
+    slow, took = asyncio.run(read())
+    assert slow.degraded == (DEGRADED_WINDOWS,) and took < 0.3 and all(len(w) == 0 for w in slow.windows)
+    calls = reader.calls
+    skipped, _ = asyncio.run(read())  # inside the cool-down: the store is not even asked
+    assert skipped.degraded == (DEGRADED_WINDOWS,) and reader.calls == calls
+    reader.dead, now[0] = True, 102.0
+    assert fb.read(keys, [BASE_T, BASE_T]).degraded == (DEGRADED_WINDOWS,)
+    reader.dead, reader.delay, now[0] = False, 0.0, 104.0
+    assert fb.read(keys, [BASE_T + SECOND] * 2).degraded == ()
