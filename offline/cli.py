@@ -288,8 +288,7 @@ def cmd_train_recsys(args) -> int:
 # ----- parsers -------------------------------------------------------------------------------
 
 def register(subparsers) -> None:
-    from offline.deep_model import DeepModelConfig
-    from offline.train_deep import TrainConfig
+    from offline.configs import DeepModelConfig, TrainConfig  # torch-free: every command registers these
 
     off = subparsers.add_parser("offline", help="offline stage: data, deep model, embeddings, evaluation",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,7 +356,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 
-    from offline.train_recsys import RecsysConfig
+    from offline.configs import RecsysConfig
 
     r = RecsysConfig()
     p = sub.add_parser("train-recsys", help="Complete Journey: will this household buy this product next week "

@@ -20,19 +20,7 @@ from torch_geometric.nn import HeteroConv, TransformerConv
 
 from offline.graph import EDGE_TYPES, NODE_TYPES
 from offline.sampler import EDGE_FEATURES, NODE_FEATURES
-
-
-@dataclass(frozen=True)
-class DeepModelConfig:
-    hidden: int = 64
-    embedding_dim: int = 32
-    num_layers: int = 2
-    heads: int = 2
-    time_dim: int = 8
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from offline.configs import DeepModelConfig  # noqa: F401  (re-exported)
 
 
 def _renumber(index: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:

@@ -29,45 +29,7 @@ from offline.deep_model import DeepModelConfig, TemporalHeteroGNN
 from offline.evaluate import SplitConfig, data_day0_ns
 from offline.graph import NODE_TYPES, TemporalGraph, build_graph
 from offline.sampler import SamplerConfig, SnapshotFeatures, future_fraud_labels, sample_subgraphs
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    split: SplitConfig = SplitConfig()
-    horizon_days: int = 7
-    warmup_days: int = 30  # first training snapshot: features need a month of history
-    fanouts: tuple[int, ...] = (10, 10)
-    batch_size: int = 1024
-    epochs: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    neg_ratio: float = 3.0  # negatives per positive drawn each epoch
-    max_samples_per_epoch: int = 200_000
-    max_val_samples: int = 60_000
-    seed: int = 0
-    device: str = "cpu"
-    model: DeepModelConfig = field(default_factory=DeepModelConfig)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fanouts"] = list(self.fanouts)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["split"] = SplitConfig(**d["split"])
-        d["model"] = DeepModelConfig(**d["model"])
-        d["fanouts"] = tuple(d["fanouts"])
-        return cls(**d)
-
-    @property
-    def label_delay_ns(self) -> int:
-        return self.split.delay_days * NS_PER_DAY
-
-    @property
-    def sampler(self) -> SamplerConfig:
-        return SamplerConfig(fanouts=self.fanouts, label_delay_ns=self.label_delay_ns)
+from offline.configs import TrainConfig  # noqa: F401  (re-exported)
 
 
 @dataclass

@@ -25,32 +25,10 @@ from offline.datasets.base import NS_PER_DAY, RelationalDataset
 from offline.deep_model import DeepModelConfig, TemporalHeteroGNN
 from offline.graph import TemporalGraph, build_bipartite_graph
 from offline.sampler import SamplerConfig, SnapshotFeatures, sample_subgraphs, window_sums
+from offline.configs import RecsysConfig  # noqa: F401  (re-exported)
 
 HOUSEHOLDS, PRODUCTS = "households", "products"
 WEEK = 7 * NS_PER_DAY
-
-
-@dataclass(frozen=True)
-class RecsysConfig:
-    first_week: int = 4  # first training snapshot (weeks from day 0): features need history
-    test_weeks: int = 2  # last full weeks held out for evaluation
-    fanouts: tuple[int, ...] = (10, 5)
-    batch_size: int = 512
-    epochs: int = 2
-    max_positives_per_epoch: int = 60_000
-    lr: float = 3e-3
-    neg_popularity_share: float = 0.5
-    candidates: int = 2_000
-    eval_households: int = 500
-    ks: tuple[int, ...] = (10, 50)
-    seed: int = 0
-    device: str = "cpu"
-    model: DeepModelConfig = field(default_factory=DeepModelConfig)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fanouts"], d["ks"] = list(self.fanouts), list(self.ks)
-        return d
 
 
 def build_recsys_graph(ds: RelationalDataset) -> TemporalGraph:

@@ -1,0 +1,95 @@
+"""Configuration of the offline models, free of torch so the CLI can build its parsers cheaply.
+
+Every ``relstream`` command registers the offline subcommands; importing torch for their
+defaults would cost each service seconds of start-up and hundreds of MB. The model modules
+re-export these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from offline.datasets.base import NS_PER_DAY
+from offline.evaluate import SplitConfig
+
+if TYPE_CHECKING:
+    from offline.sampler import SamplerConfig
+
+
+@dataclass(frozen=True)
+class DeepModelConfig:
+    hidden: int = 64
+    embedding_dim: int = 32
+    num_layers: int = 2
+    heads: int = 2
+    time_dim: int = 8
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    split: SplitConfig = SplitConfig()
+    horizon_days: int = 7
+    warmup_days: int = 30  # first training snapshot: features need a month of history
+    fanouts: tuple[int, ...] = (10, 10)
+    batch_size: int = 1024
+    epochs: int = 4
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    neg_ratio: float = 3.0  # negatives per positive drawn each epoch
+    max_samples_per_epoch: int = 200_000
+    max_val_samples: int = 60_000
+    seed: int = 0
+    device: str = "cpu"
+    model: DeepModelConfig = field(default_factory=DeepModelConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fanouts"] = list(self.fanouts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["split"] = SplitConfig(**d["split"])
+        d["model"] = DeepModelConfig(**d["model"])
+        d["fanouts"] = tuple(d["fanouts"])
+        return cls(**d)
+
+    @property
+    def label_delay_ns(self) -> int:
+        return self.split.delay_days * NS_PER_DAY
+
+    @property
+    def sampler(self) -> "SamplerConfig":
+        from offline.sampler import SamplerConfig  # torch: only when a model is actually built
+
+        return SamplerConfig(fanouts=self.fanouts, label_delay_ns=self.label_delay_ns)
+
+
+@dataclass(frozen=True)
+class RecsysConfig:
+    first_week: int = 4  # first training snapshot (weeks from day 0): features need history
+    test_weeks: int = 2  # last full weeks held out for evaluation
+    fanouts: tuple[int, ...] = (10, 5)
+    batch_size: int = 512
+    epochs: int = 2
+    max_positives_per_epoch: int = 60_000
+    lr: float = 3e-3
+    neg_popularity_share: float = 0.5
+    candidates: int = 2_000
+    eval_households: int = 500
+    ks: tuple[int, ...] = (10, 50)
+    seed: int = 0
+    device: str = "cpu"
+    model: DeepModelConfig = field(default_factory=DeepModelConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fanouts"], d["ks"] = list(self.fanouts), list(self.ks)
+        return d
+
