@@ -18,10 +18,16 @@ Tests that use `stack` (directly or through these fixtures) get the `integration
 """
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 import pytest
+
+# Subprocesses the tests start (ingest, score, serve, demo stages) must import this checkout's
+# code, not whatever checkout an editable install points at.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 from relstream.stack import LocalStack, install_smoke_model
 from relstream.stack.process import is_alive, process_group_members
