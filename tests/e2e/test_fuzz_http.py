@@ -3,7 +3,8 @@
 (negative) bodies, headers and parameters for every operation -- and sends them to the real server
 (Redis windows, Triton). No answer may be a 5xx; every rejection is a 4xx with an error code and a
 message; and a known-good request sent every 25 cases keeps getting the exact score that the
-offline model gives on offline-built tensors (the windows hold a backfilled history).
+offline model gives on offline-built tensors (the windows hold a backfilled history), unless the
+answer itself says its windows were unavailable (the window-read deadline fallback, counted).
 
 Default suite: 1,000 generated cases in total (~2 minutes here); with --soak (or
 RELSTREAM_HTTP_FUZZ_CASES=N): 10,000 (~15 minutes: schemathesis generates ~10 cases/s on 2 shared cores).
@@ -74,13 +75,20 @@ def test_generated_http_requests_never_5xx_and_good_ones_stay_exact(served, soak
     stats: Counter = Counter()
     bad_answers: list[str] = []
     good_diffs: list[float] = []
+    degraded_good: list[dict] = []
     sent = {"n": 0}
 
     def check_good() -> None:
         i = (sent["n"] // GOOD_EVERY) % len(served["good"])
         r = session.post(f"{url}/v1/score", json=served["good"][i], headers=auth, timeout=10)
         assert r.status_code == 200, f"good request answered {r.status_code}: {r.text[:300]}"
-        good_diffs.append(abs(r.json()["score"] - float(served["expected"][i])))
+        body = r.json()
+        if "windows_unavailable" in body["degraded"]:
+            # the window read missed its deadline (serve.window_deadline_ms) and the answer says so:
+            # the documented fallback, not a wrong score; counted, not compared
+            degraded_good.append(body)
+            return
+        good_diffs.append(abs(body["score"] - float(served["expected"][i])))
 
     def run_case(case) -> None:
         headers = dict(auth)
@@ -132,8 +140,10 @@ def test_generated_http_requests_never_5xx_and_good_ones_stay_exact(served, soak
     for (label, code), n in stats.items():
         by_code[f"{label} {code}"] += n
     print(f"[http-fuzz] {sent['n']} cases in {took:.0f}s: {dict(sorted(by_code.items()))}", flush=True)
-    print(f"[http-fuzz] good requests: {len(good_diffs)}, max |score - offline| {max(good_diffs):.2e}", flush=True)
+    print(f"[http-fuzz] good requests: {len(good_diffs)} exact-checked, max |score - offline| {max(good_diffs):.2e}; "
+          f"{len(degraded_good)} answered degraded (window deadline)", flush=True)
     assert svc.alive and svc.starts == 1, "relstream serve crashed"
     assert not bad_answers, f"{len(bad_answers)} bad answers, e.g.\n" + "\n".join(bad_answers[:10])
     assert sent["n"] >= 0.9 * total, f"only {sent['n']} of {total} cases could be generated"
     assert good_diffs and max(good_diffs) <= 1e-5
+    assert len(degraded_good) <= 0.05 * (len(good_diffs) + len(degraded_good)), "most good answers must be complete"
