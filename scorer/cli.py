@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+log = logging.getLogger("relstream.score")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score facts from Kafka into the scores topic (exactly once)",
@@ -52,7 +54,7 @@ def cmd_score(args) -> int:
     from relstream.cli import CliError, config_from_args
     from relstream.config import section
 
-    from .kafka_service import build_kafka_scorer, install_signal_handlers
+    from .kafka_service import FatalConsumerError, build_kafka_scorer, install_signal_handlers
     from .metrics import ScorerMetrics
     from .settings import ScoreSettings
 
@@ -79,10 +81,26 @@ def cmd_score(args) -> int:
           f"(DLQ {scorer.dlq_topic}), group {settings.group_id}, model {scorer.triton.model_name} "
           f"@ {scorer.triton.url}, exactly-once (transactional.id {settings.transactional_id})",
           file=sys.stderr, flush=True)
-    try:
-        stats = scorer.run(idle_exit_s=args.exit_when_idle)
-    finally:
-        scorer.close()
+    while True:
+        try:
+            stats = scorer.run(idle_exit_s=args.exit_when_idle)
+            break
+        except FatalConsumerError as exc:
+            # librdkafka clients in a fatal state never recover: replace them and resume from the
+            # committed offsets (the open transaction is aborted by the new producer's fencing).
+            log.error("%s; rebuilding the Kafka clients", exc)
+            metrics.errors.labels("kafka", "fatal_consumer").inc()
+            try:
+                scorer.close()
+            except Exception as close_exc:  # noqa: BLE001 - the old clients are dead anyway
+                log.warning("closing the failed clients: %s", close_exc)
+            scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
+            install_signal_handlers(scorer)
+            scorer.start()
+        except BaseException:
+            scorer.close()
+            raise
+    scorer.close()
     print(json.dumps({"batches": stats.batches, "consumed": stats.consumed, "scored": stats.scored,
                       "dead_letters": stats.dead_letters, "aborts": stats.aborts,
                       "triton_retries": stats.triton_retries}), flush=True)

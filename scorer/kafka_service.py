@@ -41,6 +41,14 @@ DLQ_SUBJECT = "dead-letters-value"
 APPEND_FAILED = "window_append_failed"
 
 
+class FatalConsumerError(RuntimeError):
+    """The consumer cannot go on (e.g. its static membership was fenced after a broker restart).
+
+    Nothing of the current batch was committed, so rebuilding the clients and re-reading from the
+    committed offsets loses nothing (the CLI does exactly that).
+    """
+
+
 @dataclass
 class BatchStats:
     consumed: int = 0
@@ -161,8 +169,8 @@ class KafkaScorer:
         if err.code() != KafkaError._PARTITION_EOF:
             self.metrics.errors.labels(PATH, "consumer").inc()
             log.warning("consumer error: %s", err)
-            if err.fatal():
-                raise RuntimeError(f"fatal consumer error: {err}")
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                raise FatalConsumerError(f"fatal consumer error: {err}")
         return False
 
     # ----- one batch ---------------------------------------------------------------------------
