@@ -115,12 +115,12 @@ def test_generated_http_requests_never_5xx_and_good_ones_stay_exact(served, soak
 
     t0 = time.monotonic()
     rounds = 0
-    while sent["n"] < total and rounds < 5:  # operations without parameters run out of new cases early
+    while sent["n"] < total and rounds < 20:  # operations without parameters run out of new cases early
         for (label, mode), n in sorted(plan_cases.items()):
             if rounds and not label.startswith("POST"):
                 continue
             op = next(o for o in ops if o.label == label)
-            n = n if not rounds else max(10, (total - sent["n"]) // 4)
+            n = n if not rounds else max(10, (total - sent["n"]) // 4 + 5)
 
             @seed(zlib.crc32(f"{label}|{mode}|{rounds}".encode()))
             @settings(max_examples=n, phases=[Phase.explicit, Phase.generate], database=None, deadline=None,
@@ -144,6 +144,6 @@ def test_generated_http_requests_never_5xx_and_good_ones_stay_exact(served, soak
           f"{len(degraded_good)} answered degraded (window deadline)", flush=True)
     assert svc.alive and svc.starts == 1, "relstream serve crashed"
     assert not bad_answers, f"{len(bad_answers)} bad answers, e.g.\n" + "\n".join(bad_answers[:10])
-    assert sent["n"] >= 0.9 * total, f"only {sent['n']} of {total} cases could be generated"
+    assert sent["n"] >= total, f"only {sent['n']} of {total} cases could be generated"
     assert good_diffs and max(good_diffs) <= 1e-5
     assert len(degraded_good) <= 0.05 * (len(good_diffs) + len(degraded_good)), "most good answers must be complete"
