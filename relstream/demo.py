@@ -488,13 +488,18 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0, isolation: s
 
 def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int | None:
     """Sum over the topics' partitions of (high watermark - committed offset); None if not known yet."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         md = c.list_topics(timeout=10)
         tps = [TopicPartition(t, p) for t in topics for p in md.topics[t].partitions]
-        committed = c.committed(tps, timeout=10)
+        try:
+            committed = c.committed(tps, timeout=10)
+        except KafkaException as exc:  # e.g. NOT_COORDINATOR while a fresh broker loads its groups
+            if exc.args and getattr(exc.args[0], "retriable", lambda: False)() or "COORDINATOR" in str(exc):
+                return None
+            raise
         lag = 0
         for tp in committed:
             _lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
