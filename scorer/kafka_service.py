@@ -345,9 +345,12 @@ class KafkaScorer:
         except KafkaException as exc:
             err = exc.args[0]
             self.metrics.errors.labels(PATH, "transaction").inc()
-            if getattr(err, "txn_requires_abort", lambda: False)():
+            if getattr(err, "txn_requires_abort", lambda: False)() or err.retriable():
                 log.warning("transaction aborted, batch will be re-read: %s", err)
-                self.producer.abort_transaction(self.txn_timeout_s)
+                try:
+                    self.producer.abort_transaction(self.txn_timeout_s)
+                except KafkaException as abort_exc:
+                    raise FatalConsumerError(f"cannot abort the transaction: {abort_exc}") from exc
                 stats.aborted = True
                 for (t, part), off in first.items():
                     try:
@@ -356,7 +359,8 @@ class KafkaScorer:
                         log.info("seek after abort skipped: %s", seek_exc)
                 self.metrics.retries.labels(PATH, "abort").inc()
                 return False
-            raise
+            # fenced or fatal: these clients are done; nothing was committed, so the CLI rebuilds them
+            raise FatalConsumerError(f"transaction failed: {err}") from exc
 
     def _produce_dead_letter(self, p: _Pending) -> None:
         from streams.dlq import dead_letter_headers, dead_letter_payload, dead_letter_record
