@@ -20,6 +20,11 @@ import sys
 import time
 from typing import Sequence
 
+if __name__ == "__main__":
+    # `python -m relstream.cli`: plugins import `relstream.cli` (for CliError); without this alias
+    # they would load a second copy whose CliError this module's handler does not catch.
+    sys.modules.setdefault("relstream.cli", sys.modules[__name__])
+
 from .config import ConfigError, Config, load_config, stack_from_config
 
 PLUGIN_MODULES = ("offline.cli", "streams.cli", "scorer.cli", "relstream.model_cli")
