@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
     now = time.time_ns()
     requests = synthetic_requests(plan, 8, now, seed=3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-canary-"))
-    stack = LocalStack(tmp / "run", components=("triton",))
+    stack = LocalStack(tmp / "run", components=("triton",), stop_with_owner=True)
     results: dict = {"client": args.client, "scenarios": {}}
     series: dict = {}
     try:

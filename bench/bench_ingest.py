@@ -201,7 +201,7 @@ def main() -> int:
     stack = None
     if not (args.bootstrap and args.redis_url):
         comps = tuple(c for c, given in (("kafka", args.bootstrap), ("redis", args.redis_url)) if not given)
-        stack = LocalStack(tmp / "stack", components=comps)
+        stack = LocalStack(tmp / "stack", components=comps, stop_with_owner=True)
         stack.up()
     if args.cpus:  # after the stack started: Kafka and Redis must not inherit the pinning
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})

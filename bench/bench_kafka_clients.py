@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        st = LocalStack(Path(tmp), components=("kafka",))
+        st = LocalStack(Path(tmp), components=("kafka",), stop_with_owner=True)
         st.up()
         try:
             topic = f"bench-clients-{uuid.uuid4().hex[:6]}"

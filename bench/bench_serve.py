@@ -62,7 +62,7 @@ def summary_ms(xs) -> dict:
 
 def start_stack(run_dir: Path):
     from relstream.stack import LocalStack
-    st = LocalStack(run_dir, run_dir / "models")
+    st = LocalStack(run_dir, run_dir / "models", stop_with_owner=True)
     st.up()
     return st
 

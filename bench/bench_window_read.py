@@ -208,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-windows-") as tmp:
         stack = None
         if args.redis_url is None:
-            stack = LocalStack(Path(tmp), components=("redis",))
+            stack = LocalStack(Path(tmp), components=("redis",), stop_with_owner=True)
             stack.up()
         try:
             url = args.redis_url or stack.redis_url
