@@ -19,7 +19,6 @@ dtype) and an empty history (``[1, 0, 1]``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from offline.embeddings import EmbeddingTable, write_embeddings_parquet
 from offline.shallow_model import ShallowConfig, ShallowModel, build_model
 from schemas.plan import ServingPlan
 from schemas.tensors import stack_requests, to_triton_json
+from relstream.files import file_sha256 as _sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = Path(__file__).parent / "triton_model"
@@ -94,12 +94,6 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def vendor_code(dst: Path) -> None:

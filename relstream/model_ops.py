@@ -41,6 +41,7 @@ import numpy as np
 
 from relstream import lifecycle as lc
 from schemas.plan import ServingPlan, load_plan
+from relstream.files import file_sha256 as _sha256
 
 PLAN_FILE = "plan.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -752,13 +753,6 @@ def _kept(state: lc.RoutingState) -> tuple[int, ...]:
     return tuple(v for v in (*state.serving_versions, state.previous) if v is not None)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----- per-version score distribution from the scorers' /metrics ------------------------------------

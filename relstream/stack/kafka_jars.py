@@ -8,13 +8,13 @@ an interrupted or corrupted download is never taken for a good one.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from relstream.files import file_sha256 as _sha256
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"  # same log4j2 as the broker depends on; adds the slf4j binding
@@ -57,12 +57,6 @@ def kafka_home(version: str = KAFKA_VERSION, root: Path | None = None) -> Path:
     return (root or cache_root()) / "kafka" / version
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(jar_dir: Path, version: str) -> dict:
