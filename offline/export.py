@@ -62,13 +62,12 @@ def render_config(plan: ServingPlan, model_name: str = DEFAULT_MODEL_NAME, max_b
     inputs = []
     for spec in plan.tensors:
         dims = ", ".join(str(d) for d in spec.dims)
-        ragged = "\n    allow_ragged_batch: true" if spec.kind == "rti" else ""
+        ragged = "\n    allow_ragged_batch: true" if spec.ragged else ""
         inputs.append(f'  {{\n    name: "{spec.name}"\n    data_type: {config_type(spec.triton_dtype)}\n'
                       f'    dims: [ {dims} ]{ragged}\n  }}')
-    outputs = ['  {\n    name: "score"\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n  }']
-    k = len(plan.embedding_keys)
-    if k:  # one flag per embedding key: 1 = no admissible embedding (cold start)
-        outputs.append(f'  {{\n    name: "cold_start"\n    data_type: TYPE_INT8\n    dims: [ {k} ]\n  }}')
+    # score [1] (or [n_candidates]); cold_start: one flag per embedding key, 1 = no admissible embedding
+    outputs = [f'  {{\n    name: "{o.name}"\n    data_type: {config_type(o.triton_dtype)}\n'
+               f'    dims: [ {", ".join(str(d) for d in o.dims)} ]\n  }}' for o in plan.outputs]
     template = (TEMPLATE_DIR / "config.template.pbtxt").read_text()
     return template.format(plan_name=plan.name, fingerprint=plan.fingerprint(), model_name=model_name,
                            max_batch_size=max_batch_size, inputs=",\n".join(inputs), outputs=",\n".join(outputs),
@@ -212,7 +211,7 @@ def synthetic_requests(plan: ServingPlan, n: int = 4, seed: int = 0, anchor_time
         L = int(seq_lens[i % len(seq_lens)])
         req: dict[str, np.ndarray] = {}
         for spec in plan.tensors:
-            shape = (1, L, 1) if spec.kind == "rti" else (1, 1)
+            shape = (1, L, 1) if spec.kind == "rti" else (1, 1 + i % 3, 1) if spec.kind == "candidate" else (1, 1)
             size = int(np.prod(shape))
             if spec.kind == "anchor":
                 vals = np.array([anchor_time + i * 60_000_000_000], np.int64)

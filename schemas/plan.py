@@ -10,6 +10,10 @@ Time semantics (shared by every package; all instants are int64 nanoseconds sinc
 
 * Embedding of entity E for anchor time T: the latest snapshot S with
   ``T - max_embedding_offset <= S <= T - min_embedding_offset``; none -> "missing embedding".
+* Ranking plans (``ranking.candidate_column``): one request scores many values of one fact
+  column (the candidates, e.g. products for a household) against the same anchor, fact row and
+  windows. That column travels as a ragged ``[1, n_candidates, 1]`` tensor under its usual
+  ``{table}.{column}`` name and the model answers one score per candidate.
 * Real-time interactions (RTI) of hop H for anchor T: the last ``max_len`` interactions whose
   event time t satisfies ``T - real_time_offset <= t < T``. ``real_time_offset`` is therefore the
   look-back horizon of the real-time history; the interval is half-open so an event is never
@@ -144,7 +148,7 @@ class TensorSpec:
     """One model input: its Triton name, Triton datatype, numpy dtype and where it comes from."""
 
     name: str
-    kind: str  # "anchor" | "fact" | "rti"
+    kind: str  # "anchor" | "fact" | "candidate" | "rti"
     dtype: str  # plan dtype
     column: str | None = None
     hop_key: str | None = None
@@ -160,7 +164,21 @@ class TensorSpec:
     @property
     def dims(self) -> list[int]:
         """Per-request dims without the batch dimension, as written into config.pbtxt."""
-        return [-1, 1] if self.kind == "rti" else [1]
+        return [-1, 1] if self.ragged else [1]
+
+    @property
+    def ragged(self) -> bool:
+        """Variable length per request: RTI history, and the candidates of a ranking plan."""
+        return self.kind in ("rti", "candidate")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One model output: name, Triton datatype and per-request dims (``-1`` = one per candidate)."""
+
+    name: str
+    triton_dtype: str
+    dims: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,8 @@ class ServingPlan:
     hops: tuple[Hop, ...]
     label: str | None = None  # offline-only column of the fact table; never a tensor
     fact_columns: tuple[str, ...] = ()
+    candidate_column: str | None = None  # ranking plans: the fact column a request carries many values of
+    max_candidates: int = 0
 
     # ----- derived names -------------------------------------------------------------------
     @property
@@ -225,11 +245,37 @@ class ServingPlan:
     def column_dtype(self, table: str, column: str) -> str:
         return self.tables[table].columns[column]
 
+    @property
+    def is_ranking(self) -> bool:
+        return self.candidate_column is not None
+
+    @cached_property
+    def candidate_tensor(self) -> str | None:
+        """Name of the candidates tensor of a ranking plan (``{fact_table}.{candidate_column}``)."""
+        return f"{self.fact_table}.{self.candidate_column}" if self.is_ranking else None
+
+    @cached_property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        """What the exported model answers per request.
+
+        Scoring plans: ``score`` [1] and, with embedding keys, ``cold_start`` [K] (1 = that key
+        had no admissible embedding). Ranking plans: ``score`` [n_candidates] (padding positions
+        of a stacked batch score ``-inf``) and ``cold_start`` [K] where the candidate key's flag
+        is 1 when any candidate had no embedding; per-candidate flags in ``candidate_cold_start``.
+        """
+        outs = [OutputSpec("score", "FP32", (-1,) if self.is_ranking else (1,))]
+        if self.embedding_keys:
+            outs.append(OutputSpec("cold_start", "INT8", (len(self.embedding_keys),)))
+        if self.is_ranking:
+            outs.append(OutputSpec("candidate_cold_start", "INT8", (-1,)))
+        return tuple(outs)
+
     @cached_property  # derived from frozen fields: computed once per plan
     def tensors(self) -> tuple[TensorSpec, ...]:
         specs = [TensorSpec(ANCHOR_TIME, "anchor", "int64")]
         for col in self.fact_columns:
-            specs.append(TensorSpec(f"{self.fact_table}.{col}", "fact", self.fact.columns[col], column=col))
+            kind = "candidate" if col == self.candidate_column else "fact"
+            specs.append(TensorSpec(f"{self.fact_table}.{col}", kind, self.fact.columns[col], column=col))
         for hop in self.hops:
             table = self.interaction_table(hop)
             for col in hop.columns:
@@ -284,6 +330,8 @@ class ServingPlan:
         }
         if self.label:
             out["label"] = self.label
+        if self.is_ranking:
+            out["ranking"] = {"candidate_column": self.candidate_column, "max_candidates": self.max_candidates}
         return out
 
     def to_yaml(self) -> str:
@@ -300,12 +348,15 @@ class ServingPlan:
             "offsets": [self.min_embedding_offset.ns, self.max_embedding_offset.ns, self.real_time_offset.ns],
             "embedding_keys": [str(k) for k in self.embedding_keys],
         }
+        if self.is_ranking:  # absent for scoring plans: their fingerprints are unchanged
+            payload["ranking"] = [self.candidate_column, self.max_candidates]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----- parsing -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label"}
+_TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label", "ranking"}
+_RANKING_KEYS = {"candidate_column", "max_candidates"}
 _TABLE_KEYS = {"columns", "primary_key", "time_column", "foreign_keys"}
 _DIST_KEYS = {
     "embedding_keys",
@@ -468,6 +519,8 @@ def parse_plan(raw: Any) -> ServingPlan:
             cols = cols + (target.time_column,)  # relative time encodings need the event time
         hops.append(Hop(key=hop, max_len=max_len, columns=cols))
 
+    candidate_column, max_candidates = _parse_ranking(raw.get("ranking"), fact, fact_columns, hops)
+
     return ServingPlan(
         name=str(raw["name"]),
         fact_table=fact_name,
@@ -479,7 +532,37 @@ def parse_plan(raw: Any) -> ServingPlan:
         hops=tuple(hops),
         label=label,
         fact_columns=fact_columns,
+        candidate_column=candidate_column,
+        max_candidates=max_candidates,
     )
+
+
+def _parse_ranking(raw: Any, fact: TableSpec, fact_columns: tuple[str, ...], hops) -> tuple[str | None, int]:
+    if raw is None:
+        return None, 0
+    raw = _mapping(raw, "ranking")
+    _reject_unknown(raw, _RANKING_KEYS, "ranking")
+    for key in ("candidate_column", "max_candidates"):
+        if key not in raw:
+            raise PlanError(f"ranking.{key}", "missing required field")
+    col, most = raw["candidate_column"], raw["max_candidates"]
+    if col not in fact.columns:
+        raise PlanError("ranking.candidate_column", f"unknown column {col!r} of {fact.name}")
+    if col not in fact_columns:
+        raise PlanError("ranking.candidate_column", f"{col!r} must be a fact column (the model reads it)")
+    if col not in fact.foreign_keys:
+        raise PlanError("ranking.candidate_column",
+                        f"{col!r} must be a foreign key: candidates are entities (tables.{fact.name}.foreign_keys)")
+    if fact.columns[col] == "timestamp" or col == fact.time_column:
+        raise PlanError("ranking.candidate_column", "the time column cannot be the candidate column")
+    for hop in hops:
+        if hop.key.source.column == col:
+            # Windows are read once per request; a per-candidate window would multiply the reads.
+            raise PlanError("ranking.candidate_column",
+                            f"{col!r} keys the real-time hop {hop.key.key!r}; candidates cannot key windows")
+    if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 100_000:
+        raise PlanError("ranking.max_candidates", f"expected an integer in [1, 100000], got {most!r}")
+    return col, most
 
 
 def load_plan(path: str | Path) -> ServingPlan:

@@ -7,7 +7,8 @@
   anchor time with :meth:`ServingPlan.rti_bounds`.
 * :func:`build_tensors` assembles the model inputs of one fact row, exactly the tensors of the
   plan, in the seed request's shapes: ``[1, 1]`` for ``anchor_time`` and the fact row, and
-  ``[1, seq_len, 1]`` (actual length, no padding) for each RTI column.
+  ``[1, seq_len, 1]`` (actual length, no padding) for each RTI column. For a ranking plan the
+  candidate column is ``[1, n_candidates, 1]``: the other inputs are shared by all candidates.
 
 Because the distillation rows and the online requests both come out of :func:`build_tensors`,
 train/serve skew in tensor construction cannot happen.
@@ -220,23 +221,49 @@ def _column_array(spec: TensorSpec, values: Any, length: int | None = None) -> n
     return np.asarray(values, dtype=spec.numpy_dtype)
 
 
+def coerce_candidates(plan: ServingPlan, candidates: Any) -> list[Any]:
+    """The candidate ids of one ranking request, checked against the plan (count and dtype)."""
+    name = plan.candidate_tensor
+    if not plan.is_ranking:
+        raise RowError("candidates", f"plan {plan.name!r} scores single rows; it takes no candidates")
+    if candidates is None:
+        raise RowError("candidates", f"a ranking plan needs candidates (values of {name})")
+    if isinstance(candidates, (str, bytes)) or not hasattr(candidates, "__len__"):
+        raise RowError("candidates", f"expected a list of {name} values, got {type(candidates).__name__}")
+    if not 1 <= len(candidates) <= plan.max_candidates:
+        raise RowError("candidates", f"expected 1 to {plan.max_candidates} candidates, got {len(candidates)}")
+    dtype = plan.fact.columns[plan.candidate_column]
+    if dtype == "int64" and isinstance(candidates, np.ndarray) and candidates.dtype.kind in "iu":
+        return candidates.astype(np.int64, copy=False).tolist()  # already typed: skip the per-item check
+    return [coerce_value(dtype, c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+
+
 def build_tensors(plan: ServingPlan, fact_row: Mapping[str, Any], windows: Mapping[str, Window],
-                  anchor_time: int | None = None) -> dict[str, np.ndarray]:
+                  anchor_time: int | None = None, candidates: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
     """The model inputs for one fact row, named and shaped exactly as in ``config.pbtxt``.
 
     ``windows`` maps each hop key to the entity's window as of ``anchor_time`` (already bounded
     by :meth:`ServingPlan.rti_bounds` and the hop's ``max_len``). ``anchor_time`` defaults to the
     fact row's own event time. Windows longer than ``max_len`` keep their newest entries.
+    Ranking plans take ``candidates`` (the values of the candidate column to score; the fact
+    row need not carry that column) and are refused without them; scoring plans refuse them.
     """
     if anchor_time is None:
         anchor_time = anchor_time_of(plan, fact_row)
-    typed = coerce_row(plan, plan.fact_table, fact_row, columns=plan.fact_columns)
+    if plan.is_ranking or candidates is not None:
+        ranked = coerce_candidates(plan, candidates)
+        shared = tuple(c for c in plan.fact_columns if c != plan.candidate_column)
+        typed = coerce_row(plan, plan.fact_table, fact_row, columns=shared)
+    else:
+        typed = coerce_row(plan, plan.fact_table, fact_row, columns=plan.fact_columns)
     out: dict[str, np.ndarray] = {}
     for spec in plan.tensors:
         if spec.kind == "anchor":
             out[spec.name] = np.array([[anchor_time]], dtype=np.int64)
         elif spec.kind == "fact":
             out[spec.name] = _column_array(spec, [typed[spec.column]]).reshape(1, 1)
+        elif spec.kind == "candidate":
+            out[spec.name] = _column_array(spec, ranked).reshape(1, -1, 1)
         else:
             window = windows.get(spec.hop_key)
             if window is None:
@@ -262,7 +289,12 @@ def check_tensors(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> None:
         want = np.dtype(spec.numpy_dtype)
         if arr.dtype != want and not (want == object and arr.dtype.kind in "OSU"):
             raise RowError(spec.name, f"expected {spec.triton_dtype}, got numpy {arr.dtype}")
-        if spec.kind == "rti":
+        if spec.kind == "candidate":
+            if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[2] != 1:
+                raise RowError(spec.name, f"expected shape [1, n_candidates, 1], got {list(arr.shape)}")
+            if not 1 <= arr.shape[1] <= plan.max_candidates:
+                raise RowError(spec.name, f"expected 1 to {plan.max_candidates} candidates, got {arr.shape[1]}")
+        elif spec.kind == "rti":
             if arr.ndim != 3 or arr.shape[0] != 1 or arr.shape[2] != 1:
                 raise RowError(spec.name, f"expected shape [1, seq_len, 1], got {list(arr.shape)}")
             length = seq_len.setdefault(spec.hop_key, arr.shape[1])
@@ -278,6 +310,9 @@ def check_tensors(plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> None:
 # interaction. Single requests are never padded (seed shape); padding appears only when several
 # requests of different lengths are stacked into one batch, by the client or inside the model.
 PAD_TIME = np.iinfo(np.int64).min
+# Padding marker of the candidates tensor of a ranking plan (integer ids; b"" for string ids).
+# Models score padded candidates -inf and clients read the first n_candidates scores per row.
+PAD_CANDIDATE = np.iinfo(np.int64).min
 
 
 def stack_requests(plan: ServingPlan, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -290,14 +325,20 @@ def stack_requests(plan: ServingPlan, requests: Sequence[Mapping[str, np.ndarray
         raise ValueError("stack_requests needs at least one request")
     out: dict[str, np.ndarray] = {}
     longest = {h: max(int(np.shape(r[f"{h}:{plan.hop(h).columns[0]}"])[1]) for r in requests) for h in plan.hop_keys}
+    if plan.is_ranking:
+        longest[plan.candidate_tensor] = max(int(np.shape(r[plan.candidate_tensor])[1]) for r in requests)
     for spec in plan.tensors:
         parts = [np.asarray(r[spec.name]) for r in requests]
-        if spec.kind != "rti":
+        if not spec.ragged:
             out[spec.name] = np.concatenate(parts, axis=0)
             continue
-        length = longest[spec.hop_key]
-        time_col = plan.interaction_table(plan.hop(spec.hop_key)).time_column
-        fill = PAD_TIME if spec.column == time_col else (b"" if spec.numpy_dtype == "object" else 0)
+        if spec.kind == "candidate":
+            length = longest[spec.name]
+            fill = b"" if spec.numpy_dtype == "object" else PAD_CANDIDATE
+        else:
+            length = longest[spec.hop_key]
+            time_col = plan.interaction_table(plan.hop(spec.hop_key)).time_column
+            fill = PAD_TIME if spec.column == time_col else (b"" if spec.numpy_dtype == "object" else 0)
         padded = []
         for arr in parts:
             if arr.shape[1] < length:
@@ -352,7 +393,7 @@ def from_triton_json(plan: ServingPlan, body: Mapping[str, Any]) -> dict[str, np
 
 
 __all__ = [
-    "ANCHOR_TIME", "PAD_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
-    "check_tensors", "coerce_row", "coerce_value", "event_id_int", "from_triton_json", "interactions_of",
+    "ANCHOR_TIME", "PAD_CANDIDATE", "PAD_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
+    "check_tensors", "coerce_candidates", "coerce_row", "coerce_value", "event_id_int", "from_triton_json", "interactions_of",
     "stack_requests", "to_ns", "to_triton_json", "window_keys",
 ]
