@@ -47,6 +47,8 @@ BUILTIN_SUBJECTS = {
     "interaction": "interactions-value",
     "score": "scores-value",
     "dead_letter": "dead-letters-value",
+    "purchase_line": "purchase-lines-value",  # recsys session events (plan `recsys`, table transactions)
+    "recommendation": "recommendations-value",  # ranked lists of the ranking scorer's Kafka path
 }
 
 _SUBJECT_RE = re.compile(r"[A-Za-z0-9._\-]+")

@@ -30,8 +30,8 @@ def codec(reg):
 
 def test_builtin_schemas_register_once(reg):
     ids = load_builtin_schemas(reg)
-    assert set(ids) == {"transaction", "interaction", "score", "dead_letter"}
-    assert len(set(ids.values())) == 4
+    assert set(ids) == {"transaction", "interaction", "score", "dead_letter", "purchase_line", "recommendation"}
+    assert len(set(ids.values())) == 6
     assert load_builtin_schemas(reg) == ids  # identical schema -> same id, no new version
     assert reg.versions("transactions-value") == [ids["transaction"]]
     sid, schema = reg.latest("transactions-value")
