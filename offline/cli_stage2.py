@@ -1,6 +1,6 @@
 """`relstream offline distill | quality | export` (stage 2), registered by ``offline/cli.py``.
 
-    relstream offline distill  --run-dir RUN [--soft-weight 0.3] [--epochs 6] [--device cpu|cuda]
+    relstream offline distill  --run-dir RUN [--soft-weight 0.3] [--epochs 6] [--max-train-rows N] [--device cpu|cuda]
     relstream offline quality  --run-dir RUN      (deep vs distilled vs LightGBM -> RUN/quality/)
     relstream offline export   --run-dir RUN --repo MODEL_REPO [--check]
     relstream offline export   --untrained --repo MODEL_REPO [--embeddings E.parquet] [--check]
@@ -50,6 +50,9 @@ def _common(p) -> None:
     p.add_argument("--layers", type=int, default=2, help="shallow model transformer layers")
     p.add_argument("--soft-weight", type=float, default=0.0,
                    help="weight of the deep model's soft predictions in the distillation loss (0..1)")
+    p.add_argument("--max-train-rows", type=int,
+                   help="train the shallow model on a seeded uniform subsample of this many training rows "
+                        "(default: all); the test period is always scored in full")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -80,8 +83,12 @@ def _distill_config(args):
     from offline.distill import DistillConfig
     from offline.shallow_model import ShallowConfig
 
+    if args.max_train_rows is not None and args.max_train_rows < 1:
+        _error(f"--max-train-rows: must be >= 1 (got {args.max_train_rows})")
+    if not 0.0 <= args.soft_weight <= 1.0:
+        _error(f"--soft-weight: must be in [0, 1] (got {args.soft_weight})")
     return DistillConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, soft_weight=args.soft_weight,
-                         seed=args.seed, device=args.device,
+                         max_train_rows=args.max_train_rows, seed=args.seed, device=args.device,
                          model=ShallowConfig(d_model=args.d_model, n_layers=args.layers, d_ff=2 * args.d_model))
 
 
@@ -89,8 +96,9 @@ def cmd_quality(args) -> int:
     from offline.cli import update_manifest
     from offline.quality import QualityConfig, run_quality
 
+    distill_cfg = _distill_config(args)  # bad flags fail before the dataset loads
     run_dir, ds, tx_path, deep, emb, split = _inputs(args)
-    cfg = QualityConfig(split=split, distill=_distill_config(args))
+    cfg = QualityConfig(split=split, distill=distill_cfg)
     out = run_dir / "quality"
     report = run_quality(_plan(args), ds, out, cfg, deep_model=deep, embeddings=emb, progress=not args.no_progress,
                          dataset_info={"transactions": str(tx_path)})
@@ -115,8 +123,8 @@ def cmd_distill(args) -> int:
     from offline.quality import SHALLOW_FILE, save_shallow
 
     plan = _plan(args)
+    cfg = _distill_config(args)  # bad flags fail before the dataset loads
     run_dir, ds, tx_path, deep, emb, split_cfg = _inputs(args)
-    cfg = _distill_config(args)
     tx = ds.table("transactions")
     split = time_split(tx, split_cfg)
     table = EmbeddingTable.from_parquet(emb, plan)

@@ -203,6 +203,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     pos_weight: float = 1.0
     soft_weight: float = 0.0  # weight of the deep model's soft predictions in the loss
+    max_train_rows: int | None = None  # seeded uniform subsample of the training rows (None: all)
     seed: int = 0
     device: str = "cpu"
     model: ShallowConfig = field(default_factory=ShallowConfig)
@@ -215,6 +216,17 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
     idx = rng.permutation(n) if rng is not None else np.arange(n)
     for lo in range(0, n, batch_size):
         yield idx[lo:lo + batch_size]
+
+
+def subsample_indices(n: int, max_rows: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded uniform subsample of ``range(n)`` of size ``max_rows`` (all
+    rows when ``max_rows`` is None or >= n). Uniform, not stratified, so the training fraud
+    rate stays the period's own."""
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_train_rows: must be >= 1 (got {max_rows})")
+    if max_rows is None or max_rows >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 
 @torch.no_grad()
@@ -231,7 +243,16 @@ def predict_rows(model: ShallowModel, rows: DistillRows, table: EmbeddingTable, 
 def train_shallow(rows: DistillRows, labels: np.ndarray, table: EmbeddingTable, cfg: DistillConfig = DistillConfig(),
                   soft_labels: np.ndarray | None = None, progress: bool = True, log=print,
                   eval_fn: Callable[[ShallowModel], dict] | None = None) -> tuple[ShallowModel, dict]:
-    """Fit the shallow model on rows with 0/1 labels (and optional soft targets)."""
+    """Fit the shallow model on rows with 0/1 labels (and optional soft targets).
+
+    With ``cfg.max_train_rows`` only a seeded uniform subsample of the rows is used (for
+    machines where an epoch over every training row is too slow); evaluation is not affected."""
+    available = len(rows)
+    keep = subsample_indices(available, cfg.max_train_rows, cfg.seed)
+    if len(keep) < available:
+        rows, labels = rows.take(keep), np.asarray(labels)[keep]
+        soft_labels = np.asarray(soft_labels)[keep] if soft_labels is not None else None
+        log(f"distill: training on {len(keep)} of {available} rows (max_train_rows, seed {cfg.seed})")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
@@ -272,7 +293,8 @@ def train_shallow(rows: DistillRows, labels: np.ndarray, table: EmbeddingTable, 
         history.append(entry)
         log(f"distill epoch {epoch + 1}: {entry}")
     return model, {"history": history, "seconds_train": time.perf_counter() - t0, "rows": len(rows),
+                   "rows_available": available,
                    "positives": int(np.asarray(labels).sum()), "parameters": model.count_parameters()}
 
 
-__all__ = ["DistillConfig", "DistillRows", "predict_rows", "replay_rows", "train_shallow"]
+__all__ = ["DistillConfig", "DistillRows", "predict_rows", "replay_rows", "subsample_indices", "train_shallow"]
