@@ -1,0 +1,134 @@
+"""The distilled ranker: features, per-request cost shape, padding, bundle round trip on real Triton."""
+import numpy as np
+import pytest
+import torch
+
+from offline.embeddings import EmbeddingTable, random_embeddings, write_embeddings_parquet
+from offline.ranker import RankerConfig, RankerError, build_ranker, prepare_ranking_batch, score_ranking
+from offline.ranker_bundle import load_ranker_bundle, ranking_request_error, split_ranking_scores
+from offline.ranker_export import (check_ranker_export, export_untrained_ranker, synthetic_ranking_requests)
+from offline.export import _curl_infer
+from schemas.plan import builtin_plan
+from schemas.tensors import PAD_CANDIDATE, Window, build_tensors, stack_requests, to_triton_json
+
+T = 1_710_000_000_000_000_000
+DAY = 86_400 * 10**9
+HOUR = 3_600 * 10**9
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return builtin_plan("recsys")
+
+
+@pytest.fixture(scope="module")
+def table(plan):
+    types, ids, snaps, vecs = random_embeddings(plan, {"households": np.arange(1, 101), "products": np.arange(1, 501)},
+                                                [T - 3 * DAY], dim=16, seed=3)
+    return EmbeddingTable.from_arrays(plan, types, ids, snaps, vecs)
+
+
+@pytest.fixture(scope="module")
+def model(plan):
+    torch.set_num_threads(1)
+    return build_ranker(plan, 16, seed=1)
+
+
+def _window(plan, lines):
+    """A window from (product, basket, seconds before T) triples, oldest first."""
+    hop = plan.hops[0]
+    lines = sorted(lines, key=lambda x: -x[2])
+    cols = {"product_id": np.array([p for p, _, _ in lines], np.int64),
+            "basket_id": np.array([b for _, b, _ in lines], np.int64),
+            "quantity": np.ones(len(lines), np.int64), "sales_value": np.full(len(lines), 2.5, np.float32),
+            "transaction_timestamp": np.array([T - s * 10**9 for _, _, s in lines], np.int64)}
+    return {hop.key.key: Window(cols["transaction_timestamp"], {c: cols[c] for c in hop.columns})}
+
+
+def test_layout_refuses_plans_the_ranker_cannot_read(plan):
+    with pytest.raises(RankerError, match="ranking plan"):
+        build_ranker(builtin_plan("fraud"), 16)
+    with pytest.raises(RankerError, match="session_column|'visit_id'"):
+        build_ranker(plan, 16, RankerConfig(session_column="visit_id"))
+
+
+def test_session_pairwise_and_missing_features(plan, table, model):
+    # Two lines of an open basket (seconds old), one line of an old basket (3 days), product 7 twice.
+    wins = _window(plan, [(7, 1, 3 * 86_400), (7, 2, 20), (9, 2, 10)])
+    req = build_tensors(plan, {"household_id": 5}, wins, anchor_time=T, candidates=[7, 9, 11, 99_999])
+    batch = prepare_ranking_batch(plan, req, table, model.layout, model.config)
+    assert batch["session"].tolist() == [[False, True, True]]
+    pairs = batch["pairs"][0].numpy()
+    assert pairs[:, 0].tolist() == pytest.approx(np.log1p([2, 1, 0, 0]).tolist())  # times in history
+    assert pairs[:, 2].tolist() == [1, 1, 0, 0]  # in the open session
+    assert pairs[2, 4] == 0 and pairs[0, 4] == pytest.approx(np.log1p(20 / 3600), rel=1e-4)  # hours since last
+    assert batch["candidate_missing"].tolist() == [[0, 0, 0, 1]]  # 99,999 has no embedding
+    # An old newest line opens no session.
+    old = _window(plan, [(7, 1, 5 * 3_600)])
+    req = build_tensors(plan, {"household_id": 5}, old, anchor_time=T, candidates=[7])
+    assert not prepare_ranking_batch(plan, req, table, model.layout, model.config)["session"].any()
+
+
+def test_padded_candidates_score_minus_inf_and_batching_changes_nothing(plan, table, model):
+    reqs = synthetic_ranking_requests(plan, n=4, anchor_time=T, seq_lens=(5, 0, 30, 100), n_candidates=(10, 1, 100, 3))
+    stacked = stack_requests(plan, reqs)
+    scores, cold, cand_cold = score_ranking(model, plan, stacked, table)
+    assert scores.shape == (4, 100) and cold.shape == (4, 2) and cand_cold.shape == (4, 100)
+    pad = stacked[plan.candidate_tensor][..., 0] == PAD_CANDIDATE
+    assert np.isneginf(scores[pad]).all() and np.isfinite(scores[~pad]).all()
+    assert (cand_cold[pad] == 0).all()
+    for i, r in enumerate(reqs):
+        alone, _, _ = score_ranking(model, plan, r, table)
+        n = alone.shape[1]
+        assert np.abs(alone[0] - scores[i, :n]).max() <= 1e-5
+
+
+def test_history_is_encoded_once_per_request_whatever_the_candidate_count(plan, table, model, monkeypatch):
+    req = synthetic_ranking_requests(plan, n=3, anchor_time=T)[2]  # 30 history lines, 100 candidates
+    cands = req[plan.candidate_tensor]
+    one = dict(req, **{plan.candidate_tensor: cands[:, :1]})
+    full, _, _ = score_ranking(model, plan, req, table)
+    single, _, _ = score_ranking(model, plan, one, table)
+    assert abs(float(single[0, 0]) - float(full[0, 0])) <= 1e-5  # candidates never interact
+    seen = []
+    orig = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda x, **kw: seen.append(tuple(x.shape)) or orig(x, **kw))
+    score_ranking(model, plan, req, table)
+    assert seen == [(1, 31, model.config.d_model)]  # one pass over household + 30 lines, not 100
+
+
+def test_request_errors_name_the_tensor(plan):
+    req = synthetic_ranking_requests(plan, n=1, anchor_time=T)[0]
+    assert ranking_request_error(plan, req) is None
+    hop = plan.hops[0].key.key
+    bad = dict(req, **{f"{hop}:basket_id": req[f"{hop}:basket_id"][:, :-1]})
+    assert f"{hop}:basket_id" in ranking_request_error(plan, bad)
+    none = dict(req, **{plan.candidate_tensor: np.zeros((1, 0, 1), np.int64)})
+    assert "expected 1 to 1000 candidates" in ranking_request_error(plan, none)
+
+
+def test_export_round_trip_on_real_triton(stack, plan, tmp_path):
+    vdir = export_untrained_ranker(plan, stack.model_repository, model_name="ranker_check",
+                                   snapshot_times=[T - 3 * DAY], seed=2)
+    names = {p.name for p in vdir.iterdir()}
+    assert {"model.py", "model.pt", "embeddings.parquet", "catalog.parquet", "plan.yaml", "manifest.json",
+            "vendor"} <= names
+    bundle = load_ranker_bundle(vdir)
+    assert bundle.top_catalog(3).tolist() == [1, 2, 3]
+    reqs = synthetic_ranking_requests(plan, n=5, anchor_time=T)
+    report = check_ranker_export(vdir, stack.triton_http_url, stack.triton_grpc_url, reqs)
+    assert report["ok"] and report["max_abs_diff_http"] <= 1e-5 and report["max_abs_diff_grpc"] <= 1e-5
+    assert report["max_abs_diff_multi_row"] <= 1e-5 and report["padded_candidates_minus_inf"]
+    assert "missing required input" in report["error_paths"]["missing_tensor"]["error"]
+    assert "expects 'INT64'" in report["error_paths"]["wrong_dtype"]["error"]
+    assert "transactions.product_id" in report["error_paths"]["no_candidates"]["error"]
+    # Unknown household and one unknown candidate: flags per key and per candidate.
+    req = dict(reqs[0])
+    req["transactions.household_id"] = np.array([[10_000]], np.int64)
+    req[plan.candidate_tensor] = np.array([[[1], [77_777]]], np.int64)
+    code, body = _curl_infer(stack.triton_http_url, "ranker_check", to_triton_json(plan, req))
+    assert code == 200, body
+    outs = {o["name"]: o["data"] for o in body["outputs"]}
+    assert outs["cold_start"] == [1, 1] and outs["candidate_cold_start"] == [0, 1]
+    (want, _, _), = split_ranking_scores(bundle, [req])
+    assert np.abs(np.asarray(outs["score"]) - want[0]).max() <= 1e-5
