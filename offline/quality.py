@@ -186,6 +186,8 @@ def run_quality(plan: ServingPlan, ds: RelationalDataset, out: str | Path, cfg: 
         "distilled": fraud_metrics(y_test, distilled_test, cust, days),
         "lightgbm": {k: v for k, v in lgb["metrics"].items() if k != "features"},
     }
+    bootstrap = auc_bootstrap(y_test, {"deep": deep_test, "distilled": distilled_test, "lightgbm": lgb["y_score"]},
+                              [("distilled", "deep"), ("distilled", "lightgbm")], seed=cfg.distill.seed)
     latency = measure_latency(plan, shallow, table, rows, test_pos, deep, split.test, cfg.latency_requests)
     sizes = {
         "distilled_parameters": shallow.count_parameters(),
@@ -204,6 +206,7 @@ def run_quality(plan: ServingPlan, ds: RelationalDataset, out: str | Path, cfg: 
         "models": models,
         "auc_gap_deep_minus_distilled": models["deep"]["auc_roc"] - models["distilled"]["auc_roc"],
         "auc_gap_distilled_minus_lightgbm": models["distilled"]["auc_roc"] - models["lightgbm"]["auc_roc"],
+        "auc_bootstrap": bootstrap,
         "cold_start_rate_test": cold,
         "latency": latency,
         "sizes": sizes,
@@ -221,6 +224,33 @@ def run_quality(plan: ServingPlan, ds: RelationalDataset, out: str | Path, cfg: 
              distilled=distilled_test, lightgbm=lgb["y_score"])
     log(json.dumps({k: report[k] for k in ("models", "latency", "sizes")}, indent=1, default=str))
     return report
+
+
+def auc_bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], pairs: list[tuple[str, str]], n: int = 500,
+                  seed: int = 0) -> dict:
+    """95 % percentile intervals of each scorer's AUC and of AUC differences ``a - b`` for the
+    given pairs, from one paired bootstrap over test transactions (each resample scores every
+    model on the same rows). Transactions are resampled independently, which ignores that a
+    card's transactions are correlated: read the intervals as a lower bound on the uncertainty."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in scores}
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[idx])) < 2:
+            continue
+        for name, s in scores.items():
+            draws[name].append(roc_auc_score(y[idx], np.asarray(s)[idx]))
+    draws = {k: np.asarray(v) for k, v in draws.items()}
+
+    def interval(v):
+        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [float("nan")] * 2
+
+    return {"resamples": int(len(next(iter(draws.values())))), "seed": seed,
+            "auc_ci95": {k: interval(v) for k, v in draws.items()},
+            "auc_diff_ci95": {f"{a}-{b}": interval(draws[a] - draws[b]) for a, b in pairs}}
 
 
 def plot_metrics(models: dict, path: Path) -> None:
