@@ -521,4 +521,6 @@ def create_app(deps: ServeDeps) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
+    from .recommend import mount_recommend  # POST /v1/recommend for ranking plans (scorer/recommend.py)
+    mount_recommend(app, deps)
     return app

@@ -1,0 +1,695 @@
+"""`POST /v1/recommend`: rank candidate products for a household in session (ranking plans).
+
+    {"household_id": 42,
+     "session_events": [{purchase line}, ...],   # optional: lines not in Redis yet
+     "anchor_time": 1700000000000000000,          # optional (int ns or ISO-8601); default: now
+     "candidates": [p1, p2, ...] | {"from_catalog_top": 100},
+     "k": 10,                                     # optional (serve.recommend.default_k)
+     "exclude_session_items": true}               # optional
+
+One request is one ranking example of the plan (``schemas/plans/recsys.yaml``): the household's
+window as of the anchor (read from the window store, half-open ``[T - 30 d, T)``), merged with
+the request's session events that fall in that interval, then ``schemas.tensors.build_tensors(...,
+candidates=...)`` -- the builder the distillation rows come from -- and one Triton call for the
+micro-batch. The answer is the top ``k`` candidates, best first.
+
+* Session events: purchase lines of the household (``transactions`` columns; ``household_id`` may
+  be left out). They are deduplicated by event id (``transaction_id``) among themselves; a line
+  the window already holds (same event time and values: window rows carry no ids, and the lines
+  of a household have distinct times by the session order) is not added twice. Lines at or after
+  the anchor, or older than the look-back, are ignored, exactly as the window store would.
+* Session items: the products of the open basket -- the basket of the newest line visible at the
+  anchor. With ``exclude_session_items`` (default) they are not recommended again; pass false
+  when a new basket starts (no line of it yet).
+* Fallbacks as for /v1/score: window store down or past the deadline -> the request's session
+  events only and ``degraded: ["windows_unavailable"]``; Triton down -> 503.
+
+The Kafka path (:mod:`scorer.recommend_kafka`) ranks for each session event with the same
+functions.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
+from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
+                             coerce_row, coerce_value, interactions_of, stack_requests, to_ns, window_keys)
+
+from .pipeline import DEGRADED_WINDOWS, EMBEDDING_MISSING, cold_start_columns
+from .triton import CHANNEL_ARGS, TritonRequestError, TritonUnavailable, classify, make_inputs
+
+log = logging.getLogger(__name__)
+PATH = "recommend"  # metrics label of the HTTP ranking path
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+RANKING_OUTPUTS = ("score", "cold_start", "candidate_cold_start")
+FROM_CATALOG_TOP = "from_catalog_top"
+SESSION_EVENTS = "session_events"
+OPTION_FIELDS = (SESSION_EVENTS, ANCHOR_TIME, "candidates", "k", "exclude_session_items")
+
+
+# ----- settings ------------------------------------------------------------------------------------
+
+class RecommendSettings(BaseModel):
+    """``serve.recommend`` / ``score.recommend`` (ranking plans only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog: str | None = None  # catalog.parquet; default: the served model version's
+    default_k: int = Field(default=10, ge=1)  # HTTP: k when the request has none
+    max_session_events: int = Field(default=100, ge=0)  # HTTP: per request
+    max_batch: int = Field(default=32, ge=1)  # HTTP: requests per Triton call (<= the model's max_batch_size)
+    session_column: str = "basket_id"  # window column whose newest value names the open basket
+    # Kafka path: each session event ranks the catalog top-N for its household
+    catalog_top_n: int = Field(default=100, ge=1)
+    top_k: int = Field(default=20, ge=1)
+    exclude_session_items: bool = True
+    topic: str = "relstream.recommendations"
+
+
+def recommend_settings(section: Any) -> RecommendSettings:
+    """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain dict)."""
+    raw = getattr(section, "recommend", section if isinstance(section, Mapping) else None) or {}
+    return raw if isinstance(raw, RecommendSettings) else RecommendSettings.model_validate(raw)
+
+
+# ----- the catalog (candidate source "from_catalog_top") -----------------------------------------
+
+def load_catalog(path: str | Path) -> np.ndarray:
+    """Product ids of a bundle's ``catalog.parquet`` in rank order (``rank`` ascending if present)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pq.read_table(path)
+    if "product_id" not in table.column_names:
+        raise ValueError(f"{path}: catalog needs a product_id column (has {table.column_names})")
+    ids = table.column("product_id").to_numpy().astype(np.int64)
+    if "rank" in table.column_names:
+        ids = ids[np.argsort(table.column("rank").to_numpy(), kind="stable")]
+    return ids
+
+
+def model_version_dir(repository: str | Path, model_name: str, version: str = "") -> Path | None:
+    """The version directory Triton serves: ``version`` if given, else the highest number."""
+    model_dir = Path(repository) / model_name
+    if version:
+        return model_dir / str(version)
+    numbered = sorted((int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()), reverse=True)
+    return model_dir / str(numbered[0]) if numbered else None
+
+
+def find_catalog(repository: str | Path, model_name: str, version: str = "") -> Path | None:
+    found = model_version_dir(repository, model_name, version)
+    path = found / "catalog.parquet" if found is not None else None
+    return path if path is not None and path.exists() else None
+
+
+def with_catalog(cfg: Any, settings: Any) -> Any:
+    """``settings`` (serve/score section) with ``recommend.catalog`` filled in from the model
+    repository when it is not set (the catalog of the version Triton serves)."""
+    rs = recommend_settings(settings)
+    if rs.catalog:
+        return settings
+    name = getattr(settings, "model_name", None) or cfg.triton.model_name
+    found = find_catalog(cfg.model_repository, name, getattr(settings, "model_version", "") or "")
+    if found is None:
+        log.warning("no catalog.parquet for model %r under %s: candidates must be explicit", name,
+                    cfg.model_repository)
+        return settings
+    return settings.model_copy(update={"recommend": {**rs.model_dump(), "catalog": str(found)}})
+
+
+# ----- requests ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One validated ranking request (HTTP body or Kafka session event)."""
+
+    fact_row: Mapping[str, Any]  # the shared fact columns (e.g. household_id)
+    anchor_time: int
+    keys: tuple[WindowKey, ...]  # one window per hop
+    session: tuple[tuple[str, Any, Interaction], ...]  # appends of the session events
+    candidates: Sequence[Any]
+    k: int
+    exclude_session_items: bool
+    event_id: str = ""
+    arrived: float = 0.0
+
+
+def shared_columns(plan: ServingPlan) -> tuple[str, ...]:
+    """Fact columns one ranking request carries once (all but the candidate column)."""
+    return tuple(c for c in plan.fact_columns if c != plan.candidate_column)
+
+
+def _int64(value: Any, where: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise RowError(where, f"integer {value} is outside the int64 range")
+
+
+def _exact_int(value: Any, where: str) -> Any:
+    """JSON Schema counts 5.0 as an integer; accept it when exact."""
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) > 2**53:
+            raise RowError(where, f"{value!r} is not an exact integer")
+        return int(value)
+    return value
+
+
+def session_appends(plan: ServingPlan, events: Any, fact_row: Mapping[str, Any], *, limit: int,
+                    field_name: str = SESSION_EVENTS) -> list[tuple[str, Any, Interaction]]:
+    """Window appends of a request's session events; errors name ``session_events[i].<column>``."""
+    if events is None:
+        return []
+    if not isinstance(events, list):
+        raise RowError(field_name, f"expected a list of purchase lines, got {type(events).__name__}")
+    if len(events) > limit:
+        raise RowError(field_name, f"at most {limit} session events per request, got {len(events)}")
+    hop_tables = {h.key.target.table for h in plan.hops}
+    if len(hop_tables) != 1:
+        raise RowError(field_name, f"plan {plan.name!r} has several interaction tables {sorted(hop_tables)}")
+    table = next(iter(hop_tables))
+    spec = plan.tables[table]
+    out: list[tuple[str, Any, Interaction]] = []
+    for i, raw in enumerate(events):
+        where = f"{field_name}[{i}]"
+        if not isinstance(raw, dict):
+            raise RowError(where, f"expected an object (a row of {table}), got {type(raw).__name__}")
+        row = dict(raw)
+        for col in row:
+            if col not in spec.columns or col == plan.label:
+                raise RowError(f"{where}.{col}", f"unknown field; a session event has {list(spec.columns)}")
+        for col, value in fact_row.items():  # the join columns default to the request's
+            if col in spec.columns:
+                if col not in row:
+                    row[col] = value
+                else:
+                    given = _exact_int(row[col], f"{where}.{col}")
+                    if given != value:
+                        raise RowError(f"{where}.{col}", f"{given!r} is not the request's {col} {value!r}")
+        for col in list(row):
+            row[col] = _exact_int(row[col], f"{where}.{col}")
+            _int64(row[col], f"{where}.{col}")
+        try:
+            coerce_row(plan, table, row, allow_extra=False)
+            out.extend(interactions_of(plan, table, row))
+        except RowError as exc:
+            raise RowError(f"{where}.{exc.field.split('.')[-1]}", str(exc).split(": ", 1)[-1]) from None
+    return out
+
+
+def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequence[Any]:
+    """An explicit list (deduplicated, first occurrence kept) or ``{"from_catalog_top": N}``."""
+    if isinstance(raw, dict):
+        if set(raw) != {FROM_CATALOG_TOP}:
+            extra = sorted(set(raw) - {FROM_CATALOG_TOP})
+            raise RowError(f"candidates.{extra[0]}" if extra else "candidates",
+                           f"unknown field; a candidate source is {{\"{FROM_CATALOG_TOP}\": N}}" if extra
+                           else f"expected {{\"{FROM_CATALOG_TOP}\": N}}")
+        n = _exact_int(raw[FROM_CATALOG_TOP], f"candidates.{FROM_CATALOG_TOP}")
+        where = f"candidates.{FROM_CATALOG_TOP}"
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise RowError(where, f"expected an integer, got {type(n).__name__} {n!r}")
+        if not len(catalog):
+            raise RowError(where, "this server has no catalog (serve.recommend.catalog): send explicit candidates")
+        most = min(plan.max_candidates, len(catalog))
+        if not 1 <= n <= most:
+            raise RowError(where, f"expected 1 to {most} (catalog of {len(catalog)} products, "
+                                  f"at most {plan.max_candidates} candidates), got {n}")
+        return catalog[:n]
+    if isinstance(raw, list):
+        raw = [_exact_int(v, f"candidates[{i}]") for i, v in enumerate(raw)]
+        for i, v in enumerate(raw):
+            _int64(v, f"candidates[{i}]")
+        values = coerce_candidates(plan, raw)
+        return list(dict.fromkeys(values)) if len(set(values)) != len(values) else values
+    if raw is None:
+        raise RowError("candidates", f"missing field: a list of {plan.candidate_column} values or "
+                                     f"{{\"{FROM_CATALOG_TOP}\": N}}")
+    raise RowError("candidates", f"expected a list of {plan.candidate_column} values or "
+                                 f"{{\"{FROM_CATALOG_TOP}\": N}}, got {type(raw).__name__}")
+
+
+def parse_request(plan: ServingPlan, body: Any, *, now_ns: Callable[[], int], catalog: np.ndarray,
+                  settings: RecommendSettings, arrived: float = 0.0) -> RankRequest:
+    """Validate a /v1/recommend body; :class:`RowError` names the offending field."""
+    if not isinstance(body, dict):
+        raise RowError("body", f"expected a JSON object, got {type(body).__name__}")
+    shared = shared_columns(plan)
+    for name in body:
+        if name not in shared and name not in OPTION_FIELDS:
+            raise RowError(name, f"unknown field; allowed: {list(shared) + list(OPTION_FIELDS)}")
+    fact_row = {}
+    for col in shared:
+        if body.get(col) is None:
+            raise RowError(col, "missing field")
+        value = _exact_int(body[col], col)
+        _int64(value, col)
+        fact_row[col] = coerce_value(plan.fact.columns[col], value, col)
+    anchor_raw = _exact_int(body.get(ANCHOR_TIME), ANCHOR_TIME)
+    anchor = now_ns() if anchor_raw is None else to_ns(anchor_raw, ANCHOR_TIME)
+    if not INT64_MIN <= anchor <= INT64_MAX:
+        raise RowError(ANCHOR_TIME, f"{anchor} ns is outside the int64 range (years 1678-2262)")
+    k = _exact_int(body.get("k", settings.default_k), "k")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise RowError("k", f"expected an integer, got {type(k).__name__} {k!r}")
+    if not 1 <= k <= plan.max_candidates:
+        raise RowError("k", f"expected 1 to {plan.max_candidates}, got {k}")
+    exclude = body.get("exclude_session_items", True)
+    if not isinstance(exclude, bool):
+        raise RowError("exclude_session_items", f"expected true or false, got {exclude!r}")
+    candidates = parse_candidates(plan, body.get("candidates"), catalog)
+    session = session_appends(plan, body.get(SESSION_EVENTS), fact_row, limit=settings.max_session_events)
+    return RankRequest(fact_row=fact_row, anchor_time=anchor, keys=tuple(window_keys(plan, fact_row)),
+                       session=tuple(session), candidates=candidates, k=k, exclude_session_items=exclude,
+                       arrived=arrived)
+
+
+# ----- windows + session events ------------------------------------------------------------------
+
+def merge_session(plan: ServingPlan, hop: Hop, window: Window, session: Sequence[Interaction],
+                  anchor_time: int) -> Window:
+    """The window as of ``anchor_time`` with the session events it does not hold yet.
+
+    Only events inside ``plan.rti_bounds(anchor_time)`` count; duplicates (same event id) count
+    once; an event the window already holds (same event time and values) is not added again.
+    The result is ordered by event time and keeps the newest ``hop.max_len`` rows.
+    """
+    lo, hi = plan.rti_bounds(anchor_time)
+    seen_ids: set[int] = set()
+    fresh: list[Interaction] = []
+    for it in session:
+        if lo <= it.event_time < hi and it.event_id not in seen_ids:
+            seen_ids.add(it.event_id)
+            fresh.append(it)
+    if not fresh:
+        return window
+    if len(window):
+        same_time = np.isin(window.event_time, np.fromiter((it.event_time for it in fresh), np.int64, len(fresh)))
+        if same_time.any():
+            held = {(int(window.event_time[j]), tuple(_cell(window.columns[c][j]) for c in hop.columns))
+                    for j in np.flatnonzero(same_time)}
+            fresh = [it for it in fresh
+                     if (it.event_time, tuple(_cell(it.values[c]) for c in hop.columns)) not in held]
+            if not fresh:
+                return window
+    extra = Window.from_interactions(plan, hop, fresh)
+    times = np.concatenate([window.event_time, extra.event_time])
+    order = np.argsort(times, kind="stable")[-hop.max_len:]
+    return Window(times[order], {c: np.concatenate([window.columns[c], extra.columns[c]])[order]
+                                 for c in hop.columns})
+
+
+def _cell(value: Any) -> Any:
+    """Comparable cell: float32 columns round-trip through the store as float32."""
+    if isinstance(value, (float, np.floating)):
+        return float(np.float32(value))
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def session_items(window: Window, candidate_column: str, session_column: str) -> np.ndarray:
+    """Products of the open basket: lines whose ``session_column`` equals the newest line's."""
+    if not len(window) or session_column not in window.columns or candidate_column not in window.columns:
+        return np.zeros(0, np.int64)
+    sessions = window.columns[session_column]
+    return np.unique(window.columns[candidate_column][sessions == sessions[-1]])
+
+
+def drop_items(candidates: Sequence[Any], items: np.ndarray) -> Sequence[Any]:
+    if not len(items):
+        return candidates
+    arr = np.asarray(candidates)
+    return arr[~np.isin(arr, items)]
+
+
+# ----- Triton: one call per batch, per-candidate outputs --------------------------------------------
+
+@dataclass(frozen=True)
+class RankingOutput:
+    scores: np.ndarray  # float32 [B, n_max] (padding: -inf)
+    cold_start: np.ndarray  # int8 [B, K]
+    candidate_cold_start: np.ndarray  # int8 [B, n_max]
+    model_name: str
+    model_version: str
+
+    def name_at(self, i: int) -> str:
+        return self.model_name
+
+    def version_at(self, i: int) -> str:
+        return self.model_version
+
+
+def parse_ranking_result(result, model_name: str, batch: int) -> RankingOutput:
+    arrays = [result.as_numpy(n) for n in RANKING_OUTPUTS]
+    if any(a is None for a in arrays):
+        raise TritonRequestError(f"model {model_name!r} must return outputs {list(RANKING_OUTPUTS)} (a ranking model)")
+    scores, cold, cand_cold = arrays
+    return RankingOutput(scores=np.asarray(scores, np.float32).reshape(batch, -1),
+                         cold_start=np.asarray(cold).reshape(batch, -1).astype(np.int8),
+                         candidate_cold_start=np.asarray(cand_cold).reshape(batch, -1).astype(np.int8),
+                         model_name=model_name, model_version=str(result.get_response().model_version))
+
+
+def _batch_of(tensors: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(tensors.values())).shape[0])
+
+
+class AsyncRanker:
+    """Ranking calls over the gRPC aio channel of the app's :class:`scorer.triton.AsyncTritonScorer`
+    (a routing wrapper is unwrapped: per-entity version routing is not applied to ranking)."""
+
+    def __init__(self, scorer: Any):
+        self.base = getattr(scorer, "base", scorer)
+        mod = self.base._mod
+        self._outputs = [mod.InferRequestedOutput(n) for n in RANKING_OUTPUTS]
+
+    @property
+    def model_name(self) -> str:
+        return self.base.model_name
+
+    async def infer(self, plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> RankingOutput:
+        from tritonclient.utils import InferenceServerException
+        b = self.base
+        try:
+            result = await b.client.infer(b.model_name, make_inputs(plan, tensors, b._mod),
+                                          model_version=b.model_version, outputs=self._outputs,
+                                          client_timeout=b.timeout_s)
+        except InferenceServerException as exc:
+            raise classify(exc) from None
+        return parse_ranking_result(result, b.model_name, _batch_of(tensors))
+
+
+class SyncRanker:
+    """Blocking gRPC client with the interface KafkaScorer expects of ``triton`` (infer(tensors),
+    max_batch_size(), ready(), close(), model_name, url), answering :class:`RankingOutput`."""
+
+    def __init__(self, plan: ServingPlan, url: str, model_name: str, model_version: str = "",
+                 timeout_s: float = 10.0):
+        import tritonclient.grpc as grpcclient
+        self._mod = grpcclient
+        self.plan, self.url, self.model_name = plan, url, model_name
+        self.model_version, self.timeout_s = model_version, timeout_s
+        self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self._outputs = [grpcclient.InferRequestedOutput(n) for n in RANKING_OUTPUTS]
+
+    def infer(self, tensors: Mapping[str, np.ndarray]) -> RankingOutput:
+        from tritonclient.utils import InferenceServerException
+        try:
+            result = self._client.infer(self.model_name, make_inputs(self.plan, tensors, self._mod),
+                                        model_version=self.model_version, outputs=self._outputs,
+                                        client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise classify(exc) from None
+        return parse_ranking_result(result, self.model_name, _batch_of(tensors))
+
+    def ready(self) -> tuple[bool, str]:
+        from tritonclient.utils import InferenceServerException
+        try:
+            if not self._client.is_model_ready(self.model_name, self.model_version, client_timeout=2):
+                return False, f"model {self.model_name!r} not loaded"
+        except InferenceServerException as exc:
+            return False, f"Triton unreachable: {exc}"
+        return True, "ok"
+
+    def max_batch_size(self) -> int:
+        cfg = self._client.get_model_config(self.model_name, self.model_version, as_json=True)
+        return int(cfg.get("config", cfg).get("max_batch_size", 0)) or 1
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# ----- ranking a batch (shared by HTTP and Kafka) ----------------------------------------------------
+
+@dataclass
+class Prepared:
+    """A request with its merged windows and final candidates (None: nothing left to score)."""
+
+    request: RankRequest
+    windows: dict[str, Window]
+    candidates: Sequence[Any] | None
+    excluded: int = 0
+
+
+def prepare(plan: ServingPlan, request: RankRequest, windows: Sequence[Window], settings: RecommendSettings) -> Prepared:
+    merged: dict[str, Window] = {}
+    for (hop_key, entity), window in zip(request.keys, windows):
+        hop = plan.hop(hop_key)
+        mine = [it for hk, e, it in request.session if hk == hop_key and e == entity]
+        merged[hop_key] = merge_session(plan, hop, window, mine, request.anchor_time)
+    candidates, excluded = request.candidates, 0
+    if request.exclude_session_items and plan.hops:
+        first = plan.hops[0].key.key
+        items = session_items(merged[first], plan.candidate_column, settings.session_column)
+        kept = drop_items(candidates, items)
+        excluded = len(candidates) - len(kept)
+        candidates = kept
+    return Prepared(request, merged, candidates if len(candidates) else None, excluded)
+
+
+def request_tensors(plan: ServingPlan, p: Prepared) -> dict[str, np.ndarray]:
+    """The one tensor builder (offline rows and online requests alike)."""
+    return build_tensors(plan, p.request.fact_row, p.windows, anchor_time=p.request.anchor_time,
+                         candidates=p.candidates)
+
+
+def top_items(candidates: Sequence[Any], scores: np.ndarray, cand_cold: np.ndarray, k: int) -> list[dict]:
+    """The ``k`` best candidates, best first (ties: the candidate listed first)."""
+    n = len(candidates)
+    order = np.argsort(-scores[:n], kind="stable")[:k]
+    ids = np.asarray(candidates)
+    return [{"product_id": int(ids[j]) if ids.dtype.kind in "iu" else ids[j], "score": float(scores[j]),
+             "cold_start": bool(cand_cold[j])} for j in order]
+
+
+def degraded_flags(plan: ServingPlan, window_flags: Sequence[str], cold_row: np.ndarray | None) -> list[str]:
+    """Fallback flags: the window store, and a missing embedding of a non-candidate key."""
+    flags = list(window_flags)
+    if cold_row is not None:
+        flags += [f"{EMBEDDING_MISSING}{c}" for c in cold_start_columns(plan, cold_row) if c != plan.candidate_column]
+    return flags
+
+
+# ----- HTTP --------------------------------------------------------------------------------------
+
+@dataclass
+class Ranked:
+    prepared: Prepared
+    output: RankingOutput | None
+    row: int
+    window_flags: tuple[str, ...]
+    ranked_at: int
+
+
+class RecommendService:
+    """The micro-batch handler behind /v1/recommend: one window read and one Triton call per batch."""
+
+    def __init__(self, deps: Any, settings: RecommendSettings, catalog: np.ndarray, *, fallback: Any,
+                 executor: Any):
+        from .batcher import MicroBatcher
+        self.deps, self.plan, self.settings, self.catalog = deps, deps.plan, settings, catalog
+        self.metrics = deps.metrics
+        self.fallback, self.executor = fallback, executor
+        self.ranker = AsyncRanker(deps.triton)
+        s = deps.settings
+        self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
+                                    max_batch=min(s.max_batch, settings.max_batch), max_in_flight=s.max_in_flight)
+
+    async def handle_batch(self, items: Sequence[RankRequest]) -> list:
+        from .http import ApiError
+        m, plan = self.metrics, self.plan
+        keys = [k for it in items for k in it.keys]
+        as_of = [it.anchor_time for it in items for _ in it.keys]
+        with m.stage(PATH, "window_read"):
+            read = await self.fallback.read_async(keys, as_of, self.executor)
+        m.window_reads.labels(PATH).inc()
+        results: list = [None] * len(items)
+        requests, slots, prepared = [], [], []
+        with m.stage(PATH, "tensor_build"):
+            pos = 0
+            for i, it in enumerate(items):
+                p = prepare(plan, it, read.windows[pos:pos + len(it.keys)], self.settings)
+                pos += len(it.keys)
+                prepared.append(p)
+                if p.candidates is None:
+                    continue
+                try:
+                    requests.append(request_tensors(plan, p))
+                    slots.append(i)
+                except RowError as exc:
+                    results[i] = ApiError(422, "invalid_request", str(exc), exc.field)
+        outputs: dict[int, tuple[RankingOutput, int]] = {}
+        if requests:
+            try:
+                with m.stage(PATH, "triton"):
+                    m.triton_calls.labels(PATH).inc()
+                    out = await self.ranker.infer(plan, stack_requests(plan, requests))
+                m.observe_model(out.model_name, out.model_version)
+                m.batch_size.labels(PATH).observe(len(requests))
+                outputs = {i: (out, j) for j, i in enumerate(slots)}
+            except TritonUnavailable as exc:
+                m.errors.labels(PATH, "triton_unavailable").inc()
+                raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+            except TritonRequestError as exc:
+                m.errors.labels(PATH, "triton_rejected").inc()
+                raise ApiError(400, "triton_rejected", str(exc)) from None
+        now = self.deps.now_ns()
+        for i, p in enumerate(prepared):
+            if results[i] is None:
+                out, row = outputs.get(i, (None, 0))
+                results[i] = Ranked(p, out, row, read.degraded, now)
+        return results
+
+    def answer(self, ranked: Ranked, latency_s: float) -> dict:
+        p, out, plan = ranked.prepared, ranked.output, self.plan
+        req = p.request
+        if out is None:  # every candidate was a session item: nothing to score
+            items, cold_row, name, version = [], None, getattr(self.ranker, "model_name", ""), ""
+        else:
+            items = top_items(p.candidates, out.scores[ranked.row], out.candidate_cold_start[ranked.row], req.k)
+            cold_row, name, version = out.cold_start[ranked.row], out.model_name, out.model_version
+        cold = [] if cold_row is None else cold_start_columns(plan, cold_row)
+        return {**{c: (int(v) if isinstance(v, (int, np.integer)) else v) for c, v in req.fact_row.items()},
+                "anchor_time": int(req.anchor_time), "items": items, "model_name": name, "model_version": version,
+                "degraded": degraded_flags(plan, ranked.window_flags, cold_row), "cold_start": cold,
+                "candidates_scored": 0 if p.candidates is None else len(p.candidates),
+                "session_items_excluded": p.excluded, "latency_ms": latency_s * 1000, "ranked_at": ranked.ranked_at}
+
+    def observe(self, body: dict, latency_s: float) -> None:
+        m = self.metrics
+        m.child(m.scored, PATH).inc()
+        for reason in body["degraded"]:
+            m.child(m.degraded, PATH, reason).inc()
+        for entity in body["cold_start"]:
+            m.child(m.cold_start, PATH, entity).inc()
+        m.child(m.stage_seconds, PATH, "total").observe(latency_s)
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+
+
+def request_schema(plan: ServingPlan) -> dict:
+    """JSON schema of the /v1/recommend body (OpenAPI)."""
+    from .http import _value_schema
+    table = plan.hops[0].key.target.table if plan.hops else plan.fact_table
+    cols = plan.tables[table].columns
+    candidate = _value_schema(plan.fact.columns[plan.candidate_column])
+    props: dict[str, Any] = {c: _value_schema(plan.fact.columns[c]) for c in shared_columns(plan)}
+    anchor = _value_schema("timestamp")
+    props.update({
+        SESSION_EVENTS: {"type": "array", "description": f"rows of {table} not yet in the window store",
+                         "items": {"type": "object", "additionalProperties": False,
+                                   "properties": {c: _value_schema(d) for c, d in cols.items() if c != plan.label},
+                                   "required": [c for c in cols if c not in shared_columns(plan) and c != plan.label]}},
+        ANCHOR_TIME: {"oneOf": anchor["oneOf"] + [{"type": "null"}], "description": "default: now"},
+        "candidates": {"oneOf": [
+            {"type": "array", "items": candidate, "minItems": 1, "maxItems": plan.max_candidates},
+            {"type": "object", "additionalProperties": False, "required": [FROM_CATALOG_TOP],
+             "properties": {FROM_CATALOG_TOP: {"type": "integer", "minimum": 1, "maximum": plan.max_candidates}}}]},
+        "k": {"type": "integer", "minimum": 1, "maximum": plan.max_candidates},
+        "exclude_session_items": {"type": "boolean", "description": "do not recommend the open basket's products"},
+    })
+    return {"type": "object", "title": "ranking request", "additionalProperties": False, "properties": props,
+            "required": [*shared_columns(plan), "candidates"]}
+
+
+def response_schema(plan: ServingPlan) -> dict:
+    item = {"type": "object", "required": ["product_id", "score", "cold_start"], "properties": {
+        "product_id": {"type": "integer"}, "score": {"type": "number"}, "cold_start": {"type": "boolean"}}}
+    props = {c: {"type": "integer"} for c in shared_columns(plan)}
+    props.update({"anchor_time": {"type": "integer"}, "items": {"type": "array", "items": item},
+                  "model_name": {"type": "string"}, "model_version": {"type": "string"},
+                  "degraded": {"type": "array", "items": {"type": "string"}},
+                  "cold_start": {"type": "array", "items": {"type": "string"}},
+                  "candidates_scored": {"type": "integer"}, "session_items_excluded": {"type": "integer"},
+                  "latency_ms": {"type": "number"}, "ranked_at": {"type": "integer"}})
+    return {"type": "object", "required": ["items", "model_name", "model_version", "degraded", "latency_ms"],
+            "properties": props}
+
+
+def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
+    """Add ``POST /v1/recommend`` to the scorer app of a ranking plan (no-op for scoring plans)."""
+    from .http import _SCORING_ERRORS, ApiError, _json
+
+    plan = deps.plan
+    if not plan.is_ranking:
+        return None
+    settings = recommend_settings(deps.settings)
+    catalog = load_catalog(settings.catalog) if settings.catalog else np.zeros(0, np.int64)
+    scoring = app.state.service
+    service = RecommendService(deps, settings, catalog, fallback=scoring.fallback, executor=scoring.executor)
+    deps.on_close.append(service.close)
+    app.state.recommend = service
+    serve, metrics = deps.settings, deps.metrics
+
+    def authorize(request) -> None:  # as /v1/score
+        if not serve.auth:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if deps.token is None or scheme.lower() != "bearer" or not given or not hmac.compare_digest(
+                given.strip().encode(), deps.token.encode()):
+            metrics.errors.labels(PATH, "unauthorized").inc()
+            raise ApiError(401, "unauthorized", "missing or invalid bearer token",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_json(request) -> Any:
+        limit = serve.max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                metrics.errors.labels(PATH, "oversize").inc()
+                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            metrics.errors.labels(PATH, "bad_json").inc()
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+    async def recommend(request):
+        t0 = time.perf_counter()
+        authorize(request)
+        body = await read_json(request)
+        try:
+            req = parse_request(plan, body, now_ns=deps.now_ns, catalog=service.catalog, settings=settings,
+                                arrived=t0)
+        except RowError as exc:
+            metrics.errors.labels(PATH, "invalid_request").inc()
+            raise ApiError(422, "invalid_request", str(exc), exc.field) from None
+        ranked = await service.batcher.submit(req)
+        latency = time.perf_counter() - t0
+        answer = service.answer(ranked, latency)
+        service.observe(answer, latency)
+        return _json(answer)
+
+    app.router.add_route("/v1/recommend", recommend, methods=["POST"], include_in_schema=False)
+    docs = {"post": {
+        "summary": "Top-k candidates for a household in session", "operationId": "recommend_v1_recommend_post",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(plan)}}},
+        "responses": {"200": {"description": "The ranked items, best first", "content": {
+            "application/json": {"schema": response_schema(plan)}}}, **_SCORING_ERRORS},
+        "security": [{"bearerAuth": []}]}}
+    base_openapi = app.openapi
+
+    def openapi():
+        schema = base_openapi()
+        schema.setdefault("paths", {})["/v1/recommend"] = docs
+        return schema
+
+    app.openapi = openapi
+    return service
+
+
+__all__ = ["AsyncRanker", "RankRequest", "RankingOutput", "RecommendService", "RecommendSettings", "SyncRanker",
+           "drop_items", "find_catalog", "load_catalog", "merge_session", "mount_recommend", "parse_request",
+           "prepare", "recommend_settings", "request_tensors", "session_appends", "session_items", "top_items",
+           "with_catalog"]
