@@ -138,6 +138,9 @@ def build_serve_app(cfg, settings):
     if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
         from relstream.model_routing import routed
         triton = routed(triton, plan, cfg)
+    if plan.is_ranking:  # /v1/recommend's "from_catalog_top": the served version's catalog.parquet
+        from .recommend import with_catalog
+        settings = with_catalog(cfg, settings)
     deps = ServeDeps(plan=plan, triton=triton, store=store, settings=settings, token=token,
                      store_ping=client.ping, on_close=[triton.close, store.close, client.close])
     return create_app(deps)

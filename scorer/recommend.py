@@ -78,8 +78,16 @@ class RecommendSettings(BaseModel):
 
 def recommend_settings(section: Any) -> RecommendSettings:
     """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain dict)."""
+    from pydantic import ValidationError
+
+    from relstream.config import ConfigError, format_errors
     raw = getattr(section, "recommend", section if isinstance(section, Mapping) else None) or {}
-    return raw if isinstance(raw, RecommendSettings) else RecommendSettings.model_validate(raw)
+    if isinstance(raw, RecommendSettings):
+        return raw
+    try:
+        return RecommendSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid recommend settings:\n{format_errors(exc, prefix='recommend.')}") from None
 
 
 # ----- the catalog (candidate source "from_catalog_top") -----------------------------------------

@@ -56,6 +56,7 @@ class ScoreSettings(_Section):
     static_membership: bool = True  # group.instance.id = transactional_id: a restart rejoins at once
     consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra librdkafka
     producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
 
 
 class ServeSettings(_Section):
@@ -77,6 +78,7 @@ class ServeSettings(_Section):
     triton_timeout_s: float = Field(default=2.0, gt=0)
     workers: int = Field(default=1, ge=1)
     key_column: str | None = None
+    recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
 
 
 def resolve_plan(cfg: Config, name_or_path: str | None) -> ServingPlan:
