@@ -86,8 +86,11 @@ class KafkaScorer:
                  poll_timeout_s: float = 0.005, key_column: str | None = None,
                  metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
-                 encoder: Any = None):
+                 encoder: Any = None, strategy: Any = None):
         self.plan = plan
+        # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
+        # consumed batch into its own records; the loop, retries and transaction stay these.
+        self.strategy = strategy
         self.consumer = consumer
         self.producer = producer
         self.codec = codec
@@ -193,6 +196,8 @@ class KafkaScorer:
         return out
 
     def process(self, msgs) -> BatchStats:
+        if self.strategy is not None:
+            return self._process_with_strategy(msgs)
         m = self.metrics
         self._revoked = False
         stats = BatchStats(consumed=len(msgs))
@@ -245,6 +250,29 @@ class KafkaScorer:
             total = m.stage_seconds.labels(PATH, "total")
             for _, rec in records:
                 total.observe(rec["latency_ms"] / 1000)
+            stats.scored = len(records)
+            self.stats.batches += 1
+            self.stats.consumed += stats.consumed
+            self.stats.scored += stats.scored
+            self.stats.dead_letters += stats.dead_letters
+        else:
+            self.stats.aborts += 1
+        self.stats.triton_retries += stats.triton_retries
+        return stats
+
+    def _process_with_strategy(self, msgs) -> BatchStats:
+        """One batch through ``self.strategy.process(scorer, msgs, stats) -> (pending, records)``,
+        committed exactly like :meth:`process` (records + dead letters + offsets, one transaction)."""
+        self._revoked = False
+        stats = BatchStats(consumed=len(msgs))
+        pending, records = self.strategy.process(self, msgs, stats)
+        if self._revoked:
+            log.warning("partitions revoked during the batch; dropping it (offsets not committed)")
+            self.metrics.retries.labels(PATH, "revoked").inc()
+            stats.aborted = True
+            return stats
+        if self._produce_transaction(pending, records, stats):
+            self.strategy.committed(self, records)
             stats.scored = len(records)
             self.stats.batches += 1
             self.stats.consumed += stats.consumed
@@ -331,7 +359,7 @@ class KafkaScorer:
             self.producer.begin_transaction()
             for p, rec in records:
                 self.producer.produce(self.scores_topic, key=p.event.key,
-                                      value=self.encoder.encode(SCORES_SUBJECT, rec))
+                                      value=self.encoder.encode(getattr(self.strategy, "subject", SCORES_SUBJECT), rec))
             for p in pending:
                 if p.dead is not None:
                     self._produce_dead_letter(p)
@@ -413,7 +441,7 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
         from relstream.model_routing import routed
         triton = routed(triton, plan, cfg)
     fallback = WindowFallback(plan, store, deadline_s=deadline, cooldown_s=settings.window_cooldown_ms / 1000)
-    return KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
+    scorer = KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
                        facts_topics=settings.facts_topics or [cfg.topics.facts],
                        scores_topic=settings.scores_topic or cfg.topics.scores,
                        dlq_topic=settings.dlq_topic or cfg.topics.dlq, store=store,
@@ -422,6 +450,10 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
                        metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
                        txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder)
+    if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
+        from .recommend_kafka import as_ranking_scorer
+        scorer = as_ranking_scorer(scorer, cfg, settings)
+    return scorer
 
 
 def install_signal_handlers(scorer: KafkaScorer) -> None:
