@@ -168,3 +168,40 @@ def test_redis_down_degrades_to_the_session_events_and_triton_down_is_503(recsys
         down = c.post("/v1/recommend", headers=AUTH, json={"household_id": 7, "candidates": cands})
     assert down.status_code == 503 and down.json()["error"]["code"] == "triton_unavailable"
     assert down.headers.get("retry-after") == "1"
+
+
+def test_relstream_serve_with_the_recsys_plan_finds_the_catalog(recsys, stack, store, ranker, tmp_path):
+    """`relstream serve --plan recsys --model M`: /v1/recommend with the catalog of M's served
+    version (found in the model repository, no catalog setting)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from relstream.stack import free_port
+    port = free_port()
+    env = {**os.environ, "RELSTREAM__REDIS__URL": stack.redis_url, "RELSTREAM__RUN_DIR": str(tmp_path / "run"),
+           "RELSTREAM__STACK__MODEL_REPOSITORY": str(stack.model_repository)}
+    proc = subprocess.Popen([sys.executable, "-m", "relstream.cli", "serve", "--plan", "recsys", "--model", RANKER,
+                             "--triton-grpc", stack.triton_grpc_url, "--port", str(port), "--no-auth"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            while True:
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
+                time.sleep(0.3)
+            r = c.post("/v1/recommend", json={"household_id": 3, "anchor_time": T0,
+                                              "candidates": {"from_catalog_top": 20}, "k": 3})
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert r.status_code == 200, (r.text, out[-2000:])
+    body = r.json()
+    assert len(body["items"]) == 3 and all(1 <= i["product_id"] <= 20 for i in body["items"])
+    assert body["model_name"] == RANKER and body["candidates_scored"] == 20
