@@ -379,6 +379,8 @@ def register(subparsers) -> None:
 
     from offline.cli_stage2 import register_stage2  # stage 2: distill, quality, export
     register_stage2(sub)
+    from offline.cli_recsys import register_recsys  # Complete Journey: recsys-train|embed|quality
+    register_recsys(sub)
 
 
 def main(argv=None) -> int:

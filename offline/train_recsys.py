@@ -40,6 +40,35 @@ def build_recsys_graph(ds: RelationalDataset) -> TemporalGraph:
         amount_column="sales_value")
 
 
+def recsys_weeks(line_times: np.ndarray, cfg: RecsysConfig) -> tuple[int, np.ndarray, int]:
+    """``(day0, weekly snapshots, train_cut)``: snapshots at ``day0 + k weeks`` (midnight UTC of
+    the first line's day) for k from ``cfg.first_week`` while a full week follows; the last
+    ``cfg.test_weeks`` of them start the test period ``[train_cut, end of data]``. Training (and
+    anything fitted on the deep model, e.g. the distilled ranker) uses only lines before
+    ``train_cut``."""
+    t0 = int(np.min(line_times))
+    day0 = t0 - t0 % NS_PER_DAY
+    n_weeks = int((int(np.max(line_times)) - day0) // WEEK)
+    snaps = day0 + np.arange(cfg.first_week, n_weeks, dtype=np.int64) * WEEK  # each with a full week after it
+    if len(snaps) <= cfg.test_weeks:
+        raise ValueError(f"recsys: {n_weeks} full weeks of data leave no training week after first_week "
+                         f"{cfg.first_week} and {cfg.test_weeks} test week(s)")
+    return day0, snaps, int(snaps[-cfg.test_weeks])
+
+
+def load_recsys_model(path) -> tuple[TemporalHeteroGNN, RecsysConfig]:
+    """The model and config saved by ``recsys-train`` / ``train-recsys`` (``recsys_model.pt``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    d = dict(ckpt["config"])
+    model_cfg = DeepModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model").items()})
+    cfg = RecsysConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, model=model_cfg)
+    model = TemporalHeteroGNN(cfg.model, node_types=(HOUSEHOLDS, PRODUCTS),
+                              edge_types=((HOUSEHOLDS, "buys", PRODUCTS), (PRODUCTS, "bought_by", HOUSEHOLDS)))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, cfg
+
+
 def week_pairs(g: TemporalGraph, t: int) -> np.ndarray:
     """Distinct (household, product) node-index pairs bought in [t, t + 1 week)."""
     lo, hi = np.searchsorted(g.edge_time, [t, t + WEEK])
@@ -72,15 +101,8 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     g = build_recsys_graph(ds)
-    t0 = int(g.edge_time.min())
-    day0 = t0 - t0 % NS_PER_DAY
-    n_weeks = int((int(g.edge_time.max()) - day0) // WEEK)
-    snaps = day0 + np.arange(cfg.first_week, n_weeks) * WEEK  # each with a full week after it
-    if len(snaps) <= cfg.test_weeks:
-        raise ValueError(f"recsys: {n_weeks} full weeks of data leave no training week after first_week "
-                         f"{cfg.first_week} and {cfg.test_weeks} test week(s)")
+    day0, snaps, train_cut = recsys_weeks(g.edge_time, cfg)
     test_snaps = snaps[-cfg.test_weeks:]
-    train_cut = int(test_snaps[0])
     train_snaps = snaps[snaps + WEEK <= train_cut]  # label week ends before the training cut
     feats = SnapshotFeatures(g, snaps, 0)  # no labels in this task: delay 0
     pos = [(np.full(len(p), t, np.int64), p) for t in train_snaps for p in [week_pairs(g, int(t))]]
@@ -130,7 +152,8 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
     t_train = time.perf_counter() - t_start
     # Own generator for the evaluation households: the same households for every model config.
     eval_rng = np.random.default_rng([cfg.seed, 1])
-    metrics = {"history": history, "seconds_train": t_train,
+    metrics = {"history": history, "seconds_train": t_train, "train_cut_ns": train_cut,
+               "data_end_ns": int(g.edge_time.max()),
                "test": evaluate_recsys(model, g, cfg, feats, test_snaps, eval_rng)}
     metrics["seconds_total"] = time.perf_counter() - t_start
     log(f"recsys test: {metrics['test']}")

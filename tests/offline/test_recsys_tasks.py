@@ -122,3 +122,69 @@ def test_buy_again_counts_history_and_session_but_not_the_anchor(small_tx):
     assert {p: c for p, c in own.items() if c} == expected
     assert not any(own.get(int(p), 0) for p in row.targets if int(p) not in expected)  # hidden lines invisible
     assert np.all(s - np.floor(s) < 1)  # popularity only breaks ties
+
+
+# ----- deep embeddings and the quality harness (small real subset, seconds) ----------------------
+
+def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
+    """recsys-train -> recsys-embed -> recsys-quality on the earliest 200k lines: the stored vectors
+    reproduce the GNN's pair score, the plan reads the file, and the report is consistent."""
+    import json
+
+    import torch
+
+    from offline.cli import main
+    from offline.embeddings import EmbeddingTable
+    from offline.recsys_embed import embed_at
+    from offline.sampler import SnapshotFeatures
+    from offline.train_recsys import build_recsys_graph, load_recsys_model, pair_scores
+    from schemas.plan import builtin_plan
+
+    run = tmp_path / "cj"
+    base = ["--run-dir", str(run), "--no-progress", "--threads", "1"]
+    assert main(["offline", "recsys-train", *base, "--max-rows", "200000", "--first-week", "1", "--test-weeks", "1",
+                 "--epochs", "1", "--max-positives-per-epoch", "256", "--batch-size", "128", "--fanouts", "4,2",
+                 "--eval-households", "20"]) == 0
+    split = json.loads((run / "recsys_split.json").read_text())
+    assert split["train_cut_ns"] < split["data_end_ns"]
+    assert main(["offline", "recsys-embed", *base, "--weeks-before-test", "1", "--min-product-lines", "5"]) == 0
+    meta = json.loads((run / "embeddings.parquet.json").read_text())
+    snaps = meta["snapshot_times"]
+    assert snaps[0] == split["train_cut_ns"] - 7 * NS_PER_DAY and snaps[-1] > split["data_end_ns"]
+
+    plan = builtin_plan("recsys")
+    table = EmbeddingTable.from_parquet(run / "embeddings.parquet", plan)
+    model, cfg = load_recsys_model(run / "recsys_model.pt")
+    assert table.dim == cfg.model.embedding_dim + 1
+    ds = load_complete_journey(max_rows=200_000)
+    tx = ds.table("transactions")
+    g = build_recsys_graph(ds)
+    s = snaps[1]
+    before = tx[(tx["transaction_timestamp"] < s) & (tx["transaction_timestamp"] >= s - 28 * NS_PER_DAY)]
+    counts = before["product_id"].value_counts()
+    products = np.sort(counts[counts >= 5].index.to_numpy())
+    anchor = np.full(len(products), s + 2 * 3_600 * 10**9)  # 2 h after the snapshot: the plan admits s
+    pv, pmiss = table.lookup("products", products, anchor)
+    assert not pmiss.any()
+    stored = pd.read_parquet(run / "embeddings.parquet", columns=["entity_type", "entity_id", "snapshot_time"])
+    at_s = stored[(stored["snapshot_time"] == s) & (stored["entity_type"] == "products")]
+    assert np.array_equal(np.sort(at_s["entity_id"].to_numpy()), products)  # only products with >= 5 recent lines
+    hh = np.unique(before["household_id"])[:10]
+    hv, hmiss = table.lookup("households", hh, anchor[:len(hh)])
+    assert not hmiss.any() and np.all(hv[:, -1] == 1.0)
+    # dot(household vector, product vector) == the GNN's pair score at the snapshot
+    feats = SnapshotFeatures(g, [s], 0)
+    h_idx = np.searchsorted(g.node_ids["households"], hh)
+    p_idx = np.searchsorted(g.node_ids["products"], products[:20])
+    eh, _ = embed_at(model, g, cfg.fanouts, feats, "households", h_idx, s)
+    ep, bp = embed_at(model, g, cfg.fanouts, feats, "products", p_idx, s)
+    want = pair_scores(torch.from_numpy(eh), torch.from_numpy(ep), torch.from_numpy(bp)).numpy()
+    np.testing.assert_allclose(hv @ pv[:20].T, want, rtol=1e-4, atol=1e-4)
+
+    assert main(["offline", "recsys-quality", *base, "--max-examples", "150", "--candidates", "300"]) == 0
+    report = json.loads((run / "recsys_quality.json").read_text())
+    assert report["examples"] == 150 and (run / "recsys_quality.png").stat().st_size > 10_000
+    assert set(report["models"]) == {"popularity", "buy_again", "deep_gnn"}
+    for m in report["models"].values():
+        assert 0 <= m["recall@10"] <= m["recall@20"] <= m["recall@50"] <= report["candidate_recall_ceiling"] + 1e-12
+    assert 0 <= report["deep_missing"]["candidate_missing_share"] < 1
