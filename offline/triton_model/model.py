@@ -39,8 +39,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
         torch.set_num_threads(int(params.get("torch_threads") or 1))
-        self.bundle = load_bundle(HERE)
+        self.bundle = load_bundle(HERE)  # with a TorchScript trace of the forward, checked against eager
         self.plan = self.bundle.plan
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(f"relstream model: {'traced' if self.bundle.traced is not None else 'eager'} forward, "
+                            f"torch threads {torch.get_num_threads()}")
 
     def execute(self, requests):
         plan = self.plan

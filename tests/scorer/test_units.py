@@ -145,3 +145,36 @@ def test_window_fallback_deadline_breaker_and_recovery(plan):
     assert fb.read(keys, [BASE_T, BASE_T]).degraded == (DEGRADED_WINDOWS,)
     reader.dead, reader.delay, now[0] = False, 0.0, 104.0
     assert fb.read(keys, [BASE_T + SECOND] * 2).degraded == ()
+
+
+# ----- the model Triton runs: traced forward == eager model ----------------------------------------
+
+def test_traced_forward_scores_equal_the_eager_model(plan, tmp_path):
+    """offline.bundle serves a torch.jit.trace of the shallow model's forward (no Python per op);
+    on the benchmark's payload shapes (N in 4..32, mixed in one batch, and empty windows) it must
+    give the eager model's scores to 1e-6."""
+    from bench.payloads import make_payloads
+    from offline.bundle import load_bundle, split_scores
+    from offline.export import export_untrained
+
+    vdir = export_untrained(plan, tmp_path, model_name="m", seed=3)
+    traced, eager = load_bundle(vdir), load_bundle(vdir, trace=False)
+    assert traced.traced is not None and eager.traced is None
+    payloads = make_payloads(40)
+    store = MemoryWindowStore(plan)
+    store.append(payloads.append_items(plan))
+    requests = []
+    for i, row in enumerate(payloads.rows):
+        keys = [(h.key.key, row[h.key.source.column]) for h in plan.hops]
+        windows = store.read_many(keys, row["tx_datetime"]) if i % 7 else [Window.empty(plan, h) for h in plan.hops]
+        requests.append(build_tensors(plan, row, {k: w for (k, _), w in zip(keys, windows)}))
+    for batch in ([requests[0]], requests[1:6], requests[6:38]):
+        stacked = stack_requests(plan, batch)  # as the scorer sends a micro-batch: one request
+        (want, cold_want), = split_scores(eager, [stacked])
+        (got, cold_got), = split_scores(traced, [stacked])
+        assert got.shape == (len(batch), 1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(cold_got, cold_want)
+    # several requests in one execute() (Triton's dynamic batcher) still split back per request
+    per_request = split_scores(traced, requests[1:4])
+    assert [s.shape for s, _ in per_request] == [(1, 1)] * 3
