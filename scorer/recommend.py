@@ -234,6 +234,16 @@ def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequen
                                   f"at most {plan.max_candidates} candidates), got {n}")
         return catalog[:n]
     if isinstance(raw, list):
+        if plan.fact.columns[plan.candidate_column] == "int64" and raw and all(type(v) is int for v in raw):
+            try:  # the common case, vectorised: plain JSON integers (OverflowError: outside int64)
+                arr = np.array(raw, dtype=np.int64)
+            except OverflowError:
+                arr = None
+            if arr is not None:
+                if not 1 <= len(arr) <= plan.max_candidates:
+                    raise RowError("candidates", f"expected 1 to {plan.max_candidates} candidates, got {len(arr)}")
+                _, first = np.unique(arr, return_index=True)
+                return arr if len(first) == len(arr) else arr[np.sort(first)]
         raw = [_exact_int(v, f"candidates[{i}]") for i, v in enumerate(raw)]
         for i, v in enumerate(raw):
             _int64(v, f"candidates[{i}]")
