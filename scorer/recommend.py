@@ -547,24 +547,38 @@ class RecommendService:
         outputs: dict[int, tuple[RankingOutput, int]] = {}
         if requests:
             try:
-                with m.stage(PATH, "triton"):
-                    m.triton_calls.labels(PATH).inc()
-                    out = await self.ranker.infer(plan, stack_requests(plan, requests))
-                m.observe_model(out.model_name, out.model_version)
-                m.batch_size.labels(PATH).observe(len(requests))
+                out = await self._infer(requests)
                 outputs = {i: (out, j) for j, i in enumerate(slots)}
-            except TritonUnavailable as exc:
-                m.errors.labels(PATH, "triton_unavailable").inc()
-                raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
             except TritonRequestError as exc:
-                m.errors.labels(PATH, "triton_rejected").inc()
-                raise ApiError(400, "triton_rejected", str(exc)) from None
+                if len(requests) == 1:
+                    m.errors.labels(PATH, "triton_rejected").inc()
+                    raise ApiError(400, "triton_rejected", str(exc)) from None
+                for req, i in zip(requests, slots):  # one request poisoned the call: answer each alone
+                    try:
+                        outputs[i] = (await self._infer([req]), 0)
+                    except TritonRequestError as one:
+                        m.errors.labels(PATH, "triton_rejected").inc()
+                        results[i] = ApiError(400, "triton_rejected", str(one))
         now = self.deps.now_ns()
         for i, p in enumerate(prepared):
             if results[i] is None:
                 out, row = outputs.get(i, (None, 0))
                 results[i] = Ranked(p, out, row, read.degraded, now)
         return results
+
+    async def _infer(self, requests: list) -> RankingOutput:
+        from .http import ApiError
+        m = self.metrics
+        try:
+            with m.stage(PATH, "triton"):
+                m.triton_calls.labels(PATH).inc()
+                out = await self.ranker.infer(self.plan, stack_requests(self.plan, requests))
+        except TritonUnavailable as exc:
+            m.errors.labels(PATH, "triton_unavailable").inc()
+            raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+        m.observe_model(out.model_name, out.model_version)
+        m.batch_size.labels(PATH).observe(len(requests))
+        return out
 
     def answer(self, ranked: Ranked, latency_s: float) -> dict:
         p, out, plan = ranked.prepared, ranked.output, self.plan
