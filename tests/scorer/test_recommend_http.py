@@ -14,6 +14,7 @@ from tests.scorer.conftest import AUTH, TOKEN, ServerThread
 from tests.scorer.recsys_fixtures import RANKER, T0, expected_top, load_ranker, reference_ranking
 
 MIN = 60 * 10**9
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ from streams.sessions import PURCHASE_LINES_SUBJECT, synthetic_purchase_lines
 from streams.synthetic import TRANSACTIONS_SUBJECT, produce_values, synthetic_transactions
 
 
+pytestmark = pytest.mark.timeout(240)
+
+
 @pytest.fixture(scope="module")
 def recsys():
     return builtin_plan("recsys")
