@@ -144,6 +144,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--triton-instances", type=int, default=1)
     ap.add_argument("--model", default="untrained", help="untrained (default) | PATH of a model repository "
                                                           f"holding {MODEL!r}")
+    ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"], help="load generator HTTP client "
+                    "(bench_serve's lean raw HTTP/1.1 client, or aiohttp)")
+    ap.add_argument("--nice", type=int, default=0, help="run the whole benchmark (stack, scorer, load) at this "
+                                                         "niceness, e.g. -10 (root): less noise from other load")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recommend")
     args = ap.parse_args(argv)
 
@@ -157,6 +161,8 @@ def main(argv=None) -> dict:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.nice:
+        os.nice(args.nice)  # inherited by every server started below
     plan = builtin_plan("recsys")
     bodies, history = make_payloads()
     tmp = Path(tempfile.mkdtemp(prefix="bench-recommend-"))
@@ -194,7 +200,8 @@ def main(argv=None) -> dict:
         log(f"/v1/recommend: payloads {min(sizes)}-{max(sizes)} bytes, {N_CANDIDATES} candidates, model {model}")
         stack_pids = {k: v for k, v in stack.pids().items() if k in ("redis", "triton")}
         steps = http_sweep(f"{url}/v1/recommend", encoded, [float(q) for q in args.qps.split(",") if q],
-                           args.warmup, args.duration, log, pids={"serve": proc.pid, **stack_pids})
+                           args.warmup, args.duration, log, pids={"serve": proc.pid, **stack_pids},
+                           client=args.client)
         result["http"][f"/v1/recommend ({N_CANDIDATES} candidates)"] = steps
         result["server"] = scrape(url)
     finally:
