@@ -358,9 +358,16 @@ def _deep_merge(base: Mapping, over: Mapping) -> dict:
 
 
 # ---------------------------------------------------------------------------------- clients
+# librdkafka (2.16) re-bootstraps by default when every known broker is down and decommissions
+# them; the group-coordinator handles then stay dead, so after a broker restart offset commits,
+# group joins and send_offsets_to_transaction hang (confluentinc/librdkafka#5511). "none" keeps the
+# known brokers and reconnects to them. Overridable through kafka.client.
+KAFKA_CLIENT_DEFAULTS: dict[str, Any] = {"metadata.recovery.strategy": "none"}
+
+
 def kafka_client_config(cfg: Config, **overrides: Any) -> dict:
     """librdkafka settings for confluent_kafka Producer/Consumer/AdminClient."""
-    conf: dict[str, Any] = {"bootstrap.servers": cfg.kafka.bootstrap_servers}
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.kafka.bootstrap_servers, **KAFKA_CLIENT_DEFAULTS}
     conf.update(cfg.kafka.client)
     conf.update(overrides)
     return conf

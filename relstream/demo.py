@@ -307,8 +307,9 @@ class RateProducer:
         from confluent_kafka import Producer
 
         self.codec = codec
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": 1, **dict(extra or {})})
+        from relstream.config import KAFKA_CLIENT_DEFAULTS
+        self.producer = Producer({"bootstrap.servers": bootstrap, **KAFKA_CLIENT_DEFAULTS, "enable.idempotence": True,
+                                  "acks": "all", "linger.ms": 1, **dict(extra or {})})
         self.errors: list[str] = []
 
     def _on_delivery(self, err, _msg) -> None:
@@ -373,7 +374,9 @@ class ScoreCollector(threading.Thread):
         self.topic = topic
         self.codec = codec
         self.clock = clock
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group or f"e2e-{uuid.uuid4().hex[:8]}",
+        from relstream.config import KAFKA_CLIENT_DEFAULTS
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, **KAFKA_CLIENT_DEFAULTS,
+                                  "group.id": group or f"e2e-{uuid.uuid4().hex[:8]}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                                   "isolation.level": "read_committed", "session.timeout.ms": 6000,
                                   "fetch.wait.max.ms": 10})

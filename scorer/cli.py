@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 log = logging.getLogger("relstream.score")
 
@@ -81,29 +82,47 @@ def cmd_score(args) -> int:
           f"(DLQ {scorer.dlq_topic}), group {settings.group_id}, model {scorer.triton.model_name} "
           f"@ {scorer.triton.url}, exactly-once (transactional.id {settings.transactional_id})",
           file=sys.stderr, flush=True)
-    while True:
+    stats = scorer.stats
+    rebuilds = 0
+    while scorer is not None:
         try:
             stats = scorer.run(idle_exit_s=args.exit_when_idle)
-            break
         except FatalConsumerError as exc:
-            # librdkafka clients in a fatal state never recover: replace them and resume from the
-            # committed offsets (the open transaction is aborted by the new producer's fencing).
-            log.error("%s; rebuilding the Kafka clients", exc)
-            metrics.errors.labels("kafka", "fatal_consumer").inc()
-            try:
-                scorer.close()
-            except Exception as close_exc:  # noqa: BLE001 - the old clients are dead anyway
-                log.warning("closing the failed clients: %s", close_exc)
-            scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
-            install_signal_handlers(scorer)
-            scorer.start()
+            # librdkafka clients in a fatal, fenced or wedged state never recover: replace them. The
+            # new producer (same transactional.id) fences the old one and settles its open
+            # transaction; the new consumer resumes from the committed offsets. Nothing is lost and
+            # nothing is scored twice (see KafkaScorer._produce_transaction).
+            stats = scorer.stats
+            attempt = 0
+            while scorer is not None:
+                log.error("%s; rebuilding the Kafka clients", exc)
+                metrics.errors.labels("kafka", "fatal_consumer").inc()
+                metrics.retries.labels("kafka", "rebuild").inc()
+                scorer.close(timeout_s=5.0)  # bounded: a wedged client is abandoned, not waited for
+                rebuilds += 1
+                attempt += 1  # back off while rebuilds keep failing (e.g. the broker is still down)
+                time.sleep(min(10.0, 0.1 * 2 ** attempt))
+                if scorer._stop.is_set():  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
+                    scorer = None
+                    break
+                scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
+                scorer.stats = stats
+                install_signal_handlers(scorer)
+                try:
+                    scorer.start()
+                    log.info("Kafka clients rebuilt (%d rebuilds so far)", rebuilds)
+                    break
+                except FatalConsumerError as again:
+                    exc = again
+            continue
         except BaseException:
             scorer.close()
             raise
-    scorer.close()
+        scorer.close()
+        break
     print(json.dumps({"batches": stats.batches, "consumed": stats.consumed, "scored": stats.scored,
                       "dead_letters": stats.dead_letters, "aborts": stats.aborts,
-                      "triton_retries": stats.triton_retries}), flush=True)
+                      "triton_retries": stats.triton_retries, "client_rebuilds": rebuilds}), flush=True)
     return 0
 
 

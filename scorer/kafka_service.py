@@ -19,6 +19,7 @@ One loop iteration handles one batch of consumed facts:
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -42,11 +43,77 @@ APPEND_FAILED = "window_append_failed"
 
 
 class FatalConsumerError(RuntimeError):
-    """The consumer cannot go on (e.g. its static membership was fenced after a broker restart).
+    """The Kafka clients cannot go on (static membership fenced after a broker restart, producer
+    fenced or in a fatal state, a transaction whose outcome is unknown, an abort that cannot finish).
 
-    Nothing of the current batch was committed, so rebuilding the clients and re-reading from the
-    committed offsets loses nothing (the CLI does exactly that).
+    Nothing of the current batch was committed by this instance, so rebuilding the clients loses
+    nothing: the new producer's ``init_transactions`` (same ``transactional.id``) fences the old
+    one and completes or aborts its open transaction, and the new consumer resumes from the
+    committed offsets (the CLI does exactly that).
     """
+
+
+class ClientsWedged(FatalConsumerError):
+    """A librdkafka call did not return within its hard deadline.
+
+    ``send_offsets_to_transaction`` waits without limit, whatever its timeout, while its
+    group-coordinator request is stuck (librdkafka 2.16: confluentinc/librdkafka#5456, #5511).
+    The call keeps its worker thread; the clients are abandoned and rebuilt.
+    """
+
+
+class BoundedCalls:
+    """Runs blocking librdkafka calls on one worker thread and waits at most a hard deadline.
+
+    librdkafka's own ``timeout`` arguments are not enough (see :class:`ClientsWedged`); a call that
+    overruns its deadline marks this runner wedged and raises ``ClientsWedged``: the thread stays
+    blocked in the dead client, and the caller rebuilds the clients.
+    """
+
+    def __init__(self, name: str = "kafka-calls"):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.wedged: str | None = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, box, done = job
+            try:
+                box.append((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box.append((False, exc))
+            done.set()
+
+    def call(self, what: str, deadline_s: float, fn: Callable, *args):
+        if self.wedged:
+            raise ClientsWedged(f"{what}: the clients are wedged in {self.wedged}")
+        box: list = []
+        done = threading.Event()
+        self._jobs.put((fn, args, box, done))
+        if not done.wait(deadline_s):
+            self.wedged = what
+            raise ClientsWedged(f"{what} did not return within {deadline_s:.0f} s (librdkafka ignored its "
+                                f"timeout)")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def stop(self) -> None:
+        if not self.wedged:
+            self._jobs.put(None)
+
+
+def _must_rebuild(err) -> bool:
+    """Fenced or fatal producer errors: no call on this producer can succeed again."""
+    from confluent_kafka import KafkaError
+    return bool(err.fatal()) or err.code() in (KafkaError._FENCED, KafkaError._FATAL, KafkaError.PRODUCER_FENCED,
+                                               KafkaError.INVALID_PRODUCER_EPOCH,
+                                               KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
 
 
 @dataclass
@@ -86,7 +153,8 @@ class KafkaScorer:
                  poll_timeout_s: float = 0.005, key_column: str | None = None,
                  metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
-                 encoder: Any = None, strategy: Any = None):
+                 encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
+                 init_timeout_s: float = 120.0):
         self.plan = plan
         # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
         # consumed batch into its own records; the loop, retries and transaction stay these.
@@ -111,7 +179,12 @@ class KafkaScorer:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.now_ns = now_ns
+        # every blocking librdkafka call gets txn_call_timeout_s (librdkafka's timeout) and a hard
+        # deadline a little later (BoundedCalls); commit/abort are resumed within txn_timeout_s
         self.txn_timeout_s = txn_timeout_s
+        self.txn_call_timeout_s = min(txn_call_timeout_s, txn_timeout_s)
+        self.init_timeout_s = init_timeout_s
+        self._calls = BoundedCalls()
         self.model_max_batch = max_batch
         self._stop = threading.Event()
         self._revoked = False
@@ -120,9 +193,21 @@ class KafkaScorer:
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        from confluent_kafka import KafkaException
         t0 = time.monotonic()
-        # Fences a previous incarnation with the same transactional.id and aborts its open batch.
-        self.producer.init_transactions(self.txn_timeout_s)
+        # Fences a previous incarnation with the same transactional.id and completes or aborts its
+        # open transaction. Retriable failures (broker still down) are retried up to init_timeout_s.
+        while True:
+            try:
+                self._calls.call("init_transactions", self._hard_deadline(), self.producer.init_transactions,
+                                 self.txn_call_timeout_s)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or time.monotonic() - t0 > self.init_timeout_s:
+                    raise
+                log.warning("init_transactions not done yet, retrying: %s", err)
+                time.sleep(0.5)
         log.info("transactions initialised in %.2fs", time.monotonic() - t0)
         self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
@@ -158,11 +243,19 @@ class KafkaScorer:
                 break
         return self.stats
 
-    def close(self) -> None:
-        try:
-            self.consumer.close()
-        finally:
-            self.producer.flush(10)
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Leave the group and stop, waiting at most ``timeout_s`` for the consumer's close (it talks
+        to the group coordinator, which may be the thing that is stuck). The producer holds nothing
+        to flush: every record it sends belongs to a transaction, committed or not."""
+        self._calls.stop()
+        closer = threading.Thread(target=_close_quietly, args=(self.consumer,), name="kafka-close", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
+        if closer.is_alive():
+            log.warning("consumer close did not finish within %.0f s; abandoned", timeout_s)
+
+    def _hard_deadline(self) -> float:
+        return self.txn_call_timeout_s + 5.0
 
     def _usable(self, msg) -> bool:
         err = msg.error()
@@ -348,6 +441,12 @@ class KafkaScorer:
 
     # ----- the transaction ---------------------------------------------------------------------
     def _produce_transaction(self, pending: Sequence[_Pending], records, stats: BatchStats) -> bool:
+        """Scores + dead letters + consumed offsets in one transaction.
+
+        True: committed. False: aborted, nothing visible, the batch's partitions rewound to its first
+        offsets (= the last committed ones) so it is read again. ``FatalConsumerError``: the outcome
+        cannot be settled with these clients (fenced, fatal, wedged, commit outcome unknown, abort
+        impossible) -- the caller rebuilds them, which settles it safely (see the class doc)."""
         from confluent_kafka import KafkaException, TopicPartition
         offsets: dict[tuple[str, int], int] = {}
         first: dict[tuple[str, int], int] = {}
@@ -355,40 +454,92 @@ class KafkaScorer:
             key = (p.msg.topic(), p.msg.partition())
             offsets[key] = max(offsets.get(key, -1), p.msg.offset() + 1)
             first[key] = min(first.get(key, p.msg.offset()), p.msg.offset())
+        subject = getattr(self.strategy, "subject", SCORES_SUBJECT)
+        phase = "begin"
         try:
             self.producer.begin_transaction()
+            phase = "produce"
             for p, rec in records:
-                self.producer.produce(self.scores_topic, key=p.event.key,
-                                      value=self.encoder.encode(getattr(self.strategy, "subject", SCORES_SUBJECT), rec))
+                self.producer.produce(self.scores_topic, key=p.event.key, value=self.encoder.encode(subject, rec))
             for p in pending:
                 if p.dead is not None:
                     self._produce_dead_letter(p)
                     stats.dead_letters += 1
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-                self.consumer.consumer_group_metadata(), self.txn_timeout_s)
-            self.producer.commit_transaction(self.txn_timeout_s)
+            phase = "send_offsets"
+            self._calls.call("send_offsets_to_transaction", self._hard_deadline(),
+                             self.producer.send_offsets_to_transaction,
+                             [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
+                             self.consumer.consumer_group_metadata(), self.txn_call_timeout_s)
+            phase = "commit"
+            self._commit_resuming()
             log.debug("committed %d scores, %d dead letters, offsets %s", len(records), stats.dead_letters, offsets)
             return True
         except KafkaException as exc:
             err = exc.args[0]
             self.metrics.errors.labels(PATH, "transaction").inc()
-            if getattr(err, "txn_requires_abort", lambda: False)() or err.retriable():
-                log.warning("transaction aborted, batch will be re-read: %s", err)
-                try:
-                    self.producer.abort_transaction(self.txn_timeout_s)
-                except KafkaException as abort_exc:
-                    raise FatalConsumerError(f"cannot abort the transaction: {abort_exc}") from exc
-                stats.aborted = True
-                for (t, part), off in first.items():
-                    try:
-                        self.consumer.seek(TopicPartition(t, part, off))
-                    except KafkaException as seek_exc:  # partition no longer ours: new owner re-reads
-                        log.info("seek after abort skipped: %s", seek_exc)
-                self.metrics.retries.labels(PATH, "abort").inc()
-                return False
-            # fenced or fatal: these clients are done; nothing was committed, so the CLI rebuilds them
-            raise FatalConsumerError(f"transaction failed: {err}") from exc
+            if _must_rebuild(err):
+                raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
+            if phase == "commit" and not err.txn_requires_abort():
+                # the commit may still complete on the broker: only a new producer (same
+                # transactional.id) can settle it; the new consumer then reads what was committed
+                raise FatalConsumerError(f"transaction commit outcome unknown: {err}") from exc
+            if phase == "begin" or not (err.txn_requires_abort() or err.retriable()):
+                raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
+            log.warning("transaction aborted (%s), batch will be re-read: %s", phase, err)
+            self._abort_resuming()
+            stats.aborted = True
+            self._rewind(first)
+            self.metrics.retries.labels(PATH, "abort").inc()
+            return False
+
+    def _commit_resuming(self) -> None:
+        """commit_transaction; a retriable failure (e.g. timed out while the coordinator restarts)
+        means the commit goes on in the background, and calling it again resumes it."""
+        from confluent_kafka import KafkaException
+        deadline = time.monotonic() + self.txn_timeout_s
+        while True:
+            try:
+                self._calls.call("commit_transaction", self._hard_deadline(), self.producer.commit_transaction,
+                                 self.txn_call_timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or _must_rebuild(err) \
+                        or time.monotonic() > deadline:
+                    raise
+                log.warning("commit not confirmed yet, resuming it: %s", err)
+                self.metrics.retries.labels(PATH, "commit").inc()
+                time.sleep(0.1)
+
+    def _abort_resuming(self) -> None:
+        """abort_transaction, resumed on retriable failures for at most ``txn_timeout_s``."""
+        from confluent_kafka import KafkaException
+        deadline = time.monotonic() + self.txn_timeout_s
+        while True:
+            try:
+                self._calls.call("abort_transaction", self._hard_deadline(), self.producer.abort_transaction,
+                                 self.txn_call_timeout_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or _must_rebuild(err) or time.monotonic() > deadline:
+                    raise FatalConsumerError(f"cannot abort the transaction: {err}") from exc
+                log.warning("abort not confirmed yet, resuming it: %s", err)
+                time.sleep(0.2)
+
+    def _rewind(self, first: dict[tuple[str, int], int]) -> None:
+        """Seek every partition of an aborted batch back to its first offset. A partition no longer
+        assigned is skipped (its new owner starts from the committed offset); one that is assigned
+        but cannot be rewound would be skipped past by the next commit -- rebuild instead."""
+        from confluent_kafka import KafkaException, TopicPartition
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, part), off in first.items():
+            if (topic, part) not in assigned:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(topic, part, off))
+            except KafkaException as exc:
+                raise FatalConsumerError(f"cannot rewind {topic}[{part}] to {off} after an abort: {exc}") from exc
 
     def _produce_dead_letter(self, p: _Pending) -> None:
         from streams.dlq import dead_letter_headers, dead_letter_payload, dead_letter_record
@@ -424,7 +575,10 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
     encoder = AvroCodec(registry, validate=False)
     deadline = settings.window_deadline_ms / 1000
     store = RedisWindowStore(plan, redis_client(cfg, socket_timeout=deadline, socket_connect_timeout=deadline))
-    consumer_conf = {"group.id": settings.group_id, "enable.auto.commit": False,
+    # metadata.recovery.strategy=none: with librdkafka 2.16's default (rebootstrap), a restart of the
+    # broker(s) decommissions the known brokers, and requests to the group coordinator then hang
+    # forever (send_offsets_to_transaction included, whatever its timeout; librdkafka #5511)
+    consumer_conf = {"metadata.recovery.strategy": "none", "group.id": settings.group_id, "enable.auto.commit": False,
                      "enable.auto.offset.store": False, "isolation.level": "read_committed",
                      "auto.offset.reset": settings.auto_offset_reset, "session.timeout.ms": 10000,
                      "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100}
@@ -432,7 +586,7 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
         consumer_conf["group.instance.id"] = settings.transactional_id
     consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))
     producer = Producer(kafka_client_config(
-        cfg, **{"transactional.id": settings.transactional_id, "linger.ms": 1,
+        cfg, **{"metadata.recovery.strategy": "none", "transactional.id": settings.transactional_id, "linger.ms": 1,
                 "transaction.timeout.ms": settings.transaction_timeout_ms, **settings.producer}))
     triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
                           settings.model_name or cfg.triton.model_name, settings.model_version,
@@ -454,6 +608,13 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
         from .recommend_kafka import as_ranking_scorer
         scorer = as_ranking_scorer(scorer, cfg, settings)
     return scorer
+
+
+def _close_quietly(consumer) -> None:
+    try:
+        consumer.close()
+    except Exception as exc:  # noqa: BLE001 - closing a failed client; its replacement takes over
+        log.warning("closing the consumer: %s", exc)
 
 
 def install_signal_handlers(scorer: KafkaScorer) -> None:

@@ -88,3 +88,78 @@ def test_self_append_lets_the_next_event_see_the_previous_one(
             float(client.infer(build_tensors(plan, r, windows)).scores[0]), abs=1e-6)
     client.close()
     assert np.isfinite(list(got.values())).all()
+
+
+def test_bounded_calls_return_raise_and_detect_a_wedged_call():
+    """Pure logic of the hard deadline around librdkafka calls (no servers)."""
+    import threading
+    import time
+
+    from scorer.kafka_service import BoundedCalls, ClientsWedged
+    calls = BoundedCalls()
+    assert calls.call("add", 1.0, lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(KeyError):
+        calls.call("raise", 1.0, {}.__getitem__, "missing")
+    release = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(ClientsWedged, match="stuck did not return within"):
+        calls.call("stuck", 0.3, release.wait)
+    assert time.monotonic() - t0 < 2.0
+    assert calls.wedged == "stuck"
+    with pytest.raises(ClientsWedged, match="wedged in stuck"):  # nothing more runs on a wedged client
+        calls.call("add", 1.0, lambda: 1)
+    release.set()
+
+
+class _HangingOffsets:
+    """A real transactional producer whose first send_offsets_to_transaction never returns -- what
+    librdkafka 2.16 does when its group-coordinator request is stuck (librdkafka #5456/#5511)."""
+
+    def __init__(self, producer):
+        import threading
+        self._producer = producer
+        self.release = threading.Event()
+        self.hung = 0
+
+    def send_offsets_to_transaction(self, *args):
+        if not self.hung:
+            self.hung += 1
+            self.release.wait()
+        return self._producer.send_offsets_to_transaction(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._producer, name)
+
+
+def test_a_wedged_send_offsets_is_cut_off_and_a_rebuilt_scorer_scores_everything_exactly_once(
+        plan, stack, test_model, window_store, codec, new_topic, kafka_client_config, kafka_consumer_config):
+    import time
+
+    from scorer.kafka_service import ClientsWedged
+    facts, scores, dlq = new_topic("facts", partitions=2), new_topic("scores"), new_topic("dlq")
+    rows = [fact_row(300 + i, customer=7 + i % 5, terminal=11 + i % 3, amount=2.0 * i) for i in range(40)]
+    produce_facts(kafka_client_config, facts, codec, rows)
+    kw = dict(consumer_config=kafka_consumer_config, client_config=kafka_client_config, codec=codec,
+              store=window_store, topics=(facts, scores, dlq), group=f"g-{facts}", txn_id=f"tx-{facts}",
+              max_batch=8, txn_call_timeout_s=1.0)
+    first = scorer_for(plan, stack, test_model, **kw)
+    first.producer = hanging = _HangingOffsets(first.producer)
+    first.start()
+    t0 = time.monotonic()
+    with pytest.raises(ClientsWedged, match="send_offsets_to_transaction"):
+        first.run(idle_exit_s=10.0)
+    assert time.monotonic() - t0 < 15.0  # the hard deadline (1 s + 5 s grace), not forever
+    first.close(timeout_s=5.0)  # bounded; the wedged producer is abandoned, its transaction open
+    # as cmd_score does: new clients, same transactional.id -> the zombie is fenced, its open
+    # transaction aborted, and the new consumer starts from the committed offsets
+    second = scorer_for(plan, stack, test_model, **kw)
+    second.start()
+    second.run(idle_exit_s=3.0)
+    second.close()
+    hanging.release.set()  # let the abandoned call return (fenced) so the thread ends
+    out = consume_all(kafka_consumer_config, scores, len(rows), settle=1.0)
+    ids = [codec.decode(m.value())[1]["event_id"] for m in out]
+    assert sorted(ids) == sorted(str(r["transaction_id"]) for r in rows)  # none lost, none twice
+    # the first batch was produced inside the abandoned transaction: aborted, invisible above
+    uncommitted = consume_all(kafka_consumer_config, scores, len(rows) + 8, committed=False, settle=1.0)
+    assert len(uncommitted) > len(out)
