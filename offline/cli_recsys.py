@@ -63,7 +63,7 @@ def cmd_recsys_train(args) -> int:
     cfg = RecsysConfig(epochs=args.epochs, max_positives_per_epoch=args.max_positives_per_epoch,
                        batch_size=args.batch_size, fanouts=tuple(int(x) for x in args.fanouts.split(",")),
                        eval_households=args.eval_households, seed=args.seed, device=args.device,
-                       test_weeks=args.test_weeks, first_week=args.first_week,
+                       test_weeks=args.test_weeks, first_week=args.first_week, inbatch_weight=args.inbatch_weight,
                        model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
     ds = _load_data(args.max_rows, args.session_seed)
     with _torch_threads(args.threads):
@@ -249,6 +249,9 @@ def register_recsys(sub) -> None:
                    help="households per test week in the trainer's own next-week check")
     p.add_argument("--test-weeks", type=int, default=r.test_weeks, help="last full weeks held out (test period)")
     p.add_argument("--first-week", type=int, default=r.first_week, help="first training snapshot week (history before it)")
+    p.add_argument("--inbatch-weight", type=float, default=1.0,
+                   help="weight of the in-batch sampled-softmax loss with logQ correction (0: BCE only, "
+                        "the train-recsys default; default 1)")
     p.add_argument("--hidden", type=int, default=m.hidden)
     p.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
     p.add_argument("--max-rows", type=int, help="earliest N purchase lines only (quick runs)")

@@ -81,6 +81,7 @@ class RecsysConfig:
     max_positives_per_epoch: int = 60_000
     lr: float = 3e-3
     neg_popularity_share: float = 0.5
+    inbatch_weight: float = 0.0  # weight of the in-batch sampled-softmax loss (logQ-corrected); 0 = BCE only
     candidates: int = 2_000
     eval_households: int = 500
     ks: tuple[int, ...] = (10, 50)

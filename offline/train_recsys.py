@@ -118,9 +118,14 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
     for epoch in range(cfg.epochs):
         model.train()
         chosen = rng.permutation(len(pos_pairs))[:cfg.max_positives_per_epoch]
+        starts = np.arange(0, len(chosen), cfg.batch_size)
+        if cfg.inbatch_weight > 0:
+            # In-batch negatives need a shared snapshot: batches are cut from week-sorted
+            # positives, then visited in random order.
+            chosen = chosen[np.argsort(pos_t[chosen], kind="stable")]
+            starts = rng.permutation(starts)
         total, seen = 0.0, 0
-        bar = tqdm(range(0, len(chosen), cfg.batch_size), desc=f"recsys epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, unit="batch")
+        bar = tqdm(starts, desc=f"recsys epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
         for lo in bar:
             sel = chosen[lo:lo + cfg.batch_size]
             ts, hh, pp = pos_t[sel], pos_pairs[sel, 0], pos_pairs[sel, 1]
@@ -141,6 +146,8 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
             logits = torch.cat([(eh * ep[:n]).sum(-1) / scale + bias[:n], (eh * ep[n:]).sum(-1) / scale + bias[n:]])
             y = torch.cat([torch.ones(n), torch.zeros(n)])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+            if cfg.inbatch_weight > 0:
+                loss = loss + cfg.inbatch_weight * inbatch_softmax_loss(eh, ep[:n], bias[:n], ts, pp, pop)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -158,6 +165,22 @@ def train_recsys(ds: RelationalDataset, cfg: RecsysConfig = RecsysConfig(), prog
     metrics["seconds_total"] = time.perf_counter() - t_start
     log(f"recsys test: {metrics['test']}")
     return model, metrics
+
+
+def inbatch_softmax_loss(eh, ep, bias, ts, pp, pop) -> torch.Tensor:
+    """Each household against every product of the batch bought at the same snapshot (sampled
+    softmax, the diagonal is the positive). In-batch products are drawn in proportion to how often
+    they are bought, so their logits get the logQ correction ``- log q(product)`` (q from the
+    4-week popularity at the snapshot); otherwise popular products would be pushed down. Ranking
+    within popular products is what the quality report measures, which BCE against one random
+    negative barely teaches."""
+    n = len(pp)
+    logq = torch.as_tensor(np.array([np.log(pop[int(t)][p] / pop[int(t)].sum()) for t, p in zip(ts, pp)]),
+                           dtype=eh.dtype)
+    logits = eh @ ep.T / eh.shape[1] ** 0.5 + bias[None, :] - logq[None, :]
+    other = torch.as_tensor((ts[:, None] != ts[None, :]) | ((pp[:, None] == pp[None, :]) & ~np.eye(n, dtype=bool)))
+    logits = logits.masked_fill(other, float("-inf"))  # other snapshots, or the same product again
+    return torch.nn.functional.cross_entropy(logits, torch.arange(n))
 
 
 def ranking_metrics(scores: np.ndarray, truth: list[np.ndarray], ks) -> dict:

@@ -188,3 +188,23 @@ def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
     for m in report["models"].values():
         assert 0 <= m["recall@10"] <= m["recall@20"] <= m["recall@50"] <= report["candidate_recall_ceiling"] + 1e-12
     assert 0 <= report["deep_missing"]["candidate_missing_share"] < 1
+
+
+def test_inbatch_softmax_loss_masks_other_snapshots_and_repeated_products():
+    import torch
+
+    from offline.train_recsys import inbatch_softmax_loss
+
+    torch.manual_seed(0)
+    eh, ep, bias = torch.randn(3, 8), torch.randn(3, 8), torch.randn(3)
+    pop = {1: np.array([1.0] * 5 + [4.0, 2.0, 3.0]), 2: np.ones(8)}
+    # product 5 twice at snapshot 1 (not a negative of itself), row 2 alone at snapshot 2: nothing to rank
+    alone = inbatch_softmax_loss(eh, ep, bias, np.array([1, 1, 2]), np.array([5, 5, 6]), pop)
+    assert float(alone) == pytest.approx(0.0, abs=1e-6)
+    shared = inbatch_softmax_loss(eh, ep, bias, np.array([1, 1, 1]), np.array([5, 6, 7]), pop)
+    assert float(shared) > 0
+    # by hand: logits e_h . e_p / sqrt(d) + b_p - log q(p), softmax cross-entropy on the diagonal
+    q = pop[1][[5, 6, 7]] / pop[1].sum()
+    logits = (eh @ ep.T / 8 ** 0.5 + bias[None, :]).numpy() - np.log(q)[None, :]
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert float(shared) == pytest.approx(-np.mean(np.diag(logp)), rel=1e-5)
