@@ -172,6 +172,14 @@ def cmd_recsys_quality(args) -> int:
     if emb_path.exists():
         table = EmbeddingTable.from_parquet(emb_path, plan)
         scorers["deep_gnn"] = deep_scorer(table, deep_stats)
+        model_path = run_dir / "recsys_model.pt"
+        if model_path.exists() and not args.no_anchor_gnn:
+            from offline.recsys_quality import household_at_anchor
+            from offline.train_recsys import build_recsys_graph, load_recsys_model
+
+            model, cfg = load_recsys_model(model_path)
+            scorers["deep_gnn_household_at_anchor"] = deep_scorer(
+                table, household_vectors=household_at_anchor(model, cfg.fanouts, build_recsys_graph(ds)))
     else:
         print(f"recsys-quality: {emb_path} not found: the deep model is skipped (run recsys-embed)")
     ranker_path = Path(args.ranker) if args.ranker else None
@@ -194,7 +202,9 @@ def cmd_recsys_quality(args) -> int:
         "candidate_recall_ceiling": cands.ceiling,
         "targets_per_example": float(examples["targets"].map(len).mean()),
         "models": models, "deep_embeddings": str(emb_path) if table is not None else None,
-        "deep_scoring": "point-in-time snapshot (plan offsets 1 h..8 d), dot(household, product) incl. product bias",
+        "deep_scoring": "deep_gnn: point-in-time snapshots of household and product (plan offsets 1 h..8 d), "
+                        "dot(household, product) incl. product bias; deep_gnn_household_at_anchor: the household "
+                        "vector from the GNN run at the anchor (sees the revealed lines), products from snapshots",
         "deep_missing": deep_stats, "ranker": str(ranker_path) if ranker_path else None, "ranker_note": ranker_note,
         "seconds_total": time.perf_counter() - t_start,
     }
@@ -281,6 +291,8 @@ def register_recsys(sub) -> None:
     p.add_argument("--ranker", help="distilled ranker model file (offline/ranker.py); scored when given")
     p.add_argument("--candidates", type=int, default=1000, help="catalog top-N candidates per example (default 1000)")
     p.add_argument("--max-examples", type=int, default=2000, help="seeded sample of test baskets (default 2000)")
+    p.add_argument("--no-anchor-gnn", action="store_true",
+                   help="skip the variant that runs the GNN for the household at the anchor time")
     p.add_argument("--ks", default="10,20,50")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_recsys_quality)

@@ -80,16 +80,20 @@ def buy_again_scorer(index: PurchaseIndex) -> Callable:
     return score
 
 
-def deep_scorer(table, stats: dict | None = None, chunk: int = 100) -> Callable:
+def deep_scorer(table, stats: dict | None = None, chunk: int = 100, household_vectors: Callable | None = None) -> Callable:
     """The deep model from its point-in-time embeddings (``offline/recsys_embed.py`` layout):
     score = dot(household vector, product vector) with the snapshot the plan admits at the
     anchor. A household without an admissible snapshot uses [0, .., 0, 1] (the product bias
     alone); a candidate without one ranks below every embedded candidate, by popularity.
-    ``stats`` (optional dict) receives the missing shares."""
+    ``household_vectors(examples) -> (vectors, missing)`` replaces the household lookup
+    (:func:`household_at_anchor`). ``stats`` (optional dict) receives the missing shares."""
     def score(examples: pd.DataFrame, cands: CandidateSets) -> np.ndarray:
         E, N = cands.ids.shape
         anchors = examples["anchor_time"].to_numpy(np.int64)
-        hv, hmiss = table.lookup("households", examples["household_id"].to_numpy(np.int64), anchors)
+        if household_vectors is None:
+            hv, hmiss = table.lookup("households", examples["household_id"].to_numpy(np.int64), anchors)
+        else:
+            hv, hmiss = household_vectors(examples)
         hv[hmiss] = 0.0
         hv[hmiss, -1] = 1.0
         out = np.empty((E, N), np.float64)
@@ -110,6 +114,32 @@ def deep_scorer(table, stats: dict | None = None, chunk: int = 100) -> Callable:
                          candidate_missing_share=pmiss_total / max(valid_total, 1))
         return out
     return score
+
+
+def household_at_anchor(model, fanouts, g, batch_size: int = 512) -> Callable:
+    """Household vectors from the GNN run at each example's anchor time (its sampled subgraph
+    then holds the revealed lines of the open basket, all strictly before the anchor), in the
+    stored layout ``[e_h / sqrt(d), 1]``; product vectors still come from the snapshots."""
+    import torch
+
+    from offline.recsys_embed import stored_vectors
+    from offline.sampler import SamplerConfig, sample_subgraphs
+
+    @torch.no_grad()
+    def vectors(examples: pd.DataFrame):
+        model.eval()
+        ids = examples["household_id"].to_numpy(np.int64)
+        idx = np.searchsorted(g.node_ids["households"], ids)
+        known = (idx < len(g.node_ids["households"])) & (g.node_ids["households"][np.minimum(idx, len(g.node_ids["households"]) - 1)] == ids)
+        idx = np.where(known, idx, 0)
+        times = examples["anchor_time"].to_numpy(np.int64)
+        embs = []
+        for lo in range(0, len(idx), batch_size):
+            seeds = {"households": (idx[lo:lo + batch_size], times[lo:lo + batch_size])}
+            embs.append(model(sample_subgraphs(g, seeds, SamplerConfig(tuple(fanouts), 0)))["households"][0].numpy())
+        emb = np.concatenate(embs) if embs else np.zeros((0, model.cfg.embedding_dim), np.float32)
+        return stored_vectors("households", emb, np.zeros(len(emb), np.float32)), ~known
+    return vectors
 
 
 # ----- evaluation --------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
     assert main(["offline", "recsys-quality", *base, "--max-examples", "150", "--candidates", "300"]) == 0
     report = json.loads((run / "recsys_quality.json").read_text())
     assert report["examples"] == 150 and (run / "recsys_quality.png").stat().st_size > 10_000
-    assert set(report["models"]) == {"popularity", "buy_again", "deep_gnn"}
+    assert set(report["models"]) == {"popularity", "buy_again", "deep_gnn", "deep_gnn_household_at_anchor"}
     for m in report["models"].values():
         assert 0 <= m["recall@10"] <= m["recall@20"] <= m["recall@50"] <= report["candidate_recall_ceiling"] + 1e-12
     assert 0 <= report["deep_missing"]["candidate_missing_share"] < 1
