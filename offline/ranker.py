@@ -17,7 +17,8 @@ Triton model, which vendors this file), so features cannot drift between them:
   distinct times ``basket_time + i`` ns, so the revealed part of a basket is that basket);
 * candidates: each candidate's product embedding (+ missing flag);
 * pairwise, computed here from the tensors: how often the candidate is in the history and in the
-  open session, hours since its last purchase, whether it was ever bought.
+  open session, hours since its last purchase, whether it was ever bought; and in the model the
+  cosine similarity of its embedding to the history's and the open session's lines (max, mean).
 
 Architecture (:class:`RankerModel`). The history is encoded ONCE per request: a household token
 followed by the history tokens go through a small transformer encoder. Every candidate then
@@ -127,7 +128,8 @@ class RankerLayout:
         return 2 + 2 * len(AGE_PERIODS_H) + 2 * len(self.history_values) + 2  # + session, missing
 
     n_query_features = 6
-    n_pair_features = 6
+    n_pair_features = 6  # computed in prepare_ranking_batch
+    n_similarity_features = 5  # computed in the model from the embeddings
 
 
 def _slog(x) -> np.ndarray:
@@ -262,7 +264,10 @@ class RankerModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.attend_history = _TargetAttention(d, config.n_heads)
         self.attend_session = _TargetAttention(d, config.n_heads)
-        self.pair_proj = nn.Linear(lay.n_pair_features, d)
+        self.pair_proj = nn.Linear(lay.n_pair_features + lay.n_similarity_features, d)
+        # A linear path from the pairwise features straight to the logit ("wide" part): simple
+        # relations (bought before, like the session) are learnt from few examples.
+        self.pair_linear = nn.Linear(lay.n_pair_features + lay.n_similarity_features, 1)
         self.head = nn.Sequential(nn.LayerNorm(6 * d), nn.Linear(6 * d, 2 * d), nn.GELU(), nn.Linear(2 * d, d),
                                   nn.GELU(), nn.Linear(d, 1))
 
@@ -285,6 +290,25 @@ class RankerModel(nn.Module):
         keep_session = torch.cat([always, batch["session"]], 1)
         return user, memory, torch.stack([keep, keep_session])
 
+    @staticmethod
+    def similarity_features(batch: dict) -> torch.Tensor:
+        """[B, N, 5] cosine similarity of each candidate's embedding to the history lines' and the
+        open session's: max and mean over the history, max and mean over the session, and a flag
+        "the session has an embedded line". Zero for candidates without an embedding."""
+        c = nn.functional.normalize(batch["candidates"], dim=-1, eps=1e-6)
+        h = nn.functional.normalize(batch["history"], dim=-1, eps=1e-6)
+        sim = c @ h.transpose(1, 2)  # [B, N, L]
+        known = batch["history_missing"] < 0.5
+        out = []
+        for keep in (batch["history_valid"] & known, batch["session"] & known):
+            k = keep[:, None, :].expand_as(sim)
+            top = sim.masked_fill(~k, -2.0).amax(-1) if sim.shape[-1] else sim.new_zeros(sim.shape[:2])
+            has = k.any(-1)
+            out += [torch.where(has, top, torch.zeros_like(top)), (sim * k).sum(-1) / k.sum(-1).clamp(min=1)]
+        out.append((batch["session"] & known).any(-1, keepdim=True).float().expand(-1, sim.shape[1]))
+        feats = torch.stack(out, -1)
+        return feats * (1 - batch["candidate_missing"]).unsqueeze(-1)
+
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits [B, N]; padded candidates are ``-inf``."""
         user, memory, keeps = self.encode_history(batch)
@@ -292,8 +316,9 @@ class RankerModel(nn.Module):
         a_hist = self.attend_history(cand, memory, keeps[0])
         a_sess = self.attend_session(cand, memory, keeps[1])
         u = user[:, None].expand_as(cand)
-        x = torch.cat([cand, a_hist, a_sess, u * cand, a_sess * cand, self.pair_proj(batch["pairs"])], -1)
-        logits = self.head(x).squeeze(-1)
+        pairs = torch.cat([batch["pairs"], self.similarity_features(batch)], -1)
+        x = torch.cat([cand, a_hist, a_sess, u * cand, a_sess * cand, self.pair_proj(pairs)], -1)
+        logits = (self.head(x) + self.pair_linear(pairs)).squeeze(-1)
         return logits.masked_fill(~batch["candidate_valid"], float("-inf"))
 
     def count_parameters(self) -> int:
@@ -325,5 +350,22 @@ def score_ranking(model: RankerModel, plan: ServingPlan, stacked: dict, embeddin
     return scores, cold, cand_cold
 
 
-__all__ = ["RankerConfig", "RankerError", "RankerLayout", "RankerModel", "build_ranker", "prepare_ranking_batch",
-           "score_ranking"]
+# ----- entry points for offline callers (lazy: the vendored bundle never calls these) -----------
+
+def load_ranker(path, plan: ServingPlan, device: str = "cpu") -> RankerModel:
+    """A trained ranker from its weights file (``RUN/ranker.pt`` or a bundle's ``model.pt``)."""
+    from offline.ranker_export import load_ranker as _load
+
+    return _load(path, plan, device)
+
+
+def score_examples(model: RankerModel, table, examples, candidates, *, tx, plan: ServingPlan, device="cpu",
+                   progress: bool = True):
+    """Scores [E, N] of ranking examples' candidates; see :func:`offline.ranker_train.score_examples`."""
+    from offline.ranker_train import score_examples as _score
+
+    return _score(model, table, examples, candidates, tx=tx, plan=plan, device=device, progress=progress)
+
+
+__all__ = ["RankerConfig", "RankerError", "RankerLayout", "RankerModel", "build_ranker", "load_ranker", "prepare_ranking_batch",
+           "score_examples", "score_ranking"]

@@ -132,3 +132,91 @@ def test_export_round_trip_on_real_triton(stack, plan, tmp_path):
     assert outs["cold_start"] == [1, 1] and outs["candidate_cold_start"] == [0, 1]
     (want, _, _), = split_ranking_scores(bundle, [req])
     assert np.abs(np.asarray(outs["score"]) - want[0]).max() <= 1e-5
+
+
+# ----- training rows -----------------------------------------------------------------------------
+
+def _toy_transactions(seed=0):
+    """Two households, baskets every few days; lines of a basket at basket_time + i ns."""
+    rng = np.random.default_rng(seed)
+    rows, tid = [], 0
+    for h in (1, 2):
+        for b in range(12):
+            bt = T - (40 - 3 * b) * DAY + h * HOUR
+            for i, p in enumerate(rng.choice(np.arange(1, 60), rng.integers(2, 9), replace=False)):
+                rows.append({"transaction_id": tid, "transaction_timestamp": bt + i, "household_id": h,
+                             "product_id": int(p), "basket_id": h * 1000 + b, "quantity": int(rng.integers(1, 3)),
+                             "sales_value": float(rng.uniform(1, 9))})
+                tid += 1
+    import pandas as pd
+    return pd.DataFrame(rows).sort_values(["transaction_timestamp", "transaction_id"]).reset_index(drop=True)
+
+
+def test_replayed_rows_are_build_tensors_of_the_past_only(plan):
+    from offline.ranker_train import replay_ranking_rows
+    from offline.recsys_tasks import ranking_examples
+
+    tx = _toy_transactions()
+    examples = ranking_examples(tx, T - 20 * DAY, T + DAY)
+    assert len(examples) >= 8
+
+    def choose(i, ex, windows):
+        cands = np.concatenate([ex["targets"], [500, 501]])
+        return cands, np.r_[np.ones(len(ex["targets"])), 0, 0]
+
+    rows = replay_ranking_rows(plan, tx, examples, choose, 20, progress=False)
+    hop = plan.hops[0]
+    for i, ex in examples.iterrows():
+        A = int(ex["anchor_time"])
+        past = tx[(tx["household_id"] == ex["household_id"]) & (tx["transaction_timestamp"] < A)
+                  & (tx["transaction_timestamp"] >= A - plan.real_time_offset.ns)].tail(hop.max_len)
+        window = Window(past["transaction_timestamp"].to_numpy(np.int64),
+                        {c: past[c].to_numpy().astype(np.float32 if c == "sales_value" else np.int64)
+                         for c in hop.columns})
+        want = build_tensors(plan, {"household_id": int(ex["household_id"])}, {hop.key.key: window}, anchor_time=A,
+                             candidates=list(choose(i, ex, None)[0]))
+        got = rows.request(i)
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+            assert np.array_equal(got[name], want[name]), name
+        # The open basket's revealed lines are in the history; none of its hidden lines is.
+        times = got[f"{hop.key.key}:transaction_timestamp"].reshape(-1)
+        baskets = got[f"{hop.key.key}:basket_id"].reshape(-1)
+        assert (times < A).all() and (baskets == ex["basket_id"]).sum() == ex["revealed"]
+        assert rows.labels[i, :len(ex["targets"])].all() and not rows.labels[i, len(ex["targets"]):].any()
+
+
+def test_training_candidates_exclude_targets_and_revealed_and_are_seeded(plan):
+    from offline.ranker_train import DailyPopularity, SamplingConfig, TrainingCandidates
+    from offline.recsys_tasks import ranking_examples
+
+    tx = _toy_transactions()
+    examples = ranking_examples(tx, T - 20 * DAY, T + DAY)
+    pop = DailyPopularity(tx, 50)
+    choose = TrainingCandidates(pop, SamplingConfig(n_negatives=10, max_positives=3), plan.hops[0].key.key,
+                                "product_id", seed=4)
+    ex = examples.iloc[3]
+    win = {plan.hops[0].key.key: Window(np.array([1], np.int64), {"product_id": np.array([7], np.int64)})}
+    cands, labels = choose(3, ex, win)
+    again, _ = choose(3, ex, win)
+    assert np.array_equal(cands, again)  # seeded per example
+    assert len(set(cands.tolist())) == len(cands) and labels.sum() == min(3, len(ex["targets"]))
+    negatives = cands[labels == 0]
+    assert not np.isin(negatives, ex["targets"]).any() and not np.isin(negatives, ex["revealed_products"]).any()
+    # Popularity is read strictly before the example's day: a later line changes nothing.
+    day = int(ex["anchor_time"]) // DAY * DAY
+    ids, _ = pop.at(int(ex["anchor_time"]))
+    from offline.recsys_tasks import popular_products
+    assert np.array_equal(ids, popular_products(tx[tx["transaction_timestamp"] < day], day, 50))
+
+
+def test_sampled_softmax_loss_prefers_positives():
+    from offline.ranker_train import ranking_loss
+
+    labels = torch.tensor([[1.0, 0, 0, 0]])
+    valid = torch.tensor([[True, True, True, False]])
+    good = ranking_loss(torch.tensor([[3.0, 0, 0, float("-inf")]]), labels, valid)
+    bad = ranking_loss(torch.tensor([[0.0, 3, 0, float("-inf")]]), labels, valid)
+    assert torch.isfinite(good) and good < bad
+    assert good.item() == pytest.approx(-np.log(np.exp(3) / (np.exp(3) + 2)), rel=1e-5)
