@@ -381,6 +381,8 @@ def register(subparsers) -> None:
     register_stage2(sub)
     from offline.cli_recsys import register_recsys  # Complete Journey: recsys-train|embed|quality
     register_recsys(sub)
+    from offline.cli_ranker import register_ranker  # Complete Journey: recsys-distill (distilled ranker)
+    register_ranker(sub)
 
 
 def main(argv=None) -> int:

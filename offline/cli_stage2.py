@@ -192,6 +192,10 @@ def cmd_export(args) -> int:
     from offline.export import check_export, export_model, export_untrained
 
     plan = _plan(args)
+    if plan.is_ranking:  # ranking plans export the distilled ranker (offline/cli_ranker.py)
+        from offline.cli_ranker import cmd_export_ranker
+
+        return cmd_export_ranker(args)
     if args.untrained:
         vdir = export_untrained(plan, args.repo, model_name=args.model_name, embeddings=args.embeddings,
                                 seed=args.seed)
