@@ -172,10 +172,13 @@ def cmd_export_ranker(args) -> int:
             requests = [rows.request(i) for i in range(len(rows))]
     print(f"exported {vdir}")
     if args.check:
+        import torch
+
         from offline.cli_stage2 import _triton_urls
 
+        torch.set_num_threads(1)  # in-process latency with the thread count the Triton model uses
         http, grpc = _triton_urls(args)
-        print(json.dumps(check_ranker_export(vdir, http, grpc, requests), indent=1))
+        print(json.dumps(check_ranker_export(vdir, http, grpc, requests, latency_requests=200), indent=1))
     return 0
 
 

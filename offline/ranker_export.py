@@ -251,8 +251,12 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_ranker_export(version_dir: str | Path, http_url: str, grpc_url: str, requests: Sequence[dict] | None = None,
-                        load: bool = True, tolerance: float = TOLERANCE) -> dict:
-    """Compare Triton's answers (HTTP via curl, gRPC) with the in-process ranking; raise on mismatch."""
+                        load: bool = True, tolerance: float = TOLERANCE, latency_requests: int = 0,
+                        latency_candidates: int = 100) -> dict:
+    """Compare Triton's answers (HTTP via curl, gRPC) with the in-process ranking; raise on mismatch.
+
+    ``latency_requests`` > 0 also times one request of ``latency_candidates`` catalog candidates
+    (the longest history among ``requests``) in-process and through Triton gRPC, sequentially."""
     version_dir = Path(version_dir)
     model_name, version = version_dir.parent.name, int(version_dir.name)
     bundle = load_ranker_bundle(version_dir)
@@ -291,8 +295,63 @@ def check_ranker_export(version_dir: str | Path, http_url: str, grpc_url: str, r
         raise ExportError(f"Triton ranking differs from the offline ranking by more than {tolerance}: {report}")
     report["error_paths"] = check_error_paths(plan, http_url, model_name, version, requests[0])
     report["error_paths"]["no_candidates"] = _check_no_candidates(plan, http_url, model_name, version, requests[0])
+    if latency_requests:
+        report["latency"] = ranking_latency(bundle, grpc_url, model_name, requests, latency_requests,
+                                            latency_candidates)
     report["ok"] = True
     return report
+
+
+def latency_request(bundle, requests: Sequence[dict], n_candidates: int) -> dict:
+    """The request with the longest history, re-pointed at the catalog's top ``n_candidates``."""
+    plan = bundle.plan
+    hop = plan.hops[0]
+    longest = max(requests, key=lambda r: np.shape(r[f"{hop.key.key}:{hop.columns[0]}"])[1])
+    cands = bundle.top_catalog(n_candidates)
+    if len(cands) < n_candidates:
+        raise ExportError(f"catalog: {len(cands)} products, fewer than the {n_candidates} latency candidates")
+    return dict(longest, **{plan.candidate_tensor: cands.astype(np.int64).reshape(1, -1, 1)})
+
+
+def _percentiles(ms: list[float]) -> dict:
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def ranking_latency(bundle, grpc_url: str, model_name: str, requests: Sequence[dict], n: int,
+                    n_candidates: int = 100) -> dict:
+    """Sequential latency of one ranking request (after warm-up): in-process (wall and this
+    process's CPU per request, torch threads as set) and through Triton gRPC (client wall)."""
+    import tritonclient.grpc as grpcclient
+
+    plan = bundle.plan
+    req = latency_request(bundle, requests, n_candidates)
+    wall, cpu = [], []
+    for i in range(n + 5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        split_ranking_scores(bundle, [req])
+        if i >= 5:
+            wall.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        inputs = []
+        for spec in plan.tensors:
+            arr = np.asarray(req[spec.name])
+            inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        triton = []
+        for i in range(n + 5):
+            t0 = time.perf_counter()
+            client.infer(model_name, inputs)
+            if i >= 5:
+                triton.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        client.close()
+    hop = plan.hops[0]
+    return {"candidates": n_candidates, "history": int(np.shape(req[f"{hop.key.key}:{hop.columns[0]}"])[1]),
+            "in_process_ms": _percentiles(wall), "in_process_cpu_ms": _percentiles(cpu),
+            "triton_grpc_ms": _percentiles(triton), "torch_threads": torch.get_num_threads()}
 
 
 def _check_no_candidates(plan: ServingPlan, http_url: str, model_name: str, version: int, request: dict) -> dict:

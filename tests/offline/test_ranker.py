@@ -116,7 +116,8 @@ def test_export_round_trip_on_real_triton(stack, plan, tmp_path):
     bundle = load_ranker_bundle(vdir)
     assert bundle.top_catalog(3).tolist() == [1, 2, 3]
     reqs = synthetic_ranking_requests(plan, n=5, anchor_time=T)
-    report = check_ranker_export(vdir, stack.triton_http_url, stack.triton_grpc_url, reqs)
+    report = check_ranker_export(vdir, stack.triton_http_url, stack.triton_grpc_url, reqs, latency_requests=10)
+    assert report["latency"]["candidates"] == 100 and report["latency"]["triton_grpc_ms"]["n"] == 10
     assert report["ok"] and report["max_abs_diff_http"] <= 1e-5 and report["max_abs_diff_grpc"] <= 1e-5
     assert report["max_abs_diff_multi_row"] <= 1e-5 and report["padded_candidates_minus_inf"]
     assert "missing required input" in report["error_paths"]["missing_tensor"]["error"]
