@@ -73,6 +73,7 @@ class BoundedCalls:
     def __init__(self, name: str = "kafka-calls"):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.wedged: str | None = None
+        self.current: _Job | None = None  # the job running on the worker
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -81,31 +82,55 @@ class BoundedCalls:
             job = self._jobs.get()
             if job is None:
                 return
-            fn, args, box, done = job
+            fn, args, current = job
+            self.current = current
+            current.started = time.monotonic()
             try:
-                box.append((True, fn(*args)))
+                current.box.append((True, fn(*args)))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                box.append((False, exc))
-            done.set()
+                current.box.append((False, exc))
+            current.done.set()
 
-    def call(self, what: str, deadline_s: float, fn: Callable, *args):
+    def submit(self, what: str, fn: Callable, *args) -> "_Job":
+        """Start ``fn(*args)`` on the worker; :meth:`_Job.result` waits for it (bounded)."""
         if self.wedged:
             raise ClientsWedged(f"{what}: the clients are wedged in {self.wedged}")
-        box: list = []
-        done = threading.Event()
-        self._jobs.put((fn, args, box, done))
-        if not done.wait(deadline_s):
-            self.wedged = what
-            raise ClientsWedged(f"{what} did not return within {deadline_s:.0f} s (librdkafka ignored its "
-                                f"timeout)")
-        ok, value = box[0]
-        if ok:
-            return value
-        raise value
+        job = _Job(self, what)
+        self._jobs.put((fn, args, job))
+        return job
+
+    def call(self, what: str, deadline_s: float, fn: Callable, *args):
+        return self.submit(what, fn, *args).result(deadline_s)
 
     def stop(self) -> None:
         if not self.wedged:
             self._jobs.put(None)
+
+
+class _Job:
+    def __init__(self, calls: BoundedCalls, what: str):
+        self.calls, self.what = calls, what
+        self.box: list = []
+        self.done = threading.Event()
+        self.started = time.monotonic()
+
+    def mark(self, what: str) -> None:
+        """Called on the worker before each librdkafka call of a multi-call job: the deadline
+        applies to each call."""
+        self.what, self.started = what, time.monotonic()
+
+    def result(self, deadline_s: float):
+        """The call's value (or its exception), waiting while no single call has been running for
+        longer than ``deadline_s``; past that the runner is wedged (:class:`ClientsWedged`)."""
+        while not self.done.wait(max(0.0, min(0.5, self.started + deadline_s - time.monotonic()))):
+            if time.monotonic() >= self.started + deadline_s:
+                self.calls.wedged = self.what
+                raise ClientsWedged(f"{self.what} did not return within {deadline_s:.0f} s (librdkafka ignored "
+                                    f"its timeout)")
+        ok, value = self.box[0]
+        if ok:
+            return value
+        raise value
 
 
 def _must_rebuild(err) -> bool:
@@ -134,6 +159,37 @@ class _Pending:
 
 
 @dataclass
+class _Txn:
+    """What one Kafka transaction holds: batches produced into it, their offsets, and where each
+    partition has to be rewound to if it is aborted (its first offset = the last committed one)."""
+    began: float
+    offsets: dict = field(default_factory=dict)  # (topic, partition) -> next offset to consume
+    first: dict = field(default_factory=dict)  # (topic, partition) -> first offset in the txn
+    batches: list = field(default_factory=list)  # (BatchStats, records) per batch
+    committing_since: float = 0.0
+
+    def add(self, pending, records, stats: BatchStats) -> None:
+        for p in pending:
+            key = (p.msg.topic(), p.msg.partition())
+            off = p.msg.offset()
+            if off + 1 > self.offsets.get(key, -1):
+                self.offsets[key] = off + 1
+            if off < self.first.get(key, off + 1):
+                self.first[key] = off
+        self.batches.append((stats, records))
+
+
+def _first_offsets(pending) -> dict:
+    first: dict = {}
+    for p in pending:
+        key = (p.msg.topic(), p.msg.partition())
+        off = p.msg.offset()
+        if off < first.get(key, off + 1):
+            first[key] = off
+    return first
+
+
+@dataclass
 class LoopStats:
     batches: int = 0
     consumed: int = 0
@@ -154,7 +210,7 @@ class KafkaScorer:
                  metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
-                 init_timeout_s: float = 120.0):
+                 init_timeout_s: float = 120.0, commit_interval_s: float = 0.0):
         self.plan = plan
         # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
         # consumed batch into its own records; the loop, retries and transaction stay these.
@@ -185,6 +241,13 @@ class KafkaScorer:
         self.txn_call_timeout_s = min(txn_call_timeout_s, txn_timeout_s)
         self.init_timeout_s = init_timeout_s
         self._calls = BoundedCalls()
+        # Pipelined transactions: batch k+1 is decoded, read and scored while batch k's transaction
+        # commits on the worker thread; its records go into the next transaction as soon as that
+        # commit is done. commit_interval_s > 0 lets one transaction span several batches (fewer
+        # transactions: less broker CPU, at most that much more latency).
+        self.commit_interval_s = commit_interval_s
+        self._txn: _Txn | None = None  # open: records produced, not committing yet
+        self._committing: tuple[_Txn, _Job] | None = None  # commit running on the worker
         self.model_max_batch = max_batch
         self._stop = threading.Event()
         self._revoked = False
@@ -210,7 +273,7 @@ class KafkaScorer:
                 time.sleep(0.5)
         log.info("transactions initialised in %.2fs", time.monotonic() - t0)
         self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+                                on_lost=self._on_lost)
         try:
             self.model_max_batch = max(1, min(self.max_batch, self.triton.max_batch_size()))
         except Exception as exc:  # noqa: BLE001 - Triton may be down at start: learn it later
@@ -226,27 +289,45 @@ class KafkaScorer:
     def _on_revoke(self, consumer, partitions) -> None:
         self._revoked = True
         log.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+        # still this generation's member: commit what was produced for these partitions now, so
+        # their next owner starts after it (a failure aborts it; the next owner re-reads it)
+        self.flush_commits()
+
+    def _on_lost(self, consumer, partitions) -> None:
+        self._revoked = True  # the group moved on: a commit now would be rejected and aborted
+        log.warning("lost %s", [(p.topic, p.partition) for p in partitions])
 
     def run(self, idle_exit_s: float | None = None, max_events: int | None = None) -> LoopStats:
         """Loop until stopped (SIGTERM/SIGINT in the CLI), idle for ``idle_exit_s``, or ``max_events``."""
         last_data = time.monotonic()
         while not self._stop.is_set():
-            msgs = self.consumer.consume(num_messages=self.max_batch, timeout=self.poll_timeout_s)
+            msgs = self.consumer.consume(num_messages=self.max_batch, timeout=self._poll_timeout())
             msgs = [m for m in msgs if self._usable(m)]
-            if not msgs:
-                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-                    break
-                continue
-            self.process(msgs)
-            last_data = time.monotonic()  # after: a batch that waited out an outage is not idleness
+            if msgs:
+                self.process(msgs)
+                last_data = time.monotonic()  # after: a batch that waited out an outage is not idleness
+            self._advance_commits(idle=not msgs)
+            if not msgs and self._txn is None and self._committing is None \
+                    and idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                break
             if max_events is not None and self.stats.consumed >= max_events:
                 break
+        self.flush_commits()  # leave nothing uncommitted behind: a successor starts after it
         return self.stats
+
+    def _poll_timeout(self) -> float:
+        if self._txn is not None and self._committing is None:
+            # an open transaction waits for the interval (or for the input to pause)
+            return max(0.0, min(self.poll_timeout_s, self._txn.began + self.commit_interval_s - time.monotonic()))
+        return self.poll_timeout_s
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and stop, waiting at most ``timeout_s`` for the consumer's close (it talks
         to the group coordinator, which may be the thing that is stuck). The producer holds nothing
         to flush: every record it sends belongs to a transaction, committed or not."""
+        # after a failure, what is open or committing is abandoned: the next producer with this
+        # transactional.id fences it (normally run() has committed everything already)
+        self._txn, self._committing = None, None
         self._calls.stop()
         closer = threading.Thread(target=_close_quietly, args=(self.consumer,), name="kafka-close", daemon=True)
         closer.start()
@@ -337,19 +418,7 @@ class KafkaScorer:
                                             model_name=model_out.name_at(i),
                                             model_version=model_out.version_at(i), latency_ms=latency_ms,
                                             degraded=flags, scored_at=now)))
-        committed = self._produce_transaction(pending, records, stats)
-        if committed:
-            m.observe_records(PATH, [rec for _, rec in records])
-            total = m.stage_seconds.labels(PATH, "total")
-            for _, rec in records:
-                total.observe(rec["latency_ms"] / 1000)
-            stats.scored = len(records)
-            self.stats.batches += 1
-            self.stats.consumed += stats.consumed
-            self.stats.scored += stats.scored
-            self.stats.dead_letters += stats.dead_letters
-        else:
-            self.stats.aborts += 1
+        self._stage(pending, records, stats)
         self.stats.triton_retries += stats.triton_retries
         return stats
 
@@ -364,15 +433,7 @@ class KafkaScorer:
             self.metrics.retries.labels(PATH, "revoked").inc()
             stats.aborted = True
             return stats
-        if self._produce_transaction(pending, records, stats):
-            self.strategy.committed(self, records)
-            stats.scored = len(records)
-            self.stats.batches += 1
-            self.stats.consumed += stats.consumed
-            self.stats.scored += stats.scored
-            self.stats.dead_letters += stats.dead_letters
-        else:
-            self.stats.aborts += 1
+        self._stage(pending, records, stats)
         self.stats.triton_retries += stats.triton_retries
         return stats
 
@@ -440,76 +501,155 @@ class KafkaScorer:
         self._slipped = {}
 
     # ----- the transaction ---------------------------------------------------------------------
-    def _produce_transaction(self, pending: Sequence[_Pending], records, stats: BatchStats) -> bool:
-        """Scores + dead letters + consumed offsets in one transaction.
+    def _stage(self, pending: Sequence[_Pending], records, stats: BatchStats) -> None:
+        """Produce a scored batch (records + dead letters) into the open transaction.
 
-        True: committed. False: aborted, nothing visible, the batch's partitions rewound to its first
-        offsets (= the last committed ones) so it is read again. ``FatalConsumerError``: the outcome
-        cannot be settled with these clients (fenced, fatal, wedged, commit outcome unknown, abort
-        impossible) -- the caller rebuilds them, which settles it safely (see the class doc)."""
-        from confluent_kafka import KafkaException, TopicPartition
-        offsets: dict[tuple[str, int], int] = {}
-        first: dict[tuple[str, int], int] = {}
-        for p in pending:
-            key = (p.msg.topic(), p.msg.partition())
-            offsets[key] = max(offsets.get(key, -1), p.msg.offset() + 1)
-            first[key] = min(first.get(key, p.msg.offset()), p.msg.offset())
+        The transaction (records + dead letters + consumed offsets) is committed by
+        :meth:`_start_commit` on the worker thread. If it, or this batch's production, fails: the
+        transaction is aborted, nothing becomes visible, and every partition it and this batch
+        read is rewound to its first offset (= the last committed one), so all of it is read again.
+        ``FatalConsumerError`` when that cannot be settled with these clients (fenced, fatal,
+        wedged, commit outcome unknown, abort impossible): the caller rebuilds them, which settles
+        it safely (see :class:`FatalConsumerError`)."""
+        from confluent_kafka import KafkaException
+        if self._committing is not None:
+            t0 = time.perf_counter()
+            ok = self._finish_commit(also_rewind=_first_offsets(pending))
+            self.metrics.stage_seconds.labels(PATH, "commit_wait").observe(time.perf_counter() - t0)
+            if not ok:  # aborted: this batch was rewound with it and is read again
+                stats.aborted = True
+                return
         subject = getattr(self.strategy, "subject", SCORES_SUBJECT)
-        phase = "begin"
+        txn = self._txn
         try:
-            self.producer.begin_transaction()
-            phase = "produce"
+            if txn is None:
+                try:
+                    self.producer.begin_transaction()
+                except KafkaException as exc:
+                    raise FatalConsumerError(f"begin_transaction failed: {exc.args[0]}") from exc
+                txn = self._txn = _Txn(began=time.monotonic())
             for p, rec in records:
                 self.producer.produce(self.scores_topic, key=p.event.key, value=self.encoder.encode(subject, rec))
             for p in pending:
                 if p.dead is not None:
                     self._produce_dead_letter(p)
                     stats.dead_letters += 1
-            phase = "send_offsets"
-            self._calls.call("send_offsets_to_transaction", self._hard_deadline(),
-                             self.producer.send_offsets_to_transaction,
-                             [TopicPartition(t, part, off) for (t, part), off in offsets.items()],
-                             self.consumer.consumer_group_metadata(), self.txn_call_timeout_s)
-            phase = "commit"
-            self._commit_resuming()
-            log.debug("committed %d scores, %d dead letters, offsets %s", len(records), stats.dead_letters, offsets)
-            return True
         except KafkaException as exc:
             err = exc.args[0]
             self.metrics.errors.labels(PATH, "transaction").inc()
-            if _must_rebuild(err):
-                raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
-            if phase == "commit" and not err.txn_requires_abort():
-                # the commit may still complete on the broker: only a new producer (same
-                # transactional.id) can settle it; the new consumer then reads what was committed
-                raise FatalConsumerError(f"transaction commit outcome unknown: {err}") from exc
-            if phase == "begin" or not (err.txn_requires_abort() or err.retriable()):
-                raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
-            log.warning("transaction aborted (%s), batch will be re-read: %s", phase, err)
-            self._abort_resuming()
+            self._txn = None
+            if _must_rebuild(err) or not (err.txn_requires_abort() or err.retriable()):
+                raise FatalConsumerError(f"producing into the transaction failed: {err}") from exc
+            log.warning("transaction aborted (produce), its batches will be re-read: %s", err)
+            self._abort_and_rewind(txn.first, merge=_first_offsets(pending))
             stats.aborted = True
-            self._rewind(first)
-            self.metrics.retries.labels(PATH, "abort").inc()
-            return False
+            return
+        txn.add(pending, records, stats)
+        if time.monotonic() - txn.began >= self.commit_interval_s:
+            self._start_commit()
 
-    def _commit_resuming(self) -> None:
-        """commit_transaction; a retriable failure (e.g. timed out while the coordinator restarts)
-        means the commit goes on in the background, and calling it again resumes it."""
+    def _advance_commits(self, idle: bool) -> None:
+        """Settle a finished commit; start the open transaction's commit when it is due (or at once
+        when the input paused: nothing more would join it)."""
+        if self._committing is not None and self._committing[1].done.is_set():
+            self._finish_commit()
+        if self._txn is not None and self._committing is None and (
+                idle or time.monotonic() - self._txn.began >= self.commit_interval_s):
+            self._start_commit()
+
+    def flush_commits(self) -> None:
+        """Commit everything produced so far and wait for it (stop, revocation)."""
+        if self._committing is not None:
+            self._finish_commit()
+        if self._txn is not None:
+            self._start_commit()
+            self._finish_commit()
+
+    def _start_commit(self) -> None:
+        from confluent_kafka import TopicPartition
+        txn, self._txn = self._txn, None
+        txn.committing_since = time.perf_counter()
+        tps = [TopicPartition(t, part, off) for (t, part), off in txn.offsets.items()]
+        job = self._calls.submit("send_offsets_to_transaction", self._commit_job, tps,
+                                 self.consumer.consumer_group_metadata())
+        self._committing = (txn, job)
+
+    def _commit_job(self, tps, group_metadata):
+        """On the worker thread: offsets into the transaction, then commit (resumed while
+        retriable). Returns None, or (phase, KafkaException) for the main thread to settle."""
         from confluent_kafka import KafkaException
-        deadline = time.monotonic() + self.txn_timeout_s
-        while True:
-            try:
-                self._calls.call("commit_transaction", self._hard_deadline(), self.producer.commit_transaction,
-                                 self.txn_call_timeout_s)
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if not err.retriable() or err.txn_requires_abort() or _must_rebuild(err) \
-                        or time.monotonic() > deadline:
-                    raise
-                log.warning("commit not confirmed yet, resuming it: %s", err)
-                self.metrics.retries.labels(PATH, "commit").inc()
-                time.sleep(0.1)
+        phase = "send_offsets"
+        try:
+            t0 = time.perf_counter()
+            self.producer.send_offsets_to_transaction(tps, group_metadata, self.txn_call_timeout_s)
+            self.metrics.stage_seconds.labels(PATH, "send_offsets").observe(time.perf_counter() - t0)
+            phase = "commit"
+            self._calls.current.mark("commit_transaction")
+            deadline = time.monotonic() + self.txn_timeout_s
+            while True:
+                try:
+                    self.producer.commit_transaction(self.txn_call_timeout_s)
+                    return None
+                except KafkaException as exc:
+                    # retriable (e.g. timed out while the coordinator restarts): the commit goes
+                    # on in the background, and calling it again resumes it
+                    err = exc.args[0]
+                    if not err.retriable() or err.txn_requires_abort() or _must_rebuild(err) \
+                            or time.monotonic() > deadline:
+                        raise
+                    log.warning("commit not confirmed yet, resuming it: %s", err)
+                    time.sleep(0.1)
+                    self._calls.current.mark("commit_transaction")
+        except KafkaException as exc:
+            return phase, exc
+
+    def _finish_commit(self, also_rewind: dict | None = None) -> bool:
+        """Wait (bounded) for the commit on the worker; account a success, or abort + rewind."""
+        txn, job = self._committing
+        outcome = job.result(self._hard_deadline())  # per call; ClientsWedged past it
+        self._committing = None
+        m = self.metrics
+        if outcome is None:
+            m.stage_seconds.labels(PATH, "commit").observe(time.perf_counter() - txn.committing_since)
+            total = m.stage_seconds.labels(PATH, "total")
+            for stats, records in txn.batches:
+                if self.strategy is not None:
+                    self.strategy.committed(self, records)
+                else:
+                    m.observe_records(PATH, [rec for _, rec in records])
+                    for _, rec in records:
+                        total.observe(rec["latency_ms"] / 1000)
+                stats.scored = len(records)
+                self.stats.batches += 1
+                self.stats.consumed += stats.consumed
+                self.stats.scored += stats.scored
+                self.stats.dead_letters += stats.dead_letters
+            return True
+        phase, exc = outcome
+        err = exc.args[0]
+        m.errors.labels(PATH, "transaction").inc()
+        if _must_rebuild(err):
+            raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
+        if phase == "commit" and not err.txn_requires_abort():
+            # the commit may still complete on the broker: only a new producer (same
+            # transactional.id) can settle it; the new consumer then reads what was committed
+            raise FatalConsumerError(f"transaction commit outcome unknown: {err}") from exc
+        if not (err.txn_requires_abort() or err.retriable()):
+            raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
+        log.warning("transaction aborted (%s), its batches will be re-read: %s", phase, err)
+        for stats, _ in txn.batches:
+            stats.aborted = True
+        self._abort_and_rewind(txn.first, merge=also_rewind)
+        return False
+
+    def _abort_and_rewind(self, first: dict, merge: dict | None = None) -> None:
+        self._abort_resuming()
+        rewind = dict(first)
+        for key, off in (merge or {}).items():
+            rewind[key] = min(off, rewind.get(key, off))
+        self._rewind(rewind)
+        self.stats.aborts += 1
+        self.metrics.retries.labels(PATH, "abort").inc()
 
     def _abort_resuming(self) -> None:
         """abort_transaction, resumed on retriable failures for at most ``txn_timeout_s``."""
@@ -603,7 +743,8 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
                        poll_timeout_s=settings.poll_timeout_ms / 1000, key_column=settings.key_column,
                        metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
-                       txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder)
+                       txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
+                       commit_interval_s=settings.commit_interval_ms / 1000)
     if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
         from .recommend_kafka import as_ranking_scorer
         scorer = as_ranking_scorer(scorer, cfg, settings)

@@ -40,6 +40,10 @@ class ScoreSettings(_Section):
     max_batch: int = Field(default=256, ge=1, le=4096)
     # how long one consume() may collect a batch: fewer, larger transactions (broker CPU) vs latency
     poll_timeout_ms: float = Field(default=20.0, ge=0)
+    # 0: a transaction per batch, committed on a worker thread while the next batch is scored
+    # (group commit). > 0: one transaction spans the batches of this many ms (fewer transactions,
+    # less broker CPU per event, up to this much more latency)
+    commit_interval_ms: float = Field(default=0.0, ge=0)
     append_scored: bool = False
     key_column: str | None = None  # fact column keying score records; default first entity
     auto_offset_reset: str = "earliest"
@@ -67,6 +71,7 @@ class ServeSettings(_Section):
     auth: bool = True  # false only for local experiments: every request is accepted
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     batch_window_ms: float = Field(default=1.0, ge=0)
+    batch_interval_ms: float = Field(default=0.0, ge=0)  # min time between batches (scorer/batcher.py)
     max_batch: int = Field(default=64, ge=1, le=4096)
     max_in_flight: int = Field(default=2, ge=1)
     window_deadline_ms: float = Field(default=20.0, gt=0)

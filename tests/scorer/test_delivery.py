@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(240)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _config(tmp_path, stack, model, topics, registry) -> Path:
+def _config(tmp_path, stack, model, topics, registry, commit_interval_ms: float = 0.0) -> Path:
     facts, scores, dlq = topics
     cfg = {
         "run_dir": str(tmp_path / "run"),
@@ -33,7 +33,7 @@ def _config(tmp_path, stack, model, topics, registry) -> Path:
         "topics": {"facts": facts, "scores": scores, "dlq": dlq},
         "score": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "registry_dir": str(registry),
                   "max_batch": 16, "group_id": f"g-{facts}", "transactional_id": f"tx-{facts}",
-                  "consumer": {"session.timeout.ms": 6000}},
+                  "consumer": {"session.timeout.ms": 6000}, "commit_interval_ms": commit_interval_ms},
     }
     path = tmp_path / "relstream.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -58,12 +58,16 @@ def _wait_assigned(log_path: Path, since: int, proc, timeout: float = 60.0) -> N
     raise AssertionError(f"scorer did not start:\n{log_path.read_text()[-3000:]}")
 
 
+# 0: a transaction per batch, committed while the next batch is scored; 150: transactions that
+# span several batches (a kill loses -- aborts -- all of them, and all are read again)
+@pytest.mark.parametrize("commit_interval_ms", [0.0, 150.0])
 def test_exactly_once_across_sigkill(plan, stack, test_model, codec, new_topic, kafka_client_config,
-                                     kafka_consumer_config, kill_rounds, soak, tmp_path, redis_client):
+                                     kafka_consumer_config, kill_rounds, soak, tmp_path, redis_client,
+                                     commit_interval_ms):
     from confluent_kafka import Producer
     topics = (new_topic("facts", partitions=3), new_topic("scores", partitions=2), new_topic("dlq"))
     config = _config(tmp_path, stack, test_model, topics, codec.registry.root
-                     if hasattr(codec.registry, "root") else tmp_path / "schema-registry")
+                     if hasattr(codec.registry, "root") else tmp_path / "schema-registry", commit_interval_ms)
     rounds = kill_rounds if soak else min(kill_rounds, 3)
     n_events = 300 * (rounds + 1)
     rate = 300.0  # events/s: the stream lasts longer than all kill rounds together
