@@ -109,6 +109,7 @@ def write_config(path: Path, stack, model_name: str, topics: tuple[str, str, str
         "triton": {"url": stack.triton_http_url, "model_name": model_name},
         "topics": {"facts": facts, "scores": scores, "dlq": dlq},
         "serve": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "batch_window_ms": args.batch_window_ms,
+                  "batch_interval_ms": args.batch_interval_ms,
                   "max_batch": args.max_batch, "max_in_flight": args.max_in_flight,
                   "window_deadline_ms": args.window_deadline_ms},
         "score": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "registry_dir": str(registry),
@@ -116,6 +117,7 @@ def write_config(path: Path, stack, model_name: str, topics: tuple[str, str, str
                   "transactional_id": f"bench-{facts}", "poll_timeout_ms": args.kafka_poll_ms,
                   "commit_interval_ms": getattr(args, "kafka_commit_ms", 0.0)},
     }
+    cfg["serve"] = {k: v for k, v in cfg["serve"].items() if v is not None}  # None: the service's default
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -447,8 +449,8 @@ def kafka_stage_means(url: str) -> dict:
                 sums[f"{smp.labels['stage']}_{smp.name.rsplit('_', 1)[1]}"] = smp.value
             elif smp.name in ("relstream_scorer_batch_size_sum", "relstream_scorer_batch_size_count"):
                 sums[smp.name] = smp.value
-    out = {f"mean_{k[:-6]}_ms": 1e3 * v / sums[f"{k[:-6]}_count"] for k, v in sums.items()
-           if k.endswith("_sum") and not k.startswith("relstream") and sums.get(f"{k[:-6]}_count")}
+    out = {f"mean_{k[:-4]}_ms": 1e3 * v / sums[f"{k[:-4]}_count"] for k, v in sums.items()
+           if k.endswith("_sum") and not k.startswith("relstream") and sums.get(f"{k[:-4]}_count")}
     out.update({f"{k[:-6]}_count": int(v) for k, v in sums.items() if k.endswith("_count")
                 and not k.startswith("relstream")})
     if sums.get("relstream_scorer_batch_size_count"):
@@ -644,6 +646,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--endpoints", default="score", help="comma list of score,infer")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     ap.add_argument("--batch-window-ms", type=float, default=1.0)
+    ap.add_argument("--batch-interval-ms", type=float, default=None,
+                    help="serve.batch_interval_ms (min time between batches); default: the service's")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-in-flight", type=int, default=2)
     ap.add_argument("--window-deadline-ms", type=float, default=20.0)

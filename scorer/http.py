@@ -202,7 +202,8 @@ class ScoringService:
                                        cooldown_s=s.window_cooldown_ms / 1000)
         self.executor = ThreadPoolExecutor(max_workers=s.window_threads, thread_name_prefix="windows")
         self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
-                                    max_batch=s.max_batch, max_in_flight=s.max_in_flight)
+                                    max_batch=s.max_batch, max_in_flight=s.max_in_flight,
+                                    min_interval_s=s.batch_interval_ms / 1000)
 
     async def handle_batch(self, items: Sequence[_Item]) -> list:
         m, plan = self.metrics, self.plan

@@ -71,7 +71,7 @@ class ServeSettings(_Section):
     auth: bool = True  # false only for local experiments: every request is accepted
     max_body_bytes: int = Field(default=64 * 1024, ge=256)
     batch_window_ms: float = Field(default=1.0, ge=0)
-    batch_interval_ms: float = Field(default=0.0, ge=0)  # min time between batches (scorer/batcher.py)
+    batch_interval_ms: float = Field(default=10.0, ge=0)  # min time between batches (scorer/batcher.py)
     max_batch: int = Field(default=64, ge=1, le=4096)
     max_in_flight: int = Field(default=2, ge=1)
     window_deadline_ms: float = Field(default=20.0, gt=0)

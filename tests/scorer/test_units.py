@@ -103,6 +103,47 @@ def test_micro_batcher_batch_error_reaches_every_caller():
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
 
 
+def test_micro_batcher_paces_batches_under_load_but_not_when_idle():
+    """min_interval_s: a lone request is dispatched after the short window, while a steady
+    stream is cut into batches no closer than the interval (bigger batches, fewer calls)."""
+    seen: list[tuple[float, int]] = []
+
+    async def handler(items):
+        seen.append((time.perf_counter(), len(items)))
+        return list(items)
+
+    async def main():
+        b = MicroBatcher(handler, window_s=0.001, max_batch=64, max_in_flight=2, min_interval_s=0.05)
+        b.start()
+        t0 = time.perf_counter()
+        assert await b.submit(-1) == -1
+        lone = time.perf_counter() - t0
+        await asyncio.sleep(0.06)  # idle for longer than the interval
+        t0 = time.perf_counter()
+        assert await b.submit(-2) == -2
+        lone2 = time.perf_counter() - t0
+
+        async def stream():  # 100 requests, one per 3 ms (~330/s) for ~0.3 s
+            tasks = []
+            for i in range(100):
+                tasks.append(asyncio.ensure_future(b.submit(i)))
+                await asyncio.sleep(0.003)
+            return await asyncio.gather(*tasks)
+
+        results = await stream()
+        await b.stop()
+        return lone, lone2, results
+
+    lone, lone2, results = asyncio.run(main())
+    assert results == list(range(100))
+    assert lone < 0.04 and lone2 < 0.04  # idle: no pacing delay
+    stream = seen[2:]
+    gaps = [b[0] - a[0] for a, b in zip(stream, stream[1:])]
+    assert sum(n for _, n in stream) == 100
+    assert min(gaps) >= 0.045  # never closer than the interval (timer slack aside)
+    assert len(stream) <= 10 and max(n for _, n in stream) >= 8
+
+
 # ----- window fallback -----------------------------------------------------------------------------
 
 class _SlowThenDead:
