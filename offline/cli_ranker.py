@@ -92,7 +92,11 @@ def cmd_recsys_distill(args) -> int:
         _error("no ranking example before the training cut (too few rows?)")
     print(f"recsys-distill: {len(examples):,} examples from {np.datetime64(start, 'ns')} to "
           f"{np.datetime64(cut, 'ns')} (seed {args.seed})")
-    sampling = SamplingConfig(n_negatives=args.negatives, max_positives=args.max_positives)
+    if not (0 <= args.history_share <= 1 and 0 <= args.popularity_share <= 1
+            and args.history_share + args.popularity_share <= 1):
+        _error("--history-share and --popularity-share: each in [0, 1], together at most 1")
+    sampling = SamplingConfig(n_negatives=args.negatives, max_positives=args.max_positives,
+                              history_share=args.history_share, popularity_share=args.popularity_share)
     choose = TrainingCandidates(DailyPopularity(PurchaseIndex(tx), sampling.popular_n), sampling,
                                 plan.hops[0].key.key, plan.candidate_column, seed=args.seed)
     t0 = time.perf_counter()
@@ -191,6 +195,10 @@ def register_ranker(sub) -> None:
     p.add_argument("--train-weeks", type=int, default=12, help="weeks before the training cut to sample from")
     p.add_argument("--negatives", type=int, default=64, help="sampled negatives per example (default 64)")
     p.add_argument("--max-positives", type=int, default=16)
+    p.add_argument("--history-share", type=float, default=0.2,
+                   help="share of negatives from the household's own window (bought before, not now)")
+    p.add_argument("--popularity-share", type=float, default=0.4,
+                   help="share drawn popularity-proportionally; the rest uniform over the popular list")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
