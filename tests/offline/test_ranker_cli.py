@@ -1,0 +1,82 @@
+"""recsys-distill and export --plan recsys through the CLI on a small Complete Journey prefix."""
+import json
+
+import numpy as np
+import pytest
+
+from offline.embeddings import random_embeddings, write_embeddings_parquet
+from schemas.plan import builtin_plan
+
+DAY = 86_400 * 10**9
+MAX_ROWS = 60_000  # the first ~3 weeks of purchase lines
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from offline.datasets.complete_journey import load_complete_journey
+
+    run = tmp_path_factory.mktemp("cj_ranker")
+    tx = load_complete_journey(max_rows=MAX_ROWS).table("transactions")
+    t0, t1 = int(tx["transaction_timestamp"].min()), int(tx["transaction_timestamp"].max())
+    cut = t0 + (t1 - t0) * 3 // 4
+    (run / "recsys_split.json").write_text(json.dumps({"train_cut_ns": cut, "data_end_ns": t1, "max_rows": MAX_ROWS,
+                                                       "session_seed": 0}))
+    plan = builtin_plan("recsys")
+    snaps = [t0 + 2 * DAY + w * 7 * DAY for w in range(4)]
+    types, ids, st, vecs = random_embeddings(plan, {"households": np.unique(tx["household_id"]),
+                                                    "products": np.unique(tx["product_id"])[::3]}, snaps, dim=8)
+    write_embeddings_parquet(run / "embeddings.parquet", types, ids, st, vecs)
+    return run
+
+
+def test_recsys_distill_then_export(run_dir, tmp_path):
+    from offline.cli import main
+    from offline.ranker_bundle import load_ranker_bundle
+
+    assert main(["offline", "recsys-distill", "--run-dir", str(run_dir), "--examples", "150", "--epochs", "1",
+                 "--negatives", "16", "--no-progress"]) == 0
+    report = json.loads((run_dir / "ranker.json").read_text())
+    assert report["examples"] == 150 and report["train"]["rows"] == 150
+    assert report["example_range_ns"][1] == json.loads((run_dir / "recsys_split.json").read_text())["train_cut_ns"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "recsys-distill" in manifest["steps"]
+
+    assert main(["offline", "export", "--plan", "recsys", "--run-dir", str(run_dir), "--repo", str(tmp_path)]) == 0
+    bundle = load_ranker_bundle(tmp_path / "relstream_ranker" / "1")
+    assert len(bundle.catalog) == 1000 and bundle.manifest["trained"] is True
+    assert bundle.manifest["parameters"] == bundle.model.count_parameters()
+
+
+def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
+    from offline.datasets.complete_journey import load_complete_journey
+    from offline.embeddings import EmbeddingTable
+    from offline.ranker import build_ranker, load_ranker, score_examples
+    from offline.recsys_tasks import popular_products, ranking_examples
+    from schemas.tensors import build_tensors
+    from rti_store import MemoryWindowStore
+    from schemas.tensors import interactions_of
+
+    plan = builtin_plan("recsys")
+    tx = load_complete_journey(max_rows=MAX_ROWS).table("transactions")
+    table = EmbeddingTable.from_parquet(run_dir / "embeddings.parquet", plan)
+    model = build_ranker(plan, table.dim, seed=3)
+    t1 = int(tx["transaction_timestamp"].max())
+    ex = ranking_examples(tx, t1 - 3 * DAY, t1, max_examples=4, seed=1)
+    cands = np.full((len(ex), 30), -1, np.int64)
+    for i, a in enumerate(ex["anchor_time"]):
+        cands[i, :20 + i] = popular_products(tx, int(a), 20 + i)
+    scores = score_examples(model, table, ex, cands, tx=tx, plan=plan, progress=False)
+    assert scores.shape == cands.shape and np.isneginf(scores[cands < 0]).all()
+    # Example 2 by hand: its household's lines strictly before the anchor, build_tensors, the model.
+    from offline.ranker import score_ranking
+    e = ex.iloc[2]
+    store = MemoryWindowStore(plan)
+    past = tx[(tx["household_id"] == e["household_id"]) & (tx["transaction_timestamp"] < e["anchor_time"])]
+    store.append([a for r in past.to_dict("records") for a in interactions_of(plan, "transactions", r)])
+    hop = plan.hops[0].key.key
+    req = build_tensors(plan, {"household_id": int(e["household_id"])},
+                        {hop: store.read(hop, int(e["household_id"]), int(e["anchor_time"]))},
+                        anchor_time=int(e["anchor_time"]), candidates=cands[2][cands[2] >= 0])
+    want = score_ranking(model, plan, req, table)[0][0]
+    assert np.abs(scores[2, :22] - want).max() <= 1e-5
+    assert callable(load_ranker)
