@@ -103,7 +103,10 @@ def cmd_recsys_distill(args) -> int:
     rows = replay_ranking_rows(plan, tx, examples, choose, sampling.n_negatives + sampling.max_positives,
                                progress=not args.no_progress)
     seconds_rows = time.perf_counter() - t0
+    if not 0.0 <= args.soft_weight < 1.0:
+        _error(f"--soft-weight: must be in [0, 1) (got {args.soft_weight})")
     cfg = RankerTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                            soft_weight=args.soft_weight,
                             seed=args.seed, device=args.device,
                             model=RankerConfig(d_model=args.d_model, n_layers=args.layers, d_ff=2 * args.d_model))
     model, info = train_ranker(rows, table, cfg, progress=not args.no_progress)
@@ -203,6 +206,8 @@ def register_ranker(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--loss", choices=["softmax", "bce"], default="softmax")
+    p.add_argument("--soft-weight", type=float, default=0.0,
+                   help="weight of the deep model's pair scores (dot of the embeddings) as soft targets, 0..1")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=1, help="transformer layers over the history")
     p.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,8 @@ window (products bought before but not now: without them "bought before" would b
 Products revealed in the open basket are never negatives (they are never ranked).
 
 Loss: sampled softmax — each positive against the example's negatives,
-``-log(e^{s_pos} / (e^{s_pos} + sum_neg e^{s_neg}))`` — or per-candidate BCE.
+``-log(e^{s_pos} / (e^{s_pos} + sum_neg e^{s_neg}))`` — or per-candidate BCE; optionally mixed
+with the deep model's pair scores as soft targets (``soft_weight``).
 """
 
 from __future__ import annotations
@@ -269,6 +270,10 @@ class RankerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     loss: str = "softmax"  # "softmax" (sampled softmax) | "bce"
+    # Weight of the deep model's pair scores as soft targets (0 = off): KL between the softmax of
+    # dot(household, product) over the example's candidates (the recsys_embed vector layout makes
+    # that dot product the GNN's pair score) and the ranker's softmax.
+    soft_weight: float = 0.0
     seed: int = 0
     device: str = "cpu"
     model: RankerConfig = field(default_factory=RankerConfig)
@@ -293,6 +298,25 @@ def ranking_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     per = -(safe - torch.logaddexp(safe, lse_neg.expand_as(safe)))
     per = torch.where(pos & torch.isfinite(lse_neg), per, torch.zeros_like(per))
     return per.sum() / pos.sum().clamp(min=1)
+
+
+def deep_pair_scores(feats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deep model's score of each (household, candidate) pair [B, N] and where it exists."""
+    scores = (feats["candidates"] @ feats["household"].unsqueeze(-1)).squeeze(-1)
+    ok = feats["candidate_valid"] & (feats["candidate_missing"] < 0.5) & (feats["household_missing"] < 0.5)[:, None]
+    return scores, ok
+
+
+def soft_target_loss(logits: torch.Tensor, deep: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(deep) || softmax(logits)) over the candidates with a deep score; rows with fewer
+    than two such candidates are skipped."""
+    rows = ok.sum(1) >= 2
+    if not rows.any():
+        return logits.new_zeros(())
+    lg, dp, m = logits[rows], deep[rows], ok[rows]
+    log_q = torch.log_softmax(lg.masked_fill(~m, float("-inf")), 1)
+    p = torch.softmax(dp.masked_fill(~m, float("-inf")), 1)
+    return (p * (torch.log(p.clamp(min=1e-12)) - log_q.masked_fill(~m, 0.0))).masked_fill(~m, 0.0).sum(1).mean()
 
 
 def _batches(n: int, size: int, rng: np.random.Generator | None = None):
@@ -326,6 +350,9 @@ def train_ranker(rows: RankingRows, table: EmbeddingTable, cfg: RankerTrainConfi
             n = logits.shape[1]
             labels = torch.from_numpy(rows.labels[idx, :n]).to(device)
             loss = ranking_loss(logits, labels, feats["candidate_valid"], cfg.loss)
+            if cfg.soft_weight > 0:
+                deep, ok = deep_pair_scores(feats)
+                loss = (1 - cfg.soft_weight) * loss + cfg.soft_weight * soft_target_loss(logits, deep, ok)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -414,5 +441,5 @@ def save_rows(rows: RankingRows, path: str | Path) -> None:
 
 
 __all__ = ["DailyPopularity", "RankerTrainConfig", "RankingRows", "SamplingConfig", "TrainingCandidates",
-           "check_examples", "ranking_loss", "replay_ranking_rows", "save_rows", "score_examples", "score_rows",
+           "check_examples", "deep_pair_scores", "ranking_loss", "soft_target_loss", "replay_ranking_rows", "save_rows", "score_examples", "score_rows",
            "train_ranker"]

@@ -221,3 +221,14 @@ def test_sampled_softmax_loss_prefers_positives():
     bad = ranking_loss(torch.tensor([[0.0, 3, 0, float("-inf")]]), labels, valid)
     assert torch.isfinite(good) and good < bad
     assert good.item() == pytest.approx(-np.log(np.exp(3) / (np.exp(3) + 2)), rel=1e-5)
+
+
+def test_soft_target_loss_is_zero_when_the_ranker_agrees_with_the_deep_model():
+    from offline.ranker_train import soft_target_loss
+
+    deep = torch.tensor([[2.0, 1.0, 0.0, 5.0]])
+    ok = torch.tensor([[True, True, True, False]])
+    same = soft_target_loss(deep + 3.0, deep, ok)  # softmax is shift-invariant
+    other = soft_target_loss(torch.tensor([[0.0, 1.0, 2.0, 0.0]]), deep, ok)
+    assert abs(float(same)) < 1e-6 and float(other) > 0.1
+    assert float(soft_target_loss(deep, deep, torch.tensor([[True, False, False, False]]))) == 0.0

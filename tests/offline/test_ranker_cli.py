@@ -34,7 +34,7 @@ def test_recsys_distill_then_export(run_dir, tmp_path):
     from offline.ranker_bundle import load_ranker_bundle
 
     assert main(["offline", "recsys-distill", "--run-dir", str(run_dir), "--examples", "150", "--epochs", "1",
-                 "--negatives", "16", "--no-progress"]) == 0
+                 "--negatives", "16", "--soft-weight", "0.3", "--no-progress"]) == 0
     report = json.loads((run_dir / "ranker.json").read_text())
     assert report["examples"] == 150 and report["train"]["rows"] == 150
     assert report["example_range_ns"][1] == json.loads((run_dir / "recsys_split.json").read_text())["train_cut_ns"]
