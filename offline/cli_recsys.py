@@ -161,7 +161,8 @@ def cmd_recsys_quality(args) -> int:
     examples = ranking_examples(tx, test_start, test_end, max_examples=args.max_examples, seed=args.seed)
     if examples.empty:
         _error(f"no test examples in [{_ts(test_start)}, {_ts(test_end)}] (too few rows?)")
-    print(f"recsys-quality: {len(examples):,} of {len(all_test):,} test examples (seeded sample, seed {args.seed}) "
+    sampled = f"seeded sample, seed {args.seed}" if len(examples) < len(all_test) else "all"
+    print(f"recsys-quality: {len(examples):,} of {len(all_test):,} test examples ({sampled}) "
           f"from {_ts(test_start)}; {args.candidates} candidates each")
     index = PurchaseIndex(tx)
     cands = candidate_sets(index, examples, args.candidates, progress=not args.no_progress)
@@ -215,8 +216,19 @@ def cmd_recsys_quality(args) -> int:
                                                            "ranker": report["ranker"]},
                                                 "outputs": [str(out_json), str(out_png)], "metrics": report})
     print(json.dumps({name: {k: round(v, 4) for k, v in m.items() if "@" in k} for name, m in models.items()}))
+    print(_markdown_table(report))
     print(f"recsys-quality: ceiling {cands.ceiling:.3f}; {report['seconds_total']:.0f}s -> {out_json}, {out_png}")
     return 0
+
+
+def _markdown_table(report: dict) -> str:
+    """The quality table for docs/recsys.md (mean +- standard error)."""
+    models = report["models"]
+    cols = [k for k in next(iter(models.values())) if "@" in k]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f} ± {m['stderr'][c]:.4f}" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def _ranker_scorer(path: Path, plan, table, tx, args):

@@ -147,7 +147,7 @@ def household_at_anchor(model, fanouts, g, batch_size: int = 512) -> Callable:
 def evaluate_scorers(examples: pd.DataFrame, cands: CandidateSets, scorers: dict[str, Callable],
                      ks=(10, 20, 50), log=print) -> dict:
     """Metrics per scorer on the same examples and candidates, with scoring time."""
-    results = {}
+    results, per_example = {}, {}
     for name, fn in scorers.items():
         t0, c0 = time.perf_counter(), time.process_time()
         scores = np.asarray(fn(examples, cands), np.float64)
@@ -156,11 +156,27 @@ def evaluate_scorers(examples: pd.DataFrame, cands: CandidateSets, scorers: dict
         scores = np.where(cands.excluded, -np.inf, scores)
         m = ranking_metrics(scores, cands.truth, ks)
         m = {k: v for k, v in m.items() if not (k.startswith("ndcg@") and int(k[5:]) > 20)}
+        per_example[name] = _per_example(scores, cands.truth, ks, list(m))
+        m["stderr"] = {k: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+                       for k, v in per_example[name].items()}
         m["seconds"] = time.perf_counter() - t0
         m["cpu_seconds"] = time.process_time() - c0
         results[name] = m
         log(f"recsys-quality {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if "@" in k))
+    if "popularity" in per_example:  # paired differences: same examples, same candidates
+        base = per_example["popularity"]
+        for name, vals in per_example.items():
+            if name != "popularity":
+                results[name]["minus_popularity"] = {
+                    k: {"mean": float(np.mean(v - base[k])), "stderr": float(np.std(v - base[k], ddof=1) / np.sqrt(len(v)))}
+                    for k, v in vals.items() if len(v) > 1}
     return results
+
+
+def _per_example(scores: np.ndarray, truth, ks, names) -> dict[str, np.ndarray]:
+    """Each example's metrics (``ranking_metrics`` row by row; examples without targets skipped)."""
+    rows = [ranking_metrics(scores[i:i + 1], [t], ks) for i, t in enumerate(truth) if t[1] > 0]
+    return {k: np.array([r[k] for r in rows]) for k in names}
 
 
 def plot_quality(report: dict, path) -> None:
@@ -170,19 +186,20 @@ def plot_quality(report: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(report["models"])
-    metrics = [k for k in report["models"][models[0]] if "@" in k]
+    metrics = [k for k in report["models"][models[0]] if "@" in k and not isinstance(report["models"][models[0]][k], dict)]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(models)
     x = np.arange(len(metrics))
     for i, name in enumerate(models):
         vals = [report["models"][name][m] for m in metrics]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name)
+        err = [report["models"][name].get("stderr", {}).get(m, 0.0) for m in metrics]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=name, yerr=err, capsize=2)
         ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
     ceiling = report["candidate_recall_ceiling"]
     ax.axhline(ceiling, color="grey", linestyle="--", linewidth=1,
                label=f"candidate-set recall ceiling {ceiling:.3f}")
     ax.set_xticks(x, metrics)
-    ax.set_ylabel("mean over test examples")
+    ax.set_ylabel("mean over test examples (bars: +- 1 standard error)")
     ax.set_title(f"In-session recommendation, Complete Journey: {report['examples']} test baskets, "
                  f"{report['n_candidates']} candidates", fontsize=9)
     ax.legend(fontsize=7)
