@@ -219,3 +219,12 @@ def test_traced_forward_scores_equal_the_eager_model(plan, tmp_path):
     # several requests in one execute() (Triton's dynamic batcher) still split back per request
     per_request = split_scores(traced, requests[1:4])
     assert [s.shape for s, _ in per_request] == [(1, 1)] * 3
+
+
+def test_length_groups_split_long_rows_from_short_ones():
+    from offline.bundle import length_groups
+    tokens = np.array([9] * 10 + [65] * 2 + [17])
+    groups = length_groups(tokens, call_cost_tokens=110)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(13))
+    assert [sorted(tokens[g].tolist()) for g in groups] == [[9] * 10 + [17], [65, 65]]
+    assert len(length_groups(np.array([30, 33, 40]), 110)) == 1  # one bucket: no split
