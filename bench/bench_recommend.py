@@ -103,13 +103,47 @@ def load_model(plan, stack, kind: str, instances: int) -> dict:
         shutil.copytree(src, stack.model_repository / MODEL, dirs_exist_ok=True)
         vdir = max((p for p in (stack.model_repository / MODEL).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     manifest = json.loads((Path(vdir) / "manifest.json").read_text())
-    info.update(version=manifest.get("version"), parameters=manifest.get("parameters"),
+    info.update(version=manifest.get("version"), parameters=manifest.get("parameters"), version_dir=str(vdir),
                 trained=manifest.get("trained", True), catalog=str(Path(vdir) / "catalog.parquet"))
     client = httpclient.InferenceServerClient(stack.triton_http_url.split("://")[1], network_timeout=300)
     client.load_model(MODEL)
     assert client.is_model_ready(MODEL)
     client.close()
     return info
+
+
+def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: list[dict], n: int = 384) -> dict:
+    """The same ranking in this process, no HTTP / Redis / Triton: window from an in-memory store,
+    the one tensor builder, the bundle's forward (torch, 1 thread). What serving adds is the
+    difference (ratios in the verdict)."""
+    import torch
+
+    from bench.bench_serve import summary_ms
+    from offline.ranker_bundle import load_ranker_bundle, split_ranking_scores
+    from rti_store import MemoryWindowStore
+    from schemas.tensors import interactions_of
+    from scorer.recommend import RecommendSettings, parse_request, prepare, request_tensors
+
+    torch.set_num_threads(1)
+    bundle = load_ranker_bundle(version_dir)
+    store = MemoryWindowStore(plan)
+    store.append([a for r in history for a in interactions_of(plan, "transactions", r)])
+    settings, catalog = RecommendSettings(), np.zeros(0, np.int64)
+
+    def one(body):
+        req = parse_request(plan, body, now_ns=time.time_ns, catalog=catalog, settings=settings)
+        p = prepare(plan, req, store.read_many(list(req.keys), [req.anchor_time] * len(req.keys)), settings)
+        return split_ranking_scores(bundle, [request_tensors(plan, p)])
+
+    for body in bodies[:16]:
+        one(body)
+    wall, cpu0 = [], time.process_time()
+    for i in range(n):
+        t = time.perf_counter()
+        one(bodies[i % len(bodies)])
+        wall.append(time.perf_counter() - t)
+    return {"service_time": summary_ms(wall), "cpu_ms_per_request": 1e3 * (time.process_time() - cpu0) / n,
+            "requests": n}
 
 
 def write_config(path: Path, stack, model: dict, args) -> Path:
@@ -204,12 +238,24 @@ def main(argv=None) -> dict:
                            client=args.client)
         result["http"][f"/v1/recommend ({N_CANDIDATES} candidates)"] = steps
         result["server"] = scrape(url)
+        stop(proc)
+        proc = None
+        result["machine"]["load_avg_end"] = os.getloadavg()
+        log("in-process baseline (same payloads, no HTTP/Redis/Triton) ...")
+        result["baseline_in_process"] = in_process_baseline(plan, Path(model["version_dir"]), bodies, history)
     finally:
         if proc is not None:
             stop(proc)
         stack.down()
-    result["machine"]["load_avg_end"] = os.getloadavg()
-    result["verdict"] = verdict(result["http"].get(f"/v1/recommend ({N_CANDIDATES} candidates)", []))
+    steps = result["http"].get(f"/v1/recommend ({N_CANDIDATES} candidates)", [])
+    result["verdict"] = verdict(steps)
+    base = result.get("baseline_in_process")
+    if base:
+        result["verdict"]["served_over_in_process"] = [
+            {"offered_qps": s["offered_qps"],
+             "p50_latency": (s["latency_from_schedule"].get("p50_ms") or np.nan) / base["service_time"]["p50_ms"],
+             "cpu_per_request": s["cpu_ms_per_request"]["scorer_stack"] / base["cpu_ms_per_request"]}
+            for s in steps]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(result, args.out.with_suffix(".png"))
