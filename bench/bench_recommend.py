@@ -38,7 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serve import _env, http_sweep, plot, scrape, stop, wait_ready  # noqa: E402
+from bench.bench_serve import (_env, autogroup_enabled, http_sweep, plot, scrape,  # noqa: E402
+                               set_autogroup_nice, stop, wait_ready)
 from schemas.plan import builtin_plan  # noqa: E402
 
 TARGET = {"qps": 200, "p99_ms": 50.0, "errors": 0}
@@ -152,6 +153,7 @@ def write_config(path: Path, stack, model: dict, args) -> Path:
            "triton": {"url": stack.triton_http_url, "model_name": MODEL},
            "serve": {"plan": "recsys", "triton_grpc_url": stack.triton_grpc_url, "batch_window_ms": args.batch_window_ms,
                      "max_batch": args.max_batch, "max_in_flight": args.max_in_flight,
+                     "batch_interval_ms": args.batch_interval_ms,
                      "window_deadline_ms": args.window_deadline_ms,
                      "recommend": {"catalog": model["catalog"], "max_batch": args.max_batch}}}
     path.write_text(yaml.safe_dump(cfg))
@@ -172,6 +174,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--batch-window-ms", type=float, default=1.0)
+    ap.add_argument("--batch-interval-ms", type=float, default=10.0, help="serve.batch_interval_ms (batch pacing)")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-in-flight", type=int, default=2)
     ap.add_argument("--window-deadline-ms", type=float, default=20.0)
@@ -181,7 +184,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"], help="load generator HTTP client "
                     "(bench_serve's lean raw HTTP/1.1 client, or aiohttp)")
     ap.add_argument("--nice", type=int, default=0, help="run the whole benchmark (stack, scorer, load) at this "
-                                                         "niceness, e.g. -10 (root): less noise from other load")
+                                                         "niceness, e.g. -10 (root): less noise from other load; "
+                                                         "with sched_autogroup its sessions' autogroups too "
+                                                         "(bench_serve.set_autogroup_nice)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recommend")
     args = ap.parse_args(argv)
 
@@ -203,7 +208,8 @@ def main(argv=None) -> dict:
     log(f"starting the local stack in {tmp} ...")
     stack = start_stack(tmp / "stack")
     result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                "python": platform.python_version(), "load_avg_start": os.getloadavg()},
+                                "python": platform.python_version(), "load_avg_start": os.getloadavg(),
+                                "sched_autogroup": autogroup_enabled(), "nice": args.nice},
                     "protocol": {"warmup_s": args.warmup, "duration_s": args.duration, "payloads": len(bodies),
                                  "window_lengths": list(LENGTHS), "candidates_per_request": N_CANDIDATES,
                                  "session_events_in_half_the_payloads": 1, "open_loop": True},
@@ -222,6 +228,9 @@ def main(argv=None) -> dict:
         server_log = tmp / "serve.log"
         proc = start_serve(config, port, 1, server_log)
         wait_ready(url, proc, server_log)
+        if args.nice:
+            groups = set_autogroup_nice([os.getpid(), proc.pid, *stack.pids().values()], args.nice)
+            result["machine"]["autogroups_niced"] = len(groups)
         encoded = [orjson.dumps(b) for b in bodies]
         sizes = [len(b) for b in encoded]
         result["payload_bytes"] = [min(sizes), max(sizes)]
@@ -244,6 +253,8 @@ def main(argv=None) -> dict:
         log("in-process baseline (same payloads, no HTTP/Redis/Triton) ...")
         result["baseline_in_process"] = in_process_baseline(plan, Path(model["version_dir"]), bodies, history)
     finally:
+        if args.nice:
+            set_autogroup_nice([os.getpid()], 0)  # this session goes back to normal
         if proc is not None:
             stop(proc)
         stack.down()

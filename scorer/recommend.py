@@ -518,8 +518,11 @@ class RecommendService:
         self.fallback, self.executor = fallback, executor
         self.ranker = AsyncRanker(deps.triton)
         s = deps.settings
+        # paced like /v1/score (serve.batch_interval_ms): each batch has a fixed cost (a Redis round
+        # trip, a gRPC call, a Triton execute), so under load fewer, larger batches buy CPU
         self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
-                                    max_batch=min(s.max_batch, settings.max_batch), max_in_flight=s.max_in_flight)
+                                    max_batch=min(s.max_batch, settings.max_batch), max_in_flight=s.max_in_flight,
+                                    min_interval_s=getattr(s, "batch_interval_ms", 0.0) / 1000)
 
     async def handle_batch(self, items: Sequence[RankRequest]) -> list:
         from .http import ApiError
