@@ -166,7 +166,6 @@ class _Txn:
     offsets: dict = field(default_factory=dict)  # (topic, partition) -> next offset to consume
     first: dict = field(default_factory=dict)  # (topic, partition) -> first offset in the txn
     batches: list = field(default_factory=list)  # (BatchStats, records) per batch
-    committing_since: float = 0.0
 
     def add(self, pending, records, stats: BatchStats) -> None:
         for p in pending:
@@ -568,7 +567,6 @@ class KafkaScorer:
     def _start_commit(self) -> None:
         from confluent_kafka import TopicPartition
         txn, self._txn = self._txn, None
-        txn.committing_since = time.perf_counter()
         tps = [TopicPartition(t, part, off) for (t, part), off in txn.offsets.items()]
         job = self._calls.submit("send_offsets_to_transaction", self._commit_job, tps,
                                  self.consumer.consumer_group_metadata())
@@ -589,6 +587,8 @@ class KafkaScorer:
             while True:
                 try:
                     self.producer.commit_transaction(self.txn_call_timeout_s)
+                    # the broker's part only (the main thread may notice the result later)
+                    self.metrics.stage_seconds.labels(PATH, "commit").observe(time.perf_counter() - t0)
                     return None
                 except KafkaException as exc:
                     # retriable (e.g. timed out while the coordinator restarts): the commit goes
@@ -610,7 +610,6 @@ class KafkaScorer:
         self._committing = None
         m = self.metrics
         if outcome is None:
-            m.stage_seconds.labels(PATH, "commit").observe(time.perf_counter() - txn.committing_since)
             total = m.stage_seconds.labels(PATH, "total")
             for stats, records in txn.batches:
                 if self.strategy is not None:
