@@ -81,6 +81,9 @@ class TracedModel:
         ends = []
         for h in hops:
             valid = batch[f"valid:{h}"].numpy()
+            if valid.shape[1] == 0:  # no history in the whole batch (e.g. window store down)
+                ends.append(np.zeros(valid.shape[0], np.int64))
+                continue
             last = valid.shape[1] - np.argmax(valid[:, ::-1], axis=1)
             ends.append(np.where(valid.any(axis=1), last, 0))
         ends = np.stack(ends, axis=1)  # [B, H]
@@ -119,10 +122,12 @@ def length_groups(tokens: np.ndarray, call_cost_tokens: float) -> list[np.ndarra
 
 
 def check_batches(plan: ServingPlan, anchor_time: int = 1_700_000_000 * 10**9) -> list[dict]:
-    """Stacked tensors covering the shapes a forward meets: batch 1 without any history, and a
-    batch of 3 with different, partly empty window lengths per hop (zeros/ids/b"x" as values)."""
+    """Stacked tensors covering the shapes a forward meets: batches without any history (as when
+    the window store is down), with one hop empty in every row, and with different, partly empty
+    window lengths per hop (zeros/ids/b"x" as values)."""
     out = []
-    for lengths in ([(0,) * len(plan.hop_keys)], [(3, 7), (1, 0), (5, 2)], [(2, 2), (32, 1)]):
+    for lengths in ([(0, 0)], [(3, 7), (1, 0), (5, 2)], [(2, 2), (32, 1)], [(0, 0), (0, 0)],
+                    [(0, 3), (0, 5), (0, 1)]):
         b = len(lengths)
         anchors = anchor_time + np.arange(b, dtype=np.int64) * 60 * 10**9
         stacked = {}
