@@ -52,13 +52,32 @@ DAY = 1440 * MIN
 MODEL = "relstream_ranker"
 
 
-def make_payloads(n: int = 128, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """``(bodies, history)``: request bodies and the purchase lines to pre-load into Redis."""
+def model_universe(version_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(households, products, anchor)`` the served version knows: households with an embedding,
+    the catalog's products, and an anchor one day after the newest embedding snapshot (so the
+    embeddings are admissible, as in production right after a weekly refresh)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from scorer.recommend import load_catalog
+    table = pq.read_table(Path(version_dir) / "embeddings.parquet", columns=["entity_type", "entity_id", "snapshot_time"])
+    households = np.unique(table.filter(pc.equal(table["entity_type"], "households"))["entity_id"].to_numpy())
+    anchor = int(table["snapshot_time"].to_numpy().max()) + DAY
+    return households, load_catalog(Path(version_dir) / "catalog.parquet"), anchor
+
+
+def make_payloads(n: int = 128, seed: int = 0, households: np.ndarray | None = None,
+                  products: np.ndarray | None = None, t0: int = T0) -> tuple[list[dict], list[dict]]:
+    """``(bodies, history)``: request bodies and the purchase lines to pre-load into Redis.
+    Households and products default to 1..n and 1..N_PRODUCTS (the untrained export's)."""
     rng = np.random.default_rng(seed)
+    households = np.arange(1, n + 1) if households is None else rng.choice(households, n, replace=len(households) < n)
+    products = np.arange(1, N_PRODUCTS + 1) if products is None else np.asarray(products)
+    T0 = t0  # noqa: N806 - the anchor of every payload
     bodies, history = [], []
     line_id = 1
     for i in range(n):
-        household = i + 1
+        household = int(households[i])
         length = LENGTHS[i % len(LENGTHS)]
         open_lines = min(3, length)
         # earlier baskets (8 lines each, days apart), then the open basket (minutes old)
@@ -67,12 +86,12 @@ def make_payloads(n: int = 128, seed: int = 0) -> tuple[list[dict], list[dict]]:
         times += [T0 - 10 * MIN + j for j in range(open_lines)]
         baskets = [int(t // DAY) for t in times[:len(times) - open_lines]] + [10**6 + i] * open_lines
         lines = [{"transaction_id": line_id + j, "transaction_timestamp": int(t), "household_id": household,
-                  "product_id": int(rng.integers(1, N_PRODUCTS + 1)), "basket_id": b, "quantity": int(rng.integers(1, 4)),
+                  "product_id": int(rng.choice(products)), "basket_id": b, "quantity": int(rng.integers(1, 4)),
                   "sales_value": float(np.float32(round(float(rng.uniform(0.5, 10)), 2)))}
                  for j, (t, b) in enumerate(zip(times, baskets))]
         line_id += len(lines)
         body: dict = {"household_id": household, "anchor_time": T0, "k": 10,
-                      "candidates": [int(p) for p in rng.choice(N_PRODUCTS, N_CANDIDATES, replace=False) + 1]}
+                      "candidates": [int(p) for p in rng.choice(products, N_CANDIDATES, replace=False)]}
         if i % 2:  # the newest line arrives with the request, not through ingest
             body["session_events"] = [lines[-1]]
             lines = lines[:-1]
@@ -203,14 +222,13 @@ def main(argv=None) -> dict:
     if args.nice:
         os.nice(args.nice)  # inherited by every server started below
     plan = builtin_plan("recsys")
-    bodies, history = make_payloads()
     tmp = Path(tempfile.mkdtemp(prefix="bench-recommend-"))
     log(f"starting the local stack in {tmp} ...")
     stack = start_stack(tmp / "stack")
     result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                 "python": platform.python_version(), "load_avg_start": os.getloadavg(),
                                 "sched_autogroup": autogroup_enabled(), "nice": args.nice},
-                    "protocol": {"warmup_s": args.warmup, "duration_s": args.duration, "payloads": len(bodies),
+                    "protocol": {"warmup_s": args.warmup, "duration_s": args.duration,
                                  "window_lengths": list(LENGTHS), "candidates_per_request": N_CANDIDATES,
                                  "session_events_in_half_the_payloads": 1, "open_loop": True},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -219,6 +237,13 @@ def main(argv=None) -> dict:
     try:
         model = load_model(plan, stack, args.model, args.triton_instances)
         result["model"] = model
+        if args.model == "untrained":
+            bodies, history = make_payloads()
+        else:  # the trained model's households, catalog products and embedding validity
+            households, products, anchor = model_universe(Path(model["version_dir"]))
+            bodies, history = make_payloads(households=households, products=products, t0=anchor)
+            result["protocol"]["anchor_time"] = anchor
+        result["protocol"]["payloads"] = len(bodies)
         store = RedisWindowStore(plan, stack.redis_url)
         store.append([a for r in history for a in interactions_of(plan, "transactions", r)])
         store.close()
