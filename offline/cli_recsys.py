@@ -166,7 +166,9 @@ def cmd_recsys_quality(args) -> int:
           f"from {_ts(test_start)}; {args.candidates} candidates each")
     index = PurchaseIndex(tx)
     cands = candidate_sets(index, examples, args.candidates, progress=not args.no_progress)
-    scorers = {"popularity": popularity_scorer, "buy_again": buy_again_scorer(index)}
+    scorers = {"popularity": popularity_scorer, "buy_again": buy_again_scorer(index),
+               # the same rule on what the plan's window shows the ranker (30 days, newest 100 lines)
+               "buy_again_window": buy_again_scorer(index, plan.real_time_offset.ns, plan.hops[0].max_len)}
     deep_stats = {}
     emb_path = Path(args.embeddings or run_dir / "embeddings.parquet")
     table = None

@@ -73,9 +73,12 @@ def popularity_scorer(examples: pd.DataFrame, cands: CandidateSets) -> np.ndarra
     return np.stack([popularity_scores(c) for c in cands.counts]) if len(cands.counts) else cands.counts
 
 
-def buy_again_scorer(index: PurchaseIndex) -> Callable:
+def buy_again_scorer(index: PurchaseIndex, window_ns: int | None = None, max_lines: int | None = None) -> Callable:
+    """Buy-again over the whole history, or (``window_ns``, ``max_lines``) over what the plan's
+    real-time window shows the ranker."""
     def score(examples: pd.DataFrame, cands: CandidateSets) -> np.ndarray:
-        return np.stack([buy_again_scores(index, int(r.household_id), int(r.anchor_time), cands.ids[i], cands.counts[i])
+        return np.stack([buy_again_scores(index, int(r.household_id), int(r.anchor_time), cands.ids[i], cands.counts[i],
+                                          window_ns, max_lines)
                          for i, r in enumerate(examples.itertuples(index=False))])
     return score
 

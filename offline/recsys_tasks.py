@@ -133,11 +133,18 @@ class PurchaseIndex:
         top = np.lexsort((ids, -counts))[:n]
         return ids[top], counts[top]
 
-    def household_counts(self, household_id: int, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(product ids, line counts)`` of the household's lines strictly before ``t``."""
+    def household_counts(self, household_id: int, t: int, window_ns: int | None = None,
+                         max_lines: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(product ids, line counts)`` of the household's lines strictly before ``t``; with
+        ``window_ns``/``max_lines`` only the newest ``max_lines`` of ``[t - window_ns, t)`` (what
+        the plan's real-time window holds)."""
         lo = np.searchsorted(self.hh_sorted, household_id, side="left")
         hi = np.searchsorted(self.hh_sorted, household_id, side="right")
         end = lo + np.searchsorted(self.hh_time[lo:hi], int(t), side="left")
+        if window_ns is not None:
+            lo = lo + np.searchsorted(self.hh_time[lo:end], int(t) - int(window_ns), side="left")
+        if max_lines is not None:
+            lo = max(lo, end - int(max_lines))
         return np.unique(self.hh_product[lo:end], return_counts=True)
 
 
@@ -158,11 +165,13 @@ def popularity_scores(candidate_counts: np.ndarray) -> np.ndarray:
 
 
 def buy_again_scores(index: PurchaseIndex, household_id: int, anchor_time: int, candidates: np.ndarray,
-                     candidate_counts: np.ndarray) -> np.ndarray:
+                     candidate_counts: np.ndarray, window_ns: int | None = None,
+                     max_lines: int | None = None) -> np.ndarray:
     """"Buy it again": how often the household bought each candidate strictly before the anchor
-    (earlier baskets and the revealed lines of the open one), popularity as the tie-break
-    (a fraction < 1, so it never outweighs one purchase)."""
-    ids, counts = index.household_counts(household_id, anchor_time)
+    (earlier baskets and the revealed lines of the open one; optionally only the plan's window,
+    see :meth:`PurchaseIndex.household_counts`), popularity as the tie-break (a fraction < 1, so
+    it never outweighs one purchase)."""
+    ids, counts = index.household_counts(household_id, anchor_time, window_ns, max_lines)
     candidates = np.asarray(candidates, np.int64)
     own = np.zeros(len(candidates), np.float64)
     if len(ids):

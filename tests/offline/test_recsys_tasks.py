@@ -122,6 +122,11 @@ def test_buy_again_counts_history_and_session_but_not_the_anchor(small_tx):
     assert {p: c for p, c in own.items() if c} == expected
     assert not any(own.get(int(p), 0) for p in row.targets if int(p) not in expected)  # hidden lines invisible
     assert np.all(s - np.floor(s) < 1)  # popularity only breaks ties
+    # the plan's window: only lines in [T - window, T), newest max_lines
+    ids, counts = index.household_counts(int(row.household_id), int(row.anchor_time), window_ns=1800 * 10**9)
+    assert set(ids) == {int(p) for p in row.revealed_products}  # basket 100 is an hour older
+    ids, counts = index.household_counts(int(row.household_id), int(row.anchor_time), max_lines=1)
+    assert len(ids) == 1 and counts.sum() == 1
 
 
 # ----- deep embeddings and the quality harness (small real subset, seconds) ----------------------
@@ -184,7 +189,8 @@ def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
     assert main(["offline", "recsys-quality", *base, "--max-examples", "150", "--candidates", "300"]) == 0
     report = json.loads((run / "recsys_quality.json").read_text())
     assert report["examples"] == 150 and (run / "recsys_quality.png").stat().st_size > 10_000
-    assert set(report["models"]) == {"popularity", "buy_again", "deep_gnn", "deep_gnn_household_at_anchor"}
+    assert set(report["models"]) == {"popularity", "buy_again", "buy_again_window", "deep_gnn",
+                                     "deep_gnn_household_at_anchor"}
     for m in report["models"].values():
         assert 0 <= m["recall@10"] <= m["recall@20"] <= m["recall@50"] <= report["candidate_recall_ceiling"] + 1e-12
     assert 0 <= report["deep_missing"]["candidate_missing_share"] < 1
