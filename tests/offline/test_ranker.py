@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from offline.embeddings import EmbeddingTable, random_embeddings, write_embeddings_parquet
+from offline.embeddings import EmbeddingTable, random_embeddings
 from offline.ranker import RankerConfig, RankerError, build_ranker, prepare_ranking_batch, score_ranking
 from offline.ranker_bundle import load_ranker_bundle, ranking_request_error, split_ranking_scores
 from offline.ranker_export import (check_ranker_export, export_untrained_ranker, synthetic_ranking_requests)
