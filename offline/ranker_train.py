@@ -432,14 +432,6 @@ def score_examples(model: RankerModel, table: EmbeddingTable, examples: pd.DataF
     return out
 
 
-def save_rows(rows: RankingRows, path: str | Path) -> None:
-    arrays = {"example_index": rows.example_index, "lengths": rows.lengths, "candidates": rows.candidates,
-              "n_candidates": rows.n_candidates, "labels": rows.labels}
-    arrays.update({f"s|{k}": v for k, v in rows.scalars.items()})
-    arrays.update({f"q|{k}": v for k, v in rows.sequences.items()})
-    np.savez(path, **arrays)
-
-
 __all__ = ["DailyPopularity", "RankerTrainConfig", "RankingRows", "SamplingConfig", "TrainingCandidates",
-           "check_examples", "deep_pair_scores", "ranking_loss", "soft_target_loss", "replay_ranking_rows", "save_rows", "score_examples", "score_rows",
+           "check_examples", "deep_pair_scores", "ranking_loss", "soft_target_loss", "replay_ranking_rows", "score_examples", "score_rows",
            "train_ranker"]
