@@ -181,6 +181,7 @@ def cmd_recsys_quality(args) -> int:
             from offline.train_recsys import build_recsys_graph, load_recsys_model
 
             model, cfg = load_recsys_model(model_path)
+            model.to(args.device)
             scorers["deep_gnn_household_at_anchor"] = deep_scorer(
                 table, household_vectors=household_at_anchor(model, cfg.fanouts, build_recsys_graph(ds)))
     else:

@@ -64,7 +64,8 @@ def embed_at(model, g, fanouts, feats, ntype: str, idx: np.ndarray, t: int, batc
     for lo in range(0, len(idx), batch_size):
         part = idx[lo:lo + batch_size]
         seeds = {ntype: (part, np.full(len(part), t, np.int64))}
-        e, b = model(sample_subgraphs(g, seeds, SamplerConfig(tuple(fanouts), 0), feats))[ntype]
+        batch = sample_subgraphs(g, seeds, SamplerConfig(tuple(fanouts), 0), feats)
+        e, b = model(batch.to(next(model.parameters()).device))[ntype]  # --device cuda: batch to the model
         embs.append(e.float().cpu().numpy())
         logits.append(b.float().cpu().numpy())
     dim = model.cfg.embedding_dim

@@ -139,7 +139,8 @@ def household_at_anchor(model, fanouts, g, batch_size: int = 512) -> Callable:
         embs = []
         for lo in range(0, len(idx), batch_size):
             seeds = {"households": (idx[lo:lo + batch_size], times[lo:lo + batch_size])}
-            embs.append(model(sample_subgraphs(g, seeds, SamplerConfig(tuple(fanouts), 0)))["households"][0].numpy())
+            batch = sample_subgraphs(g, seeds, SamplerConfig(tuple(fanouts), 0)).to(next(model.parameters()).device)
+            embs.append(model(batch)["households"][0].float().cpu().numpy())
         emb = np.concatenate(embs) if embs else np.zeros((0, model.cfg.embedding_dim), np.float32)
         return stored_vectors("households", emb, np.zeros(len(emb), np.float32)), ~known
     return vectors
