@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -121,6 +122,11 @@ def load_model(plan, stack, kind: str, instances: int) -> dict:
         if not src.is_dir():
             raise SystemExit(f"--model: no model {MODEL!r} in repository {kind}")
         shutil.copytree(src, stack.model_repository / MODEL, dirs_exist_ok=True)
+        cfg = stack.model_repository / MODEL / "config.pbtxt"
+        text, n = re.subn(r"count: \d+", f"count: {instances}", cfg.read_text(), count=1)
+        if not n:
+            raise SystemExit(f"--triton-instances: no instance count in {cfg}")
+        cfg.write_text(text)
         vdir = max((p for p in (stack.model_repository / MODEL).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     manifest = json.loads((Path(vdir) / "manifest.json").read_text())
     info.update(version=manifest.get("version"), parameters=manifest.get("parameters"), version_dir=str(vdir),
