@@ -307,9 +307,11 @@ class RateProducer:
         from confluent_kafka import Producer
 
         self.codec = codec
-        from relstream.config import KAFKA_CLIENT_DEFAULTS
-        self.producer = Producer({"bootstrap.servers": bootstrap, **KAFKA_CLIENT_DEFAULTS, "enable.idempotence": True,
-                                  "acks": "all", "linger.ms": 1, **dict(extra or {})})
+        # librdkafka's default re-bootstrap here (not KAFKA_CLIENT_DEFAULTS): a plain producer needs
+        # no group coordinator (librdkafka #5511), and with "none" a broker restart can leave it
+        # without any broker for good (#5301: a 0-broker metadata answer while the broker starts)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                                  "linger.ms": 1, **dict(extra or {})})
         self.errors: list[str] = []
 
     def _on_delivery(self, err, _msg) -> None:

@@ -209,7 +209,7 @@ class KafkaScorer:
                  metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
-                 init_timeout_s: float = 120.0, commit_interval_s: float = 0.0):
+                 init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0):
         self.plan = plan
         # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
         # consumed batch into its own records; the loop, retries and transaction stay these.
@@ -245,6 +245,15 @@ class KafkaScorer:
         # commit is done. commit_interval_s > 0 lets one transaction span several batches (fewer
         # transactions: less broker CPU, at most that much more latency).
         self.commit_interval_s = commit_interval_s
+        # After watchdog_s without input: is a broker still reachable, and are partitions assigned?
+        # librdkafka 2.16 can lose every broker for good across a broker restart (#5301, with
+        # metadata.recovery.strategy=none) or keep a dead group coordinator (#5511, with the
+        # default re-bootstrap) without raising anything: new clients are the way out.
+        self.watchdog_s = watchdog_s
+        self._last_input = time.monotonic()
+        self._next_check = 0.0
+        self._unreachable_since: float | None = None
+        self._unassigned_since: float | None = None
         self._txn: _Txn | None = None  # open: records produced, not committing yet
         self._committing: tuple[_Txn, _Job] | None = None  # commit running on the worker
         self.model_max_batch = max_batch
@@ -304,7 +313,9 @@ class KafkaScorer:
             msgs = [m for m in msgs if self._usable(m)]
             if msgs:
                 self.process(msgs)
-                last_data = time.monotonic()  # after: a batch that waited out an outage is not idleness
+                last_data = self._last_input = time.monotonic()  # after: a batch that waited out an outage
+            else:
+                self._watchdog()
             self._advance_commits(idle=not msgs)
             if not msgs and self._txn is None and self._committing is None \
                     and idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
@@ -313,6 +324,28 @@ class KafkaScorer:
                 break
         self.flush_commits()  # leave nothing uncommitted behind: a successor starts after it
         return self.stats
+
+    def _watchdog(self) -> None:
+        now = time.monotonic()
+        if self.watchdog_s <= 0 or now - self._last_input < self.watchdog_s or now < self._next_check:
+            return
+        self._next_check = now + min(10.0, self.watchdog_s / 3)
+        from confluent_kafka import KafkaException
+        try:
+            self.consumer.list_topics(self.facts_topics[0], timeout=5.0)
+            self._unreachable_since = None
+        except KafkaException as exc:
+            self._unreachable_since = self._unreachable_since or now
+            log.warning("no broker answers a metadata request: %s", exc)
+            if now - self._unreachable_since >= self.watchdog_s:
+                raise FatalConsumerError(f"no broker reachable for {now - self._unreachable_since:.0f} s") from exc
+        if self.consumer.assignment():
+            self._unassigned_since = None
+            return
+        # (an instance with more peers than partitions legitimately has none: it just rejoins now and then)
+        self._unassigned_since = self._unassigned_since or now
+        if now - self._unassigned_since >= 2 * self.watchdog_s:
+            raise FatalConsumerError(f"no partitions assigned for {now - self._unassigned_since:.0f} s")
 
     def _poll_timeout(self) -> float:
         if self._txn is not None and self._committing is None:
