@@ -162,3 +162,25 @@ def test_concurrent_requests_share_one_window_read_and_one_triton_call(plan, sta
         singles.append(float(direct_score(plan, stack, test_model, row, windows).scores[0]))
     np.testing.assert_allclose([r.json()["score"] for r in replies], singles, atol=1e-6)
     assert [r.json()["event_id"] for r in replies] == [str(r["transaction_id"]) for r in rows]
+
+
+def test_chunked_bodies_on_the_bare_asgi_route(plan, stack, test_model, window_store):
+    """The scoring routes read the body straight from ASGI: a chunked upload (no Content-Length)
+    is reassembled, and one growing past serve.max_body_bytes is cut off with 413; GET gets 405."""
+    import orjson
+    row = fact_row(3)
+    raw = orjson.dumps(row)
+
+    def chunks(data: bytes, size: int):
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+
+    with ServerThread(make_app(plan, stack, test_model, window_store, max_body_bytes=4096)) as srv:
+        headers = {**AUTH, "content-type": "application/json"}
+        ok = httpx.post(f"{srv.url}/v1/score", content=chunks(raw, 7), headers=headers)
+        assert ok.status_code == 200 and ok.json()["event_id"] == str(row["transaction_id"])
+        big = orjson.dumps({**row, "pad": "x" * 10_000})
+        r = httpx.post(f"{srv.url}/v1/score", content=chunks(big, 1000), headers=headers)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        assert httpx.get(f"{srv.url}/v1/score", headers=AUTH).status_code == 405
+        assert httpx.post(f"{srv.url}/v1/nope", json=row, headers=AUTH).status_code == 404
