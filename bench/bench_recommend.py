@@ -16,7 +16,8 @@ Model: ``--model untrained`` (default) exports ``offline.ranker_export.export_un
 (the ranker architecture, random weights); ``--model PATH`` copies a model repository's
 ``relstream_ranker`` (e.g. a trained ``relstream offline recsys-distill`` export).
 
-    python3 bench/bench_recommend.py                       # 5 s warm-up + 15 s per step
+    python3 bench/bench_recommend.py                       # 5 s warm-up + 15 s per step, untrained ranker
+    python3 bench/bench_recommend.py --model runs/cj_ranker/repo --nice -10   # a trained export, raised priority
     python3 bench/bench_recommend.py --qps 50,100,200,300 --warmup 30 --duration 60
 
 Prints JSON and writes bench/results/recommend.json + recommend.png.
@@ -203,10 +204,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-in-flight", type=int, default=2)
     ap.add_argument("--window-deadline-ms", type=float, default=20.0)
-    ap.add_argument("--triton-instances", type=int, default=1)
+    ap.add_argument("--triton-instances", type=int, default=2, help="Triton model instances (2: one per core)")
     ap.add_argument("--model", default="untrained", help="untrained (default) | PATH of a model repository "
                                                           f"holding {MODEL!r}")
-    ap.add_argument("--client", default="raw", choices=["raw", "aiohttp"], help="load generator HTTP client "
+    ap.add_argument("--client", default="aiohttp", choices=["raw", "aiohttp"], help="load generator HTTP client "
                     "(bench_serve's lean raw HTTP/1.1 client, or aiohttp)")
     ap.add_argument("--nice", type=int, default=0, help="run the whole benchmark (stack, scorer, load) at this "
                                                          "niceness, e.g. -10 (root): less noise from other load; "
