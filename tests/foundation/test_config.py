@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from relstream.config import (Config, ConfigError, kafka_client_config, load_config,
+from relstream.config import (KAFKA_CLIENT_DEFAULTS, Config, ConfigError, kafka_client_config, load_config,
                               redis_client, section, triton_client, validate)
 
 
@@ -62,7 +62,10 @@ ingest: {batch_size: 500}
     assert conf == {"bootstrap.servers": "broker-1:9093,broker-2:9093",
                     "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
                     "linger.ms": 5, "ssl.ca.location": "/etc/ca.pem",
-                    "sasl.username": "svc", "sasl.password": "s3cret", "group.id": "g"}
+                    "sasl.username": "svc", "sasl.password": "s3cret", "group.id": "g",
+                    **KAFKA_CLIENT_DEFAULTS}  # relstream's own librdkafka defaults (overridable)
+    overridden = kafka_client_config(cfg, **{"metadata.recovery.strategy": "rebootstrap"})
+    assert overridden["metadata.recovery.strategy"] == "rebootstrap"
 
 
 def test_config_file_from_env_variable(tmp_path):
