@@ -249,7 +249,9 @@ def _curl_infer(http_url: str, model_name: str, body: dict, version: int | None 
     return int(code), json.loads(text) if text.strip() else {}
 
 
-def _grpc_infer(grpc_url: str, model_name: str, plan: ServingPlan, tensors: dict, version: int | None = None):
+def grpc_infer_outputs(grpc_url: str, model_name: str, plan: ServingPlan, tensors: dict,
+                       version: int | None = None) -> dict[str, np.ndarray]:
+    """One gRPC inference with the plan's tensors; every output the plan names, by name."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -260,14 +262,16 @@ def _grpc_infer(grpc_url: str, model_name: str, plan: ServingPlan, tensors: dict
             inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
-        outputs = [grpcclient.InferRequestedOutput("score")]
-        if plan.embedding_keys:
-            outputs.append(grpcclient.InferRequestedOutput("cold_start"))
+        outputs = [grpcclient.InferRequestedOutput(o.name) for o in plan.outputs]
         res = client.infer(model_name, inputs, outputs=outputs, model_version=str(version or ""))
-        cold = res.as_numpy("cold_start") if plan.embedding_keys else None
-        return res.as_numpy("score"), cold
+        return {o.name: res.as_numpy(o.name) for o in plan.outputs}
     finally:
         client.close()
+
+
+def _grpc_infer(grpc_url: str, model_name: str, plan: ServingPlan, tensors: dict, version: int | None = None):
+    out = grpc_infer_outputs(grpc_url, model_name, plan, tensors, version)
+    return out["score"], out.get("cold_start")
 
 
 def load_in_triton(http_url: str, model_name: str, timeout_s: float = 120.0) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from offline.embeddings import EmbeddingTable, random_embeddings, write_embeddings_parquet
-from offline.export import (ExportError, _curl_infer, check_error_paths, empty_embeddings, git_commit, load_in_triton,
-                            next_version, render_config, trim_embeddings)
+from offline.export import (ExportError, _curl_infer, check_error_paths, empty_embeddings, git_commit,
+                            grpc_infer_outputs, load_in_triton, next_version, render_config, trim_embeddings)
 from offline.ranker import RankerConfig, RankerModel, build_ranker
 from offline.ranker_bundle import (CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE,
                                    load_ranker_bundle, split_ranking_scores, write_catalog)
@@ -221,24 +221,6 @@ def synthetic_ranking_requests(plan: ServingPlan, n: int = 4, seed: int = 0,
 
 # ----- the self-check against a real Triton ---------------------------------------------------
 
-def _grpc_rank(grpc_url: str, model_name: str, plan: ServingPlan, tensors: dict, version: int | None = None):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        inputs = []
-        for spec in plan.tensors:
-            arr = np.asarray(tensors[spec.name])
-            inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
-            inp.set_data_from_numpy(arr)
-            inputs.append(inp)
-        outputs = [grpcclient.InferRequestedOutput(o.name) for o in plan.outputs]
-        res = client.infer(model_name, inputs, outputs=outputs, model_version=str(version or ""))
-        return {o.name: res.as_numpy(o.name) for o in plan.outputs}
-    finally:
-        client.close()
-
-
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
     """Max |a - b| where infinities must match exactly (padded candidates)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -274,7 +256,7 @@ def check_ranker_export(version_dir: str | Path, http_url: str, grpc_url: str, r
             raise ExportError(f"HTTP {code} from Triton: {body}")
         outs = {o["name"]: o for o in body["outputs"]}
         http = {name: np.asarray(outs[name]["data"]).reshape(outs[name]["shape"]) for name in outs}
-        grpc = _grpc_rank(grpc_url, model_name, plan, req, version)
+        grpc = grpc_infer_outputs(grpc_url, model_name, plan, req, version)
         report["max_abs_diff_http"] = max(report["max_abs_diff_http"], _diff(http["score"], score))
         report["max_abs_diff_grpc"] = max(report["max_abs_diff_grpc"], _diff(grpc["score"], score))
         for name, want in (("cold_start", cold), ("candidate_cold_start", cand_cold)):
@@ -283,7 +265,7 @@ def check_ranker_export(version_dir: str | Path, http_url: str, grpc_url: str, r
                                   f"grpc {grpc[name].tolist()}")
     # One request carrying several rows (batch dim > 1): candidates padded with PAD_CANDIDATE.
     multi = stack_requests(plan, requests)
-    grpc = _grpc_rank(grpc_url, model_name, plan, multi, version)
+    grpc = grpc_infer_outputs(grpc_url, model_name, plan, multi, version)
     (multi_expected, _, _), = split_ranking_scores(bundle, [multi])
     single = np.full(multi_expected.shape, -np.inf, np.float32)
     for i, (score, _, _) in enumerate(expected):
