@@ -29,11 +29,10 @@ functions.
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,8 +44,8 @@ from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
                              coerce_row, coerce_value, interactions_of, stack_requests, to_ns, window_keys)
 
-from .pipeline import DEGRADED_WINDOWS, EMBEDDING_MISSING, cold_start_columns
-from .triton import CHANNEL_ARGS, TritonRequestError, TritonUnavailable, classify, make_inputs
+from .pipeline import EMBEDDING_MISSING, cold_start_columns
+from .triton import TritonRequestError, TritonScorer, TritonUnavailable, _batch_of, classify, make_inputs
 
 log = logging.getLogger(__name__)
 PATH = "recommend"  # metrics label of the HTTP ranking path
@@ -376,10 +375,6 @@ def parse_ranking_result(result, model_name: str, batch: int) -> RankingOutput:
                          model_name=model_name, model_version=str(result.get_response().model_version))
 
 
-def _batch_of(tensors: Mapping[str, np.ndarray]) -> int:
-    return int(next(iter(tensors.values())).shape[0])
-
-
 class AsyncRanker:
     """Ranking calls over the gRPC aio channel of the app's :class:`scorer.triton.AsyncTritonScorer`
     (a routing wrapper is unwrapped: per-entity version routing is not applied to ranking)."""
@@ -405,44 +400,14 @@ class AsyncRanker:
         return parse_ranking_result(result, b.model_name, _batch_of(tensors))
 
 
-class SyncRanker:
+class SyncRanker(TritonScorer):
     """Blocking gRPC client with the interface KafkaScorer expects of ``triton`` (infer(tensors),
     max_batch_size(), ready(), close(), model_name, url), answering :class:`RankingOutput`."""
 
     def __init__(self, plan: ServingPlan, url: str, model_name: str, model_version: str = "",
                  timeout_s: float = 10.0):
-        import tritonclient.grpc as grpcclient
-        self._mod = grpcclient
-        self.plan, self.url, self.model_name = plan, url, model_name
-        self.model_version, self.timeout_s = model_version, timeout_s
-        self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-        self._outputs = [grpcclient.InferRequestedOutput(n) for n in RANKING_OUTPUTS]
-
-    def infer(self, tensors: Mapping[str, np.ndarray]) -> RankingOutput:
-        from tritonclient.utils import InferenceServerException
-        try:
-            result = self._client.infer(self.model_name, make_inputs(self.plan, tensors, self._mod),
-                                        model_version=self.model_version, outputs=self._outputs,
-                                        client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise classify(exc) from None
-        return parse_ranking_result(result, self.model_name, _batch_of(tensors))
-
-    def ready(self) -> tuple[bool, str]:
-        from tritonclient.utils import InferenceServerException
-        try:
-            if not self._client.is_model_ready(self.model_name, self.model_version, client_timeout=2):
-                return False, f"model {self.model_name!r} not loaded"
-        except InferenceServerException as exc:
-            return False, f"Triton unreachable: {exc}"
-        return True, "ok"
-
-    def max_batch_size(self) -> int:
-        cfg = self._client.get_model_config(self.model_name, self.model_version, as_json=True)
-        return int(cfg.get("config", cfg).get("max_batch_size", 0)) or 1
-
-    def close(self) -> None:
-        self._client.close()
+        super().__init__(plan, url, model_name, model_version, timeout_s,
+                         outputs=RANKING_OUTPUTS, parse=parse_ranking_result)
 
 
 # ----- ranking a batch (shared by HTTP and Kafka) ----------------------------------------------------

@@ -109,7 +109,9 @@ class TritonScorer:
     """Blocking gRPC client for the Kafka path."""
 
     def __init__(self, plan: ServingPlan, url: str, model_name: str = "relstream",
-                 model_version: str = "", timeout_s: float = 10.0):
+                 model_version: str = "", timeout_s: float = 10.0, *, outputs=OUTPUTS, parse=None):
+        """``outputs`` / ``parse``: the outputs to request and how to read them (default: a
+        scoring model's score + cold_start; ranking plans pass their own, scorer/recommend.py)."""
         import tritonclient.grpc as grpcclient
         self._mod = grpcclient
         self.plan = plan
@@ -118,7 +120,8 @@ class TritonScorer:
         self.model_version = model_version
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-        self._outputs = [grpcclient.InferRequestedOutput(n) for n in OUTPUTS]
+        self._outputs = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        self._parse = parse or parse_result
 
     def infer(self, tensors: Mapping[str, np.ndarray]) -> ModelOutput:
         from tritonclient.utils import InferenceServerException
@@ -128,7 +131,7 @@ class TritonScorer:
                                         outputs=self._outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise classify(exc) from None
-        return parse_result(result, self.model_name, _batch_of(tensors))
+        return self._parse(result, self.model_name, _batch_of(tensors))
 
     def ready(self) -> tuple[bool, str]:
         from tritonclient.utils import InferenceServerException
