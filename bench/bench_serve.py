@@ -5,7 +5,9 @@
   interactions per window (pre-loaded into Redis for ``/v1/score``, inlined for ``/v1/infer``);
 * per load step a warm-up, then a measurement window; a sweep of offered QPS up to saturation;
 * latency at the client, request out -> response in (auth, JSON, Redis, tensors, Triton);
-* the Kafka path: produce-to-score-consumed latency at a given rate (read_committed consumer);
+* the Kafka path: produce-to-score-consumed latency at a given rate (read_committed consumer),
+  after its own warm-up (``--kafka-warmup``, 30 s), split into produced -> scorer, in the scorer,
+  and record built -> consumed (transaction commit + fetch);
 * optional: the deep-at-request-time baseline (``offline/deep_baseline.py``) at the same load.
 
 Everything is co-located on this machine: Kafka, Redis, Triton (CPU, Python backend), the
@@ -115,7 +117,9 @@ def write_config(path: Path, stack, model_name: str, topics: tuple[str, str, str
         "score": {"plan": "fraud", "triton_grpc_url": stack.triton_grpc_url, "registry_dir": str(registry),
                   "max_batch": args.kafka_max_batch, "group_id": f"bench-{facts}",
                   "transactional_id": f"bench-{facts}", "poll_timeout_ms": args.kafka_poll_ms,
-                  "commit_interval_ms": getattr(args, "kafka_commit_ms", 0.0)},
+                  "batch_interval_ms": args.kafka_batch_interval_ms,
+                  "commit_interval_ms": getattr(args, "kafka_commit_ms", 0.0),
+                  **json.loads(getattr(args, "kafka_score_settings", None) or "{}")},
     }
     cfg["serve"] = {k: v for k, v in cfg["serve"].items() if v is not None}  # None: the service's default
     path.write_text(yaml.safe_dump(cfg))
@@ -442,7 +446,8 @@ def kafka_stage_means(url: str) -> dict:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
     sums: dict[str, float] = {}
-    for fam in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+    families = list(text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text))
+    for fam in families:
         for smp in fam.samples:
             if smp.name.startswith("relstream_scorer_stage_seconds_") and smp.labels.get("path") == "kafka" \
                     and smp.name.rsplit("_", 1)[1] in ("sum", "count"):
@@ -455,11 +460,29 @@ def kafka_stage_means(url: str) -> dict:
                 and not k.startswith("relstream")})
     if sums.get("relstream_scorer_batch_size_count"):
         out["mean_batch_size"] = sums["relstream_scorer_batch_size_sum"] / sums["relstream_scorer_batch_size_count"]
+    out["slow_batches"] = slow_stage_counts(families)
     return out
 
 
+def slow_stage_counts(families, over_s: float = 0.05) -> dict:
+    """Per stage of the Kafka path: how many of its observations took longer than ``over_s`` (the
+    histogram bucket at or above it): where the tail of the end-to-end latency comes from."""
+    counts: dict[str, float] = {}
+    below: dict[str, float] = {}
+    for fam in families:
+        for smp in fam.samples:
+            if smp.name != "relstream_scorer_stage_seconds_bucket" or smp.labels.get("path") != "kafka":
+                continue
+            stage, le = smp.labels["stage"], float(smp.labels["le"])
+            if le == float("inf"):
+                counts[stage] = smp.value
+            elif le >= over_s and (stage not in below or le < below[stage][0]):
+                below[stage] = (le, smp.value)
+    return {stage: int(total - below.get(stage, (0, total))[1]) for stage, total in counts.items()}
+
+
 def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: float, warmup: float,
-                  duration: float, log_path: Path, log) -> dict:
+                  duration: float, log_path: Path, log, producer_linger_ms: float = 5.0) -> dict:
     from confluent_kafka import Consumer, Producer
     facts, scores, _ = topics
     from relstream.stack import free_port
@@ -471,6 +494,9 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
     load_before = os.getloadavg()
     produced: dict[str, float] = {}
     latencies: list[tuple[float, float]] = []  # (produce time, latency)
+    # where the time goes, per score: produced -> received by the scorer -> record built (the
+    # record's own latency_ms) -> consumed downstream (the transaction commit + the consumer's fetch)
+    parts: list[tuple[float, float, float, float]] = []  # (produce time, to scorer, in scorer, to consumer)
     stop_consumer = threading.Event()
     consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed",
@@ -479,7 +505,12 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
 
     def consume():
         while not stop_consumer.is_set():
-            for msg in consumer.consume(500, 0.05):
+            # consume(n, timeout) waits for n messages or the timeout: ask for one (returns as soon as
+            # it is there), then take what else has arrived without waiting
+            msgs = consumer.consume(1, 0.05)
+            if msgs:
+                msgs += consumer.consume(500, 0)
+            for msg in msgs:
                 if msg.error() is not None:
                     continue
                 now = time.time()
@@ -487,8 +518,12 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
                 t = produced.get(rec["event_id"])
                 if t is not None:
                     latencies.append((t, now - t))
+                    built = rec["scored_at"] / 1e9
+                    in_scorer = rec["latency_ms"] / 1e3
+                    parts.append((t, built - in_scorer - t, in_scorer, now - built))
 
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 1})
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True,
+                         "linger.ms": producer_linger_ms})
     try:
         # wait until the scorer answers (group joined, model reachable)
         probe_deadline = time.monotonic() + 90
@@ -505,6 +540,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
             i += 1
             time.sleep(0.2)
         latencies.clear()
+        parts.clear()
         cpu_pids = {"score": proc.pid, **{k: v for k, v in stack.pids().items()}}
         cpu_before = cpu_seconds(cpu_pids)
         n_total = int(rate * (warmup + duration))
@@ -543,6 +579,9 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
            "load_avg": {"before": load_before, "after": os.getloadavg()},
            "produced_in_window": expected, "scored_in_window": len(window),
            "achieved_produce_rate": n_total / send_span, "latency": summary_ms(window),
+           "latency_parts": {name: summary_ms([p[i] for p in parts if p[0] >= t_start + warmup])
+                             for i, name in ((1, "produced_to_scorer"), (2, "in_scorer"),
+                                             (3, "built_to_consumed"))},
            "missing": expected - len(window)}
     log(f"  Kafka at {rate:.0f} ev/s: p50 {res['latency'].get('p50_ms', float('nan')):.1f} ms, "
         f"p99 {res['latency'].get('p99_ms', float('nan')):.1f} ms, {res['missing']} missing; CPU ms/event: "
@@ -609,7 +648,21 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    sweep = result.get("kafka_sweep") or ([result["kafka"]] if result.get("kafka") else [])
+    panels = (["http"] if result["http"] or not sweep else []) + (["kafka"] if sweep else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "http":
+            _plot_http(ax, result)
+        else:
+            _plot_kafka(ax, sweep)
+    fig.suptitle("relstream scorer, all co-located on one 2-core machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_http(ax, result: dict) -> None:
     for name, steps in result["http"].items():
         qps = [s["offered_qps"] for s in steps]
         for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
@@ -628,12 +681,29 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("offered QPS (open loop)")
     ax.set_ylabel("client latency (ms)")
     ax.set_yscale("log")
-    ax.set_title("relstream scorer, all co-located on one 2-core machine")
+    ax.set_title("HTTP")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def _plot_kafka(ax, sweep: list) -> None:
+    rates = [k["rate"] for k in sweep]
+    for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
+        ax.plot(rates, [k["latency"].get(key) or np.nan for k in sweep], style, color="k",
+                marker="o" if key == "p50_ms" else "s",
+                label=f"produce -> score consumed, {key.split('_')[0]}")
+    colours = {"produced_to_scorer": "tab:blue", "in_scorer": "tab:orange", "built_to_consumed": "tab:green"}
+    for part, colour in colours.items():
+        if all(part in k.get("latency_parts", {}) for k in sweep):
+            ax.plot(rates, [k["latency_parts"][part].get("p99_ms") or np.nan for k in sweep], "-", marker=".",
+                    color=colour, lw=0.8, label=f"p99 of part: {part.replace('_', ' ')}")
+    ax.axhline(TARGET_KAFKA["p99_ms"], color="r", lw=0.8, ls=":", label="Kafka p99 target (100 ms)")
+    ax.set_xlabel("events/s produced (open loop)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("Kafka path (exactly once, read_committed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 # ----- main ---------------------------------------------------------------------------------------
@@ -658,11 +728,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
                     help="load generator: raw = pre-encoded HTTP/1.1 on keep-alive connections (lean), "
                          "aiohttp = the first version's client (~5x its CPU per request)")
-    ap.add_argument("--kafka-rate", type=float, default=1000.0)
+    ap.add_argument("--kafka-rate", default="1000",
+                    help="events/s on the Kafka path; a comma list sweeps them (one scorer run each)")
     ap.add_argument("--kafka-max-batch", type=int, default=256)
     ap.add_argument("--kafka-poll-ms", type=float, default=20.0)
     ap.add_argument("--kafka-commit-ms", type=float, default=0.0,
                     help="score.commit_interval_ms: 0 = a transaction per batch (pipelined); >0 = per interval")
+    ap.add_argument("--kafka-score-settings", default="",
+                    help='JSON merged into the `score` config section, e.g. \'{"consumer": {"fetch.wait.max.ms": 10}}\'')
+    ap.add_argument("--kafka-warmup", type=float, default=30.0,
+                    help="seconds at the rate before measuring (seed: 30): the broker is started by the benchmark "
+                         "and its JVM compiles the transaction paths in the first seconds")
+    ap.add_argument("--kafka-duration", type=float, default=30.0, help="seconds measured on the Kafka path")
+    ap.add_argument("--kafka-batch-interval-ms", type=float, default=20.0, help="score.batch_interval_ms")
+    ap.add_argument("--kafka-producer-linger-ms", type=float, default=5.0,
+                    help="linger.ms of the load generator's producer of facts (librdkafka's default: 5)")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-kafka", action="store_true")
     ap.add_argument("--deep-dir", type=Path, help="run dir with deep_model.pt + deep_head.pt + dataset "
@@ -700,7 +780,8 @@ def main(argv=None) -> dict:
                                 "python": platform.python_version(), "load_avg_start": os.getloadavg(),
                                 "sched_autogroup": autogroup_enabled(), "nice": args.nice},
                     "protocol": {"warmup_s": args.warmup, "duration_s": args.duration, "payloads": len(payloads.rows),
-                                 "lengths": list(LENGTHS), "open_loop": True},
+                                 "lengths": list(LENGTHS), "open_loop": True,
+                                 "kafka_warmup_s": args.kafka_warmup, "kafka_duration_s": args.kafka_duration},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "targets": {"http": TARGET_HTTP, "kafka": TARGET_KAFKA}, "http": {}, "server": {}}
     procs = []
@@ -750,9 +831,16 @@ def main(argv=None) -> dict:
             stop(proc)
 
         if not args.skip_kafka:
-            log(f"Kafka path at {args.kafka_rate:.0f} events/s ...")
-            result["kafka"] = kafka_latency(stack, config, topics, codec, payloads, args.kafka_rate, args.warmup,
-                                            args.duration, tmp / "score.log", log)
+            rates = [float(r) for r in str(args.kafka_rate).split(",")]
+            for rate in rates:  # one scorer process per rate, same topics (each run reads from the end)
+                log(f"Kafka path at {rate:.0f} events/s ...")
+                res = kafka_latency(stack, config, topics, codec, payloads, rate, args.kafka_warmup,
+                                    args.kafka_duration, tmp / "score.log", log,
+                                    producer_linger_ms=args.kafka_producer_linger_ms)
+                result.setdefault("kafka_sweep", []).append(res)
+            # the target's rate (or the first) is the headline
+            result["kafka"] = next((r for r in result["kafka_sweep"] if r["rate"] == TARGET_KAFKA["rate"]),
+                                   result["kafka_sweep"][0])
 
         if args.deep_dir:
             steps = result["http"].get("/v1/score") or []

@@ -209,7 +209,8 @@ class KafkaScorer:
                  metrics: ScorerMetrics | None = None, backoff_s: float = 0.1, backoff_max_s: float = 2.0,
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
-                 init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0):
+                 init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0,
+                 batch_interval_s: float = 0.0):
         self.plan = plan
         # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
         # consumed batch into its own records; the loop, retries and transaction stay these.
@@ -229,6 +230,8 @@ class KafkaScorer:
         self.append_scored = append_scored
         self.max_batch = max_batch
         self.poll_timeout_s = poll_timeout_s
+        self.batch_interval_s = batch_interval_s
+        self._batch_started = 0.0
         self.key_column = key_column
         self.metrics = metrics or ScorerMetrics()
         self.backoff_s = backoff_s
@@ -309,8 +312,7 @@ class KafkaScorer:
         """Loop until stopped (SIGTERM/SIGINT in the CLI), idle for ``idle_exit_s``, or ``max_events``."""
         last_data = time.monotonic()
         while not self._stop.is_set():
-            msgs = self.consumer.consume(num_messages=self.max_batch, timeout=self._poll_timeout())
-            msgs = [m for m in msgs if self._usable(m)]
+            msgs = [m for m in self._next_batch() if self._usable(m)]
             if msgs:
                 self.process(msgs)
                 last_data = self._last_input = time.monotonic()  # after: a batch that waited out an outage
@@ -346,6 +348,28 @@ class KafkaScorer:
         self._unassigned_since = self._unassigned_since or now
         if now - self._unassigned_since >= 2 * self.watchdog_s:
             raise FatalConsumerError(f"no partitions assigned for {now - self._unassigned_since:.0f} s")
+
+    def _next_batch(self) -> list:
+        """The next batch: paced by ``batch_interval_s``, and at once when input has been idle.
+
+        A batch starts at most every ``batch_interval_s`` (what arrives meanwhile joins it; a full
+        ``max_batch`` goes at once): each batch costs a Triton call and a transaction, whose broker
+        work per event shrinks as batches grow. After an idle spell the first event is taken
+        without waiting. (``consume(n, timeout)`` waits until it has ``n`` messages or the timeout
+        has passed, which is what the pacing relies on.)"""
+        now = time.monotonic()
+        wait = self._batch_started + self.batch_interval_s - now
+        msgs = self.consumer.consume(num_messages=self.max_batch, timeout=max(0.0, wait))
+        if not msgs:
+            timeout = self._poll_timeout()
+            if timeout <= 0:
+                return msgs
+            msgs = self.consumer.consume(num_messages=1, timeout=timeout)
+            if msgs and self.max_batch > 1:
+                msgs += self.consumer.consume(num_messages=self.max_batch - 1, timeout=0)
+        if msgs:
+            self._batch_started = time.monotonic()
+        return msgs
 
     def _poll_timeout(self) -> float:
         if self._txn is not None and self._committing is None:
@@ -757,9 +781,14 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
     if settings.static_membership:
         consumer_conf["group.instance.id"] = settings.transactional_id
     consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))
+    # retry.backoff.ms 10 (librdkafka: 100): a transaction begun while the broker still writes the
+    # previous one's markers is refused with CONCURRENT_TRANSACTIONS and retried after this backoff;
+    # at 100 ms every such retry was a 100 ms stall of the pipeline (it grows exponentially up to
+    # retry.backoff.max.ms when a broker is really away)
     producer = Producer(kafka_client_config(
         cfg, **{"metadata.recovery.strategy": "none", "transactional.id": settings.transactional_id, "linger.ms": 1,
-                "transaction.timeout.ms": settings.transaction_timeout_ms, **settings.producer}))
+                "retry.backoff.ms": 10, "transaction.timeout.ms": settings.transaction_timeout_ms,
+                **settings.producer}))
     triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
                           settings.model_name or cfg.triton.model_name, settings.model_version,
                           timeout_s=settings.triton_timeout_s)
@@ -776,7 +805,8 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
                        metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
                        txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
-                       commit_interval_s=settings.commit_interval_ms / 1000)
+                       commit_interval_s=settings.commit_interval_ms / 1000,
+                       batch_interval_s=settings.batch_interval_ms / 1000)
     if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
         from .recommend_kafka import as_ranking_scorer
         scorer = as_ranking_scorer(scorer, cfg, settings)

@@ -38,8 +38,11 @@ class ScoreSettings(_Section):
     scores_topic: str | None = None  # default: topics.scores
     dlq_topic: str | None = None  # default: topics.dlq
     max_batch: int = Field(default=256, ge=1, le=4096)
-    # how long one consume() may collect a batch: fewer, larger transactions (broker CPU) vs latency
+    # how long the loop waits for input when there is none (then it settles commits, checks health)
     poll_timeout_ms: float = Field(default=20.0, ge=0)
+    # a batch starts at most every this many ms: fewer, larger batches (a Triton call and a
+    # transaction each: broker CPU) vs latency; after an idle spell the first event goes at once
+    batch_interval_ms: float = Field(default=20.0, ge=0)
     # 0: a transaction per batch, committed on a worker thread while the next batch is scored
     # (group commit). > 0: one transaction spans the batches of this many ms (fewer transactions,
     # less broker CPU per event, up to this much more latency)

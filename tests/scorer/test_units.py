@@ -229,3 +229,55 @@ def test_length_groups_split_long_rows_from_short_ones():
     assert sorted(np.concatenate(groups).tolist()) == list(range(13))
     assert [sorted(tokens[g].tolist()) for g in groups] == [[9] * 10 + [17], [65, 65]]
     assert len(length_groups(np.array([30, 33, 40]), 110)) == 1  # one bucket: no split
+
+
+# ----- Kafka loop pacing -----------------------------------------------------------------------------
+
+class _ArrivalQueue:
+    """consume() with librdkafka's semantics (wait until ``n`` messages or the timeout) over a
+    list of (arrival time, message): the one thing the scorer's batch pacing relies on."""
+
+    def __init__(self):
+        self.arrivals: list[tuple[float, int]] = []
+
+    def add(self, at: float, n: int) -> None:
+        self.arrivals += [(at, i) for i in range(n)]
+
+    def consume(self, num_messages: int, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            ready = [a for a in self.arrivals if a[0] <= now]
+            if len(ready) >= num_messages or now >= deadline:
+                taken = ready[:num_messages]
+                for a in taken:
+                    self.arrivals.remove(a)
+                return [m for _, m in taken]
+            time.sleep(0.001)
+
+
+def test_kafka_loop_paces_batches_but_takes_the_first_event_after_idle_at_once(plan):
+    from scorer.kafka_service import KafkaScorer
+    q = _ArrivalQueue()
+    scorer = KafkaScorer(plan, consumer=q, producer=None, codec=None, triton=None, fallback=None,
+                         facts_topics=["f"], scores_topic="s", dlq_topic="d", max_batch=8,
+                         poll_timeout_s=0.2, batch_interval_s=0.1)
+    try:
+        t0 = time.monotonic()
+        q.add(t0 + 0.03, 1)  # after an idle spell: taken as soon as it is there
+        first = scorer._next_batch()
+        assert len(first) == 1 and time.monotonic() - t0 < 0.08
+        start = time.monotonic()
+        q.add(start, 3)  # a trickle: waits for the pace, everything that came joins the batch
+        q.add(start + 0.02, 2)
+        second = scorer._next_batch()
+        assert len(second) == 5 and time.monotonic() - start >= 0.09
+        start = time.monotonic()
+        q.add(start, 8)  # a full batch goes at once, whatever the pace
+        third = scorer._next_batch()
+        assert len(third) == 8 and time.monotonic() - start < 0.05
+        start = time.monotonic()
+        assert scorer._next_batch() == []  # nothing comes: back after the poll timeout
+        assert 0.18 <= time.monotonic() - start < 0.5
+    finally:
+        scorer.close(timeout_s=1)
