@@ -484,6 +484,8 @@ def slow_stage_counts(families, over_s: float = 0.05) -> dict:
 def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: float, warmup: float,
                   duration: float, log_path: Path, log, producer_linger_ms: float = 5.0) -> dict:
     from confluent_kafka import Consumer, Producer
+
+    from streams.polling import consume_ready
     facts, scores, _ = topics
     from relstream.stack import free_port
     metrics_port = free_port()
@@ -505,12 +507,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
 
     def consume():
         while not stop_consumer.is_set():
-            # consume(n, timeout) waits for n messages or the timeout: ask for one (returns as soon as
-            # it is there), then take what else has arrived without waiting
-            msgs = consumer.consume(1, 0.05)
-            if msgs:
-                msgs += consumer.consume(500, 0)
-            for msg in msgs:
+            for msg in consume_ready(consumer, 500, 0.05):  # no fill-the-batch wait (streams/polling.py)
                 if msg.error() is not None:
                     continue
                 now = time.time()

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from streams.polling import consume_ready
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TX_SUBJECT = "transactions-value"
 SCORES_SUBJECT = "scores-value"
@@ -399,7 +401,7 @@ class ScoreCollector(threading.Thread):
         self.consumer.subscribe([self.topic], on_assign=assigned)
         try:
             while not self._halt.is_set():
-                msgs = self.consumer.consume(500, 0.05)
+                msgs = consume_ready(self.consumer, 500, 0.05)  # latency is measured: no batch-fill wait
                 now = self.clock()
                 for msg in msgs:
                     if msg.error() is not None:

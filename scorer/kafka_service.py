@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from schemas.plan import ServingPlan
 from schemas.tensors import RowError
+from streams.polling import consume_ready
 
 from .fallbacks import WindowFallback
 from .metrics import ScorerMetrics
@@ -364,9 +365,7 @@ class KafkaScorer:
             timeout = self._poll_timeout()
             if timeout <= 0:
                 return msgs
-            msgs = self.consumer.consume(num_messages=1, timeout=timeout)
-            if msgs and self.max_batch > 1:
-                msgs += self.consumer.consume(num_messages=self.max_batch - 1, timeout=0)
+            msgs = consume_ready(self.consumer, self.max_batch, timeout)
         if msgs:
             self._batch_started = time.monotonic()
         return msgs
