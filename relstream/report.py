@@ -307,7 +307,11 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
         f"| cold-start score records | {s.cold_start} |",
         "",
         "Latency is measured from the moment the producer handed the event to Kafka to the moment the "
-        "score record was consumed from the output topic (same host clock).",
+        "score record was consumed from the output topic (same host clock). It is a cold-start figure: "
+        "the broker, `relstream ingest` and `relstream score` were started seconds before this short stream "
+        "(the broker's JVM is still compiling its hot paths; the plot shows the latency falling as it warms). "
+        "Steady-state latency after a warm-up, and at 1,000 events/s: docs/benchmarks.md, "
+        "\"Kafka path after pacing\".",
         "",
         f"![latency over time]({s.plots['latency']})",
         "",
