@@ -170,17 +170,19 @@ def stop(proc: subprocess.Popen) -> None:
 
 # ----- open-loop HTTP load ------------------------------------------------------------------------
 
+def _send_log(n: int):
+    """Per request of an open-loop run: scheduled, sent and done times, HTTP status; errors by kind."""
+    errors: dict[str, int] = {}
+    return np.empty(n), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int32), errors
+
+
 async def open_loop(url: str, bodies: list[bytes], qps: float, warmup: float, duration: float,
                     headers: dict, timeout_s: float = 5.0) -> dict:
     """Send at a constant rate on a fixed clock; never wait for replies before sending."""
     import aiohttp
     loop = asyncio.get_running_loop()
     n_total = int(qps * (warmup + duration))
-    sched = np.empty(n_total)
-    sent = np.full(n_total, np.nan)
-    done = np.full(n_total, np.nan)
-    status = np.zeros(n_total, dtype=np.int32)
-    errors: dict[str, int] = {}
+    sched, sent, done, status, errors = _send_log(n_total)
     conn = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
     client_timeout = aiohttp.ClientTimeout(total=timeout_s)
 
@@ -281,11 +283,7 @@ async def open_loop_raw(url: str, bodies: list[bytes], qps: float, warmup: float
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items()))
     requests = [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
     n_total = int(qps * (warmup + duration))
-    sched = np.empty(n_total)
-    sent = np.full(n_total, np.nan)
-    done = np.full(n_total, np.nan)
-    status = np.zeros(n_total, dtype=np.int32)
-    errors: dict[str, int] = {}
+    sched, sent, done, status, errors = _send_log(n_total)
     idle: list[_RawConnection] = []
     outstanding = 0
     finished = loop.create_future()

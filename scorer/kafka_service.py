@@ -268,21 +268,10 @@ class KafkaScorer:
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        from confluent_kafka import KafkaException
         t0 = time.monotonic()
         # Fences a previous incarnation with the same transactional.id and completes or aborts its
         # open transaction. Retriable failures (broker still down) are retried up to init_timeout_s.
-        while True:
-            try:
-                self._calls.call("init_transactions", self._hard_deadline(), self.producer.init_transactions,
-                                 self.txn_call_timeout_s)
-                break
-            except KafkaException as exc:
-                err = exc.args[0]
-                if not err.retriable() or time.monotonic() - t0 > self.init_timeout_s:
-                    raise
-                log.warning("init_transactions not done yet, retrying: %s", err)
-                time.sleep(0.5)
+        self._call_resuming("init_transactions", self.producer.init_transactions, self.init_timeout_s, 0.5)
         log.info("transactions initialised in %.2fs", time.monotonic() - t0)
         self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -709,18 +698,28 @@ class KafkaScorer:
     def _abort_resuming(self) -> None:
         """abort_transaction, resumed on retriable failures for at most ``txn_timeout_s``."""
         from confluent_kafka import KafkaException
-        deadline = time.monotonic() + self.txn_timeout_s
+        try:
+            self._call_resuming("abort_transaction", self.producer.abort_transaction, self.txn_timeout_s, 0.2,
+                                stop_on=_must_rebuild)
+        except KafkaException as exc:
+            raise FatalConsumerError(f"cannot abort the transaction: {exc.args[0]}") from exc
+
+    def _call_resuming(self, what: str, fn: Callable[[float], Any], budget_s: float, pause_s: float,
+                       stop_on: Callable[[Any], bool] = lambda err: False) -> None:
+        """``fn(txn_call_timeout_s)`` as a bounded call, called again after ``pause_s`` while it fails
+        retriably, for at most ``budget_s``; any other failure (or ``stop_on(err)``) is raised."""
+        from confluent_kafka import KafkaException
+        deadline = time.monotonic() + budget_s
         while True:
             try:
-                self._calls.call("abort_transaction", self._hard_deadline(), self.producer.abort_transaction,
-                                 self.txn_call_timeout_s)
+                self._calls.call(what, self._hard_deadline(), fn, self.txn_call_timeout_s)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or _must_rebuild(err) or time.monotonic() > deadline:
-                    raise FatalConsumerError(f"cannot abort the transaction: {err}") from exc
-                log.warning("abort not confirmed yet, resuming it: %s", err)
-                time.sleep(0.2)
+                if not err.retriable() or stop_on(err) or time.monotonic() > deadline:
+                    raise
+                log.warning("%s not done yet, retrying: %s", what, err)
+                time.sleep(pause_s)
 
     def _rewind(self, first: dict[tuple[str, int], int]) -> None:
         """Seek every partition of an aborted batch back to its first offset. A partition no longer
