@@ -1,38 +1,48 @@
 # relstream — newcomers need two commands: `make demo` and `make test`.
+# Everything runs in a project virtualenv ($(VENV), default .venv in the checkout), created and
+# filled by `make setup`; nothing is installed into the system interpreter.
 PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= all
+PY := $(VENV)/bin/python
 PYTEST_TIMEOUT ?= 600
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo smoke bench stack-up stack-down
+.PHONY: help setup test deps-check demo smoke bench stack-up stack-down
 
 help:
 	@echo "make demo   - run the demo (installs what it needs first)"
-	@echo "make test   - run the test suite against real local Kafka/Redis/Triton"
+	@echo "make test   - dependency check + the test suite against real local Kafka/Redis/Triton"
 	@echo "make smoke  - smoke run: stack up, one event through a consumer group, one inference, down"
 	@echo "make bench  - benchmarks (JSON + PNG under bench/results)"
-	@echo "make setup  - install prerequisites (apt, pip, Kafka jars)"
+	@echo "make setup  - install prerequisites (apt), the virtualenv $(VENV) (relstream[$(EXTRAS)]), Kafka jars"
 
 setup:
-	@PYTHON=$(PYTHON) bash deploy/setup.sh
+	@PYTHON=$(PYTHON) VENV=$(VENV) EXTRAS=$(EXTRAS) bash deploy/setup.sh
+
+# every import declared, nothing declared unused (also asserted by tests/foundation/test_dependencies.py)
+deps-check: setup
+	@$(PY) -m deptry .
 
 # pytest exit 5 = no tests collected: not a failure of the build itself
 test: setup
-	@$(PYTHON) -m pytest -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS) tests; rc=$$?; \
+	@$(PY) -m deptry .
+	@$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) --durations=15 $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: setup
-	$(PYTHON) -m relstream.demo $(DEMO_ARGS)
+	$(PY) -m relstream.demo $(DEMO_ARGS)
 
 smoke: setup
-	$(PYTHON) -m relstream.cli smoke
+	$(PY) -m relstream.cli smoke
 
 bench: setup
 	@set -e; found=0; for f in bench/bench_*.py; do \
-	  [ -e "$$f" ] || continue; found=1; echo "== $$f"; $(PYTHON) "$$f"; done; \
+	  [ -e "$$f" ] || continue; found=1; echo "== $$f"; $(PY) "$$f"; done; \
 	if [ $$found -eq 0 ]; then echo "no benchmarks (bench/bench_*.py) yet"; fi
 
-stack-up:
-	$(PYTHON) -m relstream.cli stack up
+stack-up: setup
+	$(PY) -m relstream.cli stack up
 
 stack-down:
-	$(PYTHON) -m relstream.cli stack down
+	$(PY) -m relstream.cli stack down

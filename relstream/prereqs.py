@@ -23,7 +23,8 @@ class Missing:
         return f"{self.what} is missing; install it with: {self.install}"
 
 
-PIP_INSTALL = f"{sys.executable} -m pip install -e '.[dev]'   (or: make setup)"
+PIP_INSTALL = "make setup   (a virtualenv .venv with relstream[all])"
+STACK_INSTALL = "make setup, or in an existing environment: pip install 'relstream[stack]'"
 
 
 def _java_major(java: str) -> int | None:
@@ -77,7 +78,7 @@ def missing_for(components: Iterable[str]) -> list[Missing]:
     if "triton" in components:
         if not _module("pytriton"):
             missing.append(Missing("Triton Inference Server (Python package nvidia-pytriton)",
-                                   PIP_INSTALL))
+                                   STACK_INSTALL))
         else:
             from .stack.components import pytriton_server_dir
             server = pytriton_server_dir()
@@ -85,7 +86,7 @@ def missing_for(components: Iterable[str]) -> list[Missing]:
             if not (server / "bin" / "tritonserver").is_file():
                 missing.append(Missing(f"tritonserver binary under {server}",
                                        f"{sys.executable} -m pip install --force-reinstall "
-                                       f"'nvidia-pytriton>=0.5'"))
+                                       f"'nvidia-pytriton>=0.5'   (or: rm -rf .venv && make setup)"))
             if not (server / "python_backend_stubs" / version).is_dir():
                 missing.append(Missing(f"Triton Python backend stub for Python {version} "
                                        f"(nvidia-pytriton ships 3.8-3.13)",

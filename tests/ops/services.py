@@ -72,13 +72,14 @@ class ServiceConfig:
 class Service:
     """One `relstream ...` subprocess; stop() / kill() end exactly this process (by PID)."""
 
-    def __init__(self, name: str, argv: list[str], config: Path, log_dir: Path, env: dict | None = None):
+    def __init__(self, name: str, argv: list[str], config: Path, log_dir: Path, env: dict | None = None,
+                 python: str | Path = sys.executable):
         self.name = name
         self.log = log_dir / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RELSTREAM")}
         clean.update({"RELSTREAM_CONFIG": str(config), "PYTHONPATH": str(ROOT), **(env or {})})
         self._fh = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "relstream", *argv], cwd=ROOT, env=clean,
+        self.proc = subprocess.Popen([str(python), "-m", "relstream", *argv], cwd=ROOT, env=clean,
                                      stdout=self._fh, stderr=subprocess.STDOUT)
 
     @property
@@ -151,9 +152,11 @@ def start_score(config: Path, log_dir: Path, name: str = "score", txn_id: str | 
     return Service(name, argv, config, log_dir), port
 
 
-def start_serve(config: Path, log_dir: Path, name: str = "serve") -> tuple[Service, int]:
+def start_serve(config: Path, log_dir: Path, name: str = "serve",
+                python: str | Path = sys.executable) -> tuple[Service, int]:
     port = free_port()
-    return Service(name, ["serve", "--no-auth", "--port", str(port), "--host", "127.0.0.1"], config, log_dir), port
+    return Service(name, ["serve", "--no-auth", "--port", str(port), "--host", "127.0.0.1"], config, log_dir,
+                   python=python), port
 
 
 def codec_for(cfg: ServiceConfig):
