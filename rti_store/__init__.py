@@ -3,7 +3,7 @@
 See :mod:`rti_store.base` for the semantics and :mod:`rti_store.codec` for the row encoding.
 """
 
-from rti_store.base import AppendItem, StoreUnavailable, WindowKey, WindowStore
+from rti_store.base import AppendItem, Completeness, StoreMarker, StoreUnavailable, WindowKey, WindowStore
 from rti_store.codec import CorruptRowError, RowCodec
 from rti_store.memory import MemoryWindowStore
 
@@ -15,5 +15,5 @@ def __getattr__(name):  # RedisWindowStore imports redis lazily: offline code ne
     raise AttributeError(name)
 
 
-__all__ = ["AppendItem", "CorruptRowError", "MemoryWindowStore", "RedisWindowStore", "RowCodec",
-           "StoreUnavailable", "WindowKey", "WindowStore"]
+__all__ = ["AppendItem", "Completeness", "CorruptRowError", "MemoryWindowStore", "RedisWindowStore", "RowCodec",
+           "StoreMarker", "StoreUnavailable", "WindowKey", "WindowStore"]

@@ -18,6 +18,8 @@ Semantics shared by all implementations (checked by ``tests/rti_store/test_contr
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from schemas.plan import ServingPlan
@@ -27,6 +29,49 @@ from rti_store.codec import RowCodec, codecs_for, coerce_entity
 
 AppendItem = tuple[str, Any, Interaction]  # (hop key, entity id, interaction)
 WindowKey = tuple[str, Any]  # (hop key, entity id)
+
+
+class Completeness(str, enum.Enum):
+    """Whether the store holds every interaction Kafka has (read from the store's marker).
+
+    Kafka is the source of truth and the store a derived cache: ingest writes a marker with the
+    windows, so a store that lost its data (a restart without persistence, a flush, a failover to
+    an empty replica) has no marker, and every read knows it.
+    """
+
+    COMPLETE = "complete"  # the marker, and no partition still being replayed
+    REBUILDING = "rebuilding"  # ingest is replaying some partitions from Kafka
+    LOST = "lost"  # no marker: data lost, or never filled by ingest
+
+
+@dataclass(frozen=True)
+class StoreMarker:
+    """The marker's content: the rebuild generation and the partitions still being replayed
+    (``(topic, partition) -> replay-from timestamp in ms``)."""
+
+    completeness: Completeness
+    epoch: str | None = None
+    pending: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def completeness_of(field_count: int) -> Completeness:
+    """Marker fields -> completeness: none = lost, only the epoch = complete, more = rebuilding."""
+    if field_count <= 0:
+        return Completeness.LOST
+    return Completeness.COMPLETE if field_count == 1 else Completeness.REBUILDING
+
+
+def pending_field(topic: str, partition: int) -> str:
+    return f"p:{partition}:{topic}"
+
+
+def parse_marker(fields: dict[str, str]) -> StoreMarker:
+    pending = {}
+    for name, value in fields.items():
+        if name.startswith("p:"):
+            part, topic = name[2:].split(":", 1)
+            pending[(topic, int(part))] = int(value)
+    return StoreMarker(completeness_of(len(fields)), fields.get("epoch"), pending)
 
 
 @runtime_checkable
@@ -45,6 +90,27 @@ class WindowStore(Protocol):
 
     def read(self, hop_key: str, entity_id: Any, as_of: int) -> Window:
         """One window as of ``as_of``."""
+
+    def read_many_checked(self, keys: Sequence[WindowKey],
+                          as_of: int | Sequence[int]) -> tuple[list[Window], Completeness]:
+        """:meth:`read_many` plus the store's completeness read *after* the windows, in the same
+        round trip: a loss that happens during the read shows as not complete."""
+
+    def marker(self) -> StoreMarker:
+        """The completeness marker as it is now."""
+
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+        """If there is no marker (state lost), atomically create one that lists ``partitions`` as
+        pending replay from ``from_ms``; returns the marker as it is afterwards (another
+        ingest member's, if it claimed first)."""
+
+    def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
+        """The partition is replayed: drop it from the pending list of generation ``epoch``
+        (a no-op for another generation). True if it was pending."""
+
+    def mark_complete(self, epoch: str) -> None:
+        """Declare the store complete (a marker without pending partitions); for stores filled
+        by other means than ingest, e.g. tests that write windows directly."""
 
     def close(self) -> None:
         """Release connections."""

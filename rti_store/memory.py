@@ -11,7 +11,8 @@ from schemas.plan import ServingPlan
 from schemas.tensors import Window
 
 from rti_store import logic
-from rti_store.base import AppendItem, BaseWindowStore, WindowKey
+from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, WindowKey, completeness_of,
+                            parse_marker, pending_field)
 
 
 class MemoryWindowStore(BaseWindowStore):
@@ -29,6 +30,7 @@ class MemoryWindowStore(BaseWindowStore):
         self._rows: dict[tuple[str, Any], list[bytes]] = {}
         self._expires: dict[tuple[str, Any], float] = {}
         self._lock = threading.Lock()
+        self._marker: dict[str, str] = {}
 
     # ----- expiry ---------------------------------------------------------------------------
     def _live(self, key: tuple[str, Any], now: float) -> list[bytes] | None:
@@ -101,6 +103,40 @@ class MemoryWindowStore(BaseWindowStore):
         with self._lock:
             now = self.clock()
             return [k for k in list(self._rows) if self._live(k, now) is not None]
+
+    # ----- completeness marker ---------------------------------------------------------------
+    def read_many_checked(self, keys: Sequence[WindowKey],
+                          as_of: int | Sequence[int]) -> tuple[list[Window], Completeness]:
+        windows = self.read_many(keys, as_of)
+        with self._lock:
+            return windows, completeness_of(len(self._marker))
+
+    def marker(self) -> StoreMarker:
+        with self._lock:
+            return parse_marker(dict(self._marker))
+
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+        with self._lock:
+            if not self._marker:
+                self._marker = {"epoch": epoch, **{pending_field(t, p): str(int(from_ms)) for t, p in partitions}}
+            return parse_marker(dict(self._marker))
+
+    def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
+        with self._lock:
+            if self._marker.get("epoch") != epoch:
+                return False
+            return self._marker.pop(pending_field(topic, partition), None) is not None
+
+    def mark_complete(self, epoch: str) -> None:
+        with self._lock:
+            self._marker = {"epoch": epoch}
+
+    def forget_everything(self) -> None:
+        """Drop every window and the marker (what a Redis restart without persistence does)."""
+        with self._lock:
+            self._rows.clear()
+            self._expires.clear()
+            self._marker = {}
 
     def close(self) -> None:
         pass

@@ -29,7 +29,8 @@ import redis
 from schemas.plan import ServingPlan
 from schemas.tensors import Window
 
-from rti_store.base import AppendItem, BaseWindowStore, StoreUnavailable, WindowKey
+from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
+                            completeness_of, parse_marker, pending_field)
 from rti_store.codec import time_key
 from rti_store.logic import prune_batch
 from rti_store.memory import _decode_grouped
@@ -113,6 +114,29 @@ end
 return added
 """
 
+# Completeness marker (rti_store.base.Completeness), one hash per key prefix: ``epoch`` plus one
+# ``p:<partition>:<topic>`` field per partition still being replayed. No TTL: it must outlive
+# idle windows, and vanish only with the data set (restart without persistence, FLUSHALL, an
+# empty replica taking over).
+# KEYS[1] marker; ARGV[1] epoch; ARGV[2..] field, value pairs. Creates the marker only if absent.
+CLAIM_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'epoch', unpack(ARGV))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+# KEYS[1] marker; ARGV[1] epoch; ARGV[2] pending field. Only the generation that listed it may clear it.
+FINISH_LUA = r"""
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], ARGV[2])
+end
+return 0
+"""
+MARK_COMPLETE_LUA = r"""
+redis.call('DEL', KEYS[1])
+return redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+"""
+
 _TAG_ESCAPES = {ord("{"): "%7B", ord("}"): "%7D", ord("%"): "%25"}
 
 
@@ -155,6 +179,7 @@ class RedisWindowStore(BaseWindowStore):
         if chunk_keys < 1:
             raise ValueError(f"chunk_keys: must be >= 1, got {chunk_keys}")
         self.key_prefix = key_prefix
+        self.marker_key = f"{key_prefix}:state".encode()
         self.chunk_keys = chunk_keys
         self.clock = clock  # Redis expires keys by its own clock; kept for interface symmetry
         self._cluster = _is_cluster(self.client)
@@ -301,9 +326,18 @@ class RedisWindowStore(BaseWindowStore):
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
+        return self._read(keys, as_of, with_marker=False)[0]
+
+    def read_many_checked(self, keys: Sequence[WindowKey],
+                          as_of: int | Sequence[int]) -> tuple[list[Window], Completeness]:
+        windows, fields = self._read(keys, as_of, with_marker=True)
+        return windows, completeness_of(fields)
+
+    def _read(self, keys: Sequence[WindowKey], as_of: int | Sequence[int],
+              with_marker: bool) -> tuple[list[Window], int]:
+        """Windows, and (``with_marker``) the marker's field count read after them in the same
+        round trip."""
         anchors = self.as_of_list(keys, as_of)
-        if not keys:
-            return []
         redis_keys = [self.redis_key(h, e) for h, e in keys]
         bounds: dict[int, tuple[bytes, bytes] | None] = {}
         for t in anchors:
@@ -317,12 +351,37 @@ class RedisWindowStore(BaseWindowStore):
                 commands.append(("ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], "LIMIT", b"0",
                                  self._max_len[hop_key]))
                 order.append(i)
+        if with_marker:
+            commands.append(("HLEN", self.marker_key))
         rows: list[list[bytes]] = [[] for _ in keys]
+        fields = -1
         if commands:
-            for i, reply in zip(order, self._roundtrip(commands)):
+            replies = self._roundtrip(commands)
+            if with_marker:
+                fields = int(replies.pop())
+            for i, reply in zip(order, replies):
                 reply.reverse()  # newest first -> oldest first
                 rows[i] = reply
-        return _decode_grouped(self, keys, rows)
+        return _decode_grouped(self, keys, rows), fields
+
+    # ----- completeness marker ---------------------------------------------------------------
+    def marker(self) -> StoreMarker:
+        raw = self._call(lambda: self.client.hgetall(self.marker_key))
+        return parse_marker({_text(k): _text(v) for k, v in raw.items()})
+
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+        args = [epoch.encode()]
+        for topic, partition in partitions:
+            args += [pending_field(topic, partition).encode(), str(int(from_ms)).encode()]
+        flat = self._eval_many(CLAIM_LUA, [([self.marker_key], args)])[0]
+        return parse_marker({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
+
+    def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
+        args = [epoch.encode(), pending_field(topic, partition).encode()]
+        return int(self._eval_many(FINISH_LUA, [([self.marker_key], args)])[0]) == 1
+
+    def mark_complete(self, epoch: str) -> None:
+        self._eval_many(MARK_COMPLETE_LUA, [([self.marker_key], [epoch.encode()])])
 
     def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
         """All stored packed rows of one window, oldest first (no time bounds)."""
@@ -393,3 +452,7 @@ def _pack_commands(commands: list[tuple]) -> bytes:
 
 
 __all__ = ["APPEND_LUA", "RedisWindowStore", "entity_token"]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import RowError, interactions_of
-from rti_store import MemoryWindowStore, RedisWindowStore, WindowStore
+from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
 
 # A small recommendation-like plan: int and string entities, string/int/float/timestamp columns,
 # short windows and a 1000 ns look-back so caps are easy to hit.
@@ -410,3 +410,68 @@ def test_hot_key_batch_is_pruned_without_changing_the_result(make_store):
     assert_window(RECO, HH, store.dump_many([(HH, 9)])[0], state[HH][9])
     assert_window(RECO, PROD, store.dump_many([(PROD, "hot")])[0], state[PROD][b"hot"])
     assert store.append(appends(RECO, delivery)) == 0
+
+
+# ----- completeness marker: a store that lost its data says so -------------------------------------
+
+def lose_everything(store, make_store):
+    """What a Redis restart without persistence (or a flush) does to the store."""
+    if make_store.kind == "redis":
+        store.client.flushdb()
+    else:
+        store.forget_everything()
+
+
+def test_a_store_without_marker_reads_as_lost(make_store):
+    store = make_store()
+    store.append(appends(RECO, [event(1, 100)]))
+    windows, state = store.read_many_checked([(HH, 1)], 200)
+    assert state is Completeness.LOST and len(windows[0]) == 1
+    assert store.marker() == StoreMarker(Completeness.LOST)
+
+
+def test_claim_lists_every_partition_until_each_is_finished(make_store):
+    store = make_store()
+    parts = [("tx", 0), ("tx", 1), ("logins", 0)]
+    m = store.claim_rebuild(parts, from_ms=1234, epoch="e1")
+    assert m.completeness is Completeness.REBUILDING and m.epoch == "e1"
+    assert m.pending == {p: 1234 for p in parts}
+    # a second member claiming later sees the first claim, not a new generation
+    assert store.claim_rebuild([("tx", 0)], from_ms=9, epoch="e2") == m
+    assert store.read_many_checked([(HH, 1)], 200)[1] is Completeness.REBUILDING
+    assert store.finish_rebuild("tx", 0, "e2") is False  # another generation cannot clear it
+    assert store.finish_rebuild("tx", 0, "e1") is True
+    assert store.finish_rebuild("tx", 0, "e1") is False  # already done
+    store.finish_rebuild("tx", 1, "e1")
+    assert store.read_many_checked([(HH, 1)], 200)[1] is Completeness.REBUILDING
+    store.finish_rebuild("logins", 0, "e1")
+    windows, state = store.read_many_checked([(HH, 1), (PROD, "p1")], 200)
+    assert state is Completeness.COMPLETE and [len(w) for w in windows] == [0, 0]
+    assert store.marker() == StoreMarker(Completeness.COMPLETE, "e1", {})
+
+
+def test_losing_the_data_loses_the_marker_and_a_new_claim_starts_a_generation(make_store):
+    store = make_store()
+    store.mark_complete("e1")
+    store.append(appends(RECO, [event(1, 100)]))
+    assert store.read_many_checked([(HH, 1)], 200)[1] is Completeness.COMPLETE
+    lose_everything(store, make_store)
+    windows, state = store.read_many_checked([(HH, 1)], 200)
+    assert state is Completeness.LOST and len(windows[0]) == 0
+    m = store.claim_rebuild([("tx", 0)], from_ms=5, epoch="e2")
+    assert m == StoreMarker(Completeness.REBUILDING, "e2", {("tx", 0): 5})
+    assert store.read_many_checked([], 200) == ([], Completeness.REBUILDING)
+
+
+def test_plain_reads_are_unchanged_by_the_marker(make_store):
+    store = make_store()
+    rows = [event(i, 10 * i) for i in range(1, 6)]
+    store.append(appends(RECO, rows))
+    plain = store.read_many([(HH, 1), (PROD, "p1")], 45)
+    store.mark_complete("e1")
+    checked, state = store.read_many_checked([(HH, 1), (PROD, "p1")], 45)
+    assert state is Completeness.COMPLETE
+    assert all(len(w) > 0 for w in plain)
+    for a, b in zip(plain, checked):
+        assert np.array_equal(a.event_time, b.event_time)
+        assert all(np.array_equal(a.columns[c], b.columns[c]) for c in a.columns)
