@@ -1,7 +1,11 @@
 """Fallbacks (seed 002): a slow or dead window store must not take scoring down with it.
 
 * Window store down, erroring or past the deadline -> every window of the batch is empty and
-  each score carries ``degraded: ["windows_unavailable"]`` (and the metric). The model still
+  each score carries ``degraded: ["windows_unavailable"]`` (and the metric).
+* Window store answering but not complete (its marker is missing: it lost its data; or ingest
+  is replaying from Kafka) -> the windows read are used, and each score carries
+  ``degraded: ["windows_rebuilding"]`` (and the metric), so no score computed on partial state
+  goes out unflagged. The marker is read after the windows in the same round trip. The model still
   gets the fact row and the embeddings, which is what it saw for entities without history.
 * After a failure the store is skipped for ``cooldown_s`` (a tiny circuit breaker), so an
   outage costs one deadline, not one deadline per request.
@@ -22,7 +26,9 @@ from typing import Any, Callable, Protocol, Sequence
 from schemas.plan import ServingPlan
 from schemas.tensors import Window, WindowKey
 
-from .pipeline import DEGRADED_WINDOWS, empty_windows
+from rti_store.base import Completeness
+
+from .pipeline import DEGRADED_REBUILDING, DEGRADED_WINDOWS, empty_windows
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,8 @@ log = logging.getLogger(__name__)
 class WindowReader(Protocol):
     """What the scorer needs from a window store (``rti_store.RedisWindowStore`` and friends)."""
 
-    def read_many(self, keys: Sequence[WindowKey], as_of: Sequence[int]) -> list[Window]: ...
+    def read_many_checked(self, keys: Sequence[WindowKey],
+                          as_of: Sequence[int]) -> tuple[list[Window], Completeness]: ...
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,11 @@ class WindowFallback:
         self.last_error = error
         self._skip_until = self.clock() + self.cooldown_s
 
-    def _check(self, keys: Sequence[WindowKey], windows: Any) -> list[Window]:
-        windows = list(windows)
+    def _checked(self, keys: Sequence[WindowKey], answer: tuple[Any, Completeness]) -> WindowRead:
+        windows, completeness = list(answer[0]), answer[1]
         if len(windows) != len(keys):
             raise RuntimeError(f"window store returned {len(windows)} windows for {len(keys)} keys")
-        return windows
+        return WindowRead(windows, () if completeness is Completeness.COMPLETE else (DEGRADED_REBUILDING,))
 
     def read(self, keys: Sequence[WindowKey], as_of: Sequence[int]) -> WindowRead:
         """Blocking read (Kafka path); the store client's socket timeout is the deadline."""
@@ -78,7 +85,7 @@ class WindowFallback:
         if self._skipping():
             return self._fallback(keys, f"window store skipped after: {self.last_error}")
         try:
-            return WindowRead(self._check(keys, self.store.read_many(keys, as_of)))
+            return self._checked(keys, self.store.read_many_checked(keys, as_of))
         except Exception as exc:  # noqa: BLE001 - any store failure degrades, never crashes
             error = f"{type(exc).__name__}: {exc}"
             self._failed(error)
@@ -96,10 +103,9 @@ class WindowFallback:
         if self._skipping():
             return self._fallback(keys, f"window store skipped after: {self.last_error}")
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(executor, self.store.read_many, keys, as_of)
+        fut = loop.run_in_executor(executor, self.store.read_many_checked, keys, as_of)
         try:
-            windows = await asyncio.wait_for(fut, self.deadline_s)
-            return WindowRead(self._check(keys, windows))
+            return self._checked(keys, await asyncio.wait_for(fut, self.deadline_s))
         except asyncio.TimeoutError:
             error = f"window store slower than the {self.deadline_s * 1000:.0f} ms deadline"
         except Exception as exc:  # noqa: BLE001

@@ -26,6 +26,7 @@ from schemas.tensors import (Interaction, RowError, Window, WindowKey, anchor_ti
 
 # Degraded-flag vocabulary (strings in the score record's ``degraded`` array).
 DEGRADED_WINDOWS = "windows_unavailable"  # window store down or past the deadline: empty windows
+DEGRADED_REBUILDING = "windows_rebuilding"  # store lost its data or is being replayed: partial windows
 EMBEDDING_MISSING = "embedding_missing:"  # + entity column: the model used its cold-start path
 
 
@@ -207,6 +208,6 @@ def interactions_to_append(plan: ServingPlan, events: Sequence[PreparedEvent]) -
     return out
 
 
-__all__ = ["DEGRADED_WINDOWS", "EMBEDDING_MISSING", "PreparedEvent", "allowed_fields", "batch_tensors",
+__all__ = ["DEGRADED_REBUILDING", "DEGRADED_WINDOWS", "EMBEDDING_MISSING", "PreparedEvent", "allowed_fields", "batch_tensors",
            "cold_start_columns", "empty_windows", "entity_columns", "event_tensors", "interactions_to_append",
            "prepare_event", "required_fields", "score_record", "split_windows", "window_requests"]

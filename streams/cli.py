@@ -125,6 +125,7 @@ def cmd_ingest(args) -> int:
             batch_timeout_s=_positive("--batch-timeout", args.batch_timeout, sec.batch_timeout_s),
             max_payload_bytes=_positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes),
             shutdown_grace_s=sec.shutdown_grace_s,
+            state_check_interval_s=sec.state_check_interval_s,
             metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port,
             metrics_addr=args.metrics_addr or sec.metrics_addr)
         registry = args.registry or sec.registry or Path(cfg.run_dir) / "schema-registry"

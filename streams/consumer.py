@@ -37,6 +37,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
+from streams.rebuild import StateRebuild
 from streams.records import REASON_STORE, DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
 from streams.retry import Backoff, GaveUp, retry_until
 
@@ -88,8 +89,11 @@ class IngestLoop:
     def __init__(self, consumer: Any, store: Any, decoder: RecordDecoder, dlq: DeadLetterSink,
                  metrics: IngestMetrics, settings: LoopSettings = LoopSettings(),
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 transient_errors: tuple[type[BaseException], ...] | None = None):
+                 transient_errors: tuple[type[BaseException], ...] | None = None,
+                 rebuild: StateRebuild | None = None):
         self.transient_errors = transient_errors or default_transient_errors()
+        self.rebuild = rebuild  # replays lost window state from Kafka (None: not checked)
+        self._batch_seq = 0
         self.consumer = consumer
         self.store = store
         self.decoder = decoder
@@ -104,7 +108,7 @@ class IngestLoop:
         self._stop = threading.Event()
         self._stop_seen_at: float | None = None
         self._next_lag_at = 0.0
-        self._in_flight: deque[tuple[Future, DecodedBatch, float]] = deque()
+        self._in_flight: deque[tuple[Future, DecodedBatch, float, int]] = deque()
         # one writer: batches reach the store, and complete, in submission order
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relstream-store-writer")
 
@@ -120,6 +124,8 @@ class IngestLoop:
         for tp in tps:
             self._pending.pop(tp, None)
         self._assigned |= tps
+        if self.rebuild is not None:
+            self.rebuild.check_soon()
         log.info("assigned %s", sorted(tps))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -135,6 +141,8 @@ class IngestLoop:
             self._pending.pop(tp, None)
             self.metrics.drop_lag(*tp)
         self._assigned -= tps
+        if self.rebuild is not None:
+            self.rebuild.forget(tps)
         log.info("revoked %s", sorted(tps))
 
     def _on_lost(self, consumer, partitions) -> None:
@@ -148,6 +156,8 @@ class IngestLoop:
             self._pending.pop(tp, None)
             self.metrics.drop_lag(*tp)
         self._assigned -= tps
+        if self.rebuild is not None:
+            self.rebuild.forget(tps)
         log.warning("lost %s", sorted(tps))
 
     @property
@@ -185,6 +195,7 @@ class IngestLoop:
                     self.drain()  # nothing new: finish and commit what is in flight now
                     if idle_exit_s is not None and now - last_records_at >= idle_exit_s:
                         break
+                self._maybe_check_state(now)
                 self._maybe_update_lag(now)
             self.drain()
         except GaveUp as exc:
@@ -206,7 +217,8 @@ class IngestLoop:
         if batch.dead_letters:
             self.dlq.send(batch.dead_letters)  # asynchronous; acknowledged before the commit
         future = self._writer.submit(self._store_batch, batch)
-        self._in_flight.append((future, batch, t0))
+        self._batch_seq += 1
+        self._in_flight.append((future, batch, t0, self._batch_seq))
         while len(self._in_flight) > self.settings.pipeline_depth:
             self._complete_oldest()
 
@@ -229,7 +241,7 @@ class IngestLoop:
             return self._append_one_by_one(batch)
 
     def _complete_oldest(self) -> None:
-        future, batch, t0 = self._in_flight[0]
+        future, batch, t0, seq = self._in_flight[0]
         try:
             refused, refused_appends = future.result()
         except BaseException:
@@ -250,6 +262,8 @@ class IngestLoop:
             if off > self._pending.get(tp, -1):
                 self._pending[tp] = off
         self._commit_offsets(dict(self._pending), asynchronous=self.settings.async_commit)
+        if self.rebuild is not None and self.rebuild.replaying:
+            self.rebuild.on_batch_acknowledged(batch.next_offsets, seq)
 
         m = self.metrics
         for topic, n in batch.records_by_topic.items():
@@ -336,6 +350,16 @@ class IngestLoop:
         self.stats.commit_failures += 1
         self.metrics.commit_failures.inc()
         log.warning("offset commit failed, offsets kept pending (redelivered at worst): %s", why)
+
+    def _maybe_check_state(self, now: float) -> None:
+        """Look at the store's completeness marker now and then; start replays it asks for."""
+        if self.rebuild is None or not self._assigned or not self.rebuild.due(now):
+            return
+        self.drain()  # a seek must not race batches still in flight
+        try:
+            self.rebuild.check(self.assigned, self._batch_seq)
+        except self.transient_errors + (KafkaException,) as exc:  # retried at the next check
+            log.warning("window store completeness check failed (retried): %s", exc)
 
     def _maybe_update_lag(self, now: float) -> None:
         if now < self._next_lag_at or not self._assigned:

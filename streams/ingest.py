@@ -21,6 +21,7 @@ from schemas.plan import ServingPlan
 from streams.consumer import IngestLoop, LoopSettings, LoopStats
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
+from streams.rebuild import StateRebuild
 from streams.records import RecordDecoder
 from streams.retry import Backoff
 
@@ -47,6 +48,8 @@ class IngestSection(BaseModel):
     batch_timeout_s: float = Field(default=0.1, gt=0)
     max_payload_bytes: int = Field(default=256 * 1024, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # how often the window store's completeness marker is read (a lost store is rebuilt from Kafka)
+    state_check_interval_s: float = Field(default=1.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
     registry: Path | None = None  # file schema registry; default <run_dir>/schema-registry
@@ -66,6 +69,7 @@ class IngestSettings:
     batch_timeout_s: float = 0.1
     max_payload_bytes: int = 256 * 1024
     shutdown_grace_s: float = 30.0
+    state_check_interval_s: float = 1.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     backoff: Backoff = Backoff()
@@ -127,8 +131,11 @@ class IngestService:
         self.producer = Producer(producer_config(kafka_conf, producer_extra), logger=log)
         self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode,
                                   settings.max_payload_bytes, now_ns=now_ns)
+        # a store that lost its data is rebuilt from Kafka, as far back as the plan looks
+        rebuild = StateRebuild(self.consumer, store, settings.topics, plan.real_time_offset.ns,
+                               metrics=self.metrics, check_interval_s=settings.state_check_interval_s)
         self.loop = IngestLoop(self.consumer, store, self.decoder, self.dlq, self.metrics,
-                               settings.loop_settings())
+                               settings.loop_settings(), rebuild=rebuild)
         self._metrics_server = None
 
     def start_metrics(self) -> int | None:

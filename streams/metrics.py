@@ -8,6 +8,9 @@
     relstream_ingest_window_freshness_seconds      now - newest event time ingested
     relstream_ingest_store_retries_total           failed store/DLQ attempts that were retried
     relstream_ingest_commit_failures_total         offset commits that failed (batch is redelivered)
+    relstream_ingest_window_store_state{relstream_ingest_window_store_state}
+                                                   1 for the store's completeness: complete|rebuilding|lost
+    relstream_ingest_rebuild_remaining_records{topic,partition}  records left to replay after a loss
 
 Events/s is ``rate(relstream_ingest_records_total[1m])``. The clock is injected so freshness is
 testable; it is computed when scraped, so it keeps growing while nothing new arrives.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -45,6 +48,18 @@ class IngestMetrics:
                                registry=r)
         self.commit_failures = Counter("relstream_ingest_commit_failures",
                                        "Offset commits that failed (the batch is redelivered)", registry=r)
+        self.store_state = Enum("relstream_ingest_window_store_state",
+                                "Completeness of the window store (lost: no marker; rebuilding: replay from Kafka)",
+                                states=["complete", "rebuilding", "lost"], registry=r)
+        self.rebuild_remaining = Gauge("relstream_ingest_rebuild_remaining_records",
+                                       "Records left to replay into the window store after a loss",
+                                       ["topic", "partition"], registry=r)
+
+    def set_store_completeness(self, state: str) -> None:
+        self.store_state.state(state)
+
+    def set_rebuild_remaining(self, topic: str, partition: int, records: int) -> None:
+        self.rebuild_remaining.labels(topic, str(partition)).set(records)
 
     def note_event_time(self, event_time_ns: int | None) -> None:
         if event_time_ns is not None and (self.newest_event_time_ns is None

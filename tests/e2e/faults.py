@@ -163,6 +163,7 @@ def run_with_fault(e2e, plan, name: str, fault: Callable[[dict], dict], n: int =
     report.extra["all_scored_after_s"] = round(result["all_scored_at"] - result["t_fault"], 1)
     report.extra["windows_caught_up_after_s"] = round(result["windows_caught_up_at"] - result["t_fault"], 1)
     print(report.line(), flush=True)
+    report.extra["records"] = [collector.seen[i] for i in ids if i in collector.seen]
     if report.lost:
         stacks = ctx["score"].dump_stacks(400) if ctx["score"].alive else ctx["score"].tail(400)
         # librdkafka's connection-refused lines from the outage drown the part that explains the stall

@@ -8,6 +8,7 @@ events and --kill-rounds kills.
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -117,3 +118,56 @@ def test_kafka_broker_restart_under_load(e2e_private, plan, load):
     # forever): it is aborted and re-read, or the clients are rebuilt; docs/scorer.md "Broker restarts"
     run_with_fault(e2e_private, plan, "Kafka broker restart", _restart_component("kafka"),
                    n=load["n"], rate=load["rate"], first_id=5_000_000, score_timeout_s=90)
+
+
+def test_redis_restarted_empty_is_flagged_and_rebuilt_from_kafka(e2e_private, plan, load):
+    """Redis comes back with no data (no persistence, a flush, an empty replica taking over): every
+    score read from the partial state is flagged ``windows_rebuilding`` until ingest has replayed
+    the look-back from Kafka; then the windows equal a clean single pass and flags stop."""
+    from rti_store import Completeness, RedisWindowStore
+
+    store = RedisWindowStore(plan, e2e_private.redis())
+    timeline: dict = {}
+
+    def fault(ctx):
+        st = ctx["e2e"].stack
+        st.stop_component("redis")
+        # what a restart without persistence leaves: nothing (the AOF files go with the data)
+        shutil.rmtree(st.run_dir / "redis", ignore_errors=True)
+        time.sleep(2.0)
+        took = st.start_component("redis")
+        timeline["back_ns"] = time.time_ns()
+        seen = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                state = store.marker().completeness
+            except ConnectionError:
+                state = None
+            seen.add(state)
+            if state is Completeness.COMPLETE:
+                timeline["complete_ns"] = time.time_ns()
+                break
+            time.sleep(0.01)
+        timeline["states"] = sorted(s.value for s in seen if s is not None)
+        return {"back_at": timeline["back_ns"] / 1e9, "start_s": round(took, 2)}
+
+    report = run_with_fault(e2e_private, plan, "Redis restarted empty", fault,
+                            n=load["n"], rate=load["rate"], first_id=6_000_000)
+    assert "complete_ns" in timeline, f"the store never became complete again: states seen {timeline['states']}"
+    assert "rebuilding" in timeline["states"] or "lost" in timeline["states"]
+    back, complete = timeline["back_ns"], timeline["complete_ns"]
+    records = [s.record for s in report.extra.pop("records")]
+    window_flags = ("windows_rebuilding", "windows_unavailable")
+    partial = [r for r in records if back <= r["scored_at"] <= complete - 50_000_000]
+    rebuilding = [r for r in records if "windows_rebuilding" in r["degraded"]]
+    # no unflagged score computed on partial state
+    unflagged = [r["event_id"] for r in partial if not any(f in r["degraded"] for f in window_flags)]
+    assert not unflagged, f"{len(unflagged)} scores read from the partial store without a flag: {unflagged[:5]}"
+    # flagged only while rebuilding (a batch read just before completion may land right after it)
+    late = [r["event_id"] for r in rebuilding if not back <= r["scored_at"] <= complete + 2_000_000_000]
+    assert not late, f"{len(late)} scores flagged windows_rebuilding outside the rebuild: {late[:5]}"
+    assert rebuilding, "the test must catch scores during the rebuild"
+    print(f"[fault] Redis restarted empty: complete again {(complete - back) / 1e9:.2f} s after it was back; "
+          f"{len(partial)} scores read meanwhile, all flagged; {len(rebuilding)} flagged windows_rebuilding",
+          flush=True)

@@ -155,16 +155,17 @@ class _SlowThenDead:
         self.dead = False
         self.calls = 0
 
-    def read_many(self, keys, as_of):
+    def read_many_checked(self, keys, as_of):
         self.calls += 1
         if self.dead:
             raise ConnectionError("redis: connection refused")
         time.sleep(self.delay)
-        return self.inner.read_many(keys, as_of)
+        return self.inner.read_many_checked(keys, as_of)
 
 
 def test_window_fallback_deadline_breaker_and_recovery(plan):
     reader = _SlowThenDead(plan)
+    reader.inner.mark_complete("test")
     now = [100.0]
     fb = WindowFallback(plan, reader, deadline_s=0.05, cooldown_s=1.0, clock=lambda: now[0])
     keys = [(plan.hop_keys[0], 1), (plan.hop_keys[1], 2)]
@@ -281,3 +282,25 @@ def test_kafka_loop_paces_batches_but_takes_the_first_event_after_idle_at_once(p
         assert 0.18 <= time.monotonic() - start < 0.5
     finally:
         scorer.close(timeout_s=1)
+
+
+def test_window_fallback_flags_every_read_of_a_store_that_is_not_complete(plan):
+    """Lost (no marker) or rebuilding -> the windows are used but every read is flagged."""
+    from rti_store import MemoryWindowStore
+    from scorer.pipeline import DEGRADED_REBUILDING
+    store = MemoryWindowStore(plan)
+    fb = WindowFallback(plan, store, deadline_s=1.0, cooldown_s=0.0)
+    keys = [(plan.hop_keys[0], 1), (plan.hop_keys[1], 2)]
+
+    def both():
+        return fb.read(keys, [BASE_T] * 2).degraded, asyncio.run(fb.read_async(keys, [BASE_T] * 2)).degraded
+
+    assert both() == ((DEGRADED_REBUILDING,),) * 2  # never filled by ingest: lost
+    store.claim_rebuild([("tx", 0), ("tx", 1)], from_ms=0, epoch="g1")
+    assert both() == ((DEGRADED_REBUILDING,),) * 2
+    store.finish_rebuild("tx", 0, "g1")
+    assert both() == ((DEGRADED_REBUILDING,),) * 2  # one partition still replaying
+    store.finish_rebuild("tx", 1, "g1")
+    assert both() == ((), ())
+    store.forget_everything()
+    assert both() == ((DEGRADED_REBUILDING,),) * 2
