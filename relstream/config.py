@@ -134,7 +134,7 @@ class StackConfig(_Strict):
     kafka_version: str = ""  # empty: relstream.stack.kafka_jars.KAFKA_VERSION
     kafka_heap: str = "512m"
     kafka_broker_config: dict[str, LooseScalar] = Field(default_factory=dict)
-    redis_persistence: bool = False
+    redis_persistence: bool = True  # AOF (everysec): windows survive a restart; see docs/operations.md
     ready_timeout_s: float = Field(default=120.0, strict=False)
 
     @field_validator("components")

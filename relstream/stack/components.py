@@ -26,7 +26,7 @@ class ComponentSettings:
     kafka_version: str = ""
     kafka_heap: str = "512m"
     kafka_broker_config: dict[str, str] = field(default_factory=dict)
-    redis_persistence: bool = False
+    redis_persistence: bool = True  # AOF (everysec): windows survive a restart; see docs/operations.md
     triton_log_verbose: int = 0
     java: str = "java"
     redis_server: str = "redis-server"
