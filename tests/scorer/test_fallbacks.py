@@ -24,6 +24,7 @@ def test_redis_down_or_slow_degrades_within_the_deadline(plan, stack, test_model
     client = redis.Redis.from_url(private.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
     store = RedisWindowStore(plan, client, key_prefix="fallback")
     store.append(history(plan, [fact_row(i, customer=7) for i in range(1, 6)]))
+    store.mark_complete("fallback")  # filled here, not by ingest
     deadline_ms = 50
     app = make_app(plan, stack, test_model, store, window_deadline_ms=deadline_ms, window_cooldown_ms=200)
     metrics = app.state.deps.metrics
@@ -68,7 +69,8 @@ def test_redis_down_or_slow_degrades_within_the_deadline(plan, stack, test_model
         recs = [codec.decode(m.value())[1] for m in consume_all(kafka_consumer_config, scores, 5)]
         assert len(recs) == 5 and all(rec["degraded"] == ["windows_unavailable"] for rec in recs)
 
-        # back up: after the cool-down, windows are read again
+        # back up (AOF on, the default: windows and marker survived): after the cool-down, windows
+        # are read again, unflagged
         private.start_component("redis")
         time.sleep(0.3)
         r, _ = timed_post(http)

@@ -30,6 +30,7 @@ def ranker(recsys, stack):
 @pytest.fixture
 def store(recsys, redis_client):
     s = RedisWindowStore(recsys, redis_client, key_prefix="rec-test")
+    s.mark_complete("rec-test")  # filled by the tests directly, not by ingest
     yield s
     s.close()
 

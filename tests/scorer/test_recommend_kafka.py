@@ -43,6 +43,7 @@ def test_each_session_event_gets_its_ranked_list_exactly_once(recsys, stack, tmp
     history, live = [r for r in lines if r["basket_id"] <= 18], [r for r in lines if r["basket_id"] > 18]
     store = RedisWindowStore(recsys, redis_client)  # the scorer's default key prefix
     store.append([a for r in history for a in interactions_of(recsys, "transactions", r)])  # ingested earlier
+    store.mark_complete("rec-test")
 
     facts, out, dlq = new_topic("sessions", partitions=2), new_topic("recs"), new_topic("dlq")
     values = [codec.encode(PURCHASE_LINES_SUBJECT, r) for r in live]
