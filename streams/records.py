@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES, UNMAPPED_TOPIC, RecordRejected, check_record
@@ -67,17 +68,18 @@ class RecordDecoder:
         self._decode_errors = decode_errors
         self.max_payload_bytes = max_payload_bytes
         self.skip_dead_letters_on = frozenset(skip_dead_letters_on)
+        # the row check of each topic, built once (this runs for every record)
+        self._row_checks = {topic: partial(interactions_of, plan, table) for topic, table in self.topic_tables.items()}
 
     def row_appends(self, table: str, row: Mapping[str, Any]) -> list[Append]:
         """The one path from a row to appends (live and backfill alike)."""
         return interactions_of(self.plan, table, row)
 
     def appends(self, topic: str, value: bytes | None) -> list[Append]:
-        table = self.topic_tables.get(topic)
-        if table is None:
+        row_check = self._row_checks.get(topic)
+        if row_check is None:
             raise RecordRejected(UNMAPPED_TOPIC, f"topic {topic!r} has no table; mapped: {sorted(self.topic_tables)}")
-        return check_record(value, self._decode, self.max_payload_bytes,
-                            lambda record: interactions_of(self.plan, table, record), self._decode_errors)
+        return check_record(value, self._decode, self.max_payload_bytes, row_check, self._decode_errors)
 
 
 @dataclass
