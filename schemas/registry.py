@@ -70,8 +70,9 @@ class IncompatibleSchemaError(SchemaRegistryError):
 class DecodeError(ValueError):
     """A message that is not a valid wire-format record of a known schema.
 
-    ``reason`` is short and machine readable (used as the dead-letter reason): ``too_short``,
-    ``bad_magic``, ``unknown_schema``, ``invalid_body``, ``oversize``, ``not_bytes``.
+    ``reason`` is short and machine readable: ``too_short``, ``bad_magic``, ``unknown_schema``,
+    ``invalid_body``, ``oversize``, ``not_bytes``. Dead letters use the shared vocabulary of
+    ``schemas.dead_letter`` (``invalid_body`` and ``not_bytes`` become ``undecodable`` there).
     """
 
     def __init__(self, reason: str, message: str):

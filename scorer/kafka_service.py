@@ -3,7 +3,9 @@
 One loop iteration handles one batch of consumed facts:
 
 1. decode (Avro, Confluent wire format) and validate each record against the plan; anything that
-   does not fit becomes a dead letter (reason + error naming the field), never a crash;
+   does not fit becomes a dead letter, never a crash. The verdict and the entry format are those of
+   ``schemas.dead_letter``, shared with `relstream ingest` (same reasons, same truncation; the
+   entry says ``source_service: score`` and the consumer group);
 2. optionally append the facts to their own windows first (idempotent by event id; an event
    never sees itself because windows are read as of its time, half-open);
 3. read every window of the batch in ONE store round trip, each as of its event's time
@@ -15,6 +17,8 @@ One loop iteration handles one batch of consumed facts:
    consumed offsets (``send_offsets_to_transaction``). Consumers of the scores topic read with
    ``isolation.level=read_committed`` and see every fact's score exactly once, also across
    crashes (an aborted or fenced transaction leaves nothing visible and the offsets uncommitted).
+   Dead letters are logged and counted when their transaction has committed, so an aborted and
+   re-read batch is not counted twice.
 """
 from __future__ import annotations
 
@@ -24,10 +28,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
+from schemas.dead_letter import (DEFAULT_MAX_PAYLOAD_BYTES, DLQ_SUBJECT, INVALID_ROW, MODEL_REJECTED, ROW_ERRORS, SCORE,
+                                 DeadLetterEntry, RecordRejected, check_record, dead_letter_entry, log_dead_letter)
 from schemas.plan import ServingPlan
-from schemas.tensors import RowError
 from streams.polling import consume_ready
 
 from .fallbacks import WindowFallback
@@ -39,7 +45,6 @@ from .triton import ModelOutput, TritonRequestError, TritonUnavailable
 log = logging.getLogger(__name__)
 PATH = "kafka"
 SCORES_SUBJECT = "scores-value"
-DLQ_SUBJECT = "dead-letters-value"
 APPEND_FAILED = "window_append_failed"
 
 
@@ -149,6 +154,8 @@ class BatchStats:
     dead_letters: int = 0
     triton_retries: int = 0
     aborted: bool = False
+    # produced into the transaction; logged and counted once it has committed
+    dead_letter_entries: list[DeadLetterEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -211,8 +218,13 @@ class KafkaScorer:
                  now_ns: Callable[[], int] = time.time_ns, txn_timeout_s: float = 30.0,
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
                  init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0,
-                 batch_interval_s: float = 0.0):
+                 batch_interval_s: float = 0.0, group_id: str = "",
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
         self.plan = plan
+        # written into every dead letter (the consumer's group.id; the consumer does not expose it)
+        self.group_id = group_id
+        # larger records are dead-lettered as oversize (the same limit as ingest on a shared topic)
+        self.max_payload_bytes = max_payload_bytes
         # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
         # consumed batch into its own records; the loop, retries and transaction stay these.
         self.strategy = strategy
@@ -396,20 +408,17 @@ class KafkaScorer:
 
     # ----- one batch ---------------------------------------------------------------------------
     def decode(self, msgs) -> list[_Pending]:
-        from schemas.registry import DecodeError
+        """Each message as an event to score, or marked dead with the shared verdict
+        (``schemas.dead_letter.check_record``: the same reason ingest gives the same bytes)."""
         out = []
         now = time.perf_counter()
+        to_event = partial(prepare_event, self.plan, key_column=self.key_column)
         for msg in msgs:
             p = _Pending(msg=msg, received=now)
             try:
-                _, record = self.codec.decode(msg.value())
-                p.event = prepare_event(self.plan, record, key_column=self.key_column)
-            except DecodeError as exc:
-                p.dead = (exc.reason, str(exc))
-            except RowError as exc:
-                p.dead = ("bad_row", str(exc))
-            except (ValueError, TypeError, OverflowError) as exc:
-                p.dead = ("bad_row", f"{type(exc).__name__}: {exc}")
+                p.event = check_record(msg.value(), self.codec.decode, self.max_payload_bytes, to_event)
+            except RecordRejected as rej:
+                p.dead = (rej.reason, rej.detail)
             out.append(p)
         return out
 
@@ -441,8 +450,8 @@ class KafkaScorer:
                 try:
                     requests.append(event_tensors(self.plan, p.event, windows))
                     ready.append(p)
-                except (RowError, ValueError, TypeError, OverflowError) as exc:
-                    p.dead = ("bad_row", str(exc))
+                except ROW_ERRORS as exc:
+                    p.dead = (INVALID_ROW, str(exc))
         outputs = self._infer_all(requests, stats) if requests else []
         if self._revoked:
             # Partitions moved while Triton was down: their new owner re-reads the uncommitted batch.
@@ -454,7 +463,7 @@ class KafkaScorer:
         records = []
         for p, out in zip(ready, outputs):
             if isinstance(out, Exception):
-                p.dead = ("model_rejected", str(out))
+                p.dead = (MODEL_REJECTED, str(out))
                 continue
             model_out, i = out
             latency_ms = (time.perf_counter() - p.received) * 1000
@@ -576,7 +585,7 @@ class KafkaScorer:
                 self.producer.produce(self.scores_topic, key=p.event.key, value=self.encoder.encode(subject, rec))
             for p in pending:
                 if p.dead is not None:
-                    self._produce_dead_letter(p)
+                    stats.dead_letter_entries.append(self._produce_dead_letter(p))
                     stats.dead_letters += 1
         except KafkaException as exc:
             err = exc.args[0]
@@ -664,6 +673,9 @@ class KafkaScorer:
                     for _, rec in records:
                         total.observe(rec["latency_ms"] / 1000)
                 stats.scored = len(records)
+                for entry in stats.dead_letter_entries:  # committed: one log line and one count each
+                    log_dead_letter(entry)
+                    m.dlq.labels(entry.topic, entry.reason).inc()
                 self.stats.batches += 1
                 self.stats.consumed += stats.consumed
                 self.stats.scored += stats.scored
@@ -735,18 +747,16 @@ class KafkaScorer:
             except KafkaException as exc:
                 raise FatalConsumerError(f"cannot rewind {topic}[{part}] to {off} after an abort: {exc}") from exc
 
-    def _produce_dead_letter(self, p: _Pending) -> None:
-        from streams.dlq import dead_letter_headers, dead_letter_payload, dead_letter_record
-        from streams.records import DeadLetter
-        reason, error = p.dead
+    def _produce_dead_letter(self, p: _Pending) -> DeadLetterEntry:
+        """Produce the dead letter of ``p`` into the open transaction; returns its entry."""
+        reason, detail = p.dead
         msg = p.msg
-        dl = DeadLetter(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), reason=reason,
-                        error=error, value=msg.value(), key=msg.key())
-        payload, truncated = dead_letter_payload(dl, getattr(self.codec, "max_bytes", 1 << 20))
-        value = self.codec.encode(DLQ_SUBJECT, dead_letter_record(dl, payload, self.now_ns()))
-        self.producer.produce(self.dlq_topic, key=msg.key(), value=value,
-                              headers=dead_letter_headers(dl, truncated))
-        self.metrics.dlq.labels(reason).inc()
+        entry = dead_letter_entry(service=SCORE, group=self.group_id, topic=msg.topic(), partition=msg.partition(),
+                                  offset=msg.offset(), reason=reason, detail=detail, value=msg.value(), key=msg.key(),
+                                  failed_at=self.now_ns())
+        self.producer.produce(self.dlq_topic, key=entry.key, value=self.codec.encode(DLQ_SUBJECT, entry.to_record()),
+                              headers=entry.headers())
+        return entry
 
 
 # ----- wiring from configuration ----------------------------------------------------------------
@@ -804,7 +814,8 @@ def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
                        txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
                        commit_interval_s=settings.commit_interval_ms / 1000,
-                       batch_interval_s=settings.batch_interval_ms / 1000)
+                       batch_interval_s=settings.batch_interval_ms / 1000, group_id=settings.group_id,
+                       max_payload_bytes=settings.max_payload_bytes)
     if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
         from .recommend_kafka import as_ranking_scorer
         scorer = as_ranking_scorer(scorer, cfg, settings)

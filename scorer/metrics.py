@@ -45,8 +45,9 @@ class ScorerMetrics:
         self.model_version = Gauge("relstream_scorer_model_version_info",
                                    "1 for the model name/version answering the latest call",
                                    ["model_name", "model_version"], registry=r)
-        self.dlq = Counter("relstream_scorer_dead_letters", "Records sent to the dead-letter topic",
-                           ["reason"], registry=r)
+        # counted when the transaction holding them commits; reasons: schemas.dead_letter.REASONS
+        self.dlq = Counter("relstream_scorer_dead_letters", "Dead letters committed to the dead-letter topic",
+                           ["topic", "reason"], registry=r)
         self.retries = Counter("relstream_scorer_retries", "Batches retried (Triton unavailable, abort)",
                                ["path", "kind"], registry=r)
         self._version: tuple[str, str] | None = None

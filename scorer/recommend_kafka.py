@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from schemas.dead_letter import INVALID_ROW, MODEL_REJECTED
 from schemas.plan import ServingPlan
 from schemas.tensors import RowError, coerce_row, interactions_of
 
@@ -62,7 +63,7 @@ class RankingStrategy:
                 appends = interactions_of(plan, self.table, p.event.row)
                 fact_row = coerce_row(plan, plan.fact_table, p.event.row, columns=shared_columns(plan))
             except (RowError, ValueError, TypeError, OverflowError) as exc:
-                p.dead = ("bad_row", str(exc))
+                p.dead = (INVALID_ROW, str(exc))
                 continue
             events.append((p, appends, fact_row))
             for hop_key, entity, it in appends:
@@ -109,7 +110,7 @@ class RankingStrategy:
                         tensors.append(request_tensors(plan, prep))
                         slots.append(len(prepared) - 1)
                     except (RowError, ValueError, TypeError, OverflowError) as exc:
-                        p.dead = ("bad_row", str(exc))
+                        p.dead = (INVALID_ROW, str(exc))
         outs = scorer._infer_all(tensors, stats) if tensors else []
         answer = dict(zip(slots, outs))
         now = scorer.now_ns()
@@ -119,7 +120,7 @@ class RankingStrategy:
                 continue
             out = answer.get(j)
             if isinstance(out, Exception):
-                p.dead = ("model_rejected", str(out))
+                p.dead = (MODEL_REJECTED, str(out))
                 continue
             if out is None:  # every candidate was in the open basket
                 items, cold_row, name, version = [], None, scorer.triton.model_name, ""

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from relstream.config import DEFAULT_TRITON_GRPC_PORT, Config
+from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
 from schemas.plan import ServingPlan, builtin_plan, load_plan
 
 
@@ -38,6 +39,9 @@ class ScoreSettings(_Section):
     scores_topic: str | None = None  # default: topics.scores
     dlq_topic: str | None = None  # default: topics.dlq
     max_batch: int = Field(default=256, ge=1, le=4096)
+    # larger records are dead-lettered as oversize; keep it equal to ingest.max_payload_bytes when
+    # both services consume the same topic (relstream ingest refuses to start otherwise)
+    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
     # how long the loop waits for input when there is none (then it settles commits, checks health)
     poll_timeout_ms: float = Field(default=20.0, ge=0)
     # a batch starts at most every this many ms: fewer, larger batches (a Triton call and a

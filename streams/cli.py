@@ -19,9 +19,14 @@ SIGTERM finishes the batch in hand, commits it and exits.
 With --backfill FILE.parquet, fill the windows from a parquet file of the plan's table instead
 (same append path), then exit.
 
+A bad record of a topic that `relstream score` also consumes (score.facts_topics, default
+topics.facts) is dead-lettered by the scorer only; ingest skips it and counts it
+(relstream_ingest_dlq_skipped_total). `ingest.dead_letters: all` makes ingest dead-letter every
+bad record it reads (deployments without `relstream score`).
+
 Settings: the config file's `ingest` section (topics, group_id, batch_size, batch_timeout_s,
-max_payload_bytes, metrics_port, metrics_addr, registry, store, consumer, producer); flags
-override it. See docs/streams.md."""
+max_payload_bytes, dead_letters, metrics_port, metrics_addr, registry, store, consumer,
+producer); flags override it. See docs/streams.md."""
 
 
 def register(subparsers) -> None:
@@ -79,8 +84,9 @@ def cmd_ingest(args) -> int:
     from relstream.config import kafka_client_config, redis_client, section
     from schemas.plan import PlanError
     from streams.backfill import BackfillError, backfill
+    from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
     from streams.ingest import (IngestSection, IngestService, IngestSettings, default_topics, open_codec,
-                                open_redis_store)
+                                open_redis_store, scorer_owned_topics)
     from streams.records import RecordDecoder, parse_topic_tables
 
     logging.basicConfig(level=getattr(logging, args.log_level),
@@ -118,12 +124,17 @@ def cmd_ingest(args) -> int:
     try:
         topics = (parse_topic_tables(args.topic) if args.topic else dict(sec.topics)
                   or default_topics(plan, list(cfg.topics.interactions)))
+        max_payload_bytes = _positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes)
+        # the scorer's topics and size limit as `relstream score` resolves them (scorer/settings.py)
+        scorer_topics = cfg.score.get("facts_topics") or [cfg.topics.facts]
+        skip = scorer_owned_topics(topics, sec.dead_letters, scorer_topics, max_payload_bytes,
+                                   cfg.score.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES))
         settings = IngestSettings(
             topics=topics, dlq_topic=args.dlq_topic or cfg.topics.dlq,
             group_id=args.group or sec.group_id,
             batch_size=_positive("--batch-size", args.batch_size, sec.batch_size),
             batch_timeout_s=_positive("--batch-timeout", args.batch_timeout, sec.batch_timeout_s),
-            max_payload_bytes=_positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes),
+            max_payload_bytes=max_payload_bytes, skip_dead_letters_on=skip,
             shutdown_grace_s=sec.shutdown_grace_s,
             state_check_interval_s=sec.state_check_interval_s,
             metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port,
@@ -144,9 +155,13 @@ def cmd_ingest(args) -> int:
     print(f"relstream ingest: group {settings.group_id}, topics {topics}, DLQ {settings.dlq_topic}, "
           f"plan {plan.name}" + (f", metrics on port {port} (/metrics)" if port else ""),
           file=sys.stderr, flush=True)
+    if skip:
+        print(f"relstream ingest: bad records of {sorted(skip)} are dead-lettered by relstream score, not here "
+              f"(ingest.dead_letters: owned); counted in relstream_ingest_dlq_skipped_total", file=sys.stderr, flush=True)
     stats = service.run(idle_exit_s=args.exit_when_idle, install_signals=False)
     print(json.dumps({"batches": stats.batches, "records": stats.records, "interactions": stats.interactions,
-                      "dead_letters": stats.dead_letters, "commits": stats.commits,
+                      "dead_letters": stats.dead_letters, "dead_letters_skipped": stats.dead_letters_skipped,
+                      "commits": stats.commits,
                       "commit_failures": stats.commit_failures, "store_retries": stats.store_retries}),
           flush=True)
     return 0

@@ -35,10 +35,11 @@ from typing import Any, Callable
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from schemas.dead_letter import STORE_REJECTED, DeadLetterEntry, dead_letter_log, log_dead_letter
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
 from streams.rebuild import StateRebuild
-from streams.records import REASON_STORE, DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
+from streams.records import DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
 from streams.retry import Backoff, GaveUp, retry_until
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class LoopStats:
     records: int = 0
     interactions: int = 0
     dead_letters: int = 0
+    dead_letters_skipped: int = 0  # bad records of topics another service dead-letters
     commits: int = 0
     commit_failures: int = 0
     store_retries: int = 0
@@ -108,7 +110,8 @@ class IngestLoop:
         self._stop = threading.Event()
         self._stop_seen_at: float | None = None
         self._next_lag_at = 0.0
-        self._in_flight: deque[tuple[Future, DecodedBatch, float, int]] = deque()
+        # (store write, batch, its dead-letter entries, start time, batch sequence number)
+        self._in_flight: deque[tuple[Future, DecodedBatch, list[DeadLetterEntry], float, int]] = deque()
         # one writer: batches reach the store, and complete, in submission order
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relstream-store-writer")
 
@@ -214,11 +217,11 @@ class IngestLoop:
         batch = decode_batch(messages, self.decoder)
         for err in batch.consumer_errors:
             self._consumer_error(err, messages)
-        if batch.dead_letters:
-            self.dlq.send(batch.dead_letters)  # asynchronous; acknowledged before the commit
+        # asynchronous; acknowledged before the commit
+        entries = self.dlq.send(batch.dead_letters) if batch.dead_letters else []
         future = self._writer.submit(self._store_batch, batch)
         self._batch_seq += 1
-        self._in_flight.append((future, batch, t0, self._batch_seq))
+        self._in_flight.append((future, batch, entries, t0, self._batch_seq))
         while len(self._in_flight) > self.settings.pipeline_depth:
             self._complete_oldest()
 
@@ -241,7 +244,7 @@ class IngestLoop:
             return self._append_one_by_one(batch)
 
     def _complete_oldest(self) -> None:
-        future, batch, t0, seq = self._in_flight[0]
+        future, batch, entries, t0, seq = self._in_flight[0]
         try:
             refused, refused_appends = future.result()
         except BaseException:
@@ -252,8 +255,8 @@ class IngestLoop:
         self._in_flight.popleft()
         if refused:
             batch.dead_letters.extend(refused)
-            self.dlq.send(refused)
-        if batch.dead_letters:
+            entries = entries + self.dlq.send(refused)
+        if entries:
             retry_until(lambda: self.dlq.wait(self.settings.dlq_timeout_s), what="dead-letter delivery",
                         backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
                         sleep=self._sleep)
@@ -270,15 +273,21 @@ class IngestLoop:
             m.records.labels(topic).inc(n)
         appended = len(batch.appends) - refused_appends
         m.interactions.inc(appended)
-        for dl in batch.dead_letters:
-            m.dlq.labels(dl.topic, dl.reason).inc()
+        for entry in entries:  # acknowledged by the broker: one log line and one count each
+            log_dead_letter(entry)
+            m.dlq.labels(entry.topic, entry.reason).inc()
+        for (topic, reason), n in batch.skipped.items():
+            m.dlq_skipped.labels(topic, reason).inc(n)
+            dead_letter_log.debug("not dead-lettered by ingest service=ingest reason=%s topic=%s count=%d "
+                                  "(the scorer owns this topic's dead letters)", reason, topic, n)
         m.note_event_time(batch.newest_event_time)
         m.batch_seconds.observe(self._monotonic() - t0)
         s = self.stats
         s.batches += 1
         s.records += batch.records
         s.interactions += appended
-        s.dead_letters += len(batch.dead_letters)
+        s.dead_letters += len(entries)
+        s.dead_letters_skipped += sum(batch.skipped.values())
 
     def _append(self, items) -> None:
         """One round trip, retried with backoff while the store is unavailable."""
@@ -294,7 +303,7 @@ class IngestLoop:
             except self.transient_errors + (GaveUp,):
                 raise
             except Exception as exc:
-                refused.append(dead_letter_of(msg, REASON_STORE, f"{type(exc).__name__}: {exc}"))
+                refused.append(dead_letter_of(msg, STORE_REJECTED, f"{type(exc).__name__}: {exc}"))
                 refused_appends += end - start
         return refused, refused_appends
 

@@ -13,10 +13,11 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
 from schemas.plan import ServingPlan
 from streams.consumer import IngestLoop, LoopSettings, LoopStats
 from streams.dlq import DeadLetterSink
@@ -46,7 +47,12 @@ class IngestSection(BaseModel):
     group_id: str = "relstream-ingest"
     batch_size: int = Field(default=5000, gt=0)
     batch_timeout_s: float = Field(default=0.1, gt=0)
-    max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
+    # Who dead-letters the bad records of a topic `relstream score` also consumes (score.facts_topics,
+    # default topics.facts): "owned" (default) = the scorer; ingest skips them and counts them in
+    # relstream_ingest_dlq_skipped_total, so each bad record has one dead letter. "all" = ingest
+    # dead-letters every bad record it reads (for deployments without `relstream score`).
+    dead_letters: Literal["owned", "all"] = "owned"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # how often the window store's completeness marker is read (a lost store is rebuilt from Kafka)
     state_check_interval_s: float = Field(default=1.0, gt=0)
@@ -67,7 +73,9 @@ class IngestSettings:
     group_id: str = "relstream-ingest"
     batch_size: int = 5000
     batch_timeout_s: float = 0.1
-    max_payload_bytes: int = 256 * 1024
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # topics whose bad records the scorer dead-letters (see IngestSection.dead_letters)
+    skip_dead_letters_on: frozenset[str] = frozenset()
     shutdown_grace_s: float = 30.0
     state_check_interval_s: float = 1.0
     metrics_port: int | None = None
@@ -86,6 +94,24 @@ def default_topics(plan: ServingPlan, topics: list[str]) -> dict[str, str]:
         raise ValueError(f"ingest.topics: plan {plan.name!r} has interaction tables {tables}; "
                          "map each topic explicitly (ingest.topics: {topic: table} or --topic TOPIC=TABLE)")
     return {t: tables[0] for t in topics}
+
+
+def scorer_owned_topics(topics: Iterable[str], dead_letters: str, scorer_topics: Iterable[str],
+                        max_payload_bytes: int, scorer_max_payload_bytes: int) -> frozenset[str]:
+    """The consumed topics whose bad records `relstream score` dead-letters, not ingest.
+
+    With ``dead_letters: owned`` these are the topics both services consume. Both must then judge a
+    record by the same size limit, or ingest would skip a record the scorer accepts (it would be
+    neither in the windows nor in the dead-letter topic): a different limit is a config error.
+    """
+    if dead_letters == "all":
+        return frozenset()
+    shared = frozenset(topics) & frozenset(scorer_topics)
+    if shared and max_payload_bytes != scorer_max_payload_bytes:
+        raise ValueError(f"ingest.max_payload_bytes ({max_payload_bytes}) differs from score.max_payload_bytes "
+                         f"({scorer_max_payload_bytes}) on topic(s) {sorted(shared)} that both services consume "
+                         f"and whose dead letters the scorer writes (ingest.dead_letters: owned): set them equal")
+    return shared
 
 
 def consumer_config(base: Mapping[str, Any], settings: IngestSettings,
@@ -124,13 +150,13 @@ class IngestService:
         now_ns = now_ns or time.time_ns
         self.metrics = IngestMetrics(now_ns=now_ns)
         self.decoder = RecordDecoder(plan, settings.topics, codec.decode, decode_errors,
-                                     max_payload_bytes=settings.max_payload_bytes)
+                                     max_payload_bytes=settings.max_payload_bytes,
+                                     skip_dead_letters_on=settings.skip_dead_letters_on)
         conf = consumer_config(kafka_conf, settings, consumer_extra)
         conf["on_commit"] = lambda err, partitions: self.loop.on_commit(err, partitions)
         self.consumer = Consumer(conf, logger=log)
         self.producer = Producer(producer_config(kafka_conf, producer_extra), logger=log)
-        self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode,
-                                  settings.max_payload_bytes, now_ns=now_ns)
+        self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode, settings.group_id, now_ns=now_ns)
         # a store that lost its data is rebuilt from Kafka, as far back as the plan looks
         rebuild = StateRebuild(self.consumer, store, settings.topics, plan.real_time_offset.ns,
                                metrics=self.metrics, check_interval_s=settings.state_check_interval_s)

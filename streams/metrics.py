@@ -4,7 +4,8 @@
     relstream_ingest_interactions_total            window appends acknowledged by the store
     relstream_ingest_batch_seconds                 histogram: consume-to-commit time of a batch
     relstream_ingest_consumer_lag{topic,partition} high watermark - position (records behind)
-    relstream_ingest_dlq_total{topic,reason}       dead letters delivered
+    relstream_ingest_dlq_total{topic,reason}       dead letters delivered (reasons: schemas.dead_letter)
+    relstream_ingest_dlq_skipped_total{topic,reason}  bad records left to the scorer (ingest.dead_letters)
     relstream_ingest_window_freshness_seconds      now - newest event time ingested
     relstream_ingest_store_retries_total           failed store/DLQ attempts that were retried
     relstream_ingest_commit_failures_total         offset commits that failed (batch is redelivered)
@@ -41,6 +42,9 @@ class IngestMetrics:
         self.lag = Gauge("relstream_ingest_consumer_lag", "Records behind the high watermark",
                          ["topic", "partition"], registry=r)
         self.dlq = Counter("relstream_ingest_dlq", "Dead letters delivered", ["topic", "reason"], registry=r)
+        self.dlq_skipped = Counter("relstream_ingest_dlq_skipped",
+                                   "Bad records not dead-lettered by ingest: the scorer owns their topic's dead letters",
+                                   ["topic", "reason"], registry=r)
         self.freshness = Gauge("relstream_ingest_window_freshness_seconds",
                                "Now minus the newest event time ingested (NaN before the first)", registry=r)
         self.freshness.set_function(self.freshness_seconds)

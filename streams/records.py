@@ -4,47 +4,36 @@ A record of an interaction topic is decoded with the Avro codec (Confluent wire 
 turned into window appends by :func:`schemas.tensors.interactions_of` -- the same function the
 backfill, offline replay and scorer use, so the hop logic lives in exactly one place.
 
-Every record either yields its appends or a :class:`DeadLetter` naming why it was rejected; a
-batch of records therefore never raises because of its content (bad records cannot crash the
-consumer or block a partition).
+Every record either yields its appends or a :class:`DeadLetter` naming why it was rejected (the
+reason from the vocabulary shared with the scorer, ``schemas.dead_letter``); a batch of records
+therefore never raises because of its content (bad records cannot crash the consumer or block a
+partition). On a topic whose dead letters another service writes, a bad record is only counted
+(``DecodedBatch.skipped``).
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES, UNMAPPED_TOPIC, RecordRejected, check_record
 from schemas.plan import ServingPlan
-from schemas.tensors import Interaction, RowError, interactions_of
+from schemas.tensors import Interaction, interactions_of
 
 Append = tuple[str, Any, Interaction]  # (hop key, entity id, interaction), as interactions_of returns
-
-# Reasons a record is dead-lettered (the DLQ record's `reason`). Decode failures use the codec's
-# own reason (bad_magic, too_short, unknown_schema, invalid_body, oversize, not_bytes).
-REASON_EMPTY = "empty"  # null value (tombstone) or zero bytes
-REASON_OVERSIZE = "oversize"  # larger than max_payload_bytes
-REASON_DECODE = "decode"  # fallback when the decode error carries no reason
-REASON_ROW = "bad_row"  # decoded, but not a valid row of the table (missing field, wrong type)
-REASON_UNMAPPED = "unmapped_topic"  # a topic with no table in the topic -> table mapping
-REASON_STORE = "store_rejected"  # the window store refused the record's appends (not an outage)
-
-
-class RecordRejected(Exception):
-    def __init__(self, reason: str, error: str):
-        self.reason = reason
-        self.error = error
-        super().__init__(f"{reason}: {error}")
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected record, with where it came from and why."""
+    """A rejected record, with where it came from and why (``reason`` from
+    ``schemas.dead_letter.REASONS``); the sink turns it into the shared entry format."""
 
     topic: str
     partition: int
     offset: int
     reason: str
-    error: str
+    detail: str
     value: bytes | None
     key: bytes | None = None
     timestamp_ms: int | None = None
@@ -55,13 +44,18 @@ class RecordDecoder:
 
     ``decode`` is the codec's ``decode(bytes) -> (subject, record)``; it must raise (any
     exception) on bytes it cannot read. ``decode_errors`` are the exception types that mean
-    "bad bytes" (dead-lettered); anything else is a bug and propagates.
+    "bad bytes" (dead-lettered); anything else is a bug and propagates. Whether a record is bad,
+    and why, is decided by ``schemas.dead_letter.check_record`` -- the scorer's verdict too.
+
+    ``skip_dead_letters_on``: topics whose bad records another service dead-letters (the
+    scorer's topics, see ``ingest.dead_letters``); their bad records are skipped and counted.
     """
 
     def __init__(self, plan: ServingPlan, topic_tables: Mapping[str, str],
                  decode: Callable[[bytes], tuple[str, Mapping[str, Any]]],
                  decode_errors: tuple[type[BaseException], ...],
-                 max_payload_bytes: int = 1 << 20):
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 skip_dead_letters_on: Iterable[str] = ()):
         for topic, table in topic_tables.items():
             if table not in plan.tables:
                 raise ValueError(f"topics.{topic}: table {table!r} is not in plan {plan.name!r} "
@@ -73,29 +67,19 @@ class RecordDecoder:
         self._decode = decode
         self._decode_errors = decode_errors
         self.max_payload_bytes = max_payload_bytes
+        self.skip_dead_letters_on = frozenset(skip_dead_letters_on)
+        # the row check of each topic, built once (this runs for every record)
+        self._row_checks = {topic: partial(interactions_of, plan, table) for topic, table in self.topic_tables.items()}
 
     def row_appends(self, table: str, row: Mapping[str, Any]) -> list[Append]:
         """The one path from a row to appends (live and backfill alike)."""
         return interactions_of(self.plan, table, row)
 
     def appends(self, topic: str, value: bytes | None) -> list[Append]:
-        table = self.topic_tables.get(topic)
-        if table is None:
-            raise RecordRejected(REASON_UNMAPPED, f"topic {topic!r} has no table; mapped: {sorted(self.topic_tables)}")
-        if not value:
-            raise RecordRejected(REASON_EMPTY, "record has no value (null or 0 bytes)")
-        if len(value) > self.max_payload_bytes:
-            raise RecordRejected(REASON_OVERSIZE,
-                                 f"payload of {len(value)} bytes exceeds max_payload_bytes={self.max_payload_bytes}")
-        try:
-            _subject, record = self._decode(value)
-        except self._decode_errors as exc:
-            raise RecordRejected(getattr(exc, "reason", None) or REASON_DECODE,
-                                 str(exc) or type(exc).__name__) from None
-        try:
-            return self.row_appends(table, record)
-        except RowError as exc:
-            raise RecordRejected(REASON_ROW, str(exc)) from None
+        row_check = self._row_checks.get(topic)
+        if row_check is None:
+            raise RecordRejected(UNMAPPED_TOPIC, f"topic {topic!r} has no table; mapped: {sorted(self.topic_tables)}")
+        return check_record(value, self._decode, self.max_payload_bytes, row_check, self._decode_errors)
 
 
 @dataclass
@@ -104,6 +88,8 @@ class DecodedBatch:
 
     appends: list[Append] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # bad records of topics another service dead-letters: (topic, reason) -> count
+    skipped: Counter = field(default_factory=Counter)
     # (topic, partition) -> offset to commit (last consumed offset + 1): covers good and
     # dead-lettered records alike, so a bad record never blocks its partition.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -126,6 +112,7 @@ def decode_batch(messages: Iterable[Any], decoder: RecordDecoder) -> DecodedBatc
     counts: dict[str, int] = {}
     newest = None
     to_appends = decoder.appends
+    not_ours = decoder.skip_dead_letters_on
     for msg in messages:  # the hot loop of ingestion: locals only
         err = msg.error()
         if err is not None:
@@ -140,7 +127,10 @@ def decode_batch(messages: Iterable[Any], decoder: RecordDecoder) -> DecodedBatc
         try:
             appends = to_appends(topic, msg.value())
         except RecordRejected as rej:
-            out.dead_letters.append(dead_letter_of(msg, rej.reason, rej.error))
+            if topic in not_ours:
+                out.skipped[(topic, rej.reason)] += 1
+            else:
+                out.dead_letters.append(dead_letter_of(msg, rej.reason, rej.detail))
             continue
         for item in appends:
             t = item[2].event_time
@@ -154,9 +144,9 @@ def decode_batch(messages: Iterable[Any], decoder: RecordDecoder) -> DecodedBatc
     return out
 
 
-def dead_letter_of(msg: Any, reason: str, error: str) -> DeadLetter:
+def dead_letter_of(msg: Any, reason: str, detail: str) -> DeadLetter:
     ts_type, ts = msg.timestamp()
-    return DeadLetter(msg.topic(), msg.partition(), msg.offset(), reason, error, msg.value(), msg.key(),
+    return DeadLetter(msg.topic(), msg.partition(), msg.offset(), reason, detail, msg.value(), msg.key(),
                       ts if ts_type else None)
 
 

@@ -62,8 +62,10 @@ def test_round_trips_of_every_builtin(codec):
         "scores-value": {"event_id": "1001", "entity_ids": {"customer_id": 42, "terminal_id": 7}, "score": 0.25,
                          "model_name": "fraud", "model_version": "3", "latency_ms": 1.5,
                          "degraded": ["embedding:terminal_id"], "cold_start": [], "scored_at": 9},
-        "dead-letters-value": {"source_topic": "t", "source_partition": 0, "source_offset": 12, "reason": "bad_magic",
-                               "error": "magic byte is 1", "payload": b"\x01\x02", "key": None, "failed_at": 3},
+        "dead-letters-value": {"source_service": "score", "consumer_group": "g", "source_topic": "t",
+                               "source_partition": 0, "source_offset": 12, "reason": "bad_magic",
+                               "detail": "magic byte is 1", "payload": b"\x01\x02", "payload_size": 2, "key": None,
+                               "failed_at": 3},
     }
     for subject, record in records.items():
         assert codec.decode(codec.encode(subject, record)) == (subject, record)

@@ -171,4 +171,4 @@ def scorer_for(plan, stack_or_url, model_name, *, consumer_config, client_config
     return KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec,
                        triton=TritonScorer(plan, url, model_name, timeout_s=kw.pop("triton_timeout_s", 5.0)),
                        fallback=fallback, facts_topics=[facts], scores_topic=scores, dlq_topic=dlq, store=store,
-                       **kw)
+                       group_id=group, **kw)

@@ -54,12 +54,14 @@ def test_kafka_scores_equal_direct_calls_and_bad_records_go_to_the_dlq(
     assert records["200"][1]["cold_start"] == ["customer_id"]
 
     dead = consume_all(kafka_consumer_config, dlq, len(garbage), settle=0.5)
-    from streams.dlq import parse_dead_letter
-    letters = {parse_dead_letter(m, codec.decode).record["reason"]: parse_dead_letter(m, codec.decode)
-               for m in dead}
-    assert sorted(letters) == ["bad_magic", "bad_row", "unknown_schema"]
-    assert "transactions.transaction_id" in letters["bad_row"].record["error"]
-    assert letters["bad_row"].record["payload"] == wrong_stream
+    from schemas.dead_letter import parse_dead_letter
+    letters = {dl.reason: dl for dl in (parse_dead_letter(m, codec.decode) for m in dead)}
+    assert sorted(letters) == ["bad_magic", "invalid_row", "unknown_schema"]
+    assert "transactions.transaction_id" in letters["invalid_row"].detail
+    assert letters["invalid_row"].payload == wrong_stream
+    for reason, dl in letters.items():
+        assert (dl.source_service, dl.consumer_group, dl.topic) == ("score", f"g-{facts}", facts)
+        assert scorer.metrics.value("relstream_scorer_dead_letters_total", {"topic": facts, "reason": reason}) == 1
 
 
 def test_self_append_lets_the_next_event_see_the_previous_one(

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relstream.stack import free_port
 from rti_store import RedisWindowStore
-from streams.dlq import parse_dead_letter
+from schemas.dead_letter import KEEP_PAYLOAD_BYTES, dead_letter_headers, parse_dead_letter
 from streams.synthetic import TRANSACTIONS_SUBJECT, produce_values, synthetic_transactions
 
 
@@ -91,10 +91,10 @@ def test_bad_records_go_to_the_dlq_and_good_ones_around_them_are_ingested(stack,
     bad = {
         "bad_magic": b"\xff garbage bytes, not avro",
         "unknown_schema": struct.pack(">bI", 0, 424242) + b"\x02\x04\x06",
-        "bad_row": codec.encode("partial-value", {"transaction_id": 1, "tx_datetime": 2, "customer_id": 3},
+        "invalid_row": codec.encode("partial-value", {"transaction_id": 1, "tx_datetime": 2, "customer_id": 3},
                                 schema_id=partial),
         "oversize": codec.encode(TRANSACTIONS_SUBJECT, good[0])[:5] + b"\x00" * 10_000,
-        "invalid_body": codec.encode(TRANSACTIONS_SUBJECT, good[0])[:-2],
+        "undecodable": codec.encode(TRANSACTIONS_SUBJECT, good[0])[:-2],
         "empty": None,
     }
     values, bad_offsets = [], {}
@@ -125,26 +125,27 @@ def test_bad_records_go_to_the_dlq_and_good_ones_around_them_are_ingested(stack,
     reader = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"read-{dlq}",
                        "auto.offset.reset": "earliest"})
     reader.subscribe([dlq])
-    letters = []
+    letters, headers = [], []
     deadline = time.monotonic() + 30
     while len(letters) < len(bad_offsets) and time.monotonic() < deadline:
         msg = reader.poll(0.5)
         if msg is not None and msg.error() is None:
             letters.append(parse_dead_letter(msg, codec.decode))
+            headers.append(dead_letter_headers(msg))
     reader.close()
-    got = {dl.record["source_offset"]: dl.record["reason"] for dl in letters}
+    got = {dl.offset: dl.reason for dl in letters}
     assert got == bad_offsets
-    for dl in letters:
-        assert dl.record["source_topic"] == topic and dl.record["source_partition"] == 0
-        assert dl.record["error"] and dl.headers["reason"] == dl.record["reason"]
-        offset = dl.record["source_offset"]
-        original = values[offset] or b""
-        if dl.record["reason"] == "oversize":
-            assert dl.truncated and original.startswith(dl.record["payload"]) and len(dl.record["payload"]) < len(original)
-        else:
-            assert dl.record["payload"] == original  # kept verbatim for replay
-    row = next(dl for dl in letters if dl.record["reason"] == "bad_row")
-    assert row.record["error"] == "transactions.terminal_id: missing field"
+    for dl, h in zip(letters, headers):
+        assert (dl.source_service, dl.consumer_group, dl.topic, dl.partition) == ("ingest", group, topic, 0)
+        assert dl.detail and h["reason"] == dl.reason and h["source.service"] == "ingest"
+        original = values[dl.offset] or b""
+        assert dl.payload_size == len(original) and dl.payload == original[:KEEP_PAYLOAD_BYTES]
+        assert dl.truncated == (len(original) > KEEP_PAYLOAD_BYTES)
+    row = next(dl for dl in letters if dl.reason == "invalid_row")
+    assert row.detail == "transactions.terminal_id: missing field"
+    for reason in bad:  # one count per dead letter, by reason
+        counted = svc.metrics.registry.get_sample_value("relstream_ingest_dlq_total", {"topic": topic, "reason": reason})
+        assert counted == list(bad_offsets.values()).count(reason), reason
 
 
 def test_two_consumers_in_one_group_split_the_partitions(stack, new_topic, redis_client, plan, codec,
@@ -221,5 +222,5 @@ def test_rows_the_store_refuses_are_isolated_and_dead_lettered(stack, new_topic,
         msg = m if m is not None and m.error() is None else None
     reader.close()
     letter = parse_dead_letter(msg, codec.decode)
-    assert letter.record["reason"] == "store_rejected" and letter.record["source_offset"] == 76
-    assert "event 77" in letter.record["error"]
+    assert letter.reason == "store_rejected" and letter.offset == 76 and letter.source_service == "ingest"
+    assert "event 77" in letter.detail

@@ -8,8 +8,9 @@ from confluent_kafka import Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.tensors import interactions_of
-from streams.dlq import DLQ_SUBJECT, OVERSIZE_KEEP_BYTES, dead_letter_headers, dead_letter_payload, dead_letter_record
-from streams.ingest import IngestSettings, consumer_config, default_topics, producer_config
+from schemas.dead_letter import DLQ_SUBJECT, KEEP_PAYLOAD_BYTES
+from streams.dlq import DeadLetterSink
+from streams.ingest import IngestSettings, consumer_config, default_topics, producer_config, scorer_owned_topics
 from streams.metrics import IngestMetrics
 from streams.records import RecordDecoder, decode_batch, parse_topic_tables
 from streams.retry import Backoff, GaveUp, retry_until
@@ -56,12 +57,40 @@ def test_every_kind_of_bad_record_is_dead_lettered_and_good_ones_around_it_kept(
     batch = decode_batch([_msg(v, 100 + i) for i, v in enumerate(values)], decoder)
     assert len(batch.appends) == 2 * 3
     reasons = {dl.offset: dl.reason for dl in batch.dead_letters}
-    assert reasons == {101: "bad_magic", 102: "unknown_schema", 104: "bad_row", 105: "oversize",
-                       106: "empty", 107: "invalid_body"}
-    bad_row = next(dl for dl in batch.dead_letters if dl.reason == "bad_row")
-    assert bad_row.error == "transactions.terminal_id: missing field"  # names the field
+    assert reasons == {101: "bad_magic", 102: "unknown_schema", 104: "invalid_row", 105: "oversize",
+                       106: "empty", 107: "undecodable"}
+    bad_row = next(dl for dl in batch.dead_letters if dl.reason == "invalid_row")
+    assert bad_row.detail == "transactions.terminal_id: missing field"  # names the field
     assert batch.next_offsets == {(TOPIC, 0): 109}  # bad records never block the partition
     assert batch.records == len(values)
+
+
+def test_bad_records_of_a_topic_the_scorer_dead_letters_are_only_counted(plan, codec, decode_errors):
+    decoder = RecordDecoder(plan, {TOPIC: "transactions", "own": "transactions"}, codec.decode, decode_errors,
+                            max_payload_bytes=4096, skip_dead_letters_on={TOPIC})
+    good = codec.encode(TRANSACTIONS_SUBJECT, synthetic_transactions(1)[0])
+    msgs = [_msg(b"\x05junk", 0), _msg(None, 1), _msg(good, 2), _msg(b"", 3), _msg(b"\x05junk", 0, topic="own")]
+    batch = decode_batch(msgs, decoder)
+    assert [(dl.topic, dl.reason) for dl in batch.dead_letters] == [("own", "bad_magic")]
+    assert batch.skipped == {(TOPIC, "bad_magic"): 1, (TOPIC, "empty"): 2}
+    assert len(batch.appends) == 2 and batch.next_offsets == {(TOPIC, 0): 4, ("own", 0): 1}
+
+
+def test_ingest_leaves_dead_letters_of_shared_topics_to_the_scorer_unless_told_otherwise():
+    assert scorer_owned_topics(["tx", "clicks"], "owned", ["tx"], 100, 100) == {"tx"}
+    assert scorer_owned_topics(["tx", "clicks"], "all", ["tx"], 100, 100) == set()
+    assert scorer_owned_topics(["clicks"], "owned", ["tx"], 100, 999) == set()  # nothing shared: limits may differ
+    with pytest.raises(ValueError, match="set them equal"):
+        scorer_owned_topics(["tx"], "owned", ["tx"], 100, 200)
+
+
+def test_the_dead_letters_setting_is_validated():
+    from pydantic import ValidationError
+
+    from streams.ingest import IngestSection
+    assert IngestSection().dead_letters == "owned"
+    with pytest.raises(ValidationError, match="dead_letters"):
+        IngestSection(dead_letters="some")
 
 
 def test_unmapped_topic_is_dead_lettered(codec, decoder):
@@ -87,16 +116,18 @@ def test_default_topics_map_to_the_single_interaction_table(plan):
     assert default_topics(plan, ["t1", "t2"]) == {"t1": "transactions", "t2": "transactions"}
 
 
-def test_dead_letter_value_keeps_bytes_and_truncates_oversize(codec):
+def test_the_sink_builds_the_shared_entry_with_ingest_and_its_group(codec):
+    # (what the broker receives is checked on the real stack in test_ingest_integration.py)
     from streams.records import DeadLetter
-    big = DeadLetter("t", 3, 42, "oversize", "too big", b"y" * 10_000, b"k", 1)
-    payload, truncated = dead_letter_payload(big, max_payload_bytes=4096)
-    assert truncated and payload == b"y" * OVERSIZE_KEEP_BYTES
-    subject, rec = codec.decode(codec.encode(DLQ_SUBJECT, dead_letter_record(big, payload, 123)))
-    assert subject == DLQ_SUBJECT
-    assert (rec["source_topic"], rec["source_partition"], rec["source_offset"], rec["key"]) == ("t", 3, 42, b"k")
-    headers = dict(dead_letter_headers(big, truncated))
-    assert headers["relstream.dlq.truncated"] == b"1" and headers["relstream.dlq.source.size"] == b"10000"
+    sink = DeadLetterSink(producer=None, topic="dlq", encode=codec.encode, consumer_group="my-group",
+                          now_ns=lambda: 123)
+    entry = sink.entry(DeadLetter("t", 3, 42, "oversize", "too big", b"y" * 10_000, b"k", 1))
+    assert (entry.source_service, entry.consumer_group, entry.source, entry.key) == ("ingest", "my-group",
+                                                                                     ("t", 3, 42), b"k")
+    assert entry.truncated and entry.payload == b"y" * KEEP_PAYLOAD_BYTES and entry.payload_size == 10_000
+    assert entry.failed_at == 123
+    subject, record = codec.decode(codec.encode(DLQ_SUBJECT, entry.to_record()))
+    assert subject == DLQ_SUBJECT and record["source_service"] == "ingest" and record["payload_size"] == 10_000
 
 
 def test_client_configs_force_the_delivery_contract():
