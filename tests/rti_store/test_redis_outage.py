@@ -15,7 +15,9 @@ def tx(i: int) -> dict:
 
 
 def test_outage_raises_store_unavailable_then_recovers(stack_factory):
-    st = stack_factory(components=("redis",))
+    from relstream.stack import ComponentSettings
+    # no persistence: the restarted server is empty (the default, AOF, would keep the data)
+    st = stack_factory(components=("redis",), settings=ComponentSettings(redis_persistence=False))
     store = RedisWindowStore(PLAN, st.redis_url, key_prefix="outage")
     try:
         items = interactions_of(PLAN, "transactions", tx(1))
