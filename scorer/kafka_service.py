@@ -409,7 +409,7 @@ class KafkaScorer:
             except RowError as exc:
                 p.dead = ("bad_row", str(exc))
             except (ValueError, TypeError, OverflowError) as exc:
-                p.dead = ("bad_row", f"{type(exc).__name__}: {exc}")
+                p.dead = ("bad_row", f"the record does not fit the plan: {exc}")
             out.append(p)
         return out
 
