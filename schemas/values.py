@@ -64,7 +64,8 @@ def timestamp_ns(value: Any, unit: str, field: str) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         ns = int(value) * NS_PER[unit]
         if not INT64_MIN <= ns <= INT64_MAX:
-            raise RowError(field, f"{value} {unit} since the epoch is outside the years 1678-2262")
+            raise RowError(field, f"{value} {unit} since the epoch is outside the years 1678-2262 (integer "
+                                  f"timestamps here are {unit} since the epoch; or send an ISO-8601 string)")
         return ns
     if isinstance(value, str):
         try:
