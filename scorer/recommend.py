@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
                              coerce_row, coerce_value, describe, interactions_of, stack_requests, window_keys)
-from schemas.values import TimestampWindow, check_column, timestamp_ns
+from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
 from .triton import TritonRequestError, TritonScorer, TritonUnavailable, _batch_of, classify, make_inputs
@@ -172,8 +172,12 @@ def _exact_int(value: Any, where: str) -> Any:
 
 
 def session_appends(plan: ServingPlan, events: Any, fact_row: Mapping[str, Any], *, limit: int,
-                    field_name: str = SESSION_EVENTS) -> list[tuple[str, Any, Interaction]]:
-    """Window appends of a request's session events; errors name ``session_events[i].<column>``."""
+                    field_name: str = SESSION_EVENTS, now_ns: int | None = None,
+                    window: TimestampWindow | None = None) -> list[tuple[str, Any, Interaction]]:
+    """Window appends of a request's session events; errors name ``session_events[i].<column>``.
+
+    Each event passes the contract's value rules (:func:`schemas.values.check_row`: integer ids,
+    timestamps in the table's unit or ISO-8601 and inside ``window``, plan constraints)."""
     if events is None:
         return []
     if not isinstance(events, list):
@@ -195,16 +199,17 @@ def session_appends(plan: ServingPlan, events: Any, fact_row: Mapping[str, Any],
             if col not in spec.columns or col == plan.label:
                 raise RowError(f"{where}.{col}", f"unknown field; a session event has {list(spec.columns)}")
         for col, value in fact_row.items():  # the join columns default to the request's
-            if col in spec.columns:
-                if col not in row:
-                    row[col] = value
-                else:
-                    given = _exact_int(row[col], f"{where}.{col}")
-                    if given != value:
-                        raise RowError(f"{where}.{col}", f"{given!r} is not the request's {col} {value!r}")
+            if col in spec.columns and col not in row:
+                row[col] = value
         for col in list(row):
-            row[col] = _exact_int(row[col], f"{where}.{col}")
             _int64(row[col], f"{where}.{col}")
+        try:
+            row = check_row(plan, table, row, now_ns=now_ns, window=window, nullable=())
+        except RowError as exc:
+            raise RowError(f"{where}.{exc.field.split('.')[-1]}", str(exc).split(": ", 1)[-1]) from None
+        for col, value in fact_row.items():
+            if col in spec.columns and row[col] != value:
+                raise RowError(f"{where}.{col}", f"{row[col]!r} is not the request's {col} {value!r}")
         try:
             coerce_row(plan, table, row, allow_extra=False)
             out.extend(interactions_of(plan, table, row))
@@ -243,8 +248,10 @@ def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequen
                     raise RowError("candidates", f"expected 1 to {plan.max_candidates} candidates, got {len(arr)}")
                 _, first = np.unique(arr, return_index=True)
                 return arr if len(first) == len(arr) else arr[np.sort(first)]
-        raw = [_exact_int(v, f"candidates[{i}]") for i, v in enumerate(raw)]
+        integer_ids = plan.fact.columns[plan.candidate_column] == "int64"
         for i, v in enumerate(raw):
+            if integer_ids and isinstance(v, float):  # ids are integers: 7.0 is not a product id
+                raise RowError(f"candidates[{i}]", f"expected an integer, got {describe(v)}")
             _int64(v, f"candidates[{i}]")
         values = coerce_candidates(plan, raw)
         return list(dict.fromkeys(values)) if len(set(values)) != len(values) else values
@@ -298,7 +305,8 @@ def parse_request(plan: ServingPlan, body: Any, *, now_ns: Callable[[], int], ca
     if not isinstance(exclude, bool):
         raise RowError("exclude_session_items", f"expected true or false, got {exclude!r}")
     candidates = parse_candidates(plan, body.get("candidates"), catalog)
-    session = session_appends(plan, body.get(SESSION_EVENTS), fact_row, limit=settings.max_session_events)
+    session = session_appends(plan, body.get(SESSION_EVENTS), fact_row, limit=settings.max_session_events,
+                              now_ns=now, window=window)
     return RankRequest(fact_row=fact_row, anchor_time=anchor, keys=tuple(window_keys(plan, fact_row)),
                        session=tuple(session), candidates=candidates, k=k, exclude_session_items=exclude,
                        arrived=arrived)

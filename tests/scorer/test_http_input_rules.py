@@ -189,11 +189,24 @@ def test_recommend_requests_follow_the_same_rules():
         return parse_request(recsys, body, now_ns=lambda: NOW, catalog=np.arange(10, dtype=np.int64),
                              settings=RecommendSettings(), window=window)
 
-    assert parse({"household_id": 7, "candidates": [1, 2], "anchor_time": NOW}).anchor_time == NOW
+    line = {"transaction_id": 1, "transaction_timestamp": NOW - SECOND, "household_id": 7, "product_id": 3,
+            "basket_id": 9, "quantity": 1, "sales_value": 2.5}
+    ok = parse({"household_id": 7, "candidates": [1, 2], "anchor_time": NOW, "session_events": [line]})
+    assert ok.anchor_time == NOW and len(ok.session) == 1
+    iso = parse({"household_id": 7, "candidates": [1], "session_events": [
+        {**line, "transaction_timestamp": "2023-11-14T23:13:19Z"}]})
+    assert iso.session[0][2].event_time == NOW - SECOND  # ISO-8601 and integer ns name the same instant
     for body, field in [({"household_id": 7.0, "candidates": [1]}, "household_id"),
                         ({"household_id": None, "candidates": [1]}, "household_id"),
                         ({"household_id": 7, "candidates": [1], "anchor_time": NOW // SECOND}, "anchor_time"),
-                        ({"household_id": 7, "candidates": [1], "anchor_time": NOW + 10 * YEAR}, "anchor_time")]:
+                        ({"household_id": 7, "candidates": [1], "anchor_time": NOW + 10 * YEAR}, "anchor_time"),
+                        ({"household_id": 7, "candidates": [1, 2.0]}, "candidates[1]"),
+                        ({"household_id": 7, "candidates": [1], "session_events": [{**line, "product_id": 3.0}]},
+                         "session_events[0].product_id"),
+                        ({"household_id": 7, "candidates": [1], "session_events": [
+                            {**line, "transaction_timestamp": NOW // SECOND}]}, "session_events[0].transaction_timestamp"),
+                        ({"household_id": 7, "candidates": [1], "session_events": [{**line, "quantity": None}]},
+                         "session_events[0].quantity")]:
         with pytest.raises(RowError) as err:
             parse(body)
         assert err.value.field == field and not INTERNALS.search(str(err.value))
