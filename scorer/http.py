@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -341,6 +342,9 @@ def _check_infer_body(body: Any) -> None:
                     item["shape"] = [int(d) if isinstance(d, float) and d.is_integer() else d for d in shape]
 
 
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')  # JSON whitespace only
+
+
 def _key_count(obj: Any) -> int:
     """Keys of the objects in a parsed body. Lists whose first item is not a container are not
     walked (tensor data): an undercount only sends the body down the exact check."""
@@ -368,11 +372,12 @@ class _RepeatedKey(Exception):
 def repeated_key(raw: bytes, parsed: Any) -> str | None:
     """The first key an object of the body gives twice (orjson keeps the last silently), else None.
 
-    Fast path: every key of the text is followed by ``":``, so when the text holds exactly as
-    many ``":`` as the parsed objects hold keys, no key was repeated. Otherwise (a repeat, ``":``
-    inside a string, a space before a colon) the body is parsed again, exactly, with the stdlib.
+    Fast path: every key of the text ends with a quote followed by a colon (whitespace allowed in
+    between), so the text holds at least as many such matches as key tokens; when it holds exactly
+    as many as the parsed objects hold keys, no key was repeated. Otherwise (a repeat, or ``":``
+    inside a string) the body is parsed again, exactly, with the stdlib.
     """
-    if raw.count(b'":') == _key_count(parsed):
+    if len(_KEY_END.findall(raw)) == _key_count(parsed):
         return None
     try:
         json.loads(raw, object_pairs_hook=_refuse_repeated_key)

@@ -172,6 +172,15 @@ def test_bodies_without_repeats_pass_and_a_repeat_is_found(obj):
         key = next(iter(obj))
         twice = raw[:-1] + b"," + orjson.dumps({key: 1})[1:]
         assert repeated_key(twice, orjson.loads(twice)) == key
+        spaced = json.dumps(obj, separators=(",", " : ")).encode()  # whitespace before the colon
+        twice = spaced[:-1] + b"," + json.dumps({key: 1}, separators=(",", "\n:")).encode()[1:]
+        assert repeated_key(twice, orjson.loads(twice)) == key
+
+
+@pytest.mark.parametrize("raw, key", [(b'{"a" : 1, "a": 2}', "a"), (b'{"a":1,"b":{"c" :2,"c":3}}', "c"),
+                                      (b'{"a": "x\\":", "b": 1}', None), (b'[{"a": 1}, {"a": 2}]', None)])
+def test_repeated_keys_are_found_whatever_the_spacing(raw, key):
+    assert repeated_key(raw, orjson.loads(raw)) == key
 
 
 def test_recommend_requests_follow_the_same_rules():
