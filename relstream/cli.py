@@ -70,7 +70,7 @@ def cmd_stack_up(args) -> int:
 
 def cmd_stack_down(args) -> int:
     _, st = _stack(args)
-    pids = st.pids()
+    pids = {**st.services(), **st.pids()}
     st.down()
     print(f"stopped {', '.join(f'{n} (pid {p})' for n, p in pids.items()) or 'nothing (not running)'}")
     return 0

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -42,6 +43,7 @@ import numpy as np
 
 from streams.polling import consume_ready
 
+TOKEN_ENV = "RELSTREAM_API_TOKEN"  # serve.token_env in the demo's config (the default)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TX_SUBJECT = "transactions-value"
 SCORES_SUBJECT = "scores-value"
@@ -1000,31 +1002,28 @@ class Demo:
             return parity
 
     def stage_http(self):
-        from relstream.report import CurlCall
+        from relstream.report import CurlCall, curl_command, token_export
 
         with self.clock.stage("http", "relstream serve + one curl call") as d:
-            from relstream.stack import free_port
-
-            port = free_port()
-            serve = self.start_service("serve", "serve", "--port", str(port),
-                                       env={"RELSTREAM_API_TOKEN": self.API_TOKEN})
-            wait_http(f"http://127.0.0.1:{port}/readyz", 90, check=lambda: serve.check_alive("http"))
+            # port 0 in the config: serve binds a free port and prints its real address
+            serve = self.start_service("serve", "serve", env={TOKEN_ENV: self.API_TOKEN})
+            url = serve_address(serve, 90, stage="http")
+            wait_http(f"{url}/readyz", 90, check=lambda: serve.check_alive("http"))
             row = dict(self.stream_records[len(self.stream_records) // 2])
-            body = json.dumps(row)
-            argv = ["curl", "-sS", "-X", "POST", f"http://127.0.0.1:{port}/v1/score",
-                    "-H", f"Authorization: Bearer {self.API_TOKEN}", "-H", "Content-Type: application/json",
-                    "-d", body, "-w", "\n%{http_code}"]
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            command = curl_command(f"{url}/v1/score", json.dumps(row), TOKEN_ENV)
+            # run exactly the printed line through a shell, so what is shown is what worked
+            proc = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"], capture_output=True,
+                                  text=True, timeout=30, env={**os.environ, TOKEN_ENV: self.API_TOKEN})
             if proc.returncode != 0:
                 raise DemoError("http", f"curl failed: {proc.stderr.strip()}", serve.log_path, serve.tail())
             text, _, code = proc.stdout.rpartition("\n")
-            shown = " ".join(shlex.quote(a) if a != body else f"'{body}'" for a in argv[:-2])
-            shown = shown.replace(self.API_TOKEN, "$RELSTREAM_API_TOKEN")
             if not code.strip().isdigit() or int(code) != 200:
                 raise DemoError("http", f"HTTP {code}: {text[:300]}", serve.log_path, serve.tail())
             d["text"] = f"HTTP {code}: {text.strip()[:120]}"
+            if self.o.keep_stack:  # left running for the hand-off; `relstream stack down` stops it
+                return CurlCall(command, int(code), text, token_export=token_export(self.API_TOKEN, TOKEN_ENV))
             serve.stop()
-            return CurlCall(shown, int(code), text)
+            return CurlCall(command, int(code), text)
 
     def save_events(self, **scores: np.ndarray) -> Path:
         """Per-event CSV next to the report: ids, label, latency and every score compared."""
@@ -1062,11 +1061,11 @@ class Demo:
             print(f"--keep-stack: the stack is still running (state in {self.run_dir})", file=self.out)
             for s in alive:
                 print(f"  {s.name:<8} pid {s.pid}, log {s.log_path}", file=self.out)
-            config = getattr(self, "config", None)
-            down = (f"python3 -m relstream.cli --config {config} stack down" if config
-                    else f"RELSTREAM__RUN_DIR={self.run_dir} python3 -m relstream.cli stack down")
-            kill = f"kill {' '.join(str(s.pid) for s in alive)}; " if alive else ""
-            print(f"stop with: {kill}{down}", file=self.out, flush=True)
+                if self.stack is not None:  # recorded with the stack: `stack down` stops it too
+                    with contextlib.suppress(Exception):
+                        self.stack.adopt(s.name, s.pid, s.argv, s.log_path)
+            print(f"stop everything with: {stop_command(getattr(self, 'config', None), self.run_dir)}",
+                  file=self.out, flush=True)
             return
         for s in reversed(self.services):
             with contextlib.suppress(Exception):
@@ -1077,6 +1076,14 @@ class Demo:
             except Exception as exc:  # noqa: BLE001 - reported, the demo result stands
                 print(f"warning: stack down: {exc}", file=self.out, flush=True)
         print("cleaned up: services and stack stopped", file=self.out, flush=True)
+
+
+def stop_command(config: Path | None, run_dir: Path) -> str:
+    """The pasteable command that stops the kept stack and the services recorded with it."""
+    python = shlex.quote(sys.executable)
+    if config:
+        return f"{python} -m relstream --config {shlex.quote(str(config))} stack down"
+    return f"RELSTREAM__RUN_DIR={shlex.quote(str(run_dir))} {python} -m relstream stack down"
 
 
 def wait_group_members(bootstrap: str, groups: Sequence[str], timeout_s: float,
@@ -1104,6 +1111,23 @@ def wait_group_members(bootstrap: str, groups: Sequence[str], timeout_s: float,
             raise TimeoutError(f"consumer group(s) {pending} have no assigned member after {timeout_s:.0f}s")
         if pending:
             time.sleep(0.25)
+
+
+SERVE_BANNER = re.compile(r"relstream serve: (http://\S+)")
+
+
+def serve_address(serve: "Service", timeout_s: float, stage: str) -> str:
+    """The address `relstream serve` printed on start (its real bound port), read from its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        serve.check_alive(stage)
+        text = serve.log_path.read_text(errors="replace") if serve.log_path.exists() else ""
+        found = SERVE_BANNER.findall(text)
+        if found:
+            return found[-1]  # the log is appended to: the last banner is this start's
+        time.sleep(0.1)
+    raise DemoError(stage, f"relstream serve printed no address within {timeout_s:.0f}s", serve.log_path,
+                    serve.tail())
 
 
 def wait_http(url: str, timeout_s: float, check: Callable[[], None] | None = None) -> None:

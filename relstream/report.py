@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,9 +58,30 @@ class Parity:
 
 @dataclass
 class CurlCall:
-    command: str
+    command: str  # as printed: pasted into bash/zsh with the token variable set, it runs as is
     status: int
     body: str
+    # `export RELSTREAM_API_TOKEN=...` when serve was left running (KEEP_STACK=1), so the two
+    # printed lines can be pasted; None otherwise (the token is not written into report.md)
+    token_export: str | None = None
+
+
+def curl_command(url: str, body: str, token_env: str = "RELSTREAM_API_TOKEN") -> str:
+    """The curl line of one scoring call, safe to paste into a POSIX shell.
+
+    The Authorization header is double-quoted so the shell expands ``$token_env`` (single quotes
+    would send the variable's name, and the server answers 401); the JSON body and the URL are
+    single-quoted where needed so the shell leaves them alone.
+    """
+    if not token_env.replace("_", "").isalnum() or token_env[0].isdigit():
+        raise ValueError(f"token_env {token_env!r} is not a shell variable name")
+    return " ".join(["curl", "-sS", "-X", "POST", shlex.quote(url),
+                     "-H", f'"Authorization: Bearer ${token_env}"',
+                     "-H", shlex.quote("Content-Type: application/json"), "-d", shlex.quote(body)])
+
+
+def token_export(token: str, token_env: str = "RELSTREAM_API_TOKEN") -> str:
+    return f"export {token_env}={shlex.quote(token)}"
 
 
 @dataclass
@@ -86,6 +108,8 @@ class DemoSummary:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d.get("curl"):
+            d["curl"].pop("token_export", None)  # the token stays out of the files written
         if self.parity is not None:
             d["parity"]["ok"] = self.parity.ok
         return d
@@ -257,6 +281,10 @@ def format_summary(s: DemoSummary) -> str:
     if s.curl is not None:
         lines.append(f"HTTP          $ {s.curl.command}")
         lines.append(f"              -> {s.curl.status} {s.curl.body.strip()[:300]}")
+        if s.curl.token_export:
+            lines.append("              relstream serve is still running; to call it again, paste:")
+            lines.append(f"              {s.curl.token_export}")
+            lines.append(f"              {s.curl.command}")
     lines.append("stages        " + ", ".join(f"{t.name} {t.seconds:.1f}s" for t in s.stages))
     lines.append("=========================================================")
     return "\n".join(lines)

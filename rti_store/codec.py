@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from schemas.plan import Hop, ServingPlan
-from schemas.tensors import Interaction, RowError, Window
+from schemas.tensors import Interaction, RowError, Window, describe
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -106,7 +106,7 @@ class RowCodec:
             if isinstance(v, str):
                 v = v.encode("utf-8")
             elif not isinstance(v, (bytes, bytearray)):
-                raise RowError(f"{self.hop_key}:{c}", f"expected a string, got {type(v).__name__} {v!r}")
+                raise RowError(f"{self.hop_key}:{c}", f"expected a string, got {describe(v)}")
             parts.append(_LEN.pack(len(v)))
             parts.append(bytes(v))
         return b"".join(parts)
@@ -115,7 +115,7 @@ class RowCodec:
         for name, value in (("event_time", t), ("event_id", i)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise RowError(f"{self.hop_key}:{name}", f"expected a signed 64-bit integer, got "
-                                                         f"{type(value).__name__} {value!r}")
+                                                         f"{describe(value)}")
         return int(t), int(i)
 
     def _raise_bad(self, item: Interaction) -> None:
@@ -130,7 +130,7 @@ class RowCodec:
                 struct.pack("<" + _FIXED[self.dtypes[c]][0], values[c])
             except (struct.error, TypeError, OverflowError):
                 raise RowError(f"{self.hop_key}:{c}",
-                               f"expected {self.dtypes[c]}, got {type(values[c]).__name__} {values[c]!r}") from None
+                               f"expected {self.dtypes[c]}, got {describe(values[c])}") from None
         raise RowError(self.hop_key, f"cannot encode interaction {item!r}")
 
     # ----- decode ---------------------------------------------------------------------------
@@ -212,12 +212,12 @@ def coerce_entity(plan: ServingPlan, hop: Hop, entity_id: Any) -> int | bytes:
         if isinstance(entity_id, (int, np.integer)) and not isinstance(entity_id, bool):
             return int(entity_id)
         raise RowError(f"{hop.key.key}:{hop.key.target.column}",
-                       f"entity id must be an integer, got {type(entity_id).__name__} {entity_id!r}")
+                       f"entity id must be an integer, got {describe(entity_id)}")
     if dtype == "string":
         if isinstance(entity_id, bytes):
             return entity_id
         if isinstance(entity_id, str):
             return entity_id.encode("utf-8")
         raise RowError(f"{hop.key.key}:{hop.key.target.column}",
-                       f"entity id must be a string, got {type(entity_id).__name__} {entity_id!r}")
+                       f"entity id must be a string, got {describe(entity_id)}")
     raise RowError(f"{hop.key.key}:{hop.key.target.column}", f"dtype {dtype!r} cannot be an entity id")

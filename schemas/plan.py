@@ -19,6 +19,10 @@ Time semantics (shared by every package; all instants are int64 nanoseconds sinc
   look-back horizon of the real-time history; the interval is half-open so an event is never
   part of its own history. The same bounds are applied by every window store
   (:meth:`ServingPlan.rti_bounds`), offline and online alike.
+* Input timestamps: a client writes a table's timestamps as ISO-8601 strings or as integers in
+  the table's ``time_unit`` (default nanoseconds); they become int64 ns at the boundary
+  (:mod:`schemas.values`), which also refuses instants outside a plausibility window around the
+  server clock and values outside the table's ``constraints`` (e.g. ``{tx_amount: {min: 0}}``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ DTYPES: dict[str, tuple[str, str]] = {
 }
 
 ANCHOR_TIME = "anchor_time"
+DEFAULT_TIME_UNIT = "nanoseconds"
 HOP_ARROW = "->"
 
 
@@ -135,12 +140,28 @@ class HopKey:
 
 
 @dataclass(frozen=True)
+class ValueConstraint:
+    """Bounds a numeric column's values must respect, online (HTTP) and offline (training data)
+    alike; enforced by :func:`schemas.values.check_column`. ``None`` = unbounded on that side."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+
+
+@dataclass(frozen=True)
 class TableSpec:
     name: str
     columns: dict[str, str]  # column -> plan dtype, in declaration order
     primary_key: str | None = None
     time_column: str | None = None
     foreign_keys: dict[str, str] = field(default_factory=dict)  # column -> referenced table
+    # Unit of integer timestamps a client sends for this table's timestamp columns (inside
+    # relstream every instant is int64 ns); ISO-8601 strings are accepted whatever the unit.
+    time_unit: str = DEFAULT_TIME_UNIT
+    constraints: dict[str, ValueConstraint] = field(default_factory=dict)  # column -> bounds
 
 
 @dataclass(frozen=True)
@@ -313,6 +334,10 @@ class ServingPlan:
                 d["time_column"] = t.time_column
             if t.foreign_keys:
                 d["foreign_keys"] = dict(t.foreign_keys)
+            if t.time_unit != DEFAULT_TIME_UNIT:
+                d["time_unit"] = t.time_unit
+            if t.constraints:
+                d["constraints"] = {c: v.to_dict() for c, v in t.constraints.items()}
             tables[t.name] = d
         out: dict[str, Any] = {
             "name": self.name,
@@ -357,7 +382,9 @@ class ServingPlan:
 
 _TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label", "ranking"}
 _RANKING_KEYS = {"candidate_column", "max_candidates"}
-_TABLE_KEYS = {"columns", "primary_key", "time_column", "foreign_keys"}
+_TABLE_KEYS = {"columns", "primary_key", "time_column", "foreign_keys", "time_unit", "constraints"}
+_CONSTRAINT_KEYS = {"min", "max"}
+_NUMERIC_DTYPES = ("int64", "float32", "float64")
 _DIST_KEYS = {
     "embedding_keys",
     "max_embedding_offset",
@@ -401,7 +428,36 @@ def _parse_table(name: str, raw: Any) -> TableSpec:
     for col in fks:
         if col not in cols:
             raise PlanError(f"{where}.foreign_keys.{col}", "column is not in the table's columns")
-    return TableSpec(name=name, columns=dict(cols), primary_key=pk, time_column=tcol, foreign_keys=fks)
+    unit = raw.get("time_unit", DEFAULT_TIME_UNIT)
+    if unit not in NS_PER:
+        raise PlanError(f"{where}.time_unit", f"unknown unit {unit!r}; one of {sorted(NS_PER)}")
+    constraints = {col: _parse_constraint(cols, col, c, f"{where}.constraints.{col}")
+                   for col, c in _mapping(raw.get("constraints") or {}, f"{where}.constraints").items()}
+    return TableSpec(name=name, columns=dict(cols), primary_key=pk, time_column=tcol, foreign_keys=fks,
+                     time_unit=unit, constraints=constraints)
+
+
+def _parse_constraint(cols: Mapping, col: str, raw: Any, where: str) -> ValueConstraint:
+    if col not in cols:
+        raise PlanError(where, "column is not in the table's columns")
+    if cols[col] not in _NUMERIC_DTYPES:
+        raise PlanError(where, f"constraints apply to numeric columns ({', '.join(_NUMERIC_DTYPES)}), "
+                               f"{col!r} is {cols[col]}")
+    raw = _mapping(raw, where)
+    _reject_unknown(raw, _CONSTRAINT_KEYS, where)
+    if not raw:
+        raise PlanError(where, "expected min and/or max")
+    bounds = {}
+    for key in ("min", "max"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise PlanError(f"{where}.{key}", f"expected a number, got {value!r}")
+        bounds[key] = value
+    if "min" in bounds and "max" in bounds and bounds["min"] > bounds["max"]:
+        raise PlanError(where, f"min {bounds['min']} is larger than max {bounds['max']}")
+    return ValueConstraint(**bounds)
 
 
 def parse_plan(raw: Any) -> ServingPlan:

@@ -339,6 +339,20 @@ def _check(reader, writer, rn: _Names, wn: _Names, rns, wns, path: str, out: lis
 
 # ----- the codec ---------------------------------------------------------------------------------
 
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def _avro_failure(exc: Exception) -> str:
+    """Why fastavro could not read a body, in plain words (its messages can carry reprs such as
+    ``<_io.BytesIO object at 0x...>`` and Python exception names)."""
+    if isinstance(exc, (EOFError, IndexError, StopIteration)):
+        return "the bytes end before the record does (truncated, or written with another schema)"
+    if isinstance(exc, UnicodeDecodeError):
+        return "a string field is not valid UTF-8"
+    detail = _OBJECT_REPR.sub("the input", str(exc)).strip()
+    return f"the bytes do not decode as this schema ({detail})" if detail else "the bytes do not decode as this schema"
+
+
 class AvroCodec:
     """Encode/decode records in the Confluent wire format against a registry.
 
@@ -412,8 +426,7 @@ class AvroCodec:
         try:
             record = fastavro.schemaless_reader(buf, parsed)
         except Exception as exc:  # EOFError, StopIteration, UnicodeDecodeError, ValueError, ...
-            raise DecodeError("invalid_body", f"Avro body does not match schema {sid}: "
-                                              f"{type(exc).__name__}: {exc}") from None
+            raise DecodeError("invalid_body", f"Avro body does not match schema {sid}: {_avro_failure(exc)}") from None
         if buf.tell() != n:
             raise DecodeError("invalid_body", f"{n - buf.tell()} trailing bytes after the Avro body of schema {sid}")
         return self._subject_of[sid], record, sid

@@ -36,6 +36,28 @@ class RowError(ValueError):
 
 # ----- values ------------------------------------------------------------------------------------
 
+def describe(value: Any) -> str:
+    """A value in plain words for error messages: JSON's vocabulary, never a Python type or repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, np.integer)):
+        return f"the integer {int(value)}"
+    if isinstance(value, (float, np.floating)):
+        return f"the number {float(value)!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f'the text "{shown}"'
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    return "a value of an unsupported kind"
+
+
 def to_ns(value: Any, field: str = "timestamp") -> int:
     """An instant as int64 nanoseconds since the epoch (UTC).
 
@@ -59,9 +81,9 @@ def to_ns(value: Any, field: str = "timestamp") -> int:
         try:
             parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise RowError(field, f"unparseable timestamp {value!r} (use int ns or ISO-8601)") from None
+            raise RowError(field, f"unparseable timestamp {describe(value)} (use int ns or ISO-8601)") from None
         return to_ns(parsed, field)
-    raise RowError(field, f"expected a timestamp (int ns or ISO-8601), got {type(value).__name__} {value!r}")
+    raise RowError(field, f"expected a timestamp (int ns or ISO-8601), got {describe(value)}")
 
 
 def coerce_value(dtype: str, value: Any, field: str) -> Any:
@@ -72,15 +94,15 @@ def coerce_value(dtype: str, value: Any, field: str) -> Any:
         return to_ns(value, field)
     if dtype == "int64":
         if isinstance(value, bool):
-            raise RowError(field, f"expected an integer, got a boolean {value!r}")
+            raise RowError(field, f"expected an integer, got {describe(value)}")
         if isinstance(value, (int, np.integer)):
             return int(value)
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             return int(value)
-        raise RowError(field, f"expected an integer, got {type(value).__name__} {value!r}")
+        raise RowError(field, f"expected an integer, got {describe(value)}")
     if dtype in ("float32", "float64"):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise RowError(field, f"expected a number, got {type(value).__name__} {value!r}")
+            raise RowError(field, f"expected a number, got {describe(value)}")
         value = float(value)
         if not np.isfinite(value):
             raise RowError(field, f"expected a finite number, got {value!r}")
@@ -90,7 +112,7 @@ def coerce_value(dtype: str, value: Any, field: str) -> Any:
             return value
         if isinstance(value, (str, int, np.integer)) and not isinstance(value, bool):
             return str(value).encode("utf-8")
-        raise RowError(field, f"expected a string, got {type(value).__name__} {value!r}")
+        raise RowError(field, f"expected a string, got {describe(value)}")
     raise RowError(field, f"unknown dtype {dtype!r}")
 
 
@@ -101,7 +123,7 @@ def coerce_row(plan: ServingPlan, table: str, row: Mapping[str, Any], *, columns
     if spec is None:
         raise RowError("table", f"unknown table {table!r}")
     if not isinstance(row, Mapping):
-        raise RowError(table, f"expected an object, got {type(row).__name__}")
+        raise RowError(table, f"expected an object, got {describe(row)}")
     if not allow_extra:
         for key in row:
             if key not in spec.columns:
@@ -229,7 +251,7 @@ def coerce_candidates(plan: ServingPlan, candidates: Any) -> list[Any]:
     if candidates is None:
         raise RowError("candidates", f"a ranking plan needs candidates (values of {name})")
     if isinstance(candidates, (str, bytes)) or not hasattr(candidates, "__len__"):
-        raise RowError("candidates", f"expected a list of {name} values, got {type(candidates).__name__}")
+        raise RowError("candidates", f"expected a list of {name} values, got {describe(candidates)}")
     if not 1 <= len(candidates) <= plan.max_candidates:
         raise RowError("candidates", f"expected 1 to {plan.max_candidates} candidates, got {len(candidates)}")
     dtype = plan.fact.columns[plan.candidate_column]
@@ -394,6 +416,6 @@ def from_triton_json(plan: ServingPlan, body: Mapping[str, Any]) -> dict[str, np
 
 __all__ = [
     "ANCHOR_TIME", "PAD_CANDIDATE", "PAD_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
-    "check_tensors", "coerce_candidates", "coerce_row", "coerce_value", "event_id_int", "from_triton_json", "interactions_of",
+    "check_tensors", "coerce_candidates", "coerce_row", "coerce_value", "describe", "event_id_int", "from_triton_json", "interactions_of",
     "stack_requests", "to_ns", "to_triton_json", "window_keys",
 ]

@@ -174,8 +174,15 @@ def serve_app_factory():
     return build_serve_app(cfg, section(cfg, "serve", ServeSettings))
 
 
+def bound_url(sock) -> str:
+    """``http://host:port`` of a bound listening socket (the real port, also when 0 was asked for)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def cmd_serve(args) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from relstream.cli import config_from_args
     from relstream.config import section
@@ -198,10 +205,26 @@ def cmd_serve(args) -> int:
     from .settings import resolve_plan
     api_token(settings)  # fail fast, before forking workers
     resolve_plan(cfg, settings.plan)
-    print(f"relstream serve: http://{settings.host}:{settings.port} ({settings.workers} worker(s), "
+    config = uvicorn.Config("scorer.cli:serve_app_factory", factory=True, host=settings.host, port=settings.port,
+                            workers=settings.workers, log_level=args.log_level, access_log=False,
+                            loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    # Bind before printing, so the address printed is the one clients can reach (port 0 = a free
+    # port chosen by the kernel), and the workers share this very socket.
+    sock = config.bind_socket()
+    print(f"relstream serve: {bound_url(sock)} ({settings.workers} worker(s), "
           f"batch window {settings.batch_window_ms} ms, max batch {settings.max_batch}, "
           f"auth {'on' if settings.auth else 'OFF'})", file=sys.stderr, flush=True)
-    uvicorn.run("scorer.cli:serve_app_factory", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=args.log_level, access_log=False,
-                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if config.workers == 1 and not server.started:
+        print("relstream serve: the server did not start (see the log above)", file=sys.stderr, flush=True)
+        return 3
     return 0

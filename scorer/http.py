@@ -7,7 +7,11 @@
     GET  /metrics     Prometheus
 
 Scoring endpoints need ``Authorization: Bearer <token>`` (the token comes from the environment
-variable named by ``serve.token_env``). Bodies are parsed with orjson and checked against the
+variable named by ``serve.token_env``) and ``Content-Type: application/json`` (415 otherwise).
+Bodies are parsed with orjson (a key given twice is refused, 400), the row's values pass the
+contract's value rules (:func:`schemas.values.check_row`: integer ids, timestamps as ISO-8601 or
+integers in the plan's ``time_unit`` inside ``serve.timestamps`` around the server clock, the
+plan's ``constraints``) and are checked against the
 plan by :func:`scorer.pipeline.prepare_event` / :func:`schemas.tensors.from_triton_json`, so the
 error names the field; the OpenAPI document carries JSON schemas generated from the same plan.
 
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +38,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.plan import ANCHOR_TIME, ServingPlan
-from schemas.tensors import RowError, from_triton_json
+from schemas.tensors import RowError, describe, from_triton_json
+from schemas.values import check_row
 
 from .batcher import MicroBatcher
 from .fallbacks import WindowFallback, WindowReader
@@ -67,24 +74,36 @@ def _error_response(err: ApiError) -> Response:
 
 # ----- JSON schemas generated from the plan (for OpenAPI and clients) ---------------------------
 
-def _value_schema(dtype: str) -> dict:
+def _value_schema(dtype: str, constraint=None, unit: str = "nanoseconds") -> dict:
     if dtype == "int64":
-        return {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
-    if dtype in ("float32", "float64"):
+        out = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
+    elif dtype in ("float32", "float64"):
         limit = FLOAT32_MAX if dtype == "float32" else 1.7976931348623157e308
-        return {"type": "number", "minimum": -limit, "maximum": limit}
+        out = {"type": "number", "minimum": -limit, "maximum": limit}
+    else:
+        out = None
+    if out is not None:
+        if constraint is not None:  # the plan's constraints (enforced: 422 outside)
+            if constraint.min is not None:
+                out["minimum"] = max(out["minimum"], constraint.min)
+            if constraint.max is not None:
+                out["maximum"] = min(out["maximum"], constraint.max)
+        return out
     if dtype == "timestamp":
-        # int64 ns reach the years 1678-2262; ISO strings are limited to 1900-2199 to stay inside
+        # Integers are in the plan's time_unit; the server also refuses instants outside
+        # serve.timestamps around its clock (not expressible here). ISO strings: years 1900-2199.
         return {"oneOf": [{"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX,
-                           "description": "ns since the epoch (UTC)"},
+                           "description": f"{unit} since the epoch (UTC), within serve.timestamps of "
+                                          "the server clock"},
                           {"type": "string", "format": "date-time", "pattern": "^(19|20|21)[0-9]{2}-",
                            "description": "ISO-8601 / RFC 3339, years 1900-2199"}]}
     return {"type": "string"}
 
 
 def score_request_schema(plan: ServingPlan) -> dict:
-    props = {c: _value_schema(plan.fact.columns[c]) for c in allowed_fields(plan)}
-    anchor = _value_schema("timestamp")
+    fact = plan.fact
+    props = {c: _value_schema(fact.columns[c], fact.constraints.get(c), fact.time_unit) for c in allowed_fields(plan)}
+    anchor = _value_schema("timestamp", unit=fact.time_unit)
     props[ANCHOR_TIME] = {"oneOf": anchor["oneOf"] + [{"type": "null"}],
                           "description": f"optional (absent or null: the row's {plan.fact.time_column})"}
     return {"type": "object", "title": f"{plan.fact_table} row",
@@ -158,9 +177,10 @@ def _error_doc(description: str) -> dict:
 
 
 _SCORING_ERRORS = {
-    "400": _error_doc("Body is not valid JSON"),
+    "400": _error_doc("Body is not valid JSON, or an object repeats a key"),
     "401": _error_doc("Missing or invalid bearer token"),
     "413": _error_doc("Body larger than serve.max_body_bytes"),
+    "415": _error_doc("Content-Type is not application/json"),
     "422": _error_doc("Body does not fit the plan (the error names the field)"),
     "503": _error_doc("Triton unavailable or model not loaded (the reason is in the message)"),
 }
@@ -297,7 +317,7 @@ _INFER_ITEM_KEYS = ("name", "datatype", "shape", "data")
 def _check_infer_body(body: Any) -> None:
     """What from_triton_json tolerates but the documented schema does not: unknown keys."""
     if not isinstance(body, dict):
-        raise RowError("inputs", f"expected a JSON object with 'inputs', got {type(body).__name__}")
+        raise RowError("inputs", f"expected a JSON object with 'inputs', got {describe(body)}")
     for key in body:
         if key != "inputs":
             raise RowError(key, "unknown field; the body has only 'inputs'")
@@ -322,19 +342,81 @@ def _check_infer_body(body: Any) -> None:
                     item["shape"] = [int(d) if isinstance(d, float) and d.is_integer() else d for d in shape]
 
 
-def _integral_floats(plan: ServingPlan, row: Mapping[str, Any]) -> dict:
-    """JSON Schema counts 5.0 as an integer: accept it for integer and timestamp fields, as long
-    as the float is exact (|x| <= 2**53; larger integers must be written as integer literals)."""
-    out = dict(row)
-    for col, value in row.items():
-        dtype = "timestamp" if col == ANCHOR_TIME else plan.fact.columns.get(col)
-        if dtype in ("int64", "timestamp") and isinstance(value, float) and value.is_integer():
-            if abs(value) > 2**53:
-                where = ANCHOR_TIME if col == ANCHOR_TIME else f"{plan.fact_table}.{col}"
-                raise RowError(where, f"{value!r} is not an exact integer; write integers beyond 2**53 "
-                                      "without a fraction or exponent (and inside the int64 range)")
-            out[col] = int(value)
-    return out
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')  # JSON whitespace only
+
+
+def _key_count(obj: Any) -> int:
+    """Keys of the objects in a parsed body. Lists whose first item is not a container are not
+    walked (tensor data): an undercount only sends the body down the exact check."""
+    if type(obj) is dict:
+        return len(obj) + sum(_key_count(v) for v in obj.values() if type(v) in (dict, list))
+    if type(obj) is list and obj and type(obj[0]) in (dict, list):
+        return sum(_key_count(v) for v in obj)
+    return 0
+
+
+def _refuse_repeated_key(pairs: list) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def repeated_key(raw: bytes, parsed: Any) -> str | None:
+    """The first key an object of the body gives twice (orjson keeps the last silently), else None.
+
+    Fast path: every key of the text ends with a quote followed by a colon (whitespace allowed in
+    between), so the text holds at least as many such matches as key tokens; when it holds exactly
+    as many as the parsed objects hold keys, no key was repeated. Otherwise (a repeat, or ``":``
+    inside a string) the body is parsed again, exactly, with the stdlib.
+    """
+    if len(_KEY_END.findall(raw)) == _key_count(parsed):
+        return None
+    try:
+        json.loads(raw, object_pairs_hook=_refuse_repeated_key)
+    except _RepeatedKey as exc:
+        return exc.key
+    except ValueError:  # orjson accepted it; a disagreement is not a repeated key
+        return None
+    return None
+
+
+def is_json_media_type(value: bytes | str | None) -> bool:
+    """``application/json`` (parameters such as charset allowed) or an ``application/*+json`` type."""
+    if not value:
+        return False
+    if isinstance(value, str):
+        value = value.encode("latin-1", "replace")
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def unsupported_media_type(value: bytes | str | None) -> ApiError:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    got = f'Content-Type "{value[:80]}"' if value else "no Content-Type header"
+    return ApiError(415, "unsupported_media_type",
+                    f"send the body as JSON with Content-Type: application/json (got {got})")
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body as JSON; :class:`ApiError` 400 for invalid JSON or a key given twice."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    key = repeated_key(raw, body)
+    if key is not None:
+        raise ApiError(400, "duplicate_key", f'the key "{key}" appears more than once in one JSON object; '
+                                             "send each field once", field=key)
+    return body
 
 
 class ClientGone(Exception):
@@ -406,7 +488,9 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return _error_response(ApiError(422, "invalid_request", str(exc.errors())))
+        # pydantic's error dicts carry the input's repr: answer with locations and messages only
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return _error_response(ApiError(422, "invalid_request", "; ".join(parts) or "invalid request"))
 
     token_bytes = deps.token.encode() if deps.token is not None else None
 
@@ -425,12 +509,15 @@ def create_app(deps: ServeDeps) -> FastAPI:
             raise ApiError(401, "unauthorized", "missing or invalid bearer token",
                            headers={"WWW-Authenticate": "Bearer"})
 
-    def parse_json(raw: bytes) -> Any:
+    def parse_json(content_type: bytes | None, raw: bytes) -> Any:
+        if not is_json_media_type(content_type):
+            metrics.errors.labels(PATH, "unsupported_media_type").inc()
+            raise unsupported_media_type(content_type)
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            return decode_json(raw)
+        except ApiError:
             metrics.errors.labels(PATH, "bad_json").inc()
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+            raise
 
     def too_large(size: int | str, declared: bool) -> ApiError:
         metrics.errors.labels(PATH, "oversize").inc()
@@ -439,14 +526,16 @@ def create_app(deps: ServeDeps) -> FastAPI:
             return ApiError(413, "body_too_large", f"body of {size} bytes exceeds the limit of {limit}")
         return ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
 
-    async def read_body(scope: Mapping[str, Any], receive) -> tuple[bytes | None, bytes]:
-        """(Authorization header, body) of a raw ASGI request; 413 past ``serve.max_body_bytes``
-        (checked on Content-Length and while the body streams in)."""
+    async def read_body(scope: Mapping[str, Any], receive) -> tuple[bytes | None, bytes | None, bytes]:
+        """(Authorization header, Content-Type header, body) of a raw ASGI request; 413 past
+        ``serve.max_body_bytes`` (checked on Content-Length and while the body streams in)."""
         limit = settings.max_body_bytes
-        auth = None
+        auth = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
+            elif name == b"content-type":
+                content_type = value
             elif name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise too_large(value.decode(), True)
         message = await receive()
@@ -467,7 +556,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
             raise ClientGone()
         if len(body) > limit:
             raise too_large(len(body), False)
-        return auth, body
+        return auth, content_type, body
 
     security = [{"bearerAuth": []}]
 
@@ -493,15 +582,17 @@ def create_app(deps: ServeDeps) -> FastAPI:
     }
     total_seconds = metrics.stage_seconds.labels(PATH, "total")
 
-    async def score(auth: bytes | None, raw: bytes) -> bytes:
+    timestamp_window = settings.timestamps.window()
+
+    async def score(auth: bytes | None, content_type: bytes | None, raw: bytes) -> bytes:
         t0 = time.perf_counter()
         authorize(auth)
-        body = parse_json(raw)
+        body = parse_json(content_type, raw)
         try:
             if not isinstance(body, dict):
-                raise RowError(plan.fact_table, f"expected a JSON object (one row), got {type(body).__name__}")
+                raise RowError(plan.fact_table, f"expected a JSON object (one row), got {describe(body)}")
             _check_ranges(plan, body)
-            row = _integral_floats(plan, body)
+            row = check_row(plan, plan.fact_table, body, now_ns=deps.now_ns(), window=timestamp_window)
             anchor = row.pop(ANCHOR_TIME, None)
             event = prepare_event(plan, row, anchor, strict=True, key_column=settings.key_column)
         except RowError as exc:
@@ -516,10 +607,10 @@ def create_app(deps: ServeDeps) -> FastAPI:
         total_seconds.observe(latency)
         return orjson.dumps(record)
 
-    async def infer(auth: bytes | None, raw: bytes) -> bytes:
+    async def infer(auth: bytes | None, content_type: bytes | None, raw: bytes) -> bytes:
         t0 = time.perf_counter()
         authorize(auth)
-        body = parse_json(raw)
+        body = parse_json(content_type, raw)
         try:
             _check_infer_body(body)
             tensors = from_triton_json(plan, body)
@@ -537,13 +628,13 @@ def create_app(deps: ServeDeps) -> FastAPI:
             {"name": "cold_start", "datatype": "INT8", "shape": [1, k],
              "data": [int(v) for v in out.cold_start[i]]}]})
 
-    def raw_route(handler: Callable[[bytes | None, bytes], Any]):
+    def raw_route(handler: Callable[[bytes | None, bytes | None, bytes], Any]):
         """A scoring endpoint as a bare ASGI app: no middleware stack, no Request object."""
         async def asgi(scope, receive, send) -> None:
             status, headers = 200, _JSON_HEADERS
             try:
-                auth, raw = await read_body(scope, receive)
-                payload = await handler(auth, raw)
+                auth, content_type, raw = await read_body(scope, receive)
+                payload = await handler(auth, content_type, raw)
             except ClientGone:
                 return
             except ApiError as err:
@@ -553,7 +644,8 @@ def create_app(deps: ServeDeps) -> FastAPI:
             except Exception as exc:  # noqa: BLE001 - a bug answers 500 JSON, the server lives on
                 log.exception("scoring request failed")
                 metrics.errors.labels(PATH, "internal").inc()
-                status, payload = 500, _error_body(ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
+                status, payload = 500, _error_body(ApiError(500, "internal_error",
+                                                            "the server failed on this request (details in its log)"))
             await send({"type": "http.response.start", "status": status,
                         "headers": headers + [(b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
@@ -566,7 +658,8 @@ def create_app(deps: ServeDeps) -> FastAPI:
                 raw = await request.body()
                 if len(raw) > settings.max_body_bytes:
                     raise too_large(len(raw), False)
-                return Response(await handler(request.headers.get("authorization"), raw),
+                return Response(await handler(request.headers.get("authorization"),
+                                              request.headers.get("content-type"), raw),
                                 media_type="application/json")
             except ApiError as err:
                 return _error_response(err)

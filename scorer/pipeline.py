@@ -21,8 +21,9 @@ import numpy as np
 
 from schemas.plan import ANCHOR_TIME, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, anchor_time_of, build_tensors,
-                             coerce_row, coerce_value, event_id_int, interactions_of, stack_requests,
+                             coerce_row, coerce_value, describe, event_id_int, interactions_of, stack_requests,
                              to_ns, window_keys)
+from schemas.values import check_column
 
 # Degraded-flag vocabulary (strings in the score record's ``degraded`` array).
 DEGRADED_WINDOWS = "windows_unavailable"  # window store down or past the deadline: empty windows
@@ -103,7 +104,7 @@ def prepare_event(plan: ServingPlan, row: Mapping[str, Any], anchor_time: Any = 
     """
     fact = plan.fact
     if not isinstance(row, Mapping):
-        raise RowError(plan.fact_table, f"expected an object, got {type(row).__name__}")
+        raise RowError(plan.fact_table, f"expected an object, got {describe(row)}")
     if strict:
         allowed = allowed_fields(plan)
         for name in row:
@@ -115,8 +116,12 @@ def prepare_event(plan: ServingPlan, row: Mapping[str, Any], anchor_time: Any = 
         if name not in row or row[name] is None:
             what = "the event id" if name == fact.primary_key else (
                 "the anchor time" if name == fact.time_column else "a model input")
-            raise RowError(f"{plan.fact_table}.{name}", f"missing field ({what})")
+            problem = "missing field" if name not in row else "is null; a value is required"
+            raise RowError(f"{plan.fact_table}.{name}", f"{problem} ({what})")
     typed = coerce_row(plan, plan.fact_table, row, columns=plan.fact_columns)
+    for col in fact.constraints:  # the plan's bounds hold on the Kafka path too (dead letter)
+        if col in typed:
+            check_column(plan, plan.fact_table, col, typed[col])
     for col, value in typed.items():  # tensors are int64: say which field does not fit
         if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
             unit = " ns (years 1678-2262)" if fact.columns[col] == "timestamp" else ""

@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
-                             coerce_row, coerce_value, interactions_of, stack_requests, to_ns, window_keys)
+                             coerce_row, coerce_value, describe, interactions_of, stack_requests, window_keys)
+from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
 from .triton import TritonRequestError, TritonScorer, TritonUnavailable, _batch_of, classify, make_inputs
@@ -172,12 +172,16 @@ def _exact_int(value: Any, where: str) -> Any:
 
 
 def session_appends(plan: ServingPlan, events: Any, fact_row: Mapping[str, Any], *, limit: int,
-                    field_name: str = SESSION_EVENTS) -> list[tuple[str, Any, Interaction]]:
-    """Window appends of a request's session events; errors name ``session_events[i].<column>``."""
+                    field_name: str = SESSION_EVENTS, now_ns: int | None = None,
+                    window: TimestampWindow | None = None) -> list[tuple[str, Any, Interaction]]:
+    """Window appends of a request's session events; errors name ``session_events[i].<column>``.
+
+    Each event passes the contract's value rules (:func:`schemas.values.check_row`: integer ids,
+    timestamps in the table's unit or ISO-8601 and inside ``window``, plan constraints)."""
     if events is None:
         return []
     if not isinstance(events, list):
-        raise RowError(field_name, f"expected a list of purchase lines, got {type(events).__name__}")
+        raise RowError(field_name, f"expected a list of purchase lines, got {describe(events)}")
     if len(events) > limit:
         raise RowError(field_name, f"at most {limit} session events per request, got {len(events)}")
     hop_tables = {h.key.target.table for h in plan.hops}
@@ -189,22 +193,23 @@ def session_appends(plan: ServingPlan, events: Any, fact_row: Mapping[str, Any],
     for i, raw in enumerate(events):
         where = f"{field_name}[{i}]"
         if not isinstance(raw, dict):
-            raise RowError(where, f"expected an object (a row of {table}), got {type(raw).__name__}")
+            raise RowError(where, f"expected an object (a row of {table}), got {describe(raw)}")
         row = dict(raw)
         for col in row:
             if col not in spec.columns or col == plan.label:
                 raise RowError(f"{where}.{col}", f"unknown field; a session event has {list(spec.columns)}")
         for col, value in fact_row.items():  # the join columns default to the request's
-            if col in spec.columns:
-                if col not in row:
-                    row[col] = value
-                else:
-                    given = _exact_int(row[col], f"{where}.{col}")
-                    if given != value:
-                        raise RowError(f"{where}.{col}", f"{given!r} is not the request's {col} {value!r}")
+            if col in spec.columns and col not in row:
+                row[col] = value
         for col in list(row):
-            row[col] = _exact_int(row[col], f"{where}.{col}")
             _int64(row[col], f"{where}.{col}")
+        try:
+            row = check_row(plan, table, row, now_ns=now_ns, window=window, nullable=())
+        except RowError as exc:
+            raise RowError(f"{where}.{exc.field.split('.')[-1]}", str(exc).split(": ", 1)[-1]) from None
+        for col, value in fact_row.items():
+            if col in spec.columns and row[col] != value:
+                raise RowError(f"{where}.{col}", f"{row[col]!r} is not the request's {col} {value!r}")
         try:
             coerce_row(plan, table, row, allow_extra=False)
             out.extend(interactions_of(plan, table, row))
@@ -224,7 +229,7 @@ def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequen
         n = _exact_int(raw[FROM_CATALOG_TOP], f"candidates.{FROM_CATALOG_TOP}")
         where = f"candidates.{FROM_CATALOG_TOP}"
         if isinstance(n, bool) or not isinstance(n, int):
-            raise RowError(where, f"expected an integer, got {type(n).__name__} {n!r}")
+            raise RowError(where, f"expected an integer, got {describe(n)}")
         if not len(catalog):
             raise RowError(where, "this server has no catalog (serve.recommend.catalog): send explicit candidates")
         most = min(plan.max_candidates, len(catalog))
@@ -243,8 +248,10 @@ def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequen
                     raise RowError("candidates", f"expected 1 to {plan.max_candidates} candidates, got {len(arr)}")
                 _, first = np.unique(arr, return_index=True)
                 return arr if len(first) == len(arr) else arr[np.sort(first)]
-        raw = [_exact_int(v, f"candidates[{i}]") for i, v in enumerate(raw)]
+        integer_ids = plan.fact.columns[plan.candidate_column] == "int64"
         for i, v in enumerate(raw):
+            if integer_ids and isinstance(v, float):  # ids are integers: 7.0 is not a product id
+                raise RowError(f"candidates[{i}]", f"expected an integer, got {describe(v)}")
             _int64(v, f"candidates[{i}]")
         values = coerce_candidates(plan, raw)
         return list(dict.fromkeys(values)) if len(set(values)) != len(values) else values
@@ -252,39 +259,54 @@ def parse_candidates(plan: ServingPlan, raw: Any, catalog: np.ndarray) -> Sequen
         raise RowError("candidates", f"missing field: a list of {plan.candidate_column} values or "
                                      f"{{\"{FROM_CATALOG_TOP}\": N}}")
     raise RowError("candidates", f"expected a list of {plan.candidate_column} values or "
-                                 f"{{\"{FROM_CATALOG_TOP}\": N}}, got {type(raw).__name__}")
+                                 f"{{\"{FROM_CATALOG_TOP}\": N}}, got {describe(raw)}")
 
 
 def parse_request(plan: ServingPlan, body: Any, *, now_ns: Callable[[], int], catalog: np.ndarray,
-                  settings: RecommendSettings, arrived: float = 0.0) -> RankRequest:
-    """Validate a /v1/recommend body; :class:`RowError` names the offending field."""
+                  settings: RecommendSettings, arrived: float = 0.0,
+                  window: TimestampWindow | None = None) -> RankRequest:
+    """Validate a /v1/recommend body; :class:`RowError` names the offending field.
+
+    Ids must be integers (``7.0`` is refused); ``anchor_time`` is ISO-8601 or an integer in the
+    plan's ``time_unit`` and, with ``window`` (``serve.timestamps``), near the server clock.
+    """
     if not isinstance(body, dict):
-        raise RowError("body", f"expected a JSON object, got {type(body).__name__}")
+        raise RowError("body", f"expected a JSON object, got {describe(body)}")
     shared = shared_columns(plan)
     for name in body:
         if name not in shared and name not in OPTION_FIELDS:
             raise RowError(name, f"unknown field; allowed: {list(shared) + list(OPTION_FIELDS)}")
     fact_row = {}
     for col in shared:
-        if body.get(col) is None:
+        if col not in body:
             raise RowError(col, "missing field")
-        value = _exact_int(body[col], col)
+        value = body[col]
+        if value is None:
+            raise RowError(col, "is null; a value is required")
+        if plan.fact.columns[col] == "int64" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RowError(col, f"expected an integer, got {describe(value)}")
         _int64(value, col)
         fact_row[col] = coerce_value(plan.fact.columns[col], value, col)
-    anchor_raw = _exact_int(body.get(ANCHOR_TIME), ANCHOR_TIME)
-    anchor = now_ns() if anchor_raw is None else to_ns(anchor_raw, ANCHOR_TIME)
-    if not INT64_MIN <= anchor <= INT64_MAX:
-        raise RowError(ANCHOR_TIME, f"{anchor} ns is outside the int64 range (years 1678-2262)")
+        check_column(plan, plan.fact_table, col, fact_row[col], field=col)
+    now = now_ns()
+    anchor_raw = body.get(ANCHOR_TIME)
+    if anchor_raw is None:
+        anchor = now
+    else:
+        anchor = timestamp_ns(anchor_raw, plan.fact.time_unit, ANCHOR_TIME)
+        check_column(plan, plan.fact_table, ANCHOR_TIME, anchor, now_ns=now, window=window,
+                     sent_integer=not isinstance(anchor_raw, str))
     k = _exact_int(body.get("k", settings.default_k), "k")
     if isinstance(k, bool) or not isinstance(k, int):
-        raise RowError("k", f"expected an integer, got {type(k).__name__} {k!r}")
+        raise RowError("k", f"expected an integer, got {describe(k)}")
     if not 1 <= k <= plan.max_candidates:
         raise RowError("k", f"expected 1 to {plan.max_candidates}, got {k}")
     exclude = body.get("exclude_session_items", True)
     if not isinstance(exclude, bool):
         raise RowError("exclude_session_items", f"expected true or false, got {exclude!r}")
     candidates = parse_candidates(plan, body.get("candidates"), catalog)
-    session = session_appends(plan, body.get(SESSION_EVENTS), fact_row, limit=settings.max_session_events)
+    session = session_appends(plan, body.get(SESSION_EVENTS), fact_row, limit=settings.max_session_events,
+                              now_ns=now, window=window)
     return RankRequest(fact_row=fact_row, anchor_time=anchor, keys=tuple(window_keys(plan, fact_row)),
                        session=tuple(session), candidates=candidates, k=k, exclude_session_items=exclude,
                        arrived=arrived)
@@ -617,7 +639,7 @@ def response_schema(plan: ServingPlan) -> dict:
 
 def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
     """Add ``POST /v1/recommend`` to the scorer app of a ranking plan (no-op for scoring plans)."""
-    from .http import _SCORING_ERRORS, ApiError, _json
+    from .http import _SCORING_ERRORS, ApiError, _json, decode_json, is_json_media_type, unsupported_media_type
 
     plan = deps.plan
     if not plan.is_ranking:
@@ -629,6 +651,7 @@ def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
     deps.on_close.append(service.close)
     app.state.recommend = service
     serve, metrics = deps.settings, deps.metrics
+    timestamp_window = serve.timestamps.window()
 
     def authorize(request) -> None:  # as /v1/score
         if not serve.auth:
@@ -641,6 +664,10 @@ def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
                            headers={"WWW-Authenticate": "Bearer"})
 
     async def read_json(request) -> Any:
+        content_type = request.headers.get("content-type")
+        if not is_json_media_type(content_type):
+            metrics.errors.labels(PATH, "unsupported_media_type").inc()
+            raise unsupported_media_type(content_type)
         limit = serve.max_body_bytes
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -650,10 +677,10 @@ def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
                 raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
+            return decode_json(b"".join(chunks))
+        except ApiError:
             metrics.errors.labels(PATH, "bad_json").inc()
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+            raise
 
     async def recommend(request):
         t0 = time.perf_counter()
@@ -661,7 +688,7 @@ def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
         body = await read_json(request)
         try:
             req = parse_request(plan, body, now_ns=deps.now_ns, catalog=service.catalog, settings=settings,
-                                arrived=t0)
+                                arrived=t0, window=timestamp_window)
         except RowError as exc:
             metrics.errors.labels(PATH, "invalid_request").inc()
             raise ApiError(422, "invalid_request", str(exc), exc.field) from None

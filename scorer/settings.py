@@ -9,6 +9,9 @@
       port: 8080
       batch_window_ms: 1.0
       window_deadline_ms: 20
+      timestamps:                # plausibility window around the server clock (422 outside)
+        max_past_days: 10958
+        max_future_hours: 24
 
 Triton is reached over gRPC: ``triton_grpc_url`` if set, else ``triton.url`` when it is a
 grpc:// URL, else the local stack's gRPC address (``<run_dir>/stack.json``), else port 8001 on
@@ -24,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relstream.config import DEFAULT_TRITON_GRPC_PORT, Config
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
-from schemas.plan import ServingPlan, builtin_plan, load_plan
+from schemas.plan import NS_PER, ServingPlan, builtin_plan, load_plan
+from schemas.values import TimestampWindow
 
 
 class _Section(BaseModel):
@@ -70,6 +74,22 @@ class ScoreSettings(_Section):
     recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
 
 
+class TimestampWindowSettings(_Section):
+    """How far from the server clock a request's timestamps may lie (``serve.timestamps``).
+
+    The default past bound (30 years) keeps replays of historical data scoreable while refusing
+    what a unit mix-up produces (seconds read as nanoseconds land in January 1970); the future
+    bound allows clock skew, not dates typed a year off.
+    """
+
+    max_past_days: float = Field(default=10958.0, gt=0, le=100_000)
+    max_future_hours: float = Field(default=24.0, ge=0, le=100_000)
+
+    def window(self) -> TimestampWindow:
+        return TimestampWindow(max_past_ns=int(self.max_past_days * NS_PER["days"]),
+                               max_future_ns=int(self.max_future_hours * NS_PER["hours"]))
+
+
 class ServeSettings(_Section):
     plan: str | None = None
     host: str = "127.0.0.1"
@@ -90,6 +110,7 @@ class ServeSettings(_Section):
     triton_timeout_s: float = Field(default=2.0, gt=0)
     workers: int = Field(default=1, ge=1)
     key_column: str | None = None
+    timestamps: TimestampWindowSettings = Field(default_factory=TimestampWindowSettings)
     recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
 
 

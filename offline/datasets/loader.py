@@ -1,7 +1,9 @@
 """Load transactions in the published simulator schema from parquet or CSV, validated.
 
 Every rejection raises :class:`DatasetError` whose message starts with the offending column,
-for: a missing column, a wrong dtype, nulls, unparseable timestamps, duplicate primary keys.
+for: a missing column, a wrong dtype, nulls, unparseable timestamps, duplicate primary keys, and
+values outside the serving plan's constraints (e.g. ``tx_amount`` ``min: 0``): the same rule
+function (:func:`schemas.values.check_column`) refuses them on the HTTP path.
 Naive timestamps are taken as UTC; zone-aware ones are converted to UTC.
 """
 
@@ -14,6 +16,9 @@ import pandas as pd
 
 from offline.datasets.base import NS_PER_DAY, NS_PER_SECOND, RelationalDataset
 from offline.datasets.fraud import PUBLISHED_COLUMNS, normalise
+from schemas.plan import ServingPlan, builtin_plan
+from schemas.tensors import RowError
+from schemas.values import TimestampWindow, check_column
 
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 # Derivable when absent: time offsets from the first day's midnight; scenario 0 ("unknown").
@@ -44,8 +49,15 @@ def read_transactions_file(path: str | Path) -> pd.DataFrame:
     raise ValueError(f"{path}: unknown format {suffix!r}; expected .parquet or .csv")
 
 
-def validate_transactions(df: pd.DataFrame) -> pd.DataFrame:
-    """Check and coerce a frame in the published schema; returns all nine columns."""
+def validate_transactions(df: pd.DataFrame, plan: ServingPlan | None = None, *, now_ns: int | None = None,
+                          window: TimestampWindow | None = None) -> pd.DataFrame:
+    """Check and coerce a frame in the published schema; returns all nine columns.
+
+    ``plan`` (default: the built-in fraud plan) supplies the value constraints of the
+    transactions table; with ``now_ns`` and ``window`` the timestamps must also lie in the
+    plausibility window the scorer applies (off by default: training data is historical).
+    """
+    plan = plan or builtin_plan("fraud")
     for col in REQUIRED:
         if col not in df.columns:
             raise DatasetError(col, f"missing (required columns: {', '.join(REQUIRED)}; found: {', '.join(map(str, df.columns))})")
@@ -67,6 +79,7 @@ def validate_transactions(df: pd.DataFrame) -> pd.DataFrame:
             out[col] = values.astype(np.float64)
         else:
             out[col] = _as_integer(col, values)
+    _check_plan_rules(plan, out, now_ns, window)
     if not out["TX_FRAUD"].isin([0, 1]).all():
         bad = out.loc[~out["TX_FRAUD"].isin([0, 1]), "TX_FRAUD"].iloc[0]
         raise DatasetError("TX_FRAUD", f"expected 0/1 labels, got {bad!r}")
@@ -83,6 +96,23 @@ def validate_transactions(df: pd.DataFrame) -> pd.DataFrame:
     if "TX_FRAUD_SCENARIO" not in out:
         out["TX_FRAUD_SCENARIO"] = np.zeros(len(out), np.int64)
     return out[list(PUBLISHED_COLUMNS)]
+
+
+def _check_plan_rules(plan: ServingPlan, out: pd.DataFrame, now_ns: int | None,
+                      window: TimestampWindow | None) -> None:
+    """The plan's value rules on whole columns (plan column ``tx_amount`` = published ``TX_AMOUNT``)."""
+    table = plan.fact_table
+    for column, dtype in plan.fact.columns.items():
+        published = column.upper()
+        if published not in out:
+            continue
+        values = out[published].to_numpy()
+        if dtype == "timestamp":
+            values = values.astype("datetime64[ns]").view(np.int64)
+        try:
+            check_column(plan, table, column, values, field=published, now_ns=now_ns, window=window)
+        except RowError as exc:
+            raise DatasetError(published, str(exc).split(": ", 1)[1]) from None
 
 
 def _as_integer(col: str, values: pd.Series) -> pd.Series:

@@ -5,6 +5,8 @@ State lives in the run directory, so a second process (e.g. `relstream stack sta
 
     <run_dir>/stack.json          ports, addresses, model repository
     <run_dir>/<component>.pid     PID + kernel start time of each child we started
+    <run_dir>/service-<name>.pid  relstream services left running beside the stack (adopt()),
+                                  stopped by down() too (e.g. the demo's `relstream serve`)
     <run_dir>/logs/<component>.log
     <run_dir>/kafka/data          KRaft storage (formatted on first start)
 """
@@ -20,7 +22,7 @@ from typing import Iterable, Mapping
 from .components import (Component, ComponentSettings, KafkaComponent, RedisComponent,
                          TritonComponent)
 from .ports import HOST, ensure_ports_free, free_ports, port_in_use
-from .process import Child, StackError
+from .process import Child, ChildRecord, StackError, process_start_ticks
 
 ALL_COMPONENTS = ("kafka", "redis", "triton")
 STATE_FILE = "stack.json"
@@ -190,8 +192,36 @@ class LocalStack:
         with self._lock():
             self._down()
 
+    def adopt(self, name: str, pid: int, argv: Iterable[str], log: Path | str) -> None:
+        """Record a process started beside the stack (its own process group, e.g. a relstream
+        service a demo leaves running) so that down() stops it first."""
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"service name {name!r}: letters, digits, '-' and '_' only")
+        ticks = process_start_ticks(pid)
+        if ticks is None:
+            raise StackError(f"cannot adopt {name}: pid {pid} is not running")
+        rec = ChildRecord(f"service-{name}", pid, ticks, list(map(str, argv)), str(log))
+        path = self.run_dir / f"service-{name}.pid"
+        tmp = path.with_suffix(".pid.tmp")
+        tmp.write_text(json.dumps(rec.__dict__))
+        tmp.replace(path)
+
+    def services(self) -> dict[str, int]:
+        """PIDs of live adopted services (what down() stops before the stack)."""
+        out = {}
+        for path in sorted(self.run_dir.glob("service-*.pid")):
+            rec = Child(path.stem, self.run_dir).running()
+            if rec is not None:
+                out[path.stem.removeprefix("service-")] = rec.pid
+        return out
+
     def _down(self) -> None:
         errors = []
+        for path in sorted(self.run_dir.glob("service-*.pid")):  # they use the stack: stop them first
+            try:
+                Child(path.stem, self.run_dir).stop()
+            except StackError as exc:
+                errors.append(str(exc))
         for name in ("watchdog", *reversed(ALL_COMPONENTS)):
             child = self._watchdog if name == "watchdog" else self._children[name]
             try:

@@ -5,13 +5,17 @@ import copy
 import io
 import json
 import multiprocessing as mp
+import re
 import struct
 
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.registry import (AvroCodec, DecodeError, EncodeError, FileSchemaRegistry, IncompatibleSchemaError,
-                              SchemaRegistryError, backward_problems, builtin_schema, load_builtin_schemas)
+                              SchemaRegistryError, _avro_failure, backward_problems, builtin_schema,
+                              load_builtin_schemas)
 
 TX = {"transaction_id": 1001, "tx_datetime": 1_523_361_600_000_000_000, "customer_id": 42, "terminal_id": 7,
       "tx_amount": 29.5}
@@ -202,3 +206,22 @@ def test_several_processes_agree_on_ids(tmp_path):
     for i, sid in enumerate(results[0]):
         assert reg.versions(f"s{i}") == [sid]
         json.dumps(reg.schema(sid))  # every file is complete JSON
+
+
+def test_decode_errors_are_plain_words_without_python_internals(codec):
+    internals = re.compile(r"object at 0x|<class |\b(IndexError|EOFError|ValueError|TypeError|StopIteration)\b")
+    good = codec.encode("transactions-value", {"transaction_id": 1, "tx_datetime": 10**18, "customer_id": 1,
+                                               "terminal_id": 2, "tx_amount": 1.0})
+    header = good[:5]
+
+    @settings(max_examples=200, deadline=None)
+    @given(body=st.binary(max_size=40))
+    def check(body):
+        try:
+            codec.decode(header + body)
+        except DecodeError as exc:
+            assert not internals.search(str(exc)), str(exc)
+
+    check()
+    assert "object at 0x" not in _avro_failure(ValueError("cannot read from <_io.BytesIO object at 0x7f3a2c>"))
+    assert "truncated" in _avro_failure(EOFError())

@@ -148,7 +148,11 @@ def test_validation_auth_and_default_anchor(recsys, stack, store, ranker):
         for name, (body, field) in bad.items():
             r = c.post("/v1/recommend", headers=AUTH, json=body)
             assert r.status_code == 422 and r.json()["error"]["field"] == field, (name, r.text)
-        assert c.post("/v1/recommend", headers=AUTH, content=b"{").status_code == 400
+        json_type = {**AUTH, "Content-Type": "application/json"}
+        assert c.post("/v1/recommend", headers=json_type, content=b"{").status_code == 400
+        assert c.post("/v1/recommend", headers=AUTH, content=b"{}").status_code == 415  # JSON only
+        dup = c.post("/v1/recommend", headers=json_type, content=b'{"household_id": 7, "household_id": 8}')
+        assert dup.status_code == 400 and dup.json()["error"]["field"] == "household_id"
 
 
 def test_redis_down_degrades_to_the_session_events_and_triton_down_is_503(recsys, stack, ranker):

@@ -22,9 +22,10 @@ from tests.scorer.conftest import BASE_T, SECOND, fact_row, history
     ({"colour": 1}, "transactions.colour", "unknown field"),
     ({"tx_fraud": 0}, "transactions.tx_fraud", "label"),
     ({"tx_amount": "x"}, "transactions.tx_amount", "expected a number"),
-    ({"customer_id": None}, "transactions.customer_id", "missing"),
+    ({"customer_id": None}, "transactions.customer_id", "is null"),  # null is not "missing"
     ({"tx_datetime": "yesterday"}, "transactions.tx_datetime", "unparseable timestamp"),
     ({"terminal_id": 2**64}, "transactions.terminal_id", "int64"),
+    ({"tx_amount": -100.0}, "transactions.tx_amount", "below the minimum of 0 set by the plan"),  # Kafka path too
 ])
 def test_prepare_event_names_the_field(plan, change, field, words):
     with pytest.raises(RowError) as err:
