@@ -52,6 +52,7 @@ class StoreMarker:
     completeness: Completeness
     epoch: str | None = None
     pending: dict[tuple[str, int], int] = field(default_factory=dict)
+    steps: frozenset[str] = frozenset()  # other pending work of the rebuild, e.g. "backfill"
 
 
 def completeness_of(field_count: int) -> Completeness:
@@ -65,13 +66,19 @@ def pending_field(topic: str, partition: int) -> str:
     return f"p:{partition}:{topic}"
 
 
+def step_field(name: str) -> str:
+    return f"s:{name}"
+
+
 def parse_marker(fields: dict[str, str]) -> StoreMarker:
-    pending = {}
+    pending, steps = {}, set()
     for name, value in fields.items():
         if name.startswith("p:"):
             part, topic = name[2:].split(":", 1)
             pending[(topic, int(part))] = int(value)
-    return StoreMarker(completeness_of(len(fields)), fields.get("epoch"), pending)
+        elif name.startswith("s:"):
+            steps.add(name[2:])
+    return StoreMarker(completeness_of(len(fields)), fields.get("epoch"), pending, frozenset(steps))
 
 
 @runtime_checkable
@@ -99,14 +106,18 @@ class WindowStore(Protocol):
     def marker(self) -> StoreMarker:
         """The completeness marker as it is now."""
 
-    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str,
+                      steps: Sequence[str] = ()) -> StoreMarker:
         """If there is no marker (state lost), atomically create one that lists ``partitions`` as
-        pending replay from ``from_ms``; returns the marker as it is afterwards (another
-        ingest member's, if it claimed first)."""
+        pending replay from ``from_ms`` and ``steps`` as pending work (e.g. "backfill"); returns
+        the marker as it is afterwards (another ingest member's, if it claimed first)."""
 
     def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
         """The partition is replayed: drop it from the pending list of generation ``epoch``
         (a no-op for another generation). True if it was pending."""
+
+    def finish_step(self, name: str, epoch: str) -> bool:
+        """Like :meth:`finish_rebuild`, for a pending step of generation ``epoch``."""
 
     def mark_complete(self, epoch: str) -> None:
         """Declare the store complete (a marker without pending partitions); for stores filled

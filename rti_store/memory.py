@@ -12,7 +12,7 @@ from schemas.tensors import Window
 
 from rti_store import logic
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, WindowKey, completeness_of,
-                            parse_marker, pending_field)
+                            parse_marker, pending_field, step_field)
 
 
 class MemoryWindowStore(BaseWindowStore):
@@ -115,17 +115,25 @@ class MemoryWindowStore(BaseWindowStore):
         with self._lock:
             return parse_marker(dict(self._marker))
 
-    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str,
+                      steps: Sequence[str] = ()) -> StoreMarker:
         with self._lock:
             if not self._marker:
-                self._marker = {"epoch": epoch, **{pending_field(t, p): str(int(from_ms)) for t, p in partitions}}
+                self._marker = {"epoch": epoch, **{pending_field(t, p): str(int(from_ms)) for t, p in partitions},
+                                **{step_field(s): "1" for s in steps}}
             return parse_marker(dict(self._marker))
 
     def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
+        return self._finish(pending_field(topic, partition), epoch)
+
+    def finish_step(self, name: str, epoch: str) -> bool:
+        return self._finish(step_field(name), epoch)
+
+    def _finish(self, name: str, epoch: str) -> bool:
         with self._lock:
             if self._marker.get("epoch") != epoch:
                 return False
-            return self._marker.pop(pending_field(topic, partition), None) is not None
+            return self._marker.pop(name, None) is not None
 
     def mark_complete(self, epoch: str) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from schemas.plan import ServingPlan
 from schemas.tensors import Window
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
-                            completeness_of, parse_marker, pending_field)
+                            completeness_of, parse_marker, pending_field, step_field)
 from rti_store.codec import time_key
 from rti_store.logic import prune_batch
 from rti_store.memory import _decode_grouped
@@ -369,15 +369,24 @@ class RedisWindowStore(BaseWindowStore):
         raw = self._call(lambda: self.client.hgetall(self.marker_key))
         return parse_marker({_text(k): _text(v) for k, v in raw.items()})
 
-    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str) -> StoreMarker:
+    def claim_rebuild(self, partitions: Sequence[tuple[str, int]], from_ms: int, epoch: str,
+                      steps: Sequence[str] = ()) -> StoreMarker:
         args = [epoch.encode()]
         for topic, partition in partitions:
             args += [pending_field(topic, partition).encode(), str(int(from_ms)).encode()]
+        for name in steps:
+            args += [step_field(name).encode(), b"1"]
         flat = self._eval_many(CLAIM_LUA, [([self.marker_key], args)])[0]
         return parse_marker({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     def finish_rebuild(self, topic: str, partition: int, epoch: str) -> bool:
-        args = [epoch.encode(), pending_field(topic, partition).encode()]
+        return self._finish(pending_field(topic, partition), epoch)
+
+    def finish_step(self, name: str, epoch: str) -> bool:
+        return self._finish(step_field(name), epoch)
+
+    def _finish(self, name: str, epoch: str) -> bool:
+        args = [epoch.encode(), name.encode()]
         return int(self._eval_many(FINISH_LUA, [([self.marker_key], args)])[0]) == 1
 
     def mark_complete(self, epoch: str) -> None:

@@ -104,6 +104,15 @@ def _published_chunks(path: Path, plan_columns: list[str], chunk_rows: int):
     return len(frame), chunks()
 
 
+def _no_decode(_value: bytes):
+    raise AssertionError("backfill reads rows, not Kafka records")
+
+
+def row_decoder(plan) -> RecordDecoder:
+    """The decoder of backfill: rows only, no Kafka topics."""
+    return RecordDecoder(plan, {}, decode=_no_decode, decode_errors=())
+
+
 def backfill(path: str | Path, decoder: RecordDecoder, store: Any, table: str | None = None,
              chunk_rows: int = 20_000, progress: bool = True, backoff: Backoff = Backoff(),
              clock=time.perf_counter) -> BackfillReport:

@@ -83,11 +83,11 @@ def cmd_ingest(args) -> int:
     from relstream.cli import CliError, config_from_args
     from relstream.config import kafka_client_config, redis_client, section
     from schemas.plan import PlanError
-    from streams.backfill import BackfillError, backfill
+    from streams.backfill import BackfillError, backfill, row_decoder
     from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
     from streams.ingest import (IngestSection, IngestService, IngestSettings, default_topics, open_codec,
                                 open_redis_store, scorer_owned_topics)
-    from streams.records import RecordDecoder, parse_topic_tables
+    from streams.records import parse_topic_tables
 
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -100,7 +100,7 @@ def cmd_ingest(args) -> int:
     store = open_redis_store(plan, redis_client(cfg), sec.store)
 
     if args.backfill:
-        decoder = RecordDecoder(plan, {}, decode=_no_decode, decode_errors=())
+        decoder = row_decoder(plan)
         try:
             report = backfill(args.backfill, decoder, store, table=args.backfill_table,
                               chunk_rows=args.chunk_rows, progress=not args.no_progress)
@@ -137,6 +137,7 @@ def cmd_ingest(args) -> int:
             max_payload_bytes=max_payload_bytes, skip_dead_letters_on=skip,
             shutdown_grace_s=sec.shutdown_grace_s,
             state_check_interval_s=sec.state_check_interval_s,
+            backfill_sources=tuple((str(s.path), s.table) for s in sec.backfill_sources),
             metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port,
             metrics_addr=args.metrics_addr or sec.metrics_addr)
         registry = args.registry or sec.registry or Path(cfg.run_dir) / "schema-registry"
@@ -173,7 +174,3 @@ def _positive(flag: str, value, default):
     if value <= 0:
         raise ValueError(f"{flag}: must be > 0, got {value}")
     return value
-
-
-def _no_decode(_value: bytes):
-    raise AssertionError("backfill reads rows, not Kafka records")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
 from schemas.plan import ServingPlan
+from streams.backfill import backfill, row_decoder
 from streams.consumer import IngestLoop, LoopSettings, LoopStats
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
@@ -36,6 +37,15 @@ FORCED_PRODUCER = {"acks": "all", "enable.idempotence": True}
 DEFAULT_CONSUMER = {"auto.offset.reset": "earliest", "enable.partition.eof": False,
                     "fetch.wait.max.ms": 50, "queued.min.messages": 100000}
 DEFAULT_PRODUCER = {"linger.ms": 5}
+
+
+class BackfillSource(BaseModel):
+    """History that is not in Kafka: a file of one plan table (see ``relstream ingest --backfill``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    table: str | None = None  # default: the plan's fact table
 
 
 class IngestSection(BaseModel):
@@ -56,6 +66,9 @@ class IngestSection(BaseModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     # how often the window store's completeness marker is read (a lost store is rebuilt from Kafka)
     state_check_interval_s: float = Field(default=1.0, gt=0)
+    # files backfilled into the windows (history older than the topics hold): reloaded when the
+    # store is rebuilt, so a rebuilt store holds them again before it reads as complete
+    backfill_sources: list[BackfillSource] = Field(default_factory=list)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
     registry: Path | None = None  # file schema registry; default <run_dir>/schema-registry
@@ -78,6 +91,7 @@ class IngestSettings:
     skip_dead_letters_on: frozenset[str] = frozenset()
     shutdown_grace_s: float = 30.0
     state_check_interval_s: float = 1.0
+    backfill_sources: tuple[tuple[str, str | None], ...] = ()  # (path, table or None = fact table)
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     backoff: Backoff = Backoff()
@@ -157,12 +171,24 @@ class IngestService:
         self.consumer = Consumer(conf, logger=log)
         self.producer = Producer(producer_config(kafka_conf, producer_extra), logger=log)
         self.dlq = DeadLetterSink(self.producer, settings.dlq_topic, codec.encode, settings.group_id, now_ns=now_ns)
-        # a store that lost its data is rebuilt from Kafka, as far back as the plan looks
+        # a store that lost its data is rebuilt from Kafka, as far back as the plan looks, plus
+        # the backfilled history
+        for i, (path, _table) in enumerate(settings.backfill_sources):
+            if not Path(path).is_file():
+                raise ValueError(f"ingest.backfill_sources[{i}].path: no such file {path!r}")
         rebuild = StateRebuild(self.consumer, store, settings.topics, plan.real_time_offset.ns,
-                               metrics=self.metrics, check_interval_s=settings.state_check_interval_s)
+                               metrics=self.metrics, check_interval_s=settings.state_check_interval_s,
+                               backfill=self._reload_backfill if settings.backfill_sources else None)
         self.loop = IngestLoop(self.consumer, store, self.decoder, self.dlq, self.metrics,
                                settings.loop_settings(), rebuild=rebuild)
         self._metrics_server = None
+
+    def _reload_backfill(self) -> None:
+        decoder = row_decoder(self.plan)
+        for path, table in self.settings.backfill_sources:
+            report = backfill(path, decoder, self.store, table=table, progress=False)
+            log.warning("rebuild: reloaded %s (%d rows, %d window rows in %.1f s)", report.path, report.rows,
+                        report.interactions, report.seconds)
 
     def start_metrics(self) -> int | None:
         if self.settings.metrics_port is None:

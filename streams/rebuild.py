@@ -17,12 +17,18 @@ Each ingest member, every ``check_interval_s`` and right after an assignment:
 3. when a batch consumed *after* that seek is acknowledged by the store with a next offset at or
    past the target, the partition is finished in the marker. The last one makes it complete.
 
+History that never went through Kafka (``ingest.backfill_sources``: files written into the
+windows by backfill) is part of the claim too, as the pending step ``backfill``: every member
+that sees it pending reloads the files (idempotent appends) in a background thread and clears
+the step, so the store is not complete before the backfilled history is back.
+
 A member that crashes mid-rebuild leaves its partitions pending: whoever owns them next replays
 them. A second loss during a rebuild is a new generation (epoch), which the old one cannot finish.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,7 +61,8 @@ class StateRebuild:
     def __init__(self, consumer: Any, store: Any, topics: Iterable[str], lookback_ns: int, *,
                  metrics: Any = None, check_interval_s: float = 1.0, kafka_timeout_s: float = 10.0,
                  wall_clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 new_epoch: Callable[[], str] = lambda: uuid.uuid4().hex):
+                 new_epoch: Callable[[], str] = lambda: uuid.uuid4().hex,
+                 backfill: Callable[[], Any] | None = None):
         self.consumer = consumer
         self.store = store
         self.topics = sorted(set(topics))
@@ -67,6 +74,9 @@ class StateRebuild:
         self._monotonic = monotonic
         self._new_epoch = new_epoch
         self._next_check = 0.0
+        self.backfill = backfill  # reloads the history that is not in Kafka (None: there is none)
+        self.backfill_thread: threading.Thread | None = None
+        self._backfill_epoch: str | None = None
         self.replaying: dict[TopicPartitionKey, PartitionReplay] = {}
         self.finished: list[tuple[TopicPartitionKey, str]] = []  # (partition, epoch), for tests and logs
 
@@ -93,7 +103,8 @@ class StateRebuild:
         if marker.completeness is Completeness.LOST:
             from_ms = int(self._wall_clock() * 1000) - self.lookback_ns // 1_000_000
             partitions = self._all_partitions()
-            marker = self.store.claim_rebuild(partitions, from_ms, self._new_epoch())
+            steps = ("backfill",) if self.backfill is not None else ()
+            marker = self.store.claim_rebuild(partitions, from_ms, self._new_epoch(), steps=steps)
             log.warning("window store has no completeness marker (data lost, or never filled): rebuilding "
                         "%d partition(s) from Kafka, events from %s on (generation %s)", len(partitions),
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(from_ms / 1000)), marker.epoch)
@@ -105,6 +116,8 @@ class StateRebuild:
             replay = self._start(tp, from_ms, marker.epoch, batch_seq)
             if replay is not None:
                 started.append(tp)
+        if "backfill" in marker.steps and self.backfill is not None and self._backfill_epoch != marker.epoch:
+            self._start_backfill(marker.epoch)
         # a generation that ended (or was replaced) is no longer ours to finish
         for tp in [tp for tp, r in self.replaying.items() if r.epoch != marker.epoch or tp not in marker.pending]:
             del self.replaying[tp]
@@ -154,6 +167,25 @@ class StateRebuild:
         if start >= high:
             self._finish(tp, replay)
         return replay
+
+    def _start_backfill(self, epoch: str) -> None:
+        """Reload the backfill sources off the loop's thread (a large file must not stall
+        consumption past the group's poll interval), then clear the step."""
+        self._backfill_epoch = epoch
+
+        def run() -> None:
+            try:
+                log.warning("rebuild: reloading the backfilled history (generation %s)", epoch)
+                self.backfill()
+                self.store.finish_step("backfill", epoch)
+                log.warning("rebuild: backfilled history reloaded (generation %s)", epoch)
+                self.check_soon()
+            except Exception as exc:  # noqa: BLE001 - the step stays pending; retried at the next check
+                log.error("rebuild: reloading the backfilled history failed (retried): %s", exc)
+                self._backfill_epoch = None
+
+        self.backfill_thread = threading.Thread(target=run, name="relstream-rebuild-backfill", daemon=True)
+        self.backfill_thread.start()
 
     def _finish(self, tp: TopicPartitionKey, replay: PartitionReplay) -> None:
         self.store.finish_rebuild(tp[0], tp[1], replay.epoch)

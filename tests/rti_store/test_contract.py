@@ -458,9 +458,14 @@ def test_losing_the_data_loses_the_marker_and_a_new_claim_starts_a_generation(ma
     lose_everything(store, make_store)
     windows, state = store.read_many_checked([(HH, 1)], 200)
     assert state is Completeness.LOST and len(windows[0]) == 0
-    m = store.claim_rebuild([("tx", 0)], from_ms=5, epoch="e2")
-    assert m == StoreMarker(Completeness.REBUILDING, "e2", {("tx", 0): 5})
+    m = store.claim_rebuild([("tx", 0)], from_ms=5, epoch="e2", steps=["backfill"])
+    assert m == StoreMarker(Completeness.REBUILDING, "e2", {("tx", 0): 5}, frozenset({"backfill"}))
     assert store.read_many_checked([], 200) == ([], Completeness.REBUILDING)
+    store.finish_rebuild("tx", 0, "e2")
+    assert store.read_many_checked([], 200)[1] is Completeness.REBUILDING  # the backfill still runs
+    assert store.finish_step("backfill", "e1") is False
+    assert store.finish_step("backfill", "e2") is True
+    assert store.marker() == StoreMarker(Completeness.COMPLETE, "e2", {})
 
 
 def test_plain_reads_are_unchanged_by_the_marker(make_store):

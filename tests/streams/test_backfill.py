@@ -84,3 +84,55 @@ def test_backfill_names_the_bad_row_and_field(tmp_path, plan):
         backfill(path, _decoder(plan), MemoryWindowStore(plan), chunk_rows=4, progress=False)
     with pytest.raises(BackfillError, match="no such file"):
         backfill(tmp_path / "nope.parquet", _decoder(plan), MemoryWindowStore(plan), progress=False)
+
+
+def test_a_lost_store_gets_the_declared_backfill_and_the_topic_back(tmp_path, plan, redis_client, ih, registry_dir,
+                                                                   kafka_client_config, new_topic):
+    """A store filled by a backfill file and live Kafka records, then flushed (what a Redis restart
+    without persistence does): ingest reloads the declared file and replays the topic, and only
+    then does the store read as complete."""
+    import threading
+    import time
+
+    from rti_store import Completeness
+    from streams.ingest import IngestService, IngestSettings, open_codec
+    from streams.synthetic import TRANSACTIONS_SUBJECT, produce_values
+
+    history = synthetic_transactions(1200, seed=11)
+    live = synthetic_transactions(300, seed=12, first_id=10_000)
+    path = tmp_path / "history.parquet"
+    _frame(history).to_parquet(path, index=False)
+    topic = new_topic("rebuild-tx")
+    codec, errors = open_codec(registry_dir, 1 << 20)
+    producer = ih.producer(kafka_client_config["bootstrap.servers"])
+    produce_values(producer, topic, [codec.encode(TRANSACTIONS_SUBJECT, e) for e in live])
+    store = RedisWindowStore(plan, redis_client)
+    settings = IngestSettings(topics={topic: "transactions"}, dlq_topic=topic + "-dlq", group_id=f"g-{topic}",
+                              batch_size=200, batch_timeout_s=0.05, state_check_interval_s=0.1,
+                              backfill_sources=((str(path), None),))
+    service = IngestService(plan, settings, kafka_client_config, store, codec, errors, consumer_extra=ih.FAST_GROUP)
+    runner = threading.Thread(target=service.run, kwargs={"install_signals": False}, daemon=True)
+    runner.start()
+
+    def wait_complete(timeout=60.0):
+        states = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = store.marker().completeness
+            states.add(state)
+            if state is Completeness.COMPLETE:
+                return states
+            time.sleep(0.01)
+        raise AssertionError(f"store not complete after {timeout}s: {store.marker()}")
+
+    try:
+        wait_complete()  # the first fill: nothing there, no marker -> a rebuild too
+        expected = _reference(plan, history + live)
+        ih.assert_same_windows(expected, store, redis_client)
+        redis_client.flushdb()
+        seen = wait_complete()
+        assert Completeness.COMPLETE in seen and len(seen) > 1, seen  # it went through lost/rebuilding
+        ih.assert_same_windows(expected, store, redis_client)
+    finally:
+        service.stop()
+        runner.join(30)

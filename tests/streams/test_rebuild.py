@@ -110,3 +110,26 @@ def test_a_complete_store_is_left_alone():
     a = member(store, log)
     assert a.check(assigned={("tx", 0)}, batch_seq=0) == [] and log.seeks == []
     assert store.marker().epoch == "g0"
+
+
+def test_backfilled_history_is_reloaded_before_the_store_reads_complete():
+    store = MemoryWindowStore(builtin_plan("fraud"))
+    log = PartitionLog("tx", {0: []})
+    calls = []
+
+    def reload_history():
+        calls.append(store.marker().completeness)
+        if len(calls) == 1:
+            raise OSError("history file unreadable")  # first try fails: the step stays pending
+
+    plan = builtin_plan("fraud")
+    a = StateRebuild(log, store, ["tx"], plan.real_time_offset.ns, wall_clock=lambda: NOW_S,
+                     monotonic=lambda: 0.0, new_epoch=lambda: "g1", backfill=reload_history)
+    a.check(assigned={("tx", 0)}, batch_seq=0)  # the empty partition is done at once
+    a.backfill_thread.join(5)
+    marker = store.marker()
+    assert marker.steps == {"backfill"} and marker.completeness is Completeness.REBUILDING
+    a.check(assigned={("tx", 0)}, batch_seq=0)  # retried at the next check
+    a.backfill_thread.join(5)
+    assert calls == [Completeness.REBUILDING, Completeness.REBUILDING]
+    assert store.marker().completeness is Completeness.COMPLETE
