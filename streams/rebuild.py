@@ -78,7 +78,6 @@ class StateRebuild:
         self.backfill_thread: threading.Thread | None = None
         self._backfill_epoch: str | None = None
         self.replaying: dict[TopicPartitionKey, PartitionReplay] = {}
-        self.finished: list[tuple[TopicPartitionKey, str]] = []  # (partition, epoch), for tests and logs
 
     # ----------------------------------------------------------------- when to look
     def due(self, now: float) -> bool:
@@ -190,7 +189,6 @@ class StateRebuild:
     def _finish(self, tp: TopicPartitionKey, replay: PartitionReplay) -> None:
         self.store.finish_rebuild(tp[0], tp[1], replay.epoch)
         self.replaying.pop(tp, None)
-        self.finished.append((tp, replay.epoch))
         if self.metrics is not None:
             self.metrics.set_rebuild_remaining(*tp, 0)
         log.warning("rebuilt %s[%d] (%d records replayed)", tp[0], tp[1], replay.target - replay.start)
