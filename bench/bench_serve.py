@@ -487,7 +487,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
                   duration: float, log_path: Path, log, producer_linger_ms: float = 5.0) -> dict:
     from confluent_kafka import Consumer, Producer
 
-    from streams.polling import consume_ready
+    from kafka_io.polling import consume_ready
     facts, scores, _ = topics
     from relstream.stack import free_port
     metrics_port = free_port()

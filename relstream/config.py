@@ -28,6 +28,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from schemas.plan import ServingPlan, resolve_plan
+
 DEFAULT_CONFIG_FILE = "relstream.yaml"
 ENV_CONFIG_FILE = "RELSTREAM_CONFIG"
 ENV_PREFIX = "RELSTREAM__"
@@ -181,6 +183,11 @@ class Config(_Strict):
 
 
 # ---------------------------------------------------------------------------------- loading
+def config_from_args(args: Any) -> Config:
+    """The configuration of a command: its ``--config`` if given (see :func:`load_config`)."""
+    return load_config(getattr(args, "config", None))
+
+
 def load_config(path: str | os.PathLike | None = None,
                 env: Mapping[str, str] | None = None,
                 use_local_stack: bool = True) -> Config:
@@ -410,3 +417,29 @@ def stack_from_config(cfg: Config):
     return LocalStack(cfg.run_dir, cfg.model_repository, components=s.components,
                       ports=s.ports.model_dump(), settings=settings,
                       ready_timeout=s.ready_timeout_s)
+
+
+def serving_plan(cfg: Config, override: str | os.PathLike | None = None) -> ServingPlan:
+    """The serving plan of a command: ``override`` (``--plan``, ``score.plan`` ...), else the
+    top-level ``plan``, else the built-in default (``schemas.plan.resolve_plan``)."""
+    return resolve_plan(override or cfg.plan)
+
+
+def triton_grpc_url(cfg: Config, override: str | None = None) -> str:
+    """Where the scorers reach Triton over gRPC (host:port): ``override`` if set, else
+    ``triton.url`` when it is a grpc:// URL, else the local stack's gRPC address
+    (``<run_dir>/stack.json``), else port 8001 on the host of ``triton.url``."""
+    if override:
+        return override.split("://", 1)[-1]
+    if cfg.triton.protocol == "grpc":
+        return cfg.triton.host_port
+    try:
+        state = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
+        addr = state.get("addresses", {}).get("triton_grpc")
+        http = state.get("addresses", {}).get("triton_http")
+        if addr and http and urlparse(http).netloc == cfg.triton.host_port:
+            return addr
+    except (OSError, json.JSONDecodeError):
+        pass
+    host = urlparse(cfg.triton.url).hostname or "127.0.0.1"
+    return f"{host}:{DEFAULT_TRITON_GRPC_PORT}"

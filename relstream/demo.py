@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from streams.polling import consume_ready
+from kafka_io.polling import consume_ready
 
 TOKEN_ENV = "RELSTREAM_API_TOKEN"  # serve.token_env in the demo's config (the default)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -924,12 +924,11 @@ class Demo:
                          f"window store complete after {took:.1f}s")
 
     def wait_windows_complete(self, timeout_s: float, check: Callable[[], Any]) -> float:
-        from relstream.config import load_config, redis_client
+        from relstream.config import load_config, redis_client, serving_plan
         from rti_store import Completeness, RedisWindowStore
-        from scorer.settings import resolve_plan
 
         cfg = load_config(self.config)
-        store = RedisWindowStore(resolve_plan(cfg, None), redis_client(cfg))
+        store = RedisWindowStore(serving_plan(cfg), redis_client(cfg))
         t0 = time.monotonic()
         try:
             while store.marker().completeness is not Completeness.COMPLETE:

@@ -41,7 +41,7 @@ import numpy as np
 
 from relstream import lifecycle as lc
 from schemas.plan import ServingPlan, load_plan
-from relstream.files import file_sha256 as _sha256
+from schemas.files import file_sha256 as _sha256
 
 PLAN_FILE = "plan.yaml"
 MANIFEST_FILE = "manifest.json"

@@ -641,3 +641,19 @@ def builtin_plan(name: str) -> ServingPlan:
     if not path.exists():
         raise PlanError("plan", f"no built-in plan {name!r}; available: {sorted(p.stem for p in PLANS_DIR.glob('*.yaml'))}")
     return load_plan(path)
+
+
+DEFAULT_PLAN = "fraud"
+
+
+def resolve_plan(ref: str | Path | None) -> ServingPlan:
+    """The plan a command names: a YAML path, or a built-in name; none: the built-in default.
+
+    The one resolver of every command (``--plan`` / ``score.plan`` / ``serve.plan`` / the
+    top-level ``plan`` of the configuration are chosen by the caller)."""
+    if ref is None:
+        return builtin_plan(DEFAULT_PLAN)
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_plan(path)
+    return builtin_plan(str(ref))

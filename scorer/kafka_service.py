@@ -23,8 +23,6 @@ One loop iteration handles one batch of consumed facts:
 from __future__ import annotations
 
 import logging
-import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from typing import Any, Callable, Sequence
 from schemas.dead_letter import (DEFAULT_MAX_PAYLOAD_BYTES, DLQ_SUBJECT, INVALID_ROW, MODEL_REJECTED, ROW_ERRORS, SCORE,
                                  DeadLetterEntry, RecordRejected, check_record, dead_letter_entry, log_dead_letter)
 from schemas.plan import ServingPlan
-from streams.polling import consume_ready
+from kafka_io.bounded import BoundedCalls, BoundedJob, ClientsWedged, FatalConsumerError
+from kafka_io.polling import consume_ready
 
 from .fallbacks import WindowFallback
 from .metrics import ScorerMetrics
@@ -46,97 +45,6 @@ log = logging.getLogger(__name__)
 PATH = "kafka"
 SCORES_SUBJECT = "scores-value"
 APPEND_FAILED = "window_append_failed"
-
-
-class FatalConsumerError(RuntimeError):
-    """The Kafka clients cannot go on (static membership fenced after a broker restart, producer
-    fenced or in a fatal state, a transaction whose outcome is unknown, an abort that cannot finish).
-
-    Nothing of the current batch was committed by this instance, so rebuilding the clients loses
-    nothing: the new producer's ``init_transactions`` (same ``transactional.id``) fences the old
-    one and completes or aborts its open transaction, and the new consumer resumes from the
-    committed offsets (the CLI does exactly that).
-    """
-
-
-class ClientsWedged(FatalConsumerError):
-    """A librdkafka call did not return within its hard deadline.
-
-    ``send_offsets_to_transaction`` waits without limit, whatever its timeout, while its
-    group-coordinator request is stuck (librdkafka 2.16: confluentinc/librdkafka#5456, #5511).
-    The call keeps its worker thread; the clients are abandoned and rebuilt.
-    """
-
-
-class BoundedCalls:
-    """Runs blocking librdkafka calls on one worker thread and waits at most a hard deadline.
-
-    librdkafka's own ``timeout`` arguments are not enough (see :class:`ClientsWedged`); a call that
-    overruns its deadline marks this runner wedged and raises ``ClientsWedged``: the thread stays
-    blocked in the dead client, and the caller rebuilds the clients.
-    """
-
-    def __init__(self, name: str = "kafka-calls"):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.wedged: str | None = None
-        self.current: _Job | None = None  # the job running on the worker
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, args, current = job
-            self.current = current
-            current.started = time.monotonic()
-            try:
-                current.box.append((True, fn(*args)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                current.box.append((False, exc))
-            current.done.set()
-
-    def submit(self, what: str, fn: Callable, *args) -> "_Job":
-        """Start ``fn(*args)`` on the worker; :meth:`_Job.result` waits for it (bounded)."""
-        if self.wedged:
-            raise ClientsWedged(f"{what}: the clients are wedged in {self.wedged}")
-        job = _Job(self, what)
-        self._jobs.put((fn, args, job))
-        return job
-
-    def call(self, what: str, deadline_s: float, fn: Callable, *args):
-        return self.submit(what, fn, *args).result(deadline_s)
-
-    def stop(self) -> None:
-        if not self.wedged:
-            self._jobs.put(None)
-
-
-class _Job:
-    def __init__(self, calls: BoundedCalls, what: str):
-        self.calls, self.what = calls, what
-        self.box: list = []
-        self.done = threading.Event()
-        self.started = time.monotonic()
-
-    def mark(self, what: str) -> None:
-        """Called on the worker before each librdkafka call of a multi-call job: the deadline
-        applies to each call."""
-        self.what, self.started = what, time.monotonic()
-
-    def result(self, deadline_s: float):
-        """The call's value (or its exception), waiting while no single call has been running for
-        longer than ``deadline_s``; past that the runner is wedged (:class:`ClientsWedged`)."""
-        while not self.done.wait(max(0.0, min(0.5, self.started + deadline_s - time.monotonic()))):
-            if time.monotonic() >= self.started + deadline_s:
-                self.calls.wedged = self.what
-                raise ClientsWedged(f"{self.what} did not return within {deadline_s:.0f} s (librdkafka ignored "
-                                    f"its timeout)")
-        ok, value = self.box[0]
-        if ok:
-            return value
-        raise value
 
 
 def _must_rebuild(err) -> bool:
@@ -271,7 +179,7 @@ class KafkaScorer:
         self._unreachable_since: float | None = None
         self._unassigned_since: float | None = None
         self._txn: _Txn | None = None  # open: records produced, not committing yet
-        self._committing: tuple[_Txn, _Job] | None = None  # commit running on the worker
+        self._committing: tuple[_Txn, BoundedJob] | None = None  # commit running on the worker
         self.model_max_batch = max_batch
         self._stop = threading.Event()
         self._revoked = False
@@ -759,76 +667,8 @@ class KafkaScorer:
         return entry
 
 
-# ----- wiring from configuration ----------------------------------------------------------------
-
-def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -> KafkaScorer:
-    """A KafkaScorer with real clients from the relstream config and the `score` section."""
-    from confluent_kafka import Consumer, Producer
-
-    from relstream.config import kafka_client_config, redis_client
-    from rti_store import RedisWindowStore
-    from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
-
-    from .settings import resolve_plan, triton_grpc_url
-    from .triton import TritonScorer
-
-    plan = resolve_plan(cfg, settings.plan)
-    registry = FileSchemaRegistry(settings.registry_dir or f"{cfg.run_dir}/schema-registry")
-    load_builtin_schemas(registry)
-    codec = AvroCodec(registry)
-    encoder = AvroCodec(registry, validate=False)
-    deadline = settings.window_deadline_ms / 1000
-    store = RedisWindowStore(plan, redis_client(cfg, socket_timeout=deadline, socket_connect_timeout=deadline))
-    # metadata.recovery.strategy=none: with librdkafka 2.16's default (rebootstrap), a restart of the
-    # broker(s) decommissions the known brokers, and requests to the group coordinator then hang
-    # forever (send_offsets_to_transaction included, whatever its timeout; librdkafka #5511)
-    consumer_conf = {"metadata.recovery.strategy": "none", "group.id": settings.group_id, "enable.auto.commit": False,
-                     "enable.auto.offset.store": False, "isolation.level": "read_committed",
-                     "auto.offset.reset": settings.auto_offset_reset, "session.timeout.ms": 10000,
-                     "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100}
-    if settings.static_membership:
-        consumer_conf["group.instance.id"] = settings.transactional_id
-    consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))
-    # retry.backoff.ms 10 (librdkafka: 100): a transaction begun while the broker still writes the
-    # previous one's markers is refused with CONCURRENT_TRANSACTIONS and retried after this backoff;
-    # at 100 ms every such retry was a 100 ms stall of the pipeline (it grows exponentially up to
-    # retry.backoff.max.ms when a broker is really away)
-    producer = Producer(kafka_client_config(
-        cfg, **{"metadata.recovery.strategy": "none", "transactional.id": settings.transactional_id, "linger.ms": 1,
-                "retry.backoff.ms": 10, "transaction.timeout.ms": settings.transaction_timeout_ms,
-                **settings.producer}))
-    triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
-                          settings.model_name or cfg.triton.model_name, settings.model_version,
-                          timeout_s=settings.triton_timeout_s)
-    if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
-        from relstream.model_routing import routed
-        triton = routed(triton, plan, cfg)
-    fallback = WindowFallback(plan, store, deadline_s=deadline, cooldown_s=settings.window_cooldown_ms / 1000)
-    scorer = KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
-                       facts_topics=settings.facts_topics or [cfg.topics.facts],
-                       scores_topic=settings.scores_topic or cfg.topics.scores,
-                       dlq_topic=settings.dlq_topic or cfg.topics.dlq, store=store,
-                       append_scored=settings.append_scored, max_batch=settings.max_batch,
-                       poll_timeout_s=settings.poll_timeout_ms / 1000, key_column=settings.key_column,
-                       metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
-                       backoff_max_s=settings.retry_backoff_max_ms / 1000,
-                       txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
-                       commit_interval_s=settings.commit_interval_ms / 1000,
-                       batch_interval_s=settings.batch_interval_ms / 1000, group_id=settings.group_id,
-                       max_payload_bytes=settings.max_payload_bytes)
-    if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
-        from .recommend_kafka import as_ranking_scorer
-        scorer = as_ranking_scorer(scorer, cfg, settings)
-    return scorer
-
-
 def _close_quietly(consumer) -> None:
     try:
         consumer.close()
     except Exception as exc:  # noqa: BLE001 - closing a failed client; its replacement takes over
         log.warning("closing the consumer: %s", exc)
-
-
-def install_signal_handlers(scorer: KafkaScorer) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: scorer.request_stop())

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
@@ -45,6 +44,7 @@ from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_ten
 from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
+from .settings import RecommendSettings
 from .triton import TritonRequestError, TritonScorer, TritonUnavailable, _batch_of, classify, make_inputs
 
 log = logging.getLogger(__name__)
@@ -58,35 +58,10 @@ OPTION_FIELDS = (SESSION_EVENTS, ANCHOR_TIME, "candidates", "k", "exclude_sessio
 
 # ----- settings ------------------------------------------------------------------------------------
 
-class RecommendSettings(BaseModel):
-    """``serve.recommend`` / ``score.recommend`` (ranking plans only)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    catalog: str | None = None  # catalog.parquet; default: the served model version's
-    default_k: int = Field(default=10, ge=1)  # HTTP: k when the request has none
-    max_session_events: int = Field(default=100, ge=0)  # HTTP: per request
-    max_batch: int = Field(default=32, ge=1)  # HTTP: requests per Triton call (<= the model's max_batch_size)
-    session_column: str = "basket_id"  # window column whose newest value names the open basket
-    # Kafka path: each session event ranks the catalog top-N for its household
-    catalog_top_n: int = Field(default=100, ge=1)
-    top_k: int = Field(default=20, ge=1)
-    exclude_session_items: bool = True
-    topic: str = "relstream.recommendations"
-
-
 def recommend_settings(section: Any) -> RecommendSettings:
-    """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain dict)."""
-    from pydantic import ValidationError
-
-    from relstream.config import ConfigError, format_errors
-    raw = getattr(section, "recommend", section if isinstance(section, Mapping) else None) or {}
-    if isinstance(raw, RecommendSettings):
-        return raw
-    try:
-        return RecommendSettings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid recommend settings:\n{format_errors(exc, prefix='recommend.')}") from None
+    """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain mapping)."""
+    raw = getattr(section, "recommend", section)
+    return raw if isinstance(raw, RecommendSettings) else RecommendSettings.model_validate(raw or {})
 
 
 # ----- the catalog (candidate source "from_catalog_top") -----------------------------------------
@@ -132,7 +107,7 @@ def with_catalog(cfg: Any, settings: Any) -> Any:
         log.warning("no catalog.parquet for model %r under %s: candidates must be explicit", name,
                     cfg.model_repository)
         return settings
-    return settings.model_copy(update={"recommend": {**rs.model_dump(), "catalog": str(found)}})
+    return settings.model_copy(update={"recommend": rs.model_copy(update={"catalog": str(found)})})
 
 
 # ----- requests ------------------------------------------------------------------------------------

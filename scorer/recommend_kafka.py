@@ -27,8 +27,8 @@ from schemas.dead_letter import INVALID_ROW, MODEL_REJECTED
 from schemas.plan import ServingPlan
 from schemas.tensors import RowError, coerce_row, interactions_of
 
-from .recommend import (RankRequest, RecommendSettings, SyncRanker, degraded_flags, find_catalog, load_catalog,
-                        prepare, recommend_settings, request_tensors, shared_columns, top_items)
+from .recommend import (RankRequest, RecommendSettings, degraded_flags, find_catalog, load_catalog, prepare,
+                        request_tensors, shared_columns, top_items)
 
 log = logging.getLogger(__name__)
 PATH = "kafka"
@@ -159,21 +159,4 @@ def ranking_catalog(cfg: Any, settings: Any, rs: RecommendSettings) -> np.ndarra
     return load_catalog(path)
 
 
-def as_ranking_scorer(scorer: Any, cfg: Any, settings: Any) -> Any:
-    """Turn a KafkaScorer built for a ranking plan into the session-events -> ranked-lists service:
-    its Triton client answers per-candidate outputs, its records are recommendations."""
-    rs = recommend_settings(settings)
-    old = scorer.triton
-    base = getattr(old, "base", old)
-    scorer.triton = SyncRanker(scorer.plan, base.url, base.model_name, settings.model_version,
-                               timeout_s=settings.triton_timeout_s)
-    try:
-        old.close()
-    except Exception:  # noqa: BLE001 - the replaced client was never used
-        pass
-    scorer.strategy = RankingStrategy(scorer.plan, ranking_catalog(cfg, settings, rs), rs)
-    scorer.scores_topic = settings.scores_topic or rs.topic
-    return scorer
-
-
-__all__ = ["RECOMMENDATIONS_SUBJECT", "RankingStrategy", "as_ranking_scorer", "ranking_catalog"]
+__all__ = ["RECOMMENDATIONS_SUBJECT", "RankingStrategy", "ranking_catalog"]

@@ -40,7 +40,7 @@ from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
 from streams.rebuild import StateRebuild
 from streams.records import DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
-from streams.retry import Backoff, GaveUp, retry_until
+from kafka_io.retry import Backoff, GaveUp, retry_until
 
 log = logging.getLogger(__name__)
 

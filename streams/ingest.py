@@ -25,7 +25,7 @@ from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
 from streams.rebuild import StateRebuild
 from streams.records import RecordDecoder
-from streams.retry import Backoff
+from kafka_io.retry import Backoff
 
 log = logging.getLogger(__name__)
 

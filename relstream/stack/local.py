@@ -22,6 +22,7 @@ from typing import Iterable, Mapping
 from .components import (Component, ComponentSettings, KafkaComponent, RedisComponent,
                          TritonComponent)
 from .ports import HOST, ensure_ports_free, free_ports, port_in_use
+from .prereqs import require
 from .process import Child, ChildRecord, StackError, process_start_ticks
 
 ALL_COMPONENTS = ("kafka", "redis", "triton")
@@ -135,7 +136,6 @@ class LocalStack:
 
         Returns seconds to healthy per component. Idempotent: running children are kept.
         """
-        from ..prereqs import require
         require(self.components)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():  # two `up`s on one run dir at once must not start two copies

@@ -8,6 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+from schemas.plan import PlanError
+
+from .config import config_from_args, kafka_client_config, redis_client, section, serving_plan
+from .errors import CliError
+
 DESCRIPTION = """\
 Consume the interaction topics and keep the real-time windows of every hop of the serving plan
 in Redis. Records are decoded with the Avro codec (Confluent wire format), turned into window
@@ -58,17 +63,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_ingest)
 
 
-def resolve_plan(value):
-    from schemas.plan import builtin_plan, load_plan
-
-    if value is None:
-        return builtin_plan("fraud")
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_plan(path)
-    return builtin_plan(str(value))
-
-
 def parse_kv(items) -> dict:
     out = {}
     for item in items:
@@ -79,12 +73,26 @@ def parse_kv(items) -> dict:
     return out
 
 
+def _read_published_transactions(path: Path):
+    """A transactions file in the fraud simulator's published schema, as the plan's table."""
+    # pandas and the data-set loader load only for a backfill in this layout
+    from offline.datasets.fraud import normalise
+    from offline.datasets.loader import read_transactions_file, validate_transactions
+    return normalise(validate_transactions(read_transactions_file(path))).table("transactions")
+
+
+def published_formats():
+    """The published layouts `ingest --backfill` also reads (``TRANSACTION_ID, TX_DATETIME, ...``)."""
+    from streams.backfill import SourceFormat
+    return (SourceFormat("published simulator schema", "transactions", "TRANSACTION_ID",
+                         _read_published_transactions),)
+
+
 def cmd_ingest(args) -> int:
-    from relstream.cli import CliError, config_from_args
-    from relstream.config import kafka_client_config, redis_client, section
-    from schemas.plan import PlanError
-    from streams.backfill import BackfillError, backfill, row_decoder
+    # Kafka, Redis and Avro clients load when the command runs, not when the CLI builds its
+    # parser (every `relstream` command builds every command's parser)
     from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
+    from streams.backfill import BackfillError, backfill, row_decoder
     from streams.ingest import (IngestSection, IngestService, IngestSettings, default_topics, open_codec,
                                 open_redis_store, scorer_owned_topics)
     from streams.records import parse_topic_tables
@@ -94,7 +102,7 @@ def cmd_ingest(args) -> int:
     cfg = config_from_args(args)
     sec = section(cfg, "ingest", IngestSection)
     try:
-        plan = resolve_plan(args.plan or cfg.plan)
+        plan = serving_plan(cfg, args.plan)
     except PlanError as exc:
         raise CliError(f"--plan: {exc}") from None
     store = open_redis_store(plan, redis_client(cfg), sec.store)
@@ -103,7 +111,8 @@ def cmd_ingest(args) -> int:
         decoder = row_decoder(plan)
         try:
             report = backfill(args.backfill, decoder, store, table=args.backfill_table,
-                              chunk_rows=args.chunk_rows, progress=not args.no_progress)
+                              chunk_rows=args.chunk_rows, progress=not args.no_progress,
+                              formats=published_formats())
         except BackfillError as exc:
             raise CliError(str(exc)) from None
         print(json.dumps(report.to_dict()))

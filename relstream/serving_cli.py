@@ -1,7 +1,8 @@
 """`relstream score` (Kafka path) and `relstream serve` (HTTP path).
 
 Settings come from the `score` / `serve` sections of the relstream config (see
-:mod:`scorer.settings`); command-line flags override them.
+:mod:`scorer.settings`); command-line flags override them. The clients are built by
+:mod:`relstream.serving`.
 """
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ import logging
 import os
 import sys
 import time
+
+from kafka_io.bounded import FatalConsumerError
+from scorer.metrics import ScorerMetrics
+from scorer.settings import ScoreSettings, ServeSettings
+
+from .config import config_from_args, section, serving_plan
+from .errors import CliError
 
 log = logging.getLogger("relstream.score")
 
@@ -52,12 +60,9 @@ def register(subparsers) -> None:
 # ----- score -------------------------------------------------------------------------------------
 
 def cmd_score(args) -> int:
-    from relstream.cli import CliError, config_from_args
-    from relstream.config import section
-
-    from .kafka_service import FatalConsumerError, build_kafka_scorer, install_signal_handlers
-    from .metrics import ScorerMetrics
-    from .settings import ScoreSettings
+    # the Kafka, Redis and Triton clients load when the command runs, not when the CLI builds
+    # its parser (every `relstream` command builds every command's parser)
+    from .serving import build_kafka_scorer, install_signal_handlers
 
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -128,52 +133,6 @@ def cmd_score(args) -> int:
 
 # ----- serve -------------------------------------------------------------------------------------
 
-def api_token(settings) -> str | None:
-    from relstream.cli import CliError
-    token = os.environ.get(settings.token_env) or None
-    if settings.auth and not token:
-        raise CliError(f"no API token: set ${settings.token_env} (or run with --no-auth for local tests)")
-    return token
-
-
-def build_serve_app(cfg, settings):
-    """The FastAPI app with real clients (Redis window store, Triton gRPC aio)."""
-    from relstream.config import redis_client
-    from rti_store import RedisWindowStore
-
-    from .http import ServeDeps, create_app
-    from .settings import resolve_plan, triton_grpc_url
-    from .triton import AsyncTritonScorer
-
-    plan = resolve_plan(cfg, settings.plan)
-    token = api_token(settings)
-    # The deadline is enforced around the read; the socket timeout only frees a stuck thread.
-    socket_timeout = max(0.25, 4 * settings.window_deadline_ms / 1000)
-    client = redis_client(cfg, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-    store = RedisWindowStore(plan, client)
-    triton = AsyncTritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
-                               settings.model_name or cfg.triton.model_name, settings.model_version,
-                               timeout_s=settings.triton_timeout_s)
-    if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
-        from relstream.model_routing import routed
-        triton = routed(triton, plan, cfg)
-    if plan.is_ranking:  # /v1/recommend's "from_catalog_top": the served version's catalog.parquet
-        from .recommend import with_catalog
-        settings = with_catalog(cfg, settings)
-    deps = ServeDeps(plan=plan, triton=triton, store=store, settings=settings, token=token,
-                     store_ping=client.ping, on_close=[triton.close, store.close, client.close])
-    return create_app(deps)
-
-
-def serve_app_factory():
-    """uvicorn factory (`scorer.cli:serve_app_factory`): config from $RELSTREAM_CONFIG + env."""
-    from relstream.config import load_config, section
-
-    from .settings import ServeSettings
-    cfg = load_config()
-    return build_serve_app(cfg, section(cfg, "serve", ServeSettings))
-
-
 def bound_url(sock) -> str:
     """``http://host:port`` of a bound listening socket (the real port, also when 0 was asked for)."""
     host, port = sock.getsockname()[:2]
@@ -181,13 +140,11 @@ def bound_url(sock) -> str:
 
 
 def cmd_serve(args) -> int:
+    # uvicorn and the app's clients load when the command runs (see cmd_score)
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from relstream.cli import config_from_args
-    from relstream.config import section
-
-    from .settings import ServeSettings
+    from .serving import api_token
 
     cfg = config_from_args(args)
     settings = section(cfg, "serve", ServeSettings)
@@ -202,10 +159,9 @@ def cmd_serve(args) -> int:
         os.environ["RELSTREAM_CONFIG"] = str(args.config)
     for key, value in overrides.items():
         os.environ[f"RELSTREAM__SERVE__{key.upper()}"] = json.dumps(value) if not isinstance(value, str) else value
-    from .settings import resolve_plan
     api_token(settings)  # fail fast, before forking workers
-    resolve_plan(cfg, settings.plan)
-    config = uvicorn.Config("scorer.cli:serve_app_factory", factory=True, host=settings.host, port=settings.port,
+    serving_plan(cfg, settings.plan)
+    config = uvicorn.Config("relstream.serving:serve_app_factory", factory=True, host=settings.host, port=settings.port,
                             workers=settings.workers, log_level=args.log_level, access_log=False,
                             loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
     # Bind before printing, so the address printed is the one clients can reach (port 0 = a free
