@@ -107,7 +107,7 @@ def cmd_score(args) -> int:
                 rebuilds += 1
                 attempt += 1  # back off while rebuilds keep failing (e.g. the broker is still down)
                 time.sleep(min(10.0, 0.1 * 2 ** attempt))
-                if scorer._stop.is_set():  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
+                if scorer.stopping:  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
                     scorer = None
                     break
                 scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
