@@ -29,6 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from schemas.plan import ServingPlan, resolve_plan
+from scorer.settings import ScoreSettings, ServeSettings
+from streams.settings import IngestSection
 
 DEFAULT_CONFIG_FILE = "relstream.yaml"
 ENV_CONFIG_FILE = "RELSTREAM_CONFIG"
@@ -170,7 +172,8 @@ class Config(_Strict):
     stack: StackConfig = Field(default_factory=StackConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     plan: Path | None = Field(default=None, strict=False)  # serving-plan YAML
-    # free sections; their packages validate them (see `section()`)
+    # the services' sections, kept as written (``section()`` reads them typed); validate() checks
+    # each against its service's model (SECTION_MODELS), so a bad value is refused at load time
     ingest: dict[str, Any] = Field(default_factory=dict)
     score: dict[str, Any] = Field(default_factory=dict)
     serve: dict[str, Any] = Field(default_factory=dict)
@@ -210,13 +213,28 @@ def load_config(path: str | os.PathLike | None = None,
     return validate(merged, where=str(file_path) if file_path else "configuration")
 
 
+# the typed model of each service section (streams: `relstream ingest`; scorer: `score`, `serve`)
+SECTION_MODELS: dict[str, type[BaseModel]] = {"ingest": IngestSection, "score": ScoreSettings,
+                                              "serve": ServeSettings}
+
+
 def validate(data: Mapping[str, Any], where: str = "configuration") -> Config:
+    """The configuration, every section checked against its model; errors name the dotted keys."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
     try:
-        return Config.model_validate(dict(data))
+        cfg = Config.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(f"invalid {where}:\n{format_errors(exc)}") from None
+    errors = []
+    for name, model in SECTION_MODELS.items():
+        try:
+            model.model_validate(getattr(cfg, name))
+        except ValidationError as exc:
+            errors.append(format_errors(exc, prefix=name + "."))
+    if errors:
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(errors))
+    return cfg
 
 
 def format_errors(exc: ValidationError, prefix: str = "") -> str:

@@ -17,10 +17,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from schemas.plan import load_plan
-
 from . import lifecycle as lc
-from .config import config_from_args, triton_grpc_url
+from .config import config_from_args, serving_plan, triton_grpc_url
 from .errors import CliError
 from .model_ops import CHECKS, DeployRefused, ModelOps, ModelOpsError, TritonControl
 
@@ -28,8 +26,7 @@ from .model_ops import CHECKS, DeployRefused, ModelOps, ModelOpsError, TritonCon
 def _ops(args) -> ModelOps:
     cfg = config_from_args(args)
     repo = Path(args.model_repository or cfg.model_repository)
-    plan_path = args.plan or cfg.plan
-    contract = load_plan(plan_path) if plan_path else None
+    contract = serving_plan(cfg, args.plan) if args.plan or cfg.plan else None
     triton = TritonControl(triton_grpc_url(cfg, args.triton_grpc_url))
     return ModelOps(repository=repo, model=args.model or cfg.triton.model_name, triton=triton,
                     contract=contract, routing_path=Path(args.routing_file) if args.routing_file else None,

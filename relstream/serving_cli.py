@@ -17,24 +17,32 @@ from scorer.metrics import ScorerMetrics
 from scorer.settings import ScoreSettings, ServeSettings
 
 from .config import config_from_args, section, serving_plan
-from .errors import CliError
+from .overrides import Flag, add_flags, apply_flags
 
 log = logging.getLogger("relstream.score")
+
+PLAN_FLAG = Flag("plan", "--plan", "serving plan YAML or built-in name (default: the top-level plan, "
+                 "then the built-in fraud plan)", "NAME|PATH")
+MODEL_FLAGS = (Flag("model_name", "--model", "Triton model name (default: triton.model_name)"),
+               Flag("triton_grpc_url", "--triton-grpc", "Triton gRPC host:port"))
+SCORE_FLAGS = (PLAN_FLAG, Flag("group_id", "--group", "consumer group id"),
+               Flag("transactional_id", "--transactional-id", "unique per running instance"),
+               Flag("max_batch", "--max-batch", "events per batch"),
+               Flag("append_scored", "--append-scored", "also append each scored fact to its windows"),
+               *MODEL_FLAGS)
+SERVE_FLAGS = (PLAN_FLAG, Flag("host", "--host", "bind address"), Flag("port", "--port", "port"),
+               Flag("workers", "--workers", "uvicorn worker processes"), *MODEL_FLAGS,
+               Flag("batch_window_ms", "--batch-window-ms", "micro-batch collection window"),
+               Flag("max_batch", "--max-batch", "requests per micro-batch"),
+               Flag("window_deadline_ms", "--window-deadline-ms", "window-store deadline"),
+               Flag("auth", "--no-auth", "accept requests without a token (local only)", const=False))
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score facts from Kafka into the scores topic (exactly once)",
                               description="Consume facts, read RTI windows as of each event, call Triton "
                                           "once per batch, produce scores + offsets in one Kafka transaction.")
-    p.add_argument("--plan", help="serving plan YAML or built-in name (default: score.plan, then plan, "
-                                  "then the built-in fraud plan)")
-    p.add_argument("--group", help="consumer group id (score.group_id)")
-    p.add_argument("--transactional-id", help="unique per running instance (score.transactional_id)")
-    p.add_argument("--max-batch", type=int, help="events per batch (score.max_batch)")
-    p.add_argument("--append-scored", action="store_true", default=None,
-                   help="also append each scored fact to its windows (score.append_scored)")
-    p.add_argument("--model", help="Triton model name (score.model_name, then triton.model_name)")
-    p.add_argument("--triton-grpc", help="Triton gRPC host:port (score.triton_grpc_url)")
+    add_flags(p, "score", ScoreSettings, SCORE_FLAGS)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
     p.add_argument("--exit-when-idle", type=float, metavar="S", help="exit after S seconds without input")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -43,16 +51,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="HTTP scoring API (POST /v1/score, /v1/infer; bearer token)",
                               description="FastAPI + uvicorn. The token comes from $RELSTREAM_API_TOKEN "
                                           "(serve.token_env).")
-    p.add_argument("--plan", help="serving plan YAML or built-in name")
-    p.add_argument("--host", help="bind address (serve.host)")
-    p.add_argument("--port", type=int, help="port (serve.port)")
-    p.add_argument("--workers", type=int, help="uvicorn worker processes (serve.workers)")
-    p.add_argument("--model", help="Triton model name")
-    p.add_argument("--triton-grpc", help="Triton gRPC host:port")
-    p.add_argument("--batch-window-ms", type=float, help="micro-batch collection window (serve.batch_window_ms)")
-    p.add_argument("--max-batch", type=int, help="requests per micro-batch (serve.max_batch)")
-    p.add_argument("--window-deadline-ms", type=float, help="window-store deadline (serve.window_deadline_ms)")
-    p.add_argument("--no-auth", action="store_true", help="accept requests without a token (local only)")
+    add_flags(p, "serve", ServeSettings, SERVE_FLAGS)
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -67,13 +66,7 @@ def cmd_score(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
-    settings = section(cfg, "score", ScoreSettings)
-    overrides = {"plan": args.plan, "group_id": args.group, "transactional_id": args.transactional_id,
-                 "max_batch": args.max_batch, "append_scored": args.append_scored, "model_name": args.model,
-                 "triton_grpc_url": args.triton_grpc}
-    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    if settings.max_batch < 1:
-        raise CliError(f"--max-batch: must be >= 1, got {settings.max_batch}")
+    settings, _ = apply_flags(section(cfg, "score", ScoreSettings), args, SCORE_FLAGS)
     metrics = ScorerMetrics()
     scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
     if args.metrics_port:
@@ -147,13 +140,7 @@ def cmd_serve(args) -> int:
     from .serving import api_token
 
     cfg = config_from_args(args)
-    settings = section(cfg, "serve", ServeSettings)
-    overrides = {"plan": args.plan, "host": args.host, "port": args.port, "workers": args.workers,
-                 "model_name": args.model, "triton_grpc_url": args.triton_grpc,
-                 "batch_window_ms": args.batch_window_ms, "max_batch": args.max_batch,
-                 "window_deadline_ms": args.window_deadline_ms, "auth": False if args.no_auth else None}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    settings = ServeSettings.model_validate({**settings.model_dump(), **overrides})
+    settings, overrides = apply_flags(section(cfg, "serve", ServeSettings), args, SERVE_FLAGS)
     # Workers are separate processes: hand them the same settings through the environment.
     if getattr(args, "config", None):
         os.environ["RELSTREAM_CONFIG"] = str(args.config)
