@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Sequence
 
+import yaml
+
 from .config import ConfigError, config_from_args, stack_from_config
 from .demo_smoke import run_smoke
 from .errors import CliError
@@ -106,7 +108,6 @@ def cmd_stack_env(args) -> int:
     if args.format == "json":
         print(json.dumps(frag, indent=1))
     elif args.format == "yaml":
-        import yaml
         print(yaml.safe_dump(frag, sort_keys=False), end="")
     else:
         for section, values in frag.items():
@@ -117,7 +118,6 @@ def cmd_stack_env(args) -> int:
 
 # ----------------------------------------------------------------------------------- config
 def cmd_config_show(args) -> int:
-    import yaml
     cfg = config_from_args(args)
     data = cfg.model_dump(mode="json")
     for key in list(data["kafka"]["client"]):

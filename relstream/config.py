@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 from urllib.parse import urlparse
 
+import redis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from redis.cluster import RedisCluster
 
 from schemas.plan import ServingPlan, resolve_plan
 from scorer.settings import ScoreSettings, ServeSettings
 from streams.settings import IngestSection
+
+from .stack import ComponentSettings, LocalStack
 
 DEFAULT_CONFIG_FILE = "relstream.yaml"
 ENV_CONFIG_FILE = "RELSTREAM_CONFIG"
@@ -400,7 +404,6 @@ def kafka_client_config(cfg: Config, **overrides: Any) -> dict:
 
 def redis_client(cfg: Config, **overrides: Any):
     """A redis.Redis for cfg.redis (URL may be rediss:// for TLS; password from env)."""
-    import redis
     kwargs: dict[str, Any] = {"socket_timeout": cfg.redis.socket_timeout_s,
                               "socket_connect_timeout": cfg.redis.socket_timeout_s}
     if cfg.redis.password is not None:
@@ -408,7 +411,6 @@ def redis_client(cfg: Config, **overrides: Any):
     kwargs.update(cfg.redis.options)
     kwargs.update(overrides)
     if cfg.redis.cluster:  # window keys are hash-tagged per entity: every command hits one slot
-        from redis.cluster import RedisCluster
         return RedisCluster.from_url(cfg.redis.url, **kwargs)
     return redis.Redis.from_url(cfg.redis.url, **kwargs)
 
@@ -427,7 +429,6 @@ def triton_client(cfg: Config):
 
 def stack_from_config(cfg: Config):
     """The LocalStack described by the `stack` section."""
-    from .stack import ComponentSettings, LocalStack
     s = cfg.stack
     settings = ComponentSettings(kafka_version=s.kafka_version, kafka_heap=s.kafka_heap,
                                  kafka_broker_config=dict(s.kafka_broker_config),

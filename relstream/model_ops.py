@@ -26,22 +26,27 @@ Deploy safety checks (each refusal is a :class:`DeployRefused` naming the check)
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+from google.protobuf import text_format
+from prometheus_client.parser import text_string_to_metric_families
 
 from relstream import lifecycle as lc
-from schemas.plan import ServingPlan, load_plan
 from schemas.files import file_sha256 as _sha256
+from schemas.plan import ServingPlan, load_plan
+from schemas.tensors import Interaction, Window, build_tensors
 
 PLAN_FILE = "plan.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -109,7 +114,6 @@ class BundleFiles:
 # ----- config.pbtxt ------------------------------------------------------------------------------
 
 def parse_model_config(text: str, where: str = CONFIG_FILE):
-    from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     cfg = model_config_pb2.ModelConfig()
@@ -160,7 +164,6 @@ def slot_config(text: str, name: str, version: int, warmup_count: int = 0) -> st
     zero-filled requests (empty, short and full histories) *before* it turns READY, so no live
     request meets a cold instance (cold cache, seed 002). Leading comment lines are kept.
     """
-    from google.protobuf import text_format
 
     cfg = parse_model_config(text)
     cfg.name = name
@@ -400,7 +403,6 @@ def synthetic_requests(plan: ServingPlan, n: int, now_ns: int, seed: int = 0) ->
     same tensor code as live traffic. Lengths cycle through 0, 1, a middle value and ``max_len``
     so warm-up touches the empty-history and the full-window paths.
     """
-    from schemas.tensors import Interaction, Window, build_tensors
 
     rng = np.random.default_rng(seed)
 
@@ -586,7 +588,6 @@ class ModelOps:
     @contextmanager
     def _exclusive(self):
         """One control-plane operation per model at a time (two operators, two terminals)."""
-        import fcntl
         lock = Path(str(self.routing_path) + ".lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as fh:
@@ -762,7 +763,6 @@ SCORE_HISTOGRAM = "relstream_scorer_score"
 
 def parse_version_histograms(text: str, name: str = SCORE_HISTOGRAM) -> dict[str, dict]:
     """{model_version: {"count", "mean", "buckets": {le: cumulative}}} from Prometheus text."""
-    from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, dict] = {}
     for fam in text_string_to_metric_families(text):
@@ -787,7 +787,6 @@ def parse_version_histograms(text: str, name: str = SCORE_HISTOGRAM) -> dict[str
 
 def scorer_version_metrics(urls: Sequence[str]) -> dict[str, dict]:
     """Merge the score histograms of several scorer /metrics endpoints (unreachable ones skipped)."""
-    import urllib.request
 
     merged: dict[str, dict] = {}
     for url in urls:

@@ -71,6 +71,7 @@ def cmd_score(args) -> int:
     scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
     if args.metrics_port:
         from prometheus_client import start_http_server
+
         # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod
         start_http_server(args.metrics_port, addr=os.environ.get("RELSTREAM_METRICS_HOST", "127.0.0.1"),
                           registry=metrics.registry)

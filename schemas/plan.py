@@ -27,6 +27,8 @@ Time semantics (shared by every package; all instants are int64 nanoseconds sinc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -364,8 +366,6 @@ class ServingPlan:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that shapes tensors; equal fingerprints = compatible."""
-        import hashlib
-        import json
 
         payload = {
             "tensors": [(t.name, t.dtype) for t in self.tensors],

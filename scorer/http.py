@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -391,7 +392,6 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     def openapi():
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             schema["paths"] = {**scoring_docs, **schema.get("paths", {})}

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
-from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
-                             coerce_row, coerce_value, describe, interactions_of, stack_requests, window_keys)
+from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates, coerce_row,
+                             coerce_value, describe, interactions_of, stack_requests, window_keys)
 from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
@@ -65,7 +66,6 @@ def recommend_settings(section: Any) -> RecommendSettings:
 
 def load_catalog(path: str | Path) -> np.ndarray:
     """Product ids of a bundle's ``catalog.parquet`` in rank order (``rank`` ascending if present)."""
-    import pyarrow.parquet as pq
 
     path = Path(path)
     table = pq.read_table(path)
