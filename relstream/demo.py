@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from kafka_io.polling import consume_ready
+from relstream.stack.process import Process, ProcessExited, rss_bytes  # noqa: F401 - rss_bytes: the soak test's
 
 TOKEN_ENV = "RELSTREAM_API_TOKEN"  # serve.token_env in the demo's config (the default)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -121,105 +122,17 @@ def run_step(stage: str, argv: Sequence[str], log_path: Path, timeout_s: float =
     return log_tail(log_path, 5)
 
 
-def _proc_children(pid: int) -> list[int]:
-    try:
-        out = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(p) for p in out]
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (by /proc children lists)."""
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.append(p)
-        todo.extend(_proc_children(p))
-    return seen
-
-
-def rss_bytes(pid: int, tree: bool = True) -> int:
-    total = 0
-    for p in (process_tree(pid) if tree else [pid]):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
-            continue
-    return total
-
-
-class Service:
-    """A long-running relstream subprocess (ingest, score, serve) with its own log file.
-
-    Started in its own process group so that stop()/kill() reach its children, and only them.
-    """
+class Service(Process):
+    """A long-running relstream subprocess (ingest, score, serve) of the demo, with its own log
+    file (:class:`relstream.stack.process.Process`); failures are DemoErrors of a stage."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None):
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = Path(log_path)
-        self.env = dict(env or {})
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> "Service":
-        if self.alive:
-            return self
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        log.write(f"\n$ {shlex.join(self.argv)}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                     env=child_env(self.env), start_new_session=True)
-        log.close()
-        self.starts += 1
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        super().__init__(name, argv, log_path, env=child_env(env), cwd=REPO_ROOT)
 
     def check_alive(self, stage: str) -> None:
         if self.proc is not None and not self.alive:
             raise DemoError(stage, f"{self.name} exited with code {self.proc.returncode}", self.log_path,
                             log_tail(self.log_path))
-
-    def kill(self) -> None:
-        """kill -9 of the whole process group (the fault tests' crash)."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM (graceful: finish the batch in hand), SIGKILL after ``timeout_s``."""
-        if self.proc is None:
-            return None
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # anything left in the group (e.g. a child that ignored SIGTERM)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.returncode
 
     def dump_stacks(self, lines: int = 80) -> str:
         """A hung service's Python stacks (faulthandler on SIGABRT); the process dies doing it."""
@@ -230,25 +143,15 @@ class Service:
             self.proc.wait(10)
         return self.tail(lines)
 
-    def rss(self) -> int:
-        return rss_bytes(self.proc.pid) if self.alive else 0
-
-    def tail(self, lines: int = 25) -> str:
-        return log_tail(self.log_path, lines)
-
-    def log_count(self, needle: str) -> int:
-        return self.log_path.read_text(errors="replace").count(needle) if self.log_path.exists() else 0
-
     def wait_for_log(self, needle: str, timeout_s: float, stage: str, count: int = 1) -> None:
         """Wait until ``needle`` occurs ``count`` times in the log (restarts append to it)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        try:
+            super().wait_for_log(needle, timeout_s, count)
+        except ProcessExited:
             self.check_alive(stage)
-            if self.log_count(needle) >= count:
-                return
-            time.sleep(0.1)
-        raise DemoError(stage, f"{self.name} did not log {needle!r} within {timeout_s:.0f}s", self.log_path,
-                        self.tail())
+        except TimeoutError:
+            raise DemoError(stage, f"{self.name} did not log {needle!r} within {timeout_s:.0f}s", self.log_path,
+                            self.tail()) from None
 
 
 # ----- events on Kafka ----------------------------------------------------------------------------
