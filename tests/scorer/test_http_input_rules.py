@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relstream.report import curl_command
+from relstream.demo.report import curl_command
 from scorer.http_api import repeated_key
 from tests.scorer.conftest import AUTH, BASE_T, SECOND, TOKEN, ServerThread, fact_row
 
