@@ -20,7 +20,9 @@ from pathlib import Path
 from . import lifecycle as lc
 from .config import config_from_args, serving_plan, triton_grpc_url
 from .errors import CliError
-from .model_ops import CHECKS, DeployRefused, ModelOps, ModelOpsError, TritonControl
+from .model_checks import CHECKS, DeployRefused
+from .model_ops import ModelOps
+from .triton_control import ModelOpsError, TritonControl
 
 
 def _ops(args) -> ModelOps:

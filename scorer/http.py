@@ -341,7 +341,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
         body = gate.open(auth, content_type, raw)
         try:
             _check_infer_body(body)
-            tensors = from_tritonjson_response(plan, body)
+            tensors = from_triton_json(plan, body)
         except RowError as exc:
             metrics.errors.labels(PATH, "invalid_tensors").inc()
             raise ApiError(422, "invalid_tensors", str(exc), exc.field) from None
