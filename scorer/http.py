@@ -35,7 +35,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.dead_letter import ROW_ERRORS
 from schemas.plan import ANCHOR_TIME, ServingPlan
 from schemas.tensors import RowError, describe, from_triton_json
 from schemas.values import check_row
@@ -44,13 +43,12 @@ from .batch import Outcome
 from .batcher import MicroBatcher
 from .fallbacks import WindowFallback, WindowReader
 from .http_api import (FLOAT32_MAX, INT64_MAX, INT64_MIN, SCORING_ERRORS, ApiError, HttpBatch, RequestGate,
-                       error_response, json_response, value_schema)
+                       error_response, json_response, outcome_error, value_schema)
 from .metrics import CONTENT_TYPE_LATEST, ScorerMetrics
 from .pipeline import PreparedEvent, allowed_fields, prepare_event, required_fields, score_record
 from .recommend_http import mount_recommend
 from .settings import ServeSettings
 from .tasks import ScoringTask
-from .triton import TritonRequestError
 
 log = logging.getLogger(__name__)
 PATH = "http"
@@ -172,14 +170,7 @@ class ScoringService:
 
 
 def scored_or_error(outcome: Outcome, now: int):
-    err = outcome.error
-    if isinstance(err, TritonRequestError):
-        return ApiError(400, "triton_rejected", str(err))
-    if isinstance(err, RowError):
-        return ApiError(422, "invalid_row", str(err), err.field)
-    if isinstance(err, ROW_ERRORS):
-        return ApiError(422, "invalid_row", f"row does not fit the plan's tensors: {err}")
-    return outcome.output, outcome.row, outcome.degraded, now
+    return outcome_error(outcome, "invalid_row", "row") or (outcome.output, outcome.row, outcome.degraded, now)
 
 
 def _check_ranges(plan: ServingPlan, row: Mapping[str, Any]) -> None:

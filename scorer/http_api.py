@@ -20,6 +20,8 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from schemas.tensors import RowError
+
 from .batch import Outcome, ServingTask, run_async, score_batch
 from .metrics import ScorerMetrics
 from .triton import TritonRequestError, TritonUnavailable
@@ -308,6 +310,19 @@ class RequestGate:
             except ApiError as err:
                 return error_response(err)
         return endpoint
+
+
+def outcome_error(outcome: Outcome, code: str, what: str) -> ApiError | None:
+    """The HTTP error of one item of a batch (None: it was scored): 400 when Triton refused the
+    request itself, 422 ``code`` when it does not fit the plan (the field named when known)."""
+    err = outcome.error
+    if err is None:
+        return None
+    if isinstance(err, TritonRequestError):
+        return ApiError(400, "triton_rejected", str(err))
+    if isinstance(err, RowError):
+        return ApiError(422, code, str(err), err.field)
+    return ApiError(422, code, f"{what} does not fit the plan's tensors: {err}")
 
 
 class HttpBatch:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
 from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates, coerce_row,
-                             coerce_value, describe, interactions_of, stack_requests, window_keys)
+                             coerce_value, describe, interactions_of, window_keys)
 from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns

@@ -14,19 +14,17 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from schemas.dead_letter import ROW_ERRORS
 from schemas.plan import ANCHOR_TIME, ServingPlan
 from schemas.tensors import RowError
 
 from .batch import Outcome
 from .batcher import MicroBatcher
-from .http_api import SCORING_ERRORS, ApiError, HttpBatch, RequestGate, value_schema
+from .http_api import SCORING_ERRORS, ApiError, HttpBatch, RequestGate, outcome_error, value_schema
 from .pipeline import cold_start_columns
 from .recommend import (FROM_CATALOG_TOP, SESSION_EVENTS, AsyncRanker, Prepared, RankRequest, degraded_flags,
                         load_catalog, parse_request, recommend_settings, shared_columns, top_items)
 from .settings import RecommendSettings
 from .tasks import RankingTask
-from .triton import TritonRequestError
 
 PATH = "recommend"  # metrics label of the HTTP ranking path
 
@@ -42,14 +40,8 @@ class Ranked:
 
 def ranked_or_error(outcome: Outcome, now: int) -> Ranked | ApiError:
     """The HTTP answer of one outcome of the batch step."""
-    err = outcome.error
-    if isinstance(err, TritonRequestError):
-        return ApiError(400, "triton_rejected", str(err))
-    if isinstance(err, RowError):
-        return ApiError(422, "invalid_request", str(err), err.field)
-    if isinstance(err, ROW_ERRORS):
-        return ApiError(422, "invalid_request", f"request does not fit the plan's tensors: {err}")
-    return Ranked(outcome.prepared, outcome.output, outcome.row, outcome.degraded, now)
+    return outcome_error(outcome, "invalid_request", "request") or Ranked(outcome.prepared, outcome.output, outcome.row,
+                                                                         outcome.degraded, now)
 
 
 class RecommendService:
