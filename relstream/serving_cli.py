@@ -10,9 +10,9 @@ import json
 import logging
 import os
 import sys
-import time
 
-from kafka_io.bounded import FatalConsumerError
+from prometheus_client import start_http_server
+
 from scorer.metrics import ScorerMetrics
 from scorer.settings import ScoreSettings, ServeSettings
 
@@ -61,6 +61,8 @@ def register(subparsers) -> None:
 def cmd_score(args) -> int:
     # the Kafka, Redis and Triton clients load when the command runs, not when the CLI builds
     # its parser (every `relstream` command builds every command's parser)
+    from scorer.kafka_service import run_rebuilding
+
     from .serving import build_kafka_scorer, install_signal_handlers
 
     logging.basicConfig(level=getattr(logging, args.log_level),
@@ -70,8 +72,6 @@ def cmd_score(args) -> int:
     metrics = ScorerMetrics()
     scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
     if args.metrics_port:
-        from prometheus_client import start_http_server
-
         # RELSTREAM_METRICS_HOST=0.0.0.0 in containers, so Prometheus can scrape the pod
         start_http_server(args.metrics_port, addr=os.environ.get("RELSTREAM_METRICS_HOST", "127.0.0.1"),
                           registry=metrics.registry)
@@ -81,44 +81,8 @@ def cmd_score(args) -> int:
           f"(DLQ {scorer.dlq_topic}), group {settings.group_id}, model {scorer.triton.model_name} "
           f"@ {scorer.triton.url}, exactly-once (transactional.id {settings.transactional_id})",
           file=sys.stderr, flush=True)
-    stats = scorer.stats
-    rebuilds = 0
-    while scorer is not None:
-        try:
-            stats = scorer.run(idle_exit_s=args.exit_when_idle)
-        except FatalConsumerError as exc:
-            # librdkafka clients in a fatal, fenced or wedged state never recover: replace them. The
-            # new producer (same transactional.id) fences the old one and settles its open
-            # transaction; the new consumer resumes from the committed offsets. Nothing is lost and
-            # nothing is scored twice (see KafkaScorer._produce_transaction).
-            stats = scorer.stats
-            attempt = 0
-            while scorer is not None:
-                log.error("%s; rebuilding the Kafka clients", exc)
-                metrics.errors.labels("kafka", "fatal_consumer").inc()
-                metrics.retries.labels("kafka", "rebuild").inc()
-                scorer.close(timeout_s=5.0)  # bounded: a wedged client is abandoned, not waited for
-                rebuilds += 1
-                attempt += 1  # back off while rebuilds keep failing (e.g. the broker is still down)
-                time.sleep(min(10.0, 0.1 * 2 ** attempt))
-                if scorer.stopping:  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
-                    scorer = None
-                    break
-                scorer = build_kafka_scorer(cfg, settings, metrics=metrics)
-                scorer.stats = stats
-                install_signal_handlers(scorer)
-                try:
-                    scorer.start()
-                    log.info("Kafka clients rebuilt (%d rebuilds so far)", rebuilds)
-                    break
-                except FatalConsumerError as again:
-                    exc = again
-            continue
-        except BaseException:
-            scorer.close()
-            raise
-        scorer.close()
-        break
+    stats, rebuilds = run_rebuilding(scorer, lambda: build_kafka_scorer(cfg, settings, metrics=metrics),
+                                     idle_exit_s=args.exit_when_idle, on_new=install_signal_handlers)
     print(json.dumps({"batches": stats.batches, "consumed": stats.consumed, "scored": stats.scored,
                       "dead_letters": stats.dead_letters, "aborts": stats.aborts,
                       "triton_retries": stats.triton_retries, "client_rebuilds": rebuilds}), flush=True)

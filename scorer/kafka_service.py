@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 PATH = "kafka"
 SCORES_SUBJECT = "scores-value"
 APPEND_FAILED = "window_append_failed"
-__all__ = ["BatchStats", "ClientsWedged", "FatalConsumerError", "KafkaScorer", "LoopStats", "ScoringStrategy"]
+__all__ = ["BatchStats", "ClientsWedged", "FatalConsumerError", "KafkaScorer", "LoopStats", "ScoringStrategy",
+           "run_rebuilding"]
 
 
 @dataclass
@@ -412,6 +413,51 @@ class KafkaScorer:
         self.producer.produce(self.dlq_topic, key=entry.key, value=self.codec.encode(DLQ_SUBJECT, entry.to_record()),
                               headers=entry.headers())
         return entry
+
+
+def run_rebuilding(scorer: KafkaScorer, build: Callable[[], KafkaScorer], *, idle_exit_s: float | None = None,
+                   on_new: Callable[[KafkaScorer], None] = lambda scorer: None,
+                   backoff: Backoff = Backoff(initial_s=0.2, max_s=10.0, jitter=0.0),
+                   sleep: Callable[[float], None] = time.sleep) -> tuple[LoopStats, int]:
+    """Run a started ``scorer`` until it stops; ``(its stats, client rebuilds)``.
+
+    librdkafka clients in a fatal, fenced or wedged state never recover (FatalConsumerError):
+    they are closed (bounded: a wedged client is abandoned, not waited for) and ``build()`` makes
+    new ones, retried with ``backoff`` while the new ones fail too (e.g. the broker is still down).
+    The new producer (same transactional.id) fences the old one and settles its open transaction;
+    the new consumer resumes from the committed offsets: nothing is lost, nothing scored twice.
+    ``on_new(scorer)`` is called for each new scorer before it starts (signal handlers)."""
+    rebuilds = 0
+    while True:
+        try:
+            scorer.run(idle_exit_s=idle_exit_s)
+        except FatalConsumerError as exc:
+            stats = scorer.stats
+            delays = backoff.delays()
+            while True:
+                log.error("%s; rebuilding the Kafka clients", exc)
+                scorer.metrics.errors.labels(PATH, "fatal_consumer").inc()
+                scorer.metrics.retries.labels(PATH, "rebuild").inc()
+                scorer.close(timeout_s=5.0)
+                rebuilds += 1
+                sleep(next(delays))
+                if scorer.stopping:  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
+                    return stats, rebuilds
+                scorer = build()
+                scorer.stats = stats
+                on_new(scorer)
+                try:
+                    scorer.start()
+                    log.info("Kafka clients rebuilt (%d rebuilds so far)", rebuilds)
+                    break
+                except FatalConsumerError as again:
+                    exc = again
+            continue
+        except BaseException:
+            scorer.close()
+            raise
+        scorer.close()
+        return scorer.stats, rebuilds
 
 
 def _close_quietly(consumer) -> None:

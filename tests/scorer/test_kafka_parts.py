@@ -351,3 +351,50 @@ def test_a_failed_produce_aborts_and_rewinds_to_the_first_offsets():
     assert "abort" in txns.producer.log
     assert sorted(txns.consumer.seeks) == [("f", 0, 3), ("f", 1, 8)]
     txns.abandon()
+
+
+# ----- rebuilding fatal clients -------------------------------------------------------------------
+
+class StubScorer:
+    """run() raises the fatal errors it is given, then returns; start() likewise."""
+
+    def __init__(self, run_errors=(), start_errors=(), stop_after_close=False):
+        self.run_errors, self.start_errors = list(run_errors), list(start_errors)
+        self.metrics = ScorerMetrics()
+        self.stats = object()
+        self.closed = self.started = 0
+        self.stopping = False
+        self.stop_after_close = stop_after_close
+
+    def run(self, idle_exit_s=None):
+        if self.run_errors:
+            raise self.run_errors.pop(0)
+        return self.stats
+
+    def start(self):
+        self.started += 1
+        if self.start_errors:
+            raise self.start_errors.pop(0)
+
+    def close(self, timeout_s=10.0):
+        self.closed += 1
+        self.stopping = self.stop_after_close
+
+
+def test_fatal_clients_are_rebuilt_with_backoff_and_the_stats_carry_over():
+    from scorer.kafka_service import run_rebuilding
+    first = StubScorer(run_errors=[FatalConsumerError("fenced")])
+    built = [StubScorer(start_errors=[FatalConsumerError("broker still down")]), StubScorer()]
+    clock = Clock()
+    seen = []
+    stats, rebuilds = run_rebuilding(first, lambda: built.pop(0), on_new=seen.append, sleep=clock.sleep)
+    assert rebuilds == 2 and clock.slept == [0.2, 0.4]  # the second rebuild waits longer
+    assert stats is first.stats and seen[1].stats is first.stats
+    assert first.closed == 1 and seen[0].closed == 1 and seen[1].closed == 1  # the last one at the end
+
+
+def test_a_stop_during_a_rebuild_ends_the_run_without_new_clients():
+    from scorer.kafka_service import run_rebuilding
+    first = StubScorer(run_errors=[FatalConsumerError("wedged")], stop_after_close=True)
+    stats, rebuilds = run_rebuilding(first, lambda: pytest.fail("rebuilt after a stop"), sleep=Clock().sleep)
+    assert rebuilds == 1 and stats is first.stats
