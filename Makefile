@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo   - run the demo (installs what it needs first)"
-	@echo "make test   - dependency check + the test suite against real local Kafka/Redis/Triton"
+	@echo "make test   - dependency check + package layers + the test suite against real local Kafka/Redis/Triton"
 	@echo "make smoke  - smoke run: stack up, one event through a consumer group, one inference, down"
 	@echo "make bench  - benchmarks (JSON + PNG under bench/results)"
 	@echo "make setup  - install prerequisites (apt), the virtualenv $(VENV) (relstream[$(EXTRAS)]), Kafka jars"
@@ -20,13 +20,16 @@ help:
 setup:
 	@PYTHON=$(PYTHON) VENV=$(VENV) EXTRAS=$(EXTRAS) bash deploy/setup.sh
 
-# every import declared, nothing declared unused (also asserted by tests/foundation/test_dependencies.py)
+# every import declared, nothing declared unused (also asserted by tests/foundation/test_dependencies.py);
+# the package layers and no import cycles inside a package (.importlinter)
 deps-check: setup
 	@$(PY) -m deptry .
+	@$(VENV)/bin/lint-imports
 
 # pytest exit 5 = no tests collected: not a failure of the build itself
 test: setup
 	@$(PY) -m deptry .
+	@$(VENV)/bin/lint-imports
 	@$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) --durations=15 $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

@@ -114,7 +114,10 @@ def main(argv=None) -> dict:
 
     from offline.export import export_untrained
     from relstream import lifecycle as lc
-    from relstream.model_ops import ModelOps, TritonControl, link_tree, slot_config, synthetic_requests
+    from relstream.model_bundles import link_tree, slot_config
+    from relstream.model_checks import synthetic_requests
+    from relstream.model_ops import ModelOps
+    from relstream.triton_control import TritonControl
     from relstream.stack import LocalStack
     from schemas.plan import builtin_plan
 

@@ -26,8 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.payloads import LENGTHS, Payloads, infer_bodies, make_payloads  # noqa: E402
+from relstream.stack.process import Process  # noqa: E402
 from schemas.plan import builtin_plan  # noqa: E402
 
 TOKEN = "bench-" + uuid.uuid4().hex
@@ -136,36 +135,18 @@ def _env() -> dict:
     return env
 
 
-def start_serve(config: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
+def start_serve(config: Path, port: int, workers: int, log: Path) -> Process:
     argv = [sys.executable, "-m", "relstream.cli", "--config", str(config), "serve", "--port", str(port),
             "--workers", str(workers)]
-    return subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return Process("serve", argv, log, env=_env(), cwd=ROOT).start()
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    import httpx
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+def wait_ready(url: str, proc: Process, log: Path, timeout: float = 120) -> None:
+    proc.wait_http(f"{url}/readyz", timeout)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+def stop(proc: Process) -> None:
+    proc.stop(20)
 
 
 # ----- open-loop HTTP load ------------------------------------------------------------------------
@@ -487,14 +468,13 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
                   duration: float, log_path: Path, log, producer_linger_ms: float = 5.0) -> dict:
     from confluent_kafka import Consumer, Producer
 
-    from streams.polling import consume_ready
+    from kafka_io.polling import consume_ready
     facts, scores, _ = topics
     from relstream.stack import free_port
     metrics_port = free_port()
     argv = [sys.executable, "-m", "relstream.cli", "--config", str(config), "score", "--log-level", "WARNING",
             "--metrics-port", str(metrics_port)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = Process("score", argv, log_path, env=_env(), cwd=ROOT).start()
     load_before = os.getloadavg()
     produced: dict[str, float] = {}
     latencies: list[tuple[float, float]] = []  # (produce time, latency)
@@ -530,7 +510,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
         reader.start()
         i = 0
         while not latencies:
-            if proc.poll() is not None or time.monotonic() > probe_deadline:
+            if not proc.alive or time.monotonic() > probe_deadline:
                 raise RuntimeError(f"scorer did not answer:\n{log_path.read_text()[-3000:]}")
             row = {**payloads.rows[i % len(payloads.rows)], "transaction_id": 10**12 + i}
             produced[str(row["transaction_id"])] = time.time()

@@ -35,7 +35,7 @@ from offline.embeddings import EmbeddingTable, write_embeddings_parquet
 from offline.shallow_model import ShallowConfig, ShallowModel, build_model
 from schemas.plan import ServingPlan
 from schemas.tensors import stack_requests, to_triton_json
-from relstream.files import file_sha256 as _sha256
+from schemas.files import file_sha256 as _sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = Path(__file__).parent / "triton_model"

@@ -36,7 +36,7 @@ from offline.export import (ExportError, _curl_infer, check_error_paths, empty_e
 from offline.ranker import RankerConfig, RankerModel, build_ranker
 from offline.ranker_bundle import (CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE,
                                    load_ranker_bundle, split_ranking_scores, write_catalog)
-from relstream.files import file_sha256
+from schemas.files import file_sha256
 from schemas.plan import ServingPlan
 from schemas.tensors import stack_requests, to_triton_json
 

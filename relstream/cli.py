@@ -20,22 +20,19 @@ import sys
 import time
 from typing import Sequence
 
-if __name__ == "__main__":
-    # `python -m relstream.cli`: plugins import `relstream.cli` (for CliError); without this alias
-    # they would load a second copy whose CliError this module's handler does not catch.
-    sys.modules.setdefault("relstream.cli", sys.modules[__name__])
+import yaml
 
-from .config import ConfigError, Config, load_config, stack_from_config
+from .config import ConfigError, config_from_args, stack_from_config
+from .demo_smoke import run_smoke
+from .errors import CliError
+from .stack import PortInUseError, StackError
+from .stack.kafka_jars import JarCacheError
+from .stack.prereqs import PrerequisiteError
 
-PLUGIN_MODULES = ("offline.cli", "streams.cli", "scorer.cli", "relstream.model_cli")
-
-
-class CliError(RuntimeError):
-    """An expected failure: printed as `relstream: error: <message>`, exit code 1."""
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+# the command modules of the app; a package that is not installed (offline without the train
+# extra) is skipped
+PLUGIN_MODULES = ("offline.cli", "relstream.ingest_cli", "relstream.serving_cli", "relstream.model_cli")
+__all__ = ["CliError", "build_parser", "config_from_args", "main"]  # offline.cli imports CliError from here
 
 
 # ------------------------------------------------------------------------------------ stack
@@ -111,7 +108,6 @@ def cmd_stack_env(args) -> int:
     if args.format == "json":
         print(json.dumps(frag, indent=1))
     elif args.format == "yaml":
-        import yaml
         print(yaml.safe_dump(frag, sort_keys=False), end="")
     else:
         for section, values in frag.items():
@@ -122,7 +118,6 @@ def cmd_stack_env(args) -> int:
 
 # ----------------------------------------------------------------------------------- config
 def cmd_config_show(args) -> int:
-    import yaml
     cfg = config_from_args(args)
     data = cfg.model_dump(mode="json")
     for key in list(data["kafka"]["client"]):
@@ -141,7 +136,6 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_smoke(args) -> int:
-    from .demo_smoke import run_smoke
     return run_smoke(config_from_args(args), keep=args.keep)
 
 
@@ -240,10 +234,6 @@ def load_plugins(subparsers, modules: Sequence[str] = PLUGIN_MODULES) -> list[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .prereqs import PrerequisiteError
-    from .stack import PortInUseError, StackError
-    from .stack.kafka_jars import JarCacheError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     # core commands do not import the plugins (faster, and a broken plugin cannot block
     # `stack down`); everything else, including the top-level --help, loads them all

@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 from urllib.parse import urlparse
 
+import redis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from redis.cluster import RedisCluster
+
+from schemas.plan import ServingPlan, resolve_plan
+from scorer.settings import ScoreSettings, ServeSettings
+from streams.settings import IngestSection
+
+from .stack import ComponentSettings, LocalStack
 
 DEFAULT_CONFIG_FILE = "relstream.yaml"
 ENV_CONFIG_FILE = "RELSTREAM_CONFIG"
@@ -168,7 +176,8 @@ class Config(_Strict):
     stack: StackConfig = Field(default_factory=StackConfig)
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     plan: Path | None = Field(default=None, strict=False)  # serving-plan YAML
-    # free sections; their packages validate them (see `section()`)
+    # the services' sections, kept as written (``section()`` reads them typed); validate() checks
+    # each against its service's model (SECTION_MODELS), so a bad value is refused at load time
     ingest: dict[str, Any] = Field(default_factory=dict)
     score: dict[str, Any] = Field(default_factory=dict)
     serve: dict[str, Any] = Field(default_factory=dict)
@@ -181,6 +190,11 @@ class Config(_Strict):
 
 
 # ---------------------------------------------------------------------------------- loading
+def config_from_args(args: Any) -> Config:
+    """The configuration of a command: its ``--config`` if given (see :func:`load_config`)."""
+    return load_config(getattr(args, "config", None))
+
+
 def load_config(path: str | os.PathLike | None = None,
                 env: Mapping[str, str] | None = None,
                 use_local_stack: bool = True) -> Config:
@@ -203,13 +217,28 @@ def load_config(path: str | os.PathLike | None = None,
     return validate(merged, where=str(file_path) if file_path else "configuration")
 
 
+# the typed model of each service section (streams: `relstream ingest`; scorer: `score`, `serve`)
+SECTION_MODELS: dict[str, type[BaseModel]] = {"ingest": IngestSection, "score": ScoreSettings,
+                                              "serve": ServeSettings}
+
+
 def validate(data: Mapping[str, Any], where: str = "configuration") -> Config:
+    """The configuration, every section checked against its model; errors name the dotted keys."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
     try:
-        return Config.model_validate(dict(data))
+        cfg = Config.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(f"invalid {where}:\n{format_errors(exc)}") from None
+    errors = []
+    for name, model in SECTION_MODELS.items():
+        try:
+            model.model_validate(getattr(cfg, name))
+        except ValidationError as exc:
+            errors.append(format_errors(exc, prefix=name + "."))
+    if errors:
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(errors))
+    return cfg
 
 
 def format_errors(exc: ValidationError, prefix: str = "") -> str:
@@ -375,7 +404,6 @@ def kafka_client_config(cfg: Config, **overrides: Any) -> dict:
 
 def redis_client(cfg: Config, **overrides: Any):
     """A redis.Redis for cfg.redis (URL may be rediss:// for TLS; password from env)."""
-    import redis
     kwargs: dict[str, Any] = {"socket_timeout": cfg.redis.socket_timeout_s,
                               "socket_connect_timeout": cfg.redis.socket_timeout_s}
     if cfg.redis.password is not None:
@@ -383,7 +411,6 @@ def redis_client(cfg: Config, **overrides: Any):
     kwargs.update(cfg.redis.options)
     kwargs.update(overrides)
     if cfg.redis.cluster:  # window keys are hash-tagged per entity: every command hits one slot
-        from redis.cluster import RedisCluster
         return RedisCluster.from_url(cfg.redis.url, **kwargs)
     return redis.Redis.from_url(cfg.redis.url, **kwargs)
 
@@ -402,7 +429,6 @@ def triton_client(cfg: Config):
 
 def stack_from_config(cfg: Config):
     """The LocalStack described by the `stack` section."""
-    from .stack import ComponentSettings, LocalStack
     s = cfg.stack
     settings = ComponentSettings(kafka_version=s.kafka_version, kafka_heap=s.kafka_heap,
                                  kafka_broker_config=dict(s.kafka_broker_config),
@@ -410,3 +436,29 @@ def stack_from_config(cfg: Config):
     return LocalStack(cfg.run_dir, cfg.model_repository, components=s.components,
                       ports=s.ports.model_dump(), settings=settings,
                       ready_timeout=s.ready_timeout_s)
+
+
+def serving_plan(cfg: Config, override: str | os.PathLike | None = None) -> ServingPlan:
+    """The serving plan of a command: ``override`` (``--plan``, ``score.plan`` ...), else the
+    top-level ``plan``, else the built-in default (``schemas.plan.resolve_plan``)."""
+    return resolve_plan(override or cfg.plan)
+
+
+def triton_grpc_url(cfg: Config, override: str | None = None) -> str:
+    """Where the scorers reach Triton over gRPC (host:port): ``override`` if set, else
+    ``triton.url`` when it is a grpc:// URL, else the local stack's gRPC address
+    (``<run_dir>/stack.json``), else port 8001 on the host of ``triton.url``."""
+    if override:
+        return override.split("://", 1)[-1]
+    if cfg.triton.protocol == "grpc":
+        return cfg.triton.host_port
+    try:
+        state = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
+        addr = state.get("addresses", {}).get("triton_grpc")
+        http = state.get("addresses", {}).get("triton_http")
+        if addr and http and urlparse(http).netloc == cfg.triton.host_port:
+            return addr
+    except (OSError, json.JSONDecodeError):
+        pass
+    host = urlparse(cfg.triton.url).hostname or "127.0.0.1"
+    return f"{host}:{DEFAULT_TRITON_GRPC_PORT}"

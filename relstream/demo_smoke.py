@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -11,8 +12,8 @@ import uuid
 
 import numpy as np
 
-from .config import Config, load_config, stack_from_config
-from .stack import SMOKE_MODEL_NAME, install_smoke_model
+from .config import Config, ConfigError, load_config, stack_from_config
+from .stack import SMOKE_MODEL_NAME, StackError, install_smoke_model
 
 
 def _step(results: list, name: str, fn):
@@ -102,15 +103,16 @@ def run_smoke(cfg: Config, keep: bool = False, out=sys.stdout) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
     parser = argparse.ArgumentParser(prog="python3 -m relstream.demo_smoke",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", metavar="PATH", help="YAML config file")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args(argv)
-    from .cli import main as cli_main
-    return cli_main(([f"--config={args.config}"] if args.config else [])
-                    + ["smoke"] + (["--keep"] if args.keep else []))
+    try:
+        return run_smoke(load_config(args.config), keep=args.keep)
+    except (ConfigError, StackError) as exc:
+        print(f"relstream smoke: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":

@@ -17,49 +17,26 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from relstream import lifecycle as lc
-from relstream.model_ops import CHECKS, DeployRefused, ModelOps, ModelOpsError, TritonControl
+from . import lifecycle as lc
+from .config import config_from_args, serving_plan, triton_grpc_url
+from .errors import CliError
+from .model_checks import CHECKS, DeployRefused
+from .model_ops import ModelOps
+from .triton_control import ModelOpsError, TritonControl
 
 
 def _ops(args) -> ModelOps:
-    from relstream.cli import config_from_args
-    from schemas.plan import load_plan
-
     cfg = config_from_args(args)
     repo = Path(args.model_repository or cfg.model_repository)
-    plan_path = args.plan or cfg.plan
-    contract = load_plan(plan_path) if plan_path else None
-    triton = TritonControl(_grpc_url(args, cfg))
+    contract = serving_plan(cfg, args.plan) if args.plan or cfg.plan else None
+    triton = TritonControl(triton_grpc_url(cfg, args.triton_grpc_url))
     return ModelOps(repository=repo, model=args.model or cfg.triton.model_name, triton=triton,
                     contract=contract, routing_path=Path(args.routing_file) if args.routing_file else None,
                     drain_s=args.drain_s, warmup_requests=args.warmup,
                     log=lambda msg: print(f"  {msg}", flush=True))
 
 
-def _grpc_url(args, cfg) -> str:
-    """Triton's gRPC address: the flag, a grpc:// triton.url, the local stack's, or :8001 next to :8000."""
-    from relstream.cli import CliError
-
-    if args.triton_grpc_url:
-        return args.triton_grpc_url
-    if cfg.triton.protocol == "grpc":
-        return cfg.triton.host_port
-    try:
-        stack = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
-        if stack.get("addresses", {}).get("triton_http") == cfg.triton.url:
-            return stack["addresses"]["triton_grpc"]
-    except (OSError, ValueError, KeyError):
-        pass
-    host, _, port = cfg.triton.host_port.rpartition(":")
-    if port == "8000":
-        return f"{host}:8001"  # Triton's default port pair
-    raise CliError(f"cannot derive Triton's gRPC address from triton.url {cfg.triton.url}; "
-                   "pass --triton-grpc-url HOST:PORT")
-
-
 def _run(args, action):
-    from relstream.cli import CliError
-
     ops = _ops(args)
     try:
         report = action(ops)

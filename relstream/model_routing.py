@@ -22,18 +22,23 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from relstream import lifecycle as lc
+from scorer.triton import AsyncTritonScorer
+
+from . import lifecycle as lc
 
 
 @dataclass(frozen=True)
 class RoutedOutput:
-    """The answer for a batch scored by one or more versions (same fields as ModelOutput)."""
+    """The answer for a batch scored by one or more versions: the fields of the versions' own
+    outputs (``scores``, ``cold_start``; ranking models also ``candidate_cold_start``), rows in
+    batch order, and the version that made each row."""
 
-    scores: np.ndarray  # float32 [B]
+    scores: np.ndarray  # float32 [B] (ranking: [B, n])
     cold_start: np.ndarray  # int8 [B, K]
     model_name: str  # the model (not the per-version Triton name)
     model_version: str  # the version when every row had the same one, else "mixed"
     row_versions: tuple[str, ...]
+    candidate_cold_start: np.ndarray | None = None  # int8 [B, n], ranking models only
 
     def version_at(self, i: int) -> str:
         return self.row_versions[i]
@@ -58,18 +63,26 @@ def _rows(tensors: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.nd
     return {k: np.asarray(v)[idx] for k, v in tensors.items()}
 
 
+ROW_ARRAYS = ("scores", "cold_start", "candidate_cold_start")
+
+
 def _merge(state: lc.RoutingState, versions: np.ndarray, parts: list[tuple[np.ndarray, Any]]) -> RoutedOutput:
     b = len(versions)
-    scores = np.empty(b, np.float32)
-    cold = None
+    merged: dict[str, np.ndarray] = {}
     for idx, out in parts:
-        if cold is None:
-            cold = np.zeros((b, np.asarray(out.cold_start).shape[1]), np.int8)
-        scores[idx] = np.asarray(out.scores).reshape(-1)
-        cold[idx] = out.cold_start
+        for name in ROW_ARRAYS:
+            part = getattr(out, name, None)
+            if part is None:
+                continue
+            part = np.asarray(part)
+            if name not in merged:
+                merged[name] = np.zeros((b, *part.shape[1:]), part.dtype)
+            merged[name][idx] = part
     row_versions = tuple(str(v) for v in versions.tolist())
     single = row_versions[0] if len(set(row_versions)) == 1 else "mixed"
-    return RoutedOutput(scores=scores, cold_start=cold if cold is not None else np.zeros((b, 0), np.int8),
+    return RoutedOutput(scores=merged.get("scores", np.empty(b, np.float32)),
+                        cold_start=merged.get("cold_start", np.zeros((b, 0), np.int8)),
+                        candidate_cold_start=merged.get("candidate_cold_start"),
                         model_name=state.model, model_version=single, row_versions=row_versions)
 
 
@@ -179,15 +192,12 @@ def routing_path_for(cfg, model_name: str) -> Path:
 
 
 def routed(base, plan, cfg, *, interval_s: float = 1.0):
-    """Wrap a scorer Triton client (sync or async) so each row is scored by its routed version."""
-    from scorer.triton import AsyncTritonScorer, TritonScorer
-
+    """Wrap a scorer Triton client (sync or async, scoring or ranking) so each row is scored by its
+    routed version: each version gets a client of the same class, for ``<model>__v<N>``."""
     path = routing_path_for(cfg, base.model_name)
-    if isinstance(base, AsyncTritonScorer):
-        def make(name, version):
-            return AsyncTritonScorer(plan, base.url, name, version, timeout_s=base.timeout_s)
-        return AsyncRoutedTritonScorer(base, plan, path, make, interval_s)
+    client = type(base)
 
-    def make_sync(name, version):
-        return TritonScorer(plan, base.url, name, version, timeout_s=base.timeout_s)
-    return RoutedTritonScorer(base, plan, path, make_sync, interval_s)
+    def make(name, version):
+        return client(plan, base.url, name, version, timeout_s=base.timeout_s)
+    wrapper = AsyncRoutedTritonScorer if isinstance(base, AsyncTritonScorer) else RoutedTritonScorer
+    return wrapper(base, plan, path, make, interval_s)

@@ -27,6 +27,8 @@ Time semantics (shared by every package; all instants are int64 nanoseconds sinc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -364,8 +366,6 @@ class ServingPlan:
 
     def fingerprint(self) -> str:
         """A stable hash of everything that shapes tensors; equal fingerprints = compatible."""
-        import hashlib
-        import json
 
         payload = {
             "tensors": [(t.name, t.dtype) for t in self.tensors],
@@ -641,3 +641,19 @@ def builtin_plan(name: str) -> ServingPlan:
     if not path.exists():
         raise PlanError("plan", f"no built-in plan {name!r}; available: {sorted(p.stem for p in PLANS_DIR.glob('*.yaml'))}")
     return load_plan(path)
+
+
+DEFAULT_PLAN = "fraud"
+
+
+def resolve_plan(ref: str | Path | None) -> ServingPlan:
+    """The plan a command names: a YAML path, or a built-in name; none: the built-in default.
+
+    The one resolver of every command (``--plan`` / ``score.plan`` / ``serve.plan`` / the
+    top-level ``plan`` of the configuration are chosen by the caller)."""
+    if ref is None:
+        return builtin_plan(DEFAULT_PLAN)
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_plan(path)
+    return builtin_plan(str(ref))

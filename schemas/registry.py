@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fastavro
+from fastavro.validation import ValidationError, validate
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -433,7 +434,6 @@ class AvroCodec:
 
 
 def _validate_record(parsed: Any, record: Any, subject: str) -> None:
-    from fastavro.validation import ValidationError, validate
 
     if isinstance(parsed, dict) and parsed.get("type") == "record":
         if not isinstance(record, dict):

@@ -21,10 +21,7 @@ round trip and one Triton call per batch.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,69 +39,27 @@ from schemas.plan import ANCHOR_TIME, ServingPlan
 from schemas.tensors import RowError, describe, from_triton_json
 from schemas.values import check_row
 
+from .batch import Outcome
 from .batcher import MicroBatcher
 from .fallbacks import WindowFallback, WindowReader
+from .http_api import (FLOAT32_MAX, INT64_MAX, INT64_MIN, SCORING_ERRORS, ApiError, HttpBatch, RequestGate,
+                       error_response, json_response, outcome_error, value_schema)
 from .metrics import CONTENT_TYPE_LATEST, ScorerMetrics
-from .pipeline import (PreparedEvent, allowed_fields, batch_tensors, event_tensors, prepare_event,
-                       required_fields, score_record, split_windows, window_requests)
+from .pipeline import PreparedEvent, allowed_fields, prepare_event, required_fields, score_record
+from .recommend_http import mount_recommend
 from .settings import ServeSettings
-from .triton import ModelOutput, TritonRequestError, TritonUnavailable
+from .tasks import ScoringTask
 
 log = logging.getLogger(__name__)
 PATH = "http"
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: Mapping[str, str] | None = None):
-        self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers = dict(headers or {})
-        super().__init__(message)
-
-
-def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers)
-
-
-def _error_response(err: ApiError) -> Response:
-    return Response(_error_body(err), status_code=err.status, media_type="application/json",
-                    headers=err.headers)
 
 
 # ----- JSON schemas generated from the plan (for OpenAPI and clients) ---------------------------
 
-def _value_schema(dtype: str, constraint=None, unit: str = "nanoseconds") -> dict:
-    if dtype == "int64":
-        out = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
-    elif dtype in ("float32", "float64"):
-        limit = FLOAT32_MAX if dtype == "float32" else 1.7976931348623157e308
-        out = {"type": "number", "minimum": -limit, "maximum": limit}
-    else:
-        out = None
-    if out is not None:
-        if constraint is not None:  # the plan's constraints (enforced: 422 outside)
-            if constraint.min is not None:
-                out["minimum"] = max(out["minimum"], constraint.min)
-            if constraint.max is not None:
-                out["maximum"] = min(out["maximum"], constraint.max)
-        return out
-    if dtype == "timestamp":
-        # Integers are in the plan's time_unit; the server also refuses instants outside
-        # serve.timestamps around its clock (not expressible here). ISO strings: years 1900-2199.
-        return {"oneOf": [{"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX,
-                           "description": f"{unit} since the epoch (UTC), within serve.timestamps of "
-                                          "the server clock"},
-                          {"type": "string", "format": "date-time", "pattern": "^(19|20|21)[0-9]{2}-",
-                           "description": "ISO-8601 / RFC 3339, years 1900-2199"}]}
-    return {"type": "string"}
-
-
 def score_request_schema(plan: ServingPlan) -> dict:
     fact = plan.fact
-    props = {c: _value_schema(fact.columns[c], fact.constraints.get(c), fact.time_unit) for c in allowed_fields(plan)}
-    anchor = _value_schema("timestamp", unit=fact.time_unit)
+    props = {c: value_schema(fact.columns[c], fact.constraints.get(c), fact.time_unit) for c in allowed_fields(plan)}
+    anchor = value_schema("timestamp", unit=fact.time_unit)
     props[ANCHOR_TIME] = {"oneOf": anchor["oneOf"] + [{"type": "null"}],
                           "description": f"optional (absent or null: the row's {plan.fact.time_column})"}
     return {"type": "object", "title": f"{plan.fact_table} row",
@@ -129,7 +85,7 @@ def score_response_schema(plan: ServingPlan) -> dict:
 
 
 def _tensor_item_schema(plan: ServingPlan, spec) -> dict:
-    value = _value_schema("int64" if spec.dtype == "timestamp" else spec.dtype)
+    value = value_schema("int64" if spec.dtype == "timestamp" else spec.dtype)
     if spec.kind == "rti":
         max_len = plan.hop(spec.hop_key).max_len
         shape = {"type": "array", "prefixItems": [{"const": 1}, {"type": "integer", "minimum": 0,
@@ -167,33 +123,7 @@ def infer_response_schema() -> dict:
                                                               "data": {"type": "array", "items": {"type": "number"}}}}}}}
 
 
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
-    "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}
-
-
-def _error_doc(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-
-
-_SCORING_ERRORS = {
-    "400": _error_doc("Body is not valid JSON, or an object repeats a key"),
-    "401": _error_doc("Missing or invalid bearer token"),
-    "413": _error_doc("Body larger than serve.max_body_bytes"),
-    "415": _error_doc("Content-Type is not application/json"),
-    "422": _error_doc("Body does not fit the plan (the error names the field)"),
-    "503": _error_doc("Triton unavailable or model not loaded (the reason is in the message)"),
-}
-
-
 # ----- the service ------------------------------------------------------------------------------
-
-@dataclass
-class _Item:
-    event: PreparedEvent | None = None
-    tensors: Mapping[str, np.ndarray] | None = None
-    arrived: float = 0.0
-
 
 @dataclass
 class ServeDeps:
@@ -208,10 +138,12 @@ class ServeDeps:
     store_ping: Callable[[], Any] | None = None
     now_ns: Callable[[], int] = time.time_ns
     on_close: list[Callable[[], Any]] = field(default_factory=list)
+    ranker: Any = None  # ranking plans: the ranking model's client (default: one at triton's address)
 
 
 class ScoringService:
-    """The batch handler behind both scoring endpoints."""
+    """The batch handler behind both scoring endpoints (items: a PreparedEvent for /v1/score,
+    ready tensors for /v1/infer), through the one batch step of every path."""
 
     def __init__(self, deps: ServeDeps):
         self.deps = deps
@@ -221,81 +153,24 @@ class ScoringService:
         self.fallback = WindowFallback(deps.plan, deps.store, deadline_s=s.window_deadline_ms / 1000,
                                        cooldown_s=s.window_cooldown_ms / 1000)
         self.executor = ThreadPoolExecutor(max_workers=s.window_threads, thread_name_prefix="windows")
+        self.step = HttpBatch(ScoringTask(deps.plan), deps.triton, self.fallback, self.executor, self.metrics, PATH)
         self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
                                     max_batch=s.max_batch, max_in_flight=s.max_in_flight,
                                     min_interval_s=s.batch_interval_ms / 1000)
 
-    async def handle_batch(self, items: Sequence[_Item]) -> list:
-        m, plan = self.metrics, self.plan
-        events = [it.event for it in items if it.event is not None]
-        keys, as_of = window_requests(events)
-        degraded: tuple[str, ...] = ()
-        windows_of: list = []
-        if keys:
-            with m.stage(PATH, "window_read"):
-                read = await self.fallback.read_async(keys, as_of, self.executor)
-            m.window_reads.labels(PATH).inc()
-            degraded = read.degraded
-            windows_of = split_windows(events, read.windows)
-        results: list = [None] * len(items)
-        requests, slots = [], []
-        with m.stage(PATH, "tensor_build"):
-            ev_i = 0
-            for i, it in enumerate(items):
-                if it.event is not None:
-                    try:
-                        requests.append(event_tensors(plan, it.event, windows_of[ev_i]))
-                        slots.append(i)
-                    except RowError as exc:
-                        results[i] = ApiError(422, "invalid_row", str(exc), exc.field)
-                    except (ValueError, TypeError, OverflowError) as exc:
-                        results[i] = ApiError(422, "invalid_row", f"row does not fit the plan's tensors: {exc}")
-                    ev_i += 1
-                else:
-                    requests.append(it.tensors)
-                    slots.append(i)
-            tensors = batch_tensors(plan, requests) if requests else None
-        if tensors is None:
-            return results
-        outputs = await self._infer(tensors, requests)
+    async def handle_batch(self, items: Sequence[PreparedEvent | Mapping[str, np.ndarray]]) -> list:
+        """Per item: (model output, its row, degraded flags, scored_at) or the ApiError of that item."""
+        outcomes = await self.step(items)
         now = self.deps.now_ns()
-        for j, i in enumerate(slots):
-            out = outputs[j] if isinstance(outputs, list) else outputs
-            if isinstance(out, Exception):
-                results[i] = out
-                continue
-            row = j if not isinstance(outputs, list) else 0
-            results[i] = (out, row, degraded if items[i].event is not None else (), now)
-        m.batch_size.labels(PATH).observe(len(requests))
-        return results
-
-    async def _infer(self, tensors, requests) -> ModelOutput | list:
-        m = self.metrics
-        try:
-            with m.stage(PATH, "triton"):
-                m.triton_calls.labels(PATH).inc()
-                out = await self.deps.triton.infer(tensors)
-            m.observe_model(out.model_name, out.model_version)
-            return out
-        except TritonUnavailable as exc:
-            m.errors.labels(PATH, "triton_unavailable").inc()
-            raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
-        except TritonRequestError as exc:
-            if len(requests) == 1:
-                m.errors.labels(PATH, "triton_rejected").inc()
-                raise ApiError(400, "triton_rejected", str(exc)) from None
-        # One request of the batch poisoned the call: answer each on its own.
-        outs: list = []
-        for req in requests:
-            try:
-                outs.append(await self._infer(batch_tensors(self.plan, [req]), [req]))
-            except ApiError as exc:
-                outs.append(exc)
-        return outs
+        return [scored_or_error(o, now) for o in outcomes]
 
     async def close(self) -> None:
         await self.batcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def scored_or_error(outcome: Outcome, now: int):
+    return outcome_error(outcome, "invalid_row", "row") or (outcome.output, outcome.row, outcome.degraded, now)
 
 
 def _check_ranges(plan: ServingPlan, row: Mapping[str, Any]) -> None:
@@ -340,97 +215,6 @@ def _check_infer_body(body: Any) -> None:
                 shape = item.get("shape")
                 if isinstance(shape, list):  # JSON Schema integers include 2.0
                     item["shape"] = [int(d) if isinstance(d, float) and d.is_integer() else d for d in shape]
-
-
-_KEY_END = re.compile(rb'"[ \t\r\n]*:')  # JSON whitespace only
-
-
-def _key_count(obj: Any) -> int:
-    """Keys of the objects in a parsed body. Lists whose first item is not a container are not
-    walked (tensor data): an undercount only sends the body down the exact check."""
-    if type(obj) is dict:
-        return len(obj) + sum(_key_count(v) for v in obj.values() if type(v) in (dict, list))
-    if type(obj) is list and obj and type(obj[0]) in (dict, list):
-        return sum(_key_count(v) for v in obj)
-    return 0
-
-
-def _refuse_repeated_key(pairs: list) -> dict:
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _RepeatedKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
-class _RepeatedKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def repeated_key(raw: bytes, parsed: Any) -> str | None:
-    """The first key an object of the body gives twice (orjson keeps the last silently), else None.
-
-    Fast path: every key of the text ends with a quote followed by a colon (whitespace allowed in
-    between), so the text holds at least as many such matches as key tokens; when it holds exactly
-    as many as the parsed objects hold keys, no key was repeated. Otherwise (a repeat, or ``":``
-    inside a string) the body is parsed again, exactly, with the stdlib.
-    """
-    if len(_KEY_END.findall(raw)) == _key_count(parsed):
-        return None
-    try:
-        json.loads(raw, object_pairs_hook=_refuse_repeated_key)
-    except _RepeatedKey as exc:
-        return exc.key
-    except ValueError:  # orjson accepted it; a disagreement is not a repeated key
-        return None
-    return None
-
-
-def is_json_media_type(value: bytes | str | None) -> bool:
-    """``application/json`` (parameters such as charset allowed) or an ``application/*+json`` type."""
-    if not value:
-        return False
-    if isinstance(value, str):
-        value = value.encode("latin-1", "replace")
-    media = value.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
-
-
-def unsupported_media_type(value: bytes | str | None) -> ApiError:
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    got = f'Content-Type "{value[:80]}"' if value else "no Content-Type header"
-    return ApiError(415, "unsupported_media_type",
-                    f"send the body as JSON with Content-Type: application/json (got {got})")
-
-
-def decode_json(raw: bytes) -> Any:
-    """A request body as JSON; :class:`ApiError` 400 for invalid JSON or a key given twice."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    key = repeated_key(raw, body)
-    if key is not None:
-        raise ApiError(400, "duplicate_key", f'the key "{key}" appears more than once in one JSON object; '
-                                             "send each field once", field=key)
-    return body
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def _error_body(err: ApiError) -> bytes:
-    body = {"error": {"code": err.code, "message": err.message}}
-    if err.field:
-        body["error"]["field"] = err.field
-    return orjson.dumps(body)
 
 
 class ScorerApp(FastAPI):
@@ -479,84 +263,21 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+        return error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         # pydantic's error dicts carry the input's repr: answer with locations and messages only
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
-        return _error_response(ApiError(422, "invalid_request", "; ".join(parts) or "invalid request"))
+        return error_response(ApiError(422, "invalid_request", "; ".join(parts) or "invalid request"))
 
-    token_bytes = deps.token.encode() if deps.token is not None else None
-
-    def authorize(header: str | bytes | None) -> None:
-        """``header``: the Authorization header's value (bytes straight from the ASGI scope)."""
-        if not settings.auth:
-            return
-        if isinstance(header, str):
-            header = header.encode("latin-1")
-        scheme, _, given = (header or b"").partition(b" ")
-        if token_bytes is None:
-            raise ApiError(401, "unauthorized", "server has no API token configured",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if scheme.lower() != b"bearer" or not given or not hmac.compare_digest(given.strip(), token_bytes):
-            metrics.errors.labels(PATH, "unauthorized").inc()
-            raise ApiError(401, "unauthorized", "missing or invalid bearer token",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    def parse_json(content_type: bytes | None, raw: bytes) -> Any:
-        if not is_json_media_type(content_type):
-            metrics.errors.labels(PATH, "unsupported_media_type").inc()
-            raise unsupported_media_type(content_type)
-        try:
-            return decode_json(raw)
-        except ApiError:
-            metrics.errors.labels(PATH, "bad_json").inc()
-            raise
-
-    def too_large(size: int | str, declared: bool) -> ApiError:
-        metrics.errors.labels(PATH, "oversize").inc()
-        limit = settings.max_body_bytes
-        if declared:
-            return ApiError(413, "body_too_large", f"body of {size} bytes exceeds the limit of {limit}")
-        return ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-
-    async def read_body(scope: Mapping[str, Any], receive) -> tuple[bytes | None, bytes | None, bytes]:
-        """(Authorization header, Content-Type header, body) of a raw ASGI request; 413 past
-        ``serve.max_body_bytes`` (checked on Content-Length and while the body streams in)."""
-        limit = settings.max_body_bytes
-        auth = content_type = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise too_large(value.decode(), True)
-        message = await receive()
-        body = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks, size = [body], len(body)
-            while message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(size, False)
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        elif message["type"] == "http.disconnect":
-            raise ClientGone()
-        if len(body) > limit:
-            raise too_large(len(body), False)
-        return auth, content_type, body
+    gate = RequestGate(auth=settings.auth, token=deps.token, max_body_bytes=settings.max_body_bytes,
+                       metrics=metrics, path=PATH)
 
     security = [{"bearerAuth": []}]
 
@@ -569,7 +290,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": score_request_schema(plan)}}},
             "responses": {"200": {"description": "The score", "content": {"application/json": {
-                "schema": score_response_schema(plan)}}}, **_SCORING_ERRORS},
+                "schema": score_response_schema(plan)}}}, **SCORING_ERRORS},
             "security": security}},
         "/v1/infer": {"post": {
             "summary": "Pass-through of a Triton-shaped request (tensors built by the client)",
@@ -577,7 +298,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": infer_request_schema(plan)}}},
             "responses": {"200": {"description": "Model outputs (KServe v2 JSON)", "content": {
-                "application/json": {"schema": infer_response_schema()}}}, **_SCORING_ERRORS},
+                "application/json": {"schema": infer_response_schema()}}}, **SCORING_ERRORS},
             "security": security}},
     }
     total_seconds = metrics.stage_seconds.labels(PATH, "total")
@@ -586,8 +307,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     async def score(auth: bytes | None, content_type: bytes | None, raw: bytes) -> bytes:
         t0 = time.perf_counter()
-        authorize(auth)
-        body = parse_json(content_type, raw)
+        body = gate.open(auth, content_type, raw)
         try:
             if not isinstance(body, dict):
                 raise RowError(plan.fact_table, f"expected a JSON object (one row), got {describe(body)}")
@@ -598,7 +318,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
         except RowError as exc:
             metrics.errors.labels(PATH, "invalid_row").inc()
             raise ApiError(422, "invalid_row", str(exc), exc.field) from None
-        out, i, degraded, now = await service.batcher.submit(_Item(event=event, arrived=t0))
+        out, i, degraded, now = await service.batcher.submit(event)
         latency = time.perf_counter() - t0
         record = score_record(plan, event, out.scores[i], out.cold_start[i], model_name=out.name_at(i),
                               model_version=out.version_at(i), latency_ms=latency * 1000,
@@ -609,8 +329,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     async def infer(auth: bytes | None, content_type: bytes | None, raw: bytes) -> bytes:
         t0 = time.perf_counter()
-        authorize(auth)
-        body = parse_json(content_type, raw)
+        body = gate.open(auth, content_type, raw)
         try:
             _check_infer_body(body)
             tensors = from_triton_json(plan, body)
@@ -620,7 +339,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
         except (ValueError, TypeError, OverflowError) as exc:
             metrics.errors.labels(PATH, "invalid_tensors").inc()
             raise ApiError(422, "invalid_tensors", f"tensors do not fit the plan: {exc}") from None
-        out, i, _, _ = await service.batcher.submit(_Item(tensors=tensors, arrived=t0))
+        out, i, _, _ = await service.batcher.submit(tensors)
         total_seconds.observe(time.perf_counter() - t0)
         k = out.cold_start.shape[1]
         return orjson.dumps({"model_name": out.model_name, "model_version": out.model_version, "outputs": [
@@ -628,53 +347,16 @@ def create_app(deps: ServeDeps) -> FastAPI:
             {"name": "cold_start", "datatype": "INT8", "shape": [1, k],
              "data": [int(v) for v in out.cold_start[i]]}]})
 
-    def raw_route(handler: Callable[[bytes | None, bytes | None, bytes], Any]):
-        """A scoring endpoint as a bare ASGI app: no middleware stack, no Request object."""
-        async def asgi(scope, receive, send) -> None:
-            status, headers = 200, _JSON_HEADERS
-            try:
-                auth, content_type, raw = await read_body(scope, receive)
-                payload = await handler(auth, content_type, raw)
-            except ClientGone:
-                return
-            except ApiError as err:
-                status, payload = err.status, _error_body(err)
-                headers = _JSON_HEADERS + [(k.lower().encode("latin-1"), str(v).encode("latin-1"))
-                                           for k, v in err.headers.items()]
-            except Exception as exc:  # noqa: BLE001 - a bug answers 500 JSON, the server lives on
-                log.exception("scoring request failed")
-                metrics.errors.labels(PATH, "internal").inc()
-                status, payload = 500, _error_body(ApiError(500, "internal_error",
-                                                            "the server failed on this request (details in its log)"))
-            await send({"type": "http.response.start", "status": status,
-                        "headers": headers + [(b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-        return asgi
-
-    def via_request(handler):
-        """The same endpoint behind Starlette's router (reached only if the fast path is bypassed)."""
-        async def endpoint(request: Request) -> Response:
-            try:
-                raw = await request.body()
-                if len(raw) > settings.max_body_bytes:
-                    raise too_large(len(raw), False)
-                return Response(await handler(request.headers.get("authorization"),
-                                              request.headers.get("content-type"), raw),
-                                media_type="application/json")
-            except ApiError as err:
-                return _error_response(err)
-        return endpoint
-
     # POSTs to the two scoring routes skip FastAPI/Starlette entirely (ScorerApp.__call__): the
     # middleware stack, routing and Request objects cost ~35 % of the service's CPU per request.
     # They stay registered below (405 for other methods) and are documented with the plan's schemas.
-    app.raw_post_routes.update({"/v1/score": raw_route(score), "/v1/infer": raw_route(infer)})
-    app.router.add_route("/v1/score", via_request(score), methods=["POST"], include_in_schema=False)
-    app.router.add_route("/v1/infer", via_request(infer), methods=["POST"], include_in_schema=False)
+    app.raw_post_routes.update({"/v1/score": gate.asgi_route(score), "/v1/infer": gate.asgi_route(infer)})
+    app.router.add_route("/v1/score", gate.starlette_route(score), methods=["POST"], include_in_schema=False)
+    app.router.add_route("/v1/infer", gate.starlette_route(infer), methods=["POST"], include_in_schema=False)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz():
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/readyz", summary="Readiness: Triton up with the model loaded, window store reachable",
              responses={503: {"description": "Not ready (reasons listed)"}})
@@ -691,7 +373,7 @@ def create_app(deps: ServeDeps) -> FastAPI:
             except Exception as exc:  # noqa: BLE001
                 checks["window_store"] = f"unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
                 ready = False
-        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+        return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={
         200: {"description": "Prometheus text exposition format",
@@ -701,7 +383,6 @@ def create_app(deps: ServeDeps) -> FastAPI:
 
     def openapi():
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             schema["paths"] = {**scoring_docs, **schema.get("paths", {})}
@@ -712,6 +393,5 @@ def create_app(deps: ServeDeps) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    from .recommend import mount_recommend  # POST /v1/recommend for ranking plans (scorer/recommend.py)
-    mount_recommend(app, deps)
+    mount_recommend(app, deps, gate, service.fallback, service.executor)  # ranking plans: POST /v1/recommend
     return app

@@ -23,128 +23,35 @@ One loop iteration handles one batch of consumed facts:
 from __future__ import annotations
 
 import logging
-import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
 
-from schemas.dead_letter import (DEFAULT_MAX_PAYLOAD_BYTES, DLQ_SUBJECT, INVALID_ROW, MODEL_REJECTED, ROW_ERRORS, SCORE,
+from confluent_kafka import KafkaError
+
+from kafka_io.bounded import BoundedCalls, ClientsWedged, FatalConsumerError
+from kafka_io.retry import Backoff
+from schemas.dead_letter import (DEFAULT_MAX_PAYLOAD_BYTES, DLQ_SUBJECT, INVALID_ROW, MODEL_REJECTED, SCORE,
                                  DeadLetterEntry, RecordRejected, check_record, dead_letter_entry, log_dead_letter)
 from schemas.plan import ServingPlan
-from streams.polling import consume_ready
 
+from .batch import Outcome, run_sync, score_batch
 from .fallbacks import WindowFallback
+from .kafka_pacing import Pacing, PausedPartitions, Watchdog
+from .kafka_txn import Transactions
 from .metrics import ScorerMetrics
-from .pipeline import (PreparedEvent, batch_tensors, event_tensors, interactions_to_append, prepare_event,
-                       score_record, split_windows, window_requests)
+from .pipeline import PreparedEvent, interactions_to_append, prepare_event, score_record
+from .tasks import ScoringTask
 from .triton import ModelOutput, TritonRequestError, TritonUnavailable
 
 log = logging.getLogger(__name__)
 PATH = "kafka"
 SCORES_SUBJECT = "scores-value"
 APPEND_FAILED = "window_append_failed"
-
-
-class FatalConsumerError(RuntimeError):
-    """The Kafka clients cannot go on (static membership fenced after a broker restart, producer
-    fenced or in a fatal state, a transaction whose outcome is unknown, an abort that cannot finish).
-
-    Nothing of the current batch was committed by this instance, so rebuilding the clients loses
-    nothing: the new producer's ``init_transactions`` (same ``transactional.id``) fences the old
-    one and completes or aborts its open transaction, and the new consumer resumes from the
-    committed offsets (the CLI does exactly that).
-    """
-
-
-class ClientsWedged(FatalConsumerError):
-    """A librdkafka call did not return within its hard deadline.
-
-    ``send_offsets_to_transaction`` waits without limit, whatever its timeout, while its
-    group-coordinator request is stuck (librdkafka 2.16: confluentinc/librdkafka#5456, #5511).
-    The call keeps its worker thread; the clients are abandoned and rebuilt.
-    """
-
-
-class BoundedCalls:
-    """Runs blocking librdkafka calls on one worker thread and waits at most a hard deadline.
-
-    librdkafka's own ``timeout`` arguments are not enough (see :class:`ClientsWedged`); a call that
-    overruns its deadline marks this runner wedged and raises ``ClientsWedged``: the thread stays
-    blocked in the dead client, and the caller rebuilds the clients.
-    """
-
-    def __init__(self, name: str = "kafka-calls"):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.wedged: str | None = None
-        self.current: _Job | None = None  # the job running on the worker
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, args, current = job
-            self.current = current
-            current.started = time.monotonic()
-            try:
-                current.box.append((True, fn(*args)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                current.box.append((False, exc))
-            current.done.set()
-
-    def submit(self, what: str, fn: Callable, *args) -> "_Job":
-        """Start ``fn(*args)`` on the worker; :meth:`_Job.result` waits for it (bounded)."""
-        if self.wedged:
-            raise ClientsWedged(f"{what}: the clients are wedged in {self.wedged}")
-        job = _Job(self, what)
-        self._jobs.put((fn, args, job))
-        return job
-
-    def call(self, what: str, deadline_s: float, fn: Callable, *args):
-        return self.submit(what, fn, *args).result(deadline_s)
-
-    def stop(self) -> None:
-        if not self.wedged:
-            self._jobs.put(None)
-
-
-class _Job:
-    def __init__(self, calls: BoundedCalls, what: str):
-        self.calls, self.what = calls, what
-        self.box: list = []
-        self.done = threading.Event()
-        self.started = time.monotonic()
-
-    def mark(self, what: str) -> None:
-        """Called on the worker before each librdkafka call of a multi-call job: the deadline
-        applies to each call."""
-        self.what, self.started = what, time.monotonic()
-
-    def result(self, deadline_s: float):
-        """The call's value (or its exception), waiting while no single call has been running for
-        longer than ``deadline_s``; past that the runner is wedged (:class:`ClientsWedged`)."""
-        while not self.done.wait(max(0.0, min(0.5, self.started + deadline_s - time.monotonic()))):
-            if time.monotonic() >= self.started + deadline_s:
-                self.calls.wedged = self.what
-                raise ClientsWedged(f"{self.what} did not return within {deadline_s:.0f} s (librdkafka ignored "
-                                    f"its timeout)")
-        ok, value = self.box[0]
-        if ok:
-            return value
-        raise value
-
-
-def _must_rebuild(err) -> bool:
-    """Fenced or fatal producer errors: no call on this producer can succeed again."""
-    from confluent_kafka import KafkaError
-    return bool(err.fatal()) or err.code() in (KafkaError._FENCED, KafkaError._FATAL, KafkaError.PRODUCER_FENCED,
-                                               KafkaError.INVALID_PRODUCER_EPOCH,
-                                               KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+__all__ = ["BatchStats", "ClientsWedged", "FatalConsumerError", "KafkaScorer", "LoopStats", "ScoringStrategy",
+           "run_rebuilding"]
 
 
 @dataclass
@@ -167,36 +74,6 @@ class _Pending:
 
 
 @dataclass
-class _Txn:
-    """What one Kafka transaction holds: batches produced into it, their offsets, and where each
-    partition has to be rewound to if it is aborted (its first offset = the last committed one)."""
-    began: float
-    offsets: dict = field(default_factory=dict)  # (topic, partition) -> next offset to consume
-    first: dict = field(default_factory=dict)  # (topic, partition) -> first offset in the txn
-    batches: list = field(default_factory=list)  # (BatchStats, records) per batch
-
-    def add(self, pending, records, stats: BatchStats) -> None:
-        for p in pending:
-            key = (p.msg.topic(), p.msg.partition())
-            off = p.msg.offset()
-            if off + 1 > self.offsets.get(key, -1):
-                self.offsets[key] = off + 1
-            if off < self.first.get(key, off + 1):
-                self.first[key] = off
-        self.batches.append((stats, records))
-
-
-def _first_offsets(pending) -> dict:
-    first: dict = {}
-    for p in pending:
-        key = (p.msg.topic(), p.msg.partition())
-        off = p.msg.offset()
-        if off < first.get(key, off + 1):
-            first[key] = off
-    return first
-
-
-@dataclass
 class LoopStats:
     batches: int = 0
     consumed: int = 0
@@ -207,8 +84,40 @@ class LoopStats:
     extra: dict = field(default_factory=dict)
 
 
+class ScoringStrategy:
+    """Facts in, score records out (``schemas/avro/score.avsc``): a scoring plan's Kafka part."""
+
+    subject = SCORES_SUBJECT
+
+    def __init__(self, plan: ServingPlan):
+        self.plan = plan
+        self.task = ScoringTask(plan)
+
+    def items(self, pending: Sequence[_Pending]) -> list[tuple[_Pending, PreparedEvent]]:
+        return [(p, p.event) for p in pending if p.event is not None]
+
+    def appends(self, items) -> list:
+        return interactions_to_append(self.plan, [event for _, event in items])
+
+    def record(self, scorer: Any, p: _Pending, outcome: Outcome, flags: tuple[str, ...], now: int) -> dict:
+        out, i = outcome.output, outcome.row
+        return score_record(self.plan, p.event, out.scores[i], out.cold_start[i], model_name=out.name_at(i),
+                            model_version=out.version_at(i), latency_ms=(time.perf_counter() - p.received) * 1000,
+                            degraded=flags + outcome.degraded, scored_at=now)
+
+    def committed(self, scorer: Any, records) -> None:
+        m = scorer.metrics
+        m.observe_records(PATH, [rec for _, rec in records])
+        total = m.stage_seconds.labels(PATH, "total")
+        for _, rec in records:
+            total.observe(rec["latency_ms"] / 1000)
+
+
 class KafkaScorer:
-    """The consume-score-produce loop. Clients are injected (real ones in production and tests)."""
+    """The consume-score-produce loop. Clients are injected (real ones in production and tests);
+    time too (``clock``, ``sleep``): the loop's parts are :class:`scorer.kafka_pacing.Pacing`,
+    :class:`~scorer.kafka_pacing.Watchdog`, :class:`~scorer.kafka_pacing.PausedPartitions` and
+    :class:`scorer.kafka_txn.Transactions`; a batch is :func:`scorer.batch.score_batch`."""
 
     def __init__(self, plan: ServingPlan, *, consumer: Any, producer: Any, codec: Any, triton: Any,
                  fallback: WindowFallback, facts_topics: Sequence[str], scores_topic: str, dlq_topic: str,
@@ -219,17 +128,17 @@ class KafkaScorer:
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
                  init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0,
                  batch_interval_s: float = 0.0, group_id: str = "",
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.plan = plan
         # written into every dead letter (the consumer's group.id; the consumer does not expose it)
         self.group_id = group_id
         # larger records are dead-lettered as oversize (the same limit as ingest on a shared topic)
         self.max_payload_bytes = max_payload_bytes
-        # Optional batch strategy (ranking plans: scorer.recommend_kafka.RankingStrategy): it turns a
-        # consumed batch into its own records; the loop, retries and transaction stay these.
-        self.strategy = strategy
+        # The plan kind: its batch task, items and records (ScoringStrategy; ranking plans:
+        # scorer.recommend_kafka.RankingStrategy); the loop, retries and transaction are these.
+        self.strategy = strategy or ScoringStrategy(plan)
         self.consumer = consumer
-        self.producer = producer
         self.codec = codec
         # Score records are built by score_record() and always fit the schema: the hot path may
         # skip fastavro's record validation (5x cheaper); decoding is always strict.
@@ -242,49 +151,45 @@ class KafkaScorer:
         self.store = store
         self.append_scored = append_scored
         self.max_batch = max_batch
-        self.poll_timeout_s = poll_timeout_s
-        self.batch_interval_s = batch_interval_s
-        self._batch_started = 0.0
         self.key_column = key_column
         self.metrics = metrics or ScorerMetrics()
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        # Triton unavailable: retried after these delays (no jitter: one scorer per partition set)
+        self.triton_backoff = Backoff(initial_s=backoff_s, max_s=backoff_max_s, jitter=0.0)
         self.now_ns = now_ns
-        # every blocking librdkafka call gets txn_call_timeout_s (librdkafka's timeout) and a hard
-        # deadline a little later (BoundedCalls); commit/abort are resumed within txn_timeout_s
-        self.txn_timeout_s = txn_timeout_s
-        self.txn_call_timeout_s = min(txn_call_timeout_s, txn_timeout_s)
+        self.clock, self.sleep = clock, sleep
         self.init_timeout_s = init_timeout_s
-        self._calls = BoundedCalls()
+        self.pacing = Pacing(max_batch=max_batch, batch_interval_s=batch_interval_s, poll_timeout_s=poll_timeout_s,
+                             commit_interval_s=commit_interval_s, clock=clock)
+        self.watchdog = Watchdog(watchdog_s, clock)
         # Pipelined transactions: batch k+1 is decoded, read and scored while batch k's transaction
         # commits on the worker thread; its records go into the next transaction as soon as that
         # commit is done. commit_interval_s > 0 lets one transaction span several batches (fewer
         # transactions: less broker CPU, at most that much more latency).
-        self.commit_interval_s = commit_interval_s
-        # After watchdog_s without input: is a broker still reachable, and are partitions assigned?
-        # librdkafka 2.16 can lose every broker for good across a broker restart (#5301, with
-        # metadata.recovery.strategy=none) or keep a dead group coordinator (#5511, with the
-        # default re-bootstrap) without raising anything: new clients are the way out.
-        self.watchdog_s = watchdog_s
-        self._last_input = time.monotonic()
-        self._next_check = 0.0
-        self._unreachable_since: float | None = None
-        self._unassigned_since: float | None = None
-        self._txn: _Txn | None = None  # open: records produced, not committing yet
-        self._committing: tuple[_Txn, _Job] | None = None  # commit running on the worker
+        self.txns = Transactions(producer, consumer, metrics=self.metrics, on_committed=self._committed,
+                                 on_aborted=self._aborted, on_abort=self._count_abort,
+                                 commit_interval_s=commit_interval_s, txn_timeout_s=txn_timeout_s,
+                                 txn_call_timeout_s=txn_call_timeout_s, calls=BoundedCalls(clock=clock),
+                                 clock=clock, sleep=sleep)
         self.model_max_batch = max_batch
         self._stop = threading.Event()
         self._revoked = False
-        self._slipped: dict[tuple[str, int], int] = {}  # offsets polled while paused, to re-read
         self.stats = LoopStats()
+
+    @property
+    def producer(self) -> Any:
+        return self.txns.producer
+
+    @producer.setter
+    def producer(self, producer: Any) -> None:
+        self.txns.producer = producer
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        t0 = time.monotonic()
+        t0 = self.clock()
         # Fences a previous incarnation with the same transactional.id and completes or aborts its
         # open transaction. Retriable failures (broker still down) are retried up to init_timeout_s.
-        self._call_resuming("init_transactions", self.producer.init_transactions, self.init_timeout_s, 0.5)
-        log.info("transactions initialised in %.2fs", time.monotonic() - t0)
+        self.txns.init(self.init_timeout_s)
+        log.info("transactions initialised in %.2fs", self.clock() - t0)
         self.consumer.subscribe(self.facts_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         try:
@@ -295,9 +200,12 @@ class KafkaScorer:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
-        self.assigned_at = time.monotonic()
 
     def _on_revoke(self, consumer, partitions) -> None:
         self._revoked = True
@@ -312,70 +220,31 @@ class KafkaScorer:
 
     def run(self, idle_exit_s: float | None = None, max_events: int | None = None) -> LoopStats:
         """Loop until stopped (SIGTERM/SIGINT in the CLI), idle for ``idle_exit_s``, or ``max_events``."""
-        last_data = time.monotonic()
+        last_data = self.clock()
         while not self._stop.is_set():
             msgs = [m for m in self._next_batch() if self._usable(m)]
             if msgs:
                 self.process(msgs)
-                last_data = self._last_input = time.monotonic()  # after: a batch that waited out an outage
+                last_data = self.clock()  # after: a batch that waited out an outage
+                self.watchdog.input_seen()
             else:
-                self._watchdog()
-            self._advance_commits(idle=not msgs)
-            if not msgs and self._txn is None and self._committing is None \
-                    and idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                self.watchdog.check(lambda: self.consumer.list_topics(self.facts_topics[0], timeout=5.0),
+                                    lambda: bool(self.consumer.assignment()))
+            self.txns.advance(idle=not msgs)
+            if not msgs and self.txns.idle and idle_exit_s is not None and self.clock() - last_data > idle_exit_s:
                 break
             if max_events is not None and self.stats.consumed >= max_events:
                 break
         self.flush_commits()  # leave nothing uncommitted behind: a successor starts after it
         return self.stats
 
-    def _watchdog(self) -> None:
-        now = time.monotonic()
-        if self.watchdog_s <= 0 or now - self._last_input < self.watchdog_s or now < self._next_check:
-            return
-        self._next_check = now + min(10.0, self.watchdog_s / 3)
-        from confluent_kafka import KafkaException
-        try:
-            self.consumer.list_topics(self.facts_topics[0], timeout=5.0)
-            self._unreachable_since = None
-        except KafkaException as exc:
-            self._unreachable_since = self._unreachable_since or now
-            log.warning("no broker answers a metadata request: %s", exc)
-            if now - self._unreachable_since >= self.watchdog_s:
-                raise FatalConsumerError(f"no broker reachable for {now - self._unreachable_since:.0f} s") from exc
-        if self.consumer.assignment():
-            self._unassigned_since = None
-            return
-        # (an instance with more peers than partitions legitimately has none: it just rejoins now and then)
-        self._unassigned_since = self._unassigned_since or now
-        if now - self._unassigned_since >= 2 * self.watchdog_s:
-            raise FatalConsumerError(f"no partitions assigned for {now - self._unassigned_since:.0f} s")
-
     def _next_batch(self) -> list:
-        """The next batch: paced by ``batch_interval_s``, and at once when input has been idle.
+        """The next batch, paced (:class:`scorer.kafka_pacing.Pacing`)."""
+        return self.pacing.next_batch(self.consumer, self.txns.open_began())
 
-        A batch starts at most every ``batch_interval_s`` (what arrives meanwhile joins it; a full
-        ``max_batch`` goes at once): each batch costs a Triton call and a transaction, whose broker
-        work per event shrinks as batches grow. After an idle spell the first event is taken
-        without waiting. (``consume(n, timeout)`` waits until it has ``n`` messages or the timeout
-        has passed, which is what the pacing relies on.)"""
-        now = time.monotonic()
-        wait = self._batch_started + self.batch_interval_s - now
-        msgs = self.consumer.consume(num_messages=self.max_batch, timeout=max(0.0, wait))
-        if not msgs:
-            timeout = self._poll_timeout()
-            if timeout <= 0:
-                return msgs
-            msgs = consume_ready(self.consumer, self.max_batch, timeout)
-        if msgs:
-            self._batch_started = time.monotonic()
-        return msgs
-
-    def _poll_timeout(self) -> float:
-        if self._txn is not None and self._committing is None:
-            # an open transaction waits for the interval (or for the input to pause)
-            return max(0.0, min(self.poll_timeout_s, self._txn.began + self.commit_interval_s - time.monotonic()))
-        return self.poll_timeout_s
+    def flush_commits(self) -> None:
+        """Commit everything produced so far and wait for it (stop, revocation)."""
+        self.txns.flush()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group and stop, waiting at most ``timeout_s`` for the consumer's close (it talks
@@ -383,22 +252,17 @@ class KafkaScorer:
         to flush: every record it sends belongs to a transaction, committed or not."""
         # after a failure, what is open or committing is abandoned: the next producer with this
         # transactional.id fences it (normally run() has committed everything already)
-        self._txn, self._committing = None, None
-        self._calls.stop()
+        self.txns.abandon()
         closer = threading.Thread(target=_close_quietly, args=(self.consumer,), name="kafka-close", daemon=True)
         closer.start()
         closer.join(timeout_s)
         if closer.is_alive():
             log.warning("consumer close did not finish within %.0f s; abandoned", timeout_s)
 
-    def _hard_deadline(self) -> float:
-        return self.txn_call_timeout_s + 5.0
-
     def _usable(self, msg) -> bool:
         err = msg.error()
         if err is None:
             return True
-        from confluent_kafka import KafkaError
         if err.code() != KafkaError._PARTITION_EOF:
             self.metrics.errors.labels(PATH, "consumer").inc()
             log.warning("consumer error: %s", err)
@@ -423,329 +287,121 @@ class KafkaScorer:
         return out
 
     def process(self, msgs) -> BatchStats:
-        if self.strategy is not None:
-            return self._process_with_strategy(msgs)
-        m = self.metrics
+        """One consumed batch: decode, the plan kind's items (``self.strategy``), optional
+        self-append, the one batch step (``scorer.batch``: one window read, chunked model calls
+        with the poisoned-batch split), records + dead letters + offsets into the transaction."""
         self._revoked = False
         stats = BatchStats(consumed=len(msgs))
         pending = self.decode(msgs)
-        events = [p for p in pending if p.event is not None]
-        flags: tuple[str, ...] = ()
-        if events and self.append_scored and self.store is not None:
-            try:
-                self.store.append(interactions_to_append(self.plan, [p.event for p in events]))
-            except Exception as exc:  # noqa: BLE001 - scoring goes on; the flag says what is missing
-                log.warning("self-append failed: %s", exc)
-                m.errors.labels(PATH, "window_append").inc()
-                flags = (APPEND_FAILED,)
-        keys, as_of = window_requests([p.event for p in events])
-        with m.stage(PATH, "window_read"):
-            read = self.fallback.read(keys, as_of)
-        if keys:
-            m.window_reads.labels(PATH).inc()
-        flags = flags + read.degraded
-        with m.stage(PATH, "tensor_build"):
-            requests, ready = [], []
-            for p, windows in zip(events, split_windows([p.event for p in events], read.windows)):
-                try:
-                    requests.append(event_tensors(self.plan, p.event, windows))
-                    ready.append(p)
-                except ROW_ERRORS as exc:
-                    p.dead = (INVALID_ROW, str(exc))
-        outputs = self._infer_all(requests, stats) if requests else []
+        items = self.strategy.items(pending)
+        flags = self._append_scored(items)
+        outcomes = run_sync(score_batch(self.strategy.task, [item for _, item in items], self.model_max_batch),
+                            self._read_windows, partial(self._infer_retrying, stats=stats))
         if self._revoked:
             # Partitions moved while Triton was down: their new owner re-reads the uncommitted batch.
-            log.warning("partitions revoked during the batch; dropping it (offsets not committed)")
-            m.retries.labels(PATH, "revoked").inc()
-            stats.aborted = True
-            return stats
-        now = self.now_ns()
-        records = []
-        for p, out in zip(ready, outputs):
-            if isinstance(out, Exception):
-                p.dead = (MODEL_REJECTED, str(out))
-                continue
-            model_out, i = out
-            latency_ms = (time.perf_counter() - p.received) * 1000
-            records.append((p, score_record(self.plan, p.event, model_out.scores[i], model_out.cold_start[i],
-                                            model_name=model_out.name_at(i),
-                                            model_version=model_out.version_at(i), latency_ms=latency_ms,
-                                            degraded=flags, scored_at=now)))
-        self._stage(pending, records, stats)
-        self.stats.triton_retries += stats.triton_retries
-        return stats
-
-    def _process_with_strategy(self, msgs) -> BatchStats:
-        """One batch through ``self.strategy.process(scorer, msgs, stats) -> (pending, records)``,
-        committed exactly like :meth:`process` (records + dead letters + offsets, one transaction)."""
-        self._revoked = False
-        stats = BatchStats(consumed=len(msgs))
-        pending, records = self.strategy.process(self, msgs, stats)
-        if self._revoked:
             log.warning("partitions revoked during the batch; dropping it (offsets not committed)")
             self.metrics.retries.labels(PATH, "revoked").inc()
             stats.aborted = True
             return stats
+        now = self.now_ns()
+        records = []
+        for (p, _), outcome in zip(items, outcomes):
+            if outcome.error is not None:
+                refused = isinstance(outcome.error, TritonRequestError)
+                p.dead = (MODEL_REJECTED if refused else INVALID_ROW, str(outcome.error))
+                continue
+            records.append((p, self.strategy.record(self, p, outcome, flags, now)))
         self._stage(pending, records, stats)
         self.stats.triton_retries += stats.triton_retries
         return stats
 
-    # ----- Triton with pause-and-retry -----------------------------------------------------------
-    def _infer_all(self, requests, stats: BatchStats) -> list:
-        outs: list = []
-        step = self.model_max_batch
-        for start in range(0, len(requests), step):
-            chunk = requests[start:start + step]
-            outs.extend(self._infer_chunk(chunk, stats))
-        return outs
-
-    def _infer_chunk(self, chunk, stats: BatchStats) -> list:
+    def _append_scored(self, items) -> tuple[str, ...]:
+        """``append_scored``: the batch's facts into their own windows first; the flag of a failure."""
+        if not (items and self.append_scored and self.store is not None):
+            return ()
         try:
-            out = self._infer_retrying(batch_tensors(self.plan, chunk), stats)
-            self.metrics.batch_size.labels(PATH).observe(len(chunk))
-            return [(out, i) for i in range(len(chunk))]
-        except TritonRequestError as exc:
-            if len(chunk) == 1:
-                self.metrics.errors.labels(PATH, "triton_rejected").inc()
-                return [exc]
-        return [r for req in chunk for r in self._infer_chunk([req], stats)]
+            self.store.append(self.strategy.appends(items))
+        except Exception as exc:  # noqa: BLE001 - scoring goes on; the flag says what is missing
+            log.warning("self-append failed: %s", exc)
+            self.metrics.errors.labels(PATH, "window_append").inc()
+            return (APPEND_FAILED,)
+        return ()
 
-    def _infer_retrying(self, tensors, stats: BatchStats) -> ModelOutput:
-        delay = self.backoff_s
-        paused = None
+    def _read_windows(self, keys, as_of):
+        with self.metrics.stage(PATH, "window_read"):
+            read = self.fallback.read(keys, as_of)
+        self.metrics.window_reads.labels(PATH).inc()
+        return read
+
+    # ----- Triton with pause-and-retry -----------------------------------------------------------
+    def _infer_retrying(self, tensors, size: int, stats: BatchStats) -> ModelOutput:
+        """One model call; Triton unavailable: pause the partitions, retry with backoff, resume
+        (nothing is dropped). A refused call raises ``TritonRequestError`` to the batch step."""
+        m = self.metrics
+        paused = PausedPartitions(self.consumer, self._stop.is_set, self.clock)
+        delays = self.triton_backoff.delays()
         try:
             while True:
                 try:
-                    with self.metrics.stage(PATH, "triton"):
-                        self.metrics.triton_calls.labels(PATH).inc()
+                    with m.stage(PATH, "triton"):
+                        m.triton_calls.labels(PATH).inc()
                         out = self.triton.infer(tensors)
-                    self.metrics.observe_model(out.model_name, out.model_version)
+                    m.observe_model(out.model_name, out.model_version)
+                    m.batch_size.labels(PATH).observe(size)
                     return out
+                except TritonRequestError:
+                    if size == 1:
+                        m.errors.labels(PATH, "triton_rejected").inc()
+                    raise
                 except TritonUnavailable as exc:
-                    self.metrics.errors.labels(PATH, "triton_unavailable").inc()
-                    self.metrics.retries.labels(PATH, "triton").inc()
+                    m.errors.labels(PATH, "triton_unavailable").inc()
+                    m.retries.labels(PATH, "triton").inc()
                     stats.triton_retries += 1
-                    if paused is None:
-                        paused = list(self.consumer.assignment())
-                        self.consumer.pause(paused)
+                    if paused.paused is None:
                         log.warning("Triton unavailable, partitions paused, retrying: %s", exc)
-                    self._wait(delay)
-                    delay = min(delay * 2, self.backoff_max_s)
+                    paused.wait(next(delays))
         finally:
-            if paused is not None:
-                self._rewind_to_batch()
-                self.consumer.resume(paused)
+            if paused.resume():
                 log.info("Triton answered again after %d retries; partitions resumed", stats.triton_retries)
-
-    def _wait(self, seconds: float) -> None:
-        """Wait while serving the group protocol: poll() on paused partitions returns nothing,
-        and anything that still slips through is forgotten and re-read by :meth:`_rewind_to_batch`."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._stop.is_set():
-            msg = self.consumer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
-            if msg is not None and msg.error() is None:
-                key = (msg.topic(), msg.partition())
-                self._slipped[key] = min(self._slipped.get(key, msg.offset()), msg.offset())
-
-    def _rewind_to_batch(self) -> None:
-        from confluent_kafka import TopicPartition
-        for (topic, part), offset in list(self._slipped.items()):
-            self.consumer.seek(TopicPartition(topic, part, offset))
-        self._slipped = {}
 
     # ----- the transaction ---------------------------------------------------------------------
     def _stage(self, pending: Sequence[_Pending], records, stats: BatchStats) -> None:
-        """Produce a scored batch (records + dead letters) into the open transaction.
+        """Produce a scored batch (records + dead letters) into the open transaction
+        (:class:`scorer.kafka_txn.Transactions`: committed on the worker thread; aborted and
+        rewound, so read again, when it fails)."""
+        subject = self.strategy.subject
 
-        The transaction (records + dead letters + consumed offsets) is committed by
-        :meth:`_start_commit` on the worker thread. If it, or this batch's production, fails: the
-        transaction is aborted, nothing becomes visible, and every partition it and this batch
-        read is rewound to its first offset (= the last committed one), so all of it is read again.
-        ``FatalConsumerError`` when that cannot be settled with these clients (fenced, fatal,
-        wedged, commit outcome unknown, abort impossible): the caller rebuilds them, which settles
-        it safely (see :class:`FatalConsumerError`)."""
-        from confluent_kafka import KafkaException
-        if self._committing is not None:
-            t0 = time.perf_counter()
-            ok = self._finish_commit(also_rewind=_first_offsets(pending))
-            self.metrics.stage_seconds.labels(PATH, "commit_wait").observe(time.perf_counter() - t0)
-            if not ok:  # aborted: this batch was rewound with it and is read again
-                stats.aborted = True
-                return
-        subject = getattr(self.strategy, "subject", SCORES_SUBJECT)
-        txn = self._txn
-        try:
-            if txn is None:
-                try:
-                    self.producer.begin_transaction()
-                except KafkaException as exc:
-                    raise FatalConsumerError(f"begin_transaction failed: {exc.args[0]}") from exc
-                txn = self._txn = _Txn(began=time.monotonic())
+        def produce() -> None:
             for p, rec in records:
                 self.producer.produce(self.scores_topic, key=p.event.key, value=self.encoder.encode(subject, rec))
             for p in pending:
                 if p.dead is not None:
                     stats.dead_letter_entries.append(self._produce_dead_letter(p))
                     stats.dead_letters += 1
-        except KafkaException as exc:
-            err = exc.args[0]
-            self.metrics.errors.labels(PATH, "transaction").inc()
-            self._txn = None
-            if _must_rebuild(err) or not (err.txn_requires_abort() or err.retriable()):
-                raise FatalConsumerError(f"producing into the transaction failed: {err}") from exc
-            log.warning("transaction aborted (produce), its batches will be re-read: %s", err)
-            self._abort_and_rewind(txn.first, merge=_first_offsets(pending))
+
+        if not self.txns.produce_batch([p.msg for p in pending], produce, (stats, records)):
             stats.aborted = True
-            return
-        txn.add(pending, records, stats)
-        if time.monotonic() - txn.began >= self.commit_interval_s:
-            self._start_commit()
 
-    def _advance_commits(self, idle: bool) -> None:
-        """Settle a finished commit; start the open transaction's commit when it is due (or at once
-        when the input paused: nothing more would join it)."""
-        if self._committing is not None and self._committing[1].done.is_set():
-            self._finish_commit()
-        if self._txn is not None and self._committing is None and (
-                idle or time.monotonic() - self._txn.began >= self.commit_interval_s):
-            self._start_commit()
-
-    def flush_commits(self) -> None:
-        """Commit everything produced so far and wait for it (stop, revocation)."""
-        if self._committing is not None:
-            self._finish_commit()
-        if self._txn is not None:
-            self._start_commit()
-            self._finish_commit()
-
-    def _start_commit(self) -> None:
-        from confluent_kafka import TopicPartition
-        txn, self._txn = self._txn, None
-        tps = [TopicPartition(t, part, off) for (t, part), off in txn.offsets.items()]
-        job = self._calls.submit("send_offsets_to_transaction", self._commit_job, tps,
-                                 self.consumer.consumer_group_metadata())
-        self._committing = (txn, job)
-
-    def _commit_job(self, tps, group_metadata):
-        """On the worker thread: offsets into the transaction, then commit (resumed while
-        retriable). Returns None, or (phase, KafkaException) for the main thread to settle."""
-        from confluent_kafka import KafkaException
-        phase = "send_offsets"
-        try:
-            t0 = time.perf_counter()
-            self.producer.send_offsets_to_transaction(tps, group_metadata, self.txn_call_timeout_s)
-            self.metrics.stage_seconds.labels(PATH, "send_offsets").observe(time.perf_counter() - t0)
-            phase = "commit"
-            self._calls.current.mark("commit_transaction")
-            deadline = time.monotonic() + self.txn_timeout_s
-            while True:
-                try:
-                    self.producer.commit_transaction(self.txn_call_timeout_s)
-                    # the broker's part only (the main thread may notice the result later)
-                    self.metrics.stage_seconds.labels(PATH, "commit").observe(time.perf_counter() - t0)
-                    return None
-                except KafkaException as exc:
-                    # retriable (e.g. timed out while the coordinator restarts): the commit goes
-                    # on in the background, and calling it again resumes it
-                    err = exc.args[0]
-                    if not err.retriable() or err.txn_requires_abort() or _must_rebuild(err) \
-                            or time.monotonic() > deadline:
-                        raise
-                    log.warning("commit not confirmed yet, resuming it: %s", err)
-                    time.sleep(0.1)
-                    self._calls.current.mark("commit_transaction")
-        except KafkaException as exc:
-            return phase, exc
-
-    def _finish_commit(self, also_rewind: dict | None = None) -> bool:
-        """Wait (bounded) for the commit on the worker; account a success, or abort + rewind."""
-        txn, job = self._committing
-        outcome = job.result(self._hard_deadline())  # per call; ClientsWedged past it
-        self._committing = None
+    def _committed(self, batch) -> None:
+        """A batch's transaction committed: count it, log and count its dead letters once."""
+        stats, records = batch
         m = self.metrics
-        if outcome is None:
-            total = m.stage_seconds.labels(PATH, "total")
-            for stats, records in txn.batches:
-                if self.strategy is not None:
-                    self.strategy.committed(self, records)
-                else:
-                    m.observe_records(PATH, [rec for _, rec in records])
-                    for _, rec in records:
-                        total.observe(rec["latency_ms"] / 1000)
-                stats.scored = len(records)
-                for entry in stats.dead_letter_entries:  # committed: one log line and one count each
-                    log_dead_letter(entry)
-                    m.dlq.labels(entry.topic, entry.reason).inc()
-                self.stats.batches += 1
-                self.stats.consumed += stats.consumed
-                self.stats.scored += stats.scored
-                self.stats.dead_letters += stats.dead_letters
-            return True
-        phase, exc = outcome
-        err = exc.args[0]
-        m.errors.labels(PATH, "transaction").inc()
-        if _must_rebuild(err):
-            raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
-        if phase == "commit" and not err.txn_requires_abort():
-            # the commit may still complete on the broker: only a new producer (same
-            # transactional.id) can settle it; the new consumer then reads what was committed
-            raise FatalConsumerError(f"transaction commit outcome unknown: {err}") from exc
-        if not (err.txn_requires_abort() or err.retriable()):
-            raise FatalConsumerError(f"transaction ({phase}) failed: {err}") from exc
-        log.warning("transaction aborted (%s), its batches will be re-read: %s", phase, err)
-        for stats, _ in txn.batches:
-            stats.aborted = True
-        self._abort_and_rewind(txn.first, merge=also_rewind)
-        return False
+        self.strategy.committed(self, records)
+        stats.scored = len(records)
+        for entry in stats.dead_letter_entries:  # committed: one log line and one count each
+            log_dead_letter(entry)
+            m.dlq.labels(entry.topic, entry.reason).inc()
+        self.stats.batches += 1
+        self.stats.consumed += stats.consumed
+        self.stats.scored += stats.scored
+        self.stats.dead_letters += stats.dead_letters
 
-    def _abort_and_rewind(self, first: dict, merge: dict | None = None) -> None:
-        self._abort_resuming()
-        rewind = dict(first)
-        for key, off in (merge or {}).items():
-            rewind[key] = min(off, rewind.get(key, off))
-        self._rewind(rewind)
+    @staticmethod
+    def _aborted(batch) -> None:
+        batch[0].aborted = True
+
+    def _count_abort(self) -> None:
         self.stats.aborts += 1
-        self.metrics.retries.labels(PATH, "abort").inc()
-
-    def _abort_resuming(self) -> None:
-        """abort_transaction, resumed on retriable failures for at most ``txn_timeout_s``."""
-        from confluent_kafka import KafkaException
-        try:
-            self._call_resuming("abort_transaction", self.producer.abort_transaction, self.txn_timeout_s, 0.2,
-                                stop_on=_must_rebuild)
-        except KafkaException as exc:
-            raise FatalConsumerError(f"cannot abort the transaction: {exc.args[0]}") from exc
-
-    def _call_resuming(self, what: str, fn: Callable[[float], Any], budget_s: float, pause_s: float,
-                       stop_on: Callable[[Any], bool] = lambda err: False) -> None:
-        """``fn(txn_call_timeout_s)`` as a bounded call, called again after ``pause_s`` while it fails
-        retriably, for at most ``budget_s``; any other failure (or ``stop_on(err)``) is raised."""
-        from confluent_kafka import KafkaException
-        deadline = time.monotonic() + budget_s
-        while True:
-            try:
-                self._calls.call(what, self._hard_deadline(), fn, self.txn_call_timeout_s)
-                return
-            except KafkaException as exc:
-                err = exc.args[0]
-                if not err.retriable() or stop_on(err) or time.monotonic() > deadline:
-                    raise
-                log.warning("%s not done yet, retrying: %s", what, err)
-                time.sleep(pause_s)
-
-    def _rewind(self, first: dict[tuple[str, int], int]) -> None:
-        """Seek every partition of an aborted batch back to its first offset. A partition no longer
-        assigned is skipped (its new owner starts from the committed offset); one that is assigned
-        but cannot be rewound would be skipped past by the next commit -- rebuild instead."""
-        from confluent_kafka import KafkaException, TopicPartition
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for (topic, part), off in first.items():
-            if (topic, part) not in assigned:
-                continue
-            try:
-                self.consumer.seek(TopicPartition(topic, part, off))
-            except KafkaException as exc:
-                raise FatalConsumerError(f"cannot rewind {topic}[{part}] to {off} after an abort: {exc}") from exc
 
     def _produce_dead_letter(self, p: _Pending) -> DeadLetterEntry:
         """Produce the dead letter of ``p`` into the open transaction; returns its entry."""
@@ -759,67 +415,49 @@ class KafkaScorer:
         return entry
 
 
-# ----- wiring from configuration ----------------------------------------------------------------
+def run_rebuilding(scorer: KafkaScorer, build: Callable[[], KafkaScorer], *, idle_exit_s: float | None = None,
+                   on_new: Callable[[KafkaScorer], None] = lambda scorer: None,
+                   backoff: Backoff = Backoff(initial_s=0.2, max_s=10.0, jitter=0.0),
+                   sleep: Callable[[float], None] = time.sleep) -> tuple[LoopStats, int]:
+    """Run a started ``scorer`` until it stops; ``(its stats, client rebuilds)``.
 
-def build_kafka_scorer(cfg, settings, *, metrics: ScorerMetrics | None = None) -> KafkaScorer:
-    """A KafkaScorer with real clients from the relstream config and the `score` section."""
-    from confluent_kafka import Consumer, Producer
-
-    from relstream.config import kafka_client_config, redis_client
-    from rti_store import RedisWindowStore
-    from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
-
-    from .settings import resolve_plan, triton_grpc_url
-    from .triton import TritonScorer
-
-    plan = resolve_plan(cfg, settings.plan)
-    registry = FileSchemaRegistry(settings.registry_dir or f"{cfg.run_dir}/schema-registry")
-    load_builtin_schemas(registry)
-    codec = AvroCodec(registry)
-    encoder = AvroCodec(registry, validate=False)
-    deadline = settings.window_deadline_ms / 1000
-    store = RedisWindowStore(plan, redis_client(cfg, socket_timeout=deadline, socket_connect_timeout=deadline))
-    # metadata.recovery.strategy=none: with librdkafka 2.16's default (rebootstrap), a restart of the
-    # broker(s) decommissions the known brokers, and requests to the group coordinator then hang
-    # forever (send_offsets_to_transaction included, whatever its timeout; librdkafka #5511)
-    consumer_conf = {"metadata.recovery.strategy": "none", "group.id": settings.group_id, "enable.auto.commit": False,
-                     "enable.auto.offset.store": False, "isolation.level": "read_committed",
-                     "auto.offset.reset": settings.auto_offset_reset, "session.timeout.ms": 10000,
-                     "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100}
-    if settings.static_membership:
-        consumer_conf["group.instance.id"] = settings.transactional_id
-    consumer = Consumer(kafka_client_config(cfg, **{**consumer_conf, **settings.consumer}))
-    # retry.backoff.ms 10 (librdkafka: 100): a transaction begun while the broker still writes the
-    # previous one's markers is refused with CONCURRENT_TRANSACTIONS and retried after this backoff;
-    # at 100 ms every such retry was a 100 ms stall of the pipeline (it grows exponentially up to
-    # retry.backoff.max.ms when a broker is really away)
-    producer = Producer(kafka_client_config(
-        cfg, **{"metadata.recovery.strategy": "none", "transactional.id": settings.transactional_id, "linger.ms": 1,
-                "retry.backoff.ms": 10, "transaction.timeout.ms": settings.transaction_timeout_ms,
-                **settings.producer}))
-    triton = TritonScorer(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
-                          settings.model_name or cfg.triton.model_name, settings.model_version,
-                          timeout_s=settings.triton_timeout_s)
-    if not settings.model_version:  # no pinned version: per-entity routing (relstream model deploy)
-        from relstream.model_routing import routed
-        triton = routed(triton, plan, cfg)
-    fallback = WindowFallback(plan, store, deadline_s=deadline, cooldown_s=settings.window_cooldown_ms / 1000)
-    scorer = KafkaScorer(plan, consumer=consumer, producer=producer, codec=codec, triton=triton, fallback=fallback,
-                       facts_topics=settings.facts_topics or [cfg.topics.facts],
-                       scores_topic=settings.scores_topic or cfg.topics.scores,
-                       dlq_topic=settings.dlq_topic or cfg.topics.dlq, store=store,
-                       append_scored=settings.append_scored, max_batch=settings.max_batch,
-                       poll_timeout_s=settings.poll_timeout_ms / 1000, key_column=settings.key_column,
-                       metrics=metrics, backoff_s=settings.retry_backoff_ms / 1000,
-                       backoff_max_s=settings.retry_backoff_max_ms / 1000,
-                       txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
-                       commit_interval_s=settings.commit_interval_ms / 1000,
-                       batch_interval_s=settings.batch_interval_ms / 1000, group_id=settings.group_id,
-                       max_payload_bytes=settings.max_payload_bytes)
-    if plan.is_ranking:  # session events in -> ranked lists out (scorer/recommend_kafka.py)
-        from .recommend_kafka import as_ranking_scorer
-        scorer = as_ranking_scorer(scorer, cfg, settings)
-    return scorer
+    librdkafka clients in a fatal, fenced or wedged state never recover (FatalConsumerError):
+    they are closed (bounded: a wedged client is abandoned, not waited for) and ``build()`` makes
+    new ones, retried with ``backoff`` while the new ones fail too (e.g. the broker is still down).
+    The new producer (same transactional.id) fences the old one and settles its open transaction;
+    the new consumer resumes from the committed offsets: nothing is lost, nothing scored twice.
+    ``on_new(scorer)`` is called for each new scorer before it starts (signal handlers)."""
+    rebuilds = 0
+    while True:
+        try:
+            scorer.run(idle_exit_s=idle_exit_s)
+        except FatalConsumerError as exc:
+            stats = scorer.stats
+            delays = backoff.delays()
+            while True:
+                log.error("%s; rebuilding the Kafka clients", exc)
+                scorer.metrics.errors.labels(PATH, "fatal_consumer").inc()
+                scorer.metrics.retries.labels(PATH, "rebuild").inc()
+                scorer.close(timeout_s=5.0)
+                rebuilds += 1
+                sleep(next(delays))
+                if scorer.stopping:  # SIGTERM/SIGINT meanwhile: stop instead of rebuilding
+                    return stats, rebuilds
+                scorer = build()
+                scorer.stats = stats
+                on_new(scorer)
+                try:
+                    scorer.start()
+                    log.info("Kafka clients rebuilt (%d rebuilds so far)", rebuilds)
+                    break
+                except FatalConsumerError as again:
+                    exc = again
+            continue
+        except BaseException:
+            scorer.close()
+            raise
+        scorer.close()
+        return scorer.stats, rebuilds
 
 
 def _close_quietly(consumer) -> None:
@@ -827,8 +465,3 @@ def _close_quietly(consumer) -> None:
         consumer.close()
     except Exception as exc:  # noqa: BLE001 - closing a failed client; its replacement takes over
         log.warning("closing the consumer: %s", exc)
-
-
-def install_signal_handlers(scorer: KafkaScorer) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: scorer.request_stop())

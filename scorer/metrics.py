@@ -6,11 +6,12 @@ Each service owns a :class:`ScorerMetrics` with its own registry, so several app
 from __future__ import annotations
 
 import time
+from collections import Counter as _Tally
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for /metrics)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STAGES = ("window_read", "tensor_build", "triton", "total")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -70,7 +71,6 @@ class ScorerMetrics:
 
     def observe_records(self, path: str, records) -> None:
         """Count a batch of score records (one label lookup per distinct label, not per record)."""
-        from collections import Counter as _Tally
         if not records:
             return
         self.scored.labels(path).inc(len(records))

@@ -29,26 +29,24 @@ functions.
 """
 from __future__ import annotations
 
-import hmac
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import pyarrow.parquet as pq
 
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
-from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates,
-                             coerce_row, coerce_value, describe, interactions_of, stack_requests, window_keys)
+from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates, coerce_row,
+                             coerce_value, describe, interactions_of, window_keys)
 from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
-from .triton import TritonRequestError, TritonScorer, TritonUnavailable, _batch_of, classify, make_inputs
+from .settings import RecommendSettings
+from .triton import AsyncTritonScorer, TritonRequestError, TritonScorer
 
 log = logging.getLogger(__name__)
-PATH = "recommend"  # metrics label of the HTTP ranking path
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RANKING_OUTPUTS = ("score", "cold_start", "candidate_cold_start")
 FROM_CATALOG_TOP = "from_catalog_top"
@@ -58,42 +56,16 @@ OPTION_FIELDS = (SESSION_EVENTS, ANCHOR_TIME, "candidates", "k", "exclude_sessio
 
 # ----- settings ------------------------------------------------------------------------------------
 
-class RecommendSettings(BaseModel):
-    """``serve.recommend`` / ``score.recommend`` (ranking plans only)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    catalog: str | None = None  # catalog.parquet; default: the served model version's
-    default_k: int = Field(default=10, ge=1)  # HTTP: k when the request has none
-    max_session_events: int = Field(default=100, ge=0)  # HTTP: per request
-    max_batch: int = Field(default=32, ge=1)  # HTTP: requests per Triton call (<= the model's max_batch_size)
-    session_column: str = "basket_id"  # window column whose newest value names the open basket
-    # Kafka path: each session event ranks the catalog top-N for its household
-    catalog_top_n: int = Field(default=100, ge=1)
-    top_k: int = Field(default=20, ge=1)
-    exclude_session_items: bool = True
-    topic: str = "relstream.recommendations"
-
-
 def recommend_settings(section: Any) -> RecommendSettings:
-    """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain dict)."""
-    from pydantic import ValidationError
-
-    from relstream.config import ConfigError, format_errors
-    raw = getattr(section, "recommend", section if isinstance(section, Mapping) else None) or {}
-    if isinstance(raw, RecommendSettings):
-        return raw
-    try:
-        return RecommendSettings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid recommend settings:\n{format_errors(exc, prefix='recommend.')}") from None
+    """The ``recommend`` sub-section of a ServeSettings/ScoreSettings (or a plain mapping)."""
+    raw = getattr(section, "recommend", section)
+    return raw if isinstance(raw, RecommendSettings) else RecommendSettings.model_validate(raw or {})
 
 
 # ----- the catalog (candidate source "from_catalog_top") -----------------------------------------
 
 def load_catalog(path: str | Path) -> np.ndarray:
     """Product ids of a bundle's ``catalog.parquet`` in rank order (``rank`` ascending if present)."""
-    import pyarrow.parquet as pq
 
     path = Path(path)
     table = pq.read_table(path)
@@ -132,7 +104,7 @@ def with_catalog(cfg: Any, settings: Any) -> Any:
         log.warning("no catalog.parquet for model %r under %s: candidates must be explicit", name,
                     cfg.model_repository)
         return settings
-    return settings.model_copy(update={"recommend": {**rs.model_dump(), "catalog": str(found)}})
+    return settings.model_copy(update={"recommend": rs.model_copy(update={"catalog": str(found)})})
 
 
 # ----- requests ------------------------------------------------------------------------------------
@@ -397,29 +369,13 @@ def parse_ranking_result(result, model_name: str, batch: int) -> RankingOutput:
                          model_name=model_name, model_version=str(result.get_response().model_version))
 
 
-class AsyncRanker:
-    """Ranking calls over the gRPC aio channel of the app's :class:`scorer.triton.AsyncTritonScorer`
-    (a routing wrapper is unwrapped: per-entity version routing is not applied to ranking)."""
+class AsyncRanker(AsyncTritonScorer):
+    """asyncio gRPC client of a ranking model (HTTP path), answering :class:`RankingOutput`."""
 
-    def __init__(self, scorer: Any):
-        self.base = getattr(scorer, "base", scorer)
-        mod = self.base._mod
-        self._outputs = [mod.InferRequestedOutput(n) for n in RANKING_OUTPUTS]
-
-    @property
-    def model_name(self) -> str:
-        return self.base.model_name
-
-    async def infer(self, plan: ServingPlan, tensors: Mapping[str, np.ndarray]) -> RankingOutput:
-        from tritonclient.utils import InferenceServerException
-        b = self.base
-        try:
-            result = await b.client.infer(b.model_name, make_inputs(plan, tensors, b._mod),
-                                          model_version=b.model_version, outputs=self._outputs,
-                                          client_timeout=b.timeout_s)
-        except InferenceServerException as exc:
-            raise classify(exc) from None
-        return parse_ranking_result(result, b.model_name, _batch_of(tensors))
+    def __init__(self, plan: ServingPlan, url: str, model_name: str, model_version: str = "",
+                 timeout_s: float = 10.0):
+        super().__init__(plan, url, model_name, model_version, timeout_s,
+                         outputs=RANKING_OUTPUTS, parse=parse_ranking_result)
 
 
 class SyncRanker(TritonScorer):
@@ -483,240 +439,7 @@ def degraded_flags(plan: ServingPlan, window_flags: Sequence[str], cold_row: np.
     return flags
 
 
-# ----- HTTP --------------------------------------------------------------------------------------
-
-@dataclass
-class Ranked:
-    prepared: Prepared
-    output: RankingOutput | None
-    row: int
-    window_flags: tuple[str, ...]
-    ranked_at: int
-
-
-class RecommendService:
-    """The micro-batch handler behind /v1/recommend: one window read and one Triton call per batch."""
-
-    def __init__(self, deps: Any, settings: RecommendSettings, catalog: np.ndarray, *, fallback: Any,
-                 executor: Any):
-        from .batcher import MicroBatcher
-        self.deps, self.plan, self.settings, self.catalog = deps, deps.plan, settings, catalog
-        self.metrics = deps.metrics
-        self.fallback, self.executor = fallback, executor
-        self.ranker = AsyncRanker(deps.triton)
-        s = deps.settings
-        # paced like /v1/score (serve.batch_interval_ms): each batch has a fixed cost (a Redis round
-        # trip, a gRPC call, a Triton execute), so under load fewer, larger batches buy CPU
-        self.batcher = MicroBatcher(self.handle_batch, window_s=s.batch_window_ms / 1000,
-                                    max_batch=min(s.max_batch, settings.max_batch), max_in_flight=s.max_in_flight,
-                                    min_interval_s=getattr(s, "batch_interval_ms", 0.0) / 1000)
-
-    async def handle_batch(self, items: Sequence[RankRequest]) -> list:
-        from .http import ApiError
-        m, plan = self.metrics, self.plan
-        keys = [k for it in items for k in it.keys]
-        as_of = [it.anchor_time for it in items for _ in it.keys]
-        with m.stage(PATH, "window_read"):
-            read = await self.fallback.read_async(keys, as_of, self.executor)
-        m.window_reads.labels(PATH).inc()
-        results: list = [None] * len(items)
-        requests, slots, prepared = [], [], []
-        with m.stage(PATH, "tensor_build"):
-            pos = 0
-            for i, it in enumerate(items):
-                p = prepare(plan, it, read.windows[pos:pos + len(it.keys)], self.settings)
-                pos += len(it.keys)
-                prepared.append(p)
-                if p.candidates is None:
-                    continue
-                try:
-                    requests.append(request_tensors(plan, p))
-                    slots.append(i)
-                except RowError as exc:
-                    results[i] = ApiError(422, "invalid_request", str(exc), exc.field)
-        outputs: dict[int, tuple[RankingOutput, int]] = {}
-        if requests:
-            try:
-                out = await self._infer(requests)
-                outputs = {i: (out, j) for j, i in enumerate(slots)}
-            except TritonRequestError as exc:
-                if len(requests) == 1:
-                    m.errors.labels(PATH, "triton_rejected").inc()
-                    raise ApiError(400, "triton_rejected", str(exc)) from None
-                for req, i in zip(requests, slots):  # one request poisoned the call: answer each alone
-                    try:
-                        outputs[i] = (await self._infer([req]), 0)
-                    except TritonRequestError as one:
-                        m.errors.labels(PATH, "triton_rejected").inc()
-                        results[i] = ApiError(400, "triton_rejected", str(one))
-        now = self.deps.now_ns()
-        for i, p in enumerate(prepared):
-            if results[i] is None:
-                out, row = outputs.get(i, (None, 0))
-                results[i] = Ranked(p, out, row, read.degraded, now)
-        return results
-
-    async def _infer(self, requests: list) -> RankingOutput:
-        from .http import ApiError
-        m = self.metrics
-        try:
-            with m.stage(PATH, "triton"):
-                m.triton_calls.labels(PATH).inc()
-                out = await self.ranker.infer(self.plan, stack_requests(self.plan, requests))
-        except TritonUnavailable as exc:
-            m.errors.labels(PATH, "triton_unavailable").inc()
-            raise ApiError(503, "triton_unavailable", str(exc), headers={"Retry-After": "1"}) from None
-        m.observe_model(out.model_name, out.model_version)
-        m.batch_size.labels(PATH).observe(len(requests))
-        return out
-
-    def answer(self, ranked: Ranked, latency_s: float) -> dict:
-        p, out, plan = ranked.prepared, ranked.output, self.plan
-        req = p.request
-        if out is None:  # every candidate was a session item: nothing to score
-            items, cold_row, name, version = [], None, getattr(self.ranker, "model_name", ""), ""
-        else:
-            items = top_items(p.candidates, out.scores[ranked.row], out.candidate_cold_start[ranked.row], req.k)
-            cold_row, name, version = out.cold_start[ranked.row], out.model_name, out.model_version
-        cold = [] if cold_row is None else cold_start_columns(plan, cold_row)
-        return {**{c: (int(v) if isinstance(v, (int, np.integer)) else v) for c, v in req.fact_row.items()},
-                "anchor_time": int(req.anchor_time), "items": items, "model_name": name, "model_version": version,
-                "degraded": degraded_flags(plan, ranked.window_flags, cold_row), "cold_start": cold,
-                "candidates_scored": 0 if p.candidates is None else len(p.candidates),
-                "session_items_excluded": p.excluded, "latency_ms": latency_s * 1000, "ranked_at": ranked.ranked_at}
-
-    def observe(self, body: dict, latency_s: float) -> None:
-        m = self.metrics
-        m.child(m.scored, PATH).inc()
-        for reason in body["degraded"]:
-            m.child(m.degraded, PATH, reason).inc()
-        for entity in body["cold_start"]:
-            m.child(m.cold_start, PATH, entity).inc()
-        m.child(m.stage_seconds, PATH, "total").observe(latency_s)
-
-    async def close(self) -> None:
-        await self.batcher.stop()
-
-
-def request_schema(plan: ServingPlan) -> dict:
-    """JSON schema of the /v1/recommend body (OpenAPI)."""
-    from .http import _value_schema
-    table = plan.hops[0].key.target.table if plan.hops else plan.fact_table
-    cols = plan.tables[table].columns
-    candidate = _value_schema(plan.fact.columns[plan.candidate_column])
-    props: dict[str, Any] = {c: _value_schema(plan.fact.columns[c]) for c in shared_columns(plan)}
-    anchor = _value_schema("timestamp")
-    props.update({
-        SESSION_EVENTS: {"type": "array", "description": f"rows of {table} not yet in the window store",
-                         "items": {"type": "object", "additionalProperties": False,
-                                   "properties": {c: _value_schema(d) for c, d in cols.items() if c != plan.label},
-                                   "required": [c for c in cols if c not in shared_columns(plan) and c != plan.label]}},
-        ANCHOR_TIME: {"oneOf": anchor["oneOf"] + [{"type": "null"}], "description": "default: now"},
-        "candidates": {"oneOf": [
-            {"type": "array", "items": candidate, "minItems": 1, "maxItems": plan.max_candidates},
-            {"type": "object", "additionalProperties": False, "required": [FROM_CATALOG_TOP],
-             "properties": {FROM_CATALOG_TOP: {"type": "integer", "minimum": 1, "maximum": plan.max_candidates}}}]},
-        "k": {"type": "integer", "minimum": 1, "maximum": plan.max_candidates},
-        "exclude_session_items": {"type": "boolean", "description": "do not recommend the open basket's products"},
-    })
-    return {"type": "object", "title": "ranking request", "additionalProperties": False, "properties": props,
-            "required": [*shared_columns(plan), "candidates"]}
-
-
-def response_schema(plan: ServingPlan) -> dict:
-    item = {"type": "object", "required": ["product_id", "score", "cold_start"], "properties": {
-        "product_id": {"type": "integer"}, "score": {"type": "number"}, "cold_start": {"type": "boolean"}}}
-    props = {c: {"type": "integer"} for c in shared_columns(plan)}
-    props.update({"anchor_time": {"type": "integer"}, "items": {"type": "array", "items": item},
-                  "model_name": {"type": "string"}, "model_version": {"type": "string"},
-                  "degraded": {"type": "array", "items": {"type": "string"}},
-                  "cold_start": {"type": "array", "items": {"type": "string"}},
-                  "candidates_scored": {"type": "integer"}, "session_items_excluded": {"type": "integer"},
-                  "latency_ms": {"type": "number"}, "ranked_at": {"type": "integer"}})
-    return {"type": "object", "required": ["items", "model_name", "model_version", "degraded", "latency_ms"],
-            "properties": props}
-
-
-def mount_recommend(app: Any, deps: Any) -> RecommendService | None:
-    """Add ``POST /v1/recommend`` to the scorer app of a ranking plan (no-op for scoring plans)."""
-    from .http import _SCORING_ERRORS, ApiError, _json, decode_json, is_json_media_type, unsupported_media_type
-
-    plan = deps.plan
-    if not plan.is_ranking:
-        return None
-    settings = recommend_settings(deps.settings)
-    catalog = load_catalog(settings.catalog) if settings.catalog else np.zeros(0, np.int64)
-    scoring = app.state.service
-    service = RecommendService(deps, settings, catalog, fallback=scoring.fallback, executor=scoring.executor)
-    deps.on_close.append(service.close)
-    app.state.recommend = service
-    serve, metrics = deps.settings, deps.metrics
-    timestamp_window = serve.timestamps.window()
-
-    def authorize(request) -> None:  # as /v1/score
-        if not serve.auth:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if deps.token is None or scheme.lower() != "bearer" or not given or not hmac.compare_digest(
-                given.strip().encode(), deps.token.encode()):
-            metrics.errors.labels(PATH, "unauthorized").inc()
-            raise ApiError(401, "unauthorized", "missing or invalid bearer token",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    async def read_json(request) -> Any:
-        content_type = request.headers.get("content-type")
-        if not is_json_media_type(content_type):
-            metrics.errors.labels(PATH, "unsupported_media_type").inc()
-            raise unsupported_media_type(content_type)
-        limit = serve.max_body_bytes
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                metrics.errors.labels(PATH, "oversize").inc()
-                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        try:
-            return decode_json(b"".join(chunks))
-        except ApiError:
-            metrics.errors.labels(PATH, "bad_json").inc()
-            raise
-
-    async def recommend(request):
-        t0 = time.perf_counter()
-        authorize(request)
-        body = await read_json(request)
-        try:
-            req = parse_request(plan, body, now_ns=deps.now_ns, catalog=service.catalog, settings=settings,
-                                arrived=t0, window=timestamp_window)
-        except RowError as exc:
-            metrics.errors.labels(PATH, "invalid_request").inc()
-            raise ApiError(422, "invalid_request", str(exc), exc.field) from None
-        ranked = await service.batcher.submit(req)
-        latency = time.perf_counter() - t0
-        answer = service.answer(ranked, latency)
-        service.observe(answer, latency)
-        return _json(answer)
-
-    app.router.add_route("/v1/recommend", recommend, methods=["POST"], include_in_schema=False)
-    docs = {"post": {
-        "summary": "Top-k candidates for a household in session", "operationId": "recommend_v1_recommend_post",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(plan)}}},
-        "responses": {"200": {"description": "The ranked items, best first", "content": {
-            "application/json": {"schema": response_schema(plan)}}}, **_SCORING_ERRORS},
-        "security": [{"bearerAuth": []}]}}
-    base_openapi = app.openapi
-
-    def openapi():
-        schema = base_openapi()
-        schema.setdefault("paths", {})["/v1/recommend"] = docs
-        return schema
-
-    app.openapi = openapi
-    return service
-
-
-__all__ = ["AsyncRanker", "RankRequest", "RankingOutput", "RecommendService", "RecommendSettings", "SyncRanker",
-           "drop_items", "find_catalog", "load_catalog", "merge_session", "mount_recommend", "parse_request",
+__all__ = ["AsyncRanker", "RankRequest", "RankingOutput", "RecommendSettings", "SyncRanker",
+           "drop_items", "find_catalog", "load_catalog", "merge_session", "parse_request",
            "prepare", "recommend_settings", "request_tensors", "session_appends", "session_items", "top_items",
            "with_catalog"]

@@ -13,26 +13,35 @@
         max_past_days: 10958
         max_future_hours: 24
 
-Triton is reached over gRPC: ``triton_grpc_url`` if set, else ``triton.url`` when it is a
-grpc:// URL, else the local stack's gRPC address (``<run_dir>/stack.json``), else port 8001 on
-the host of ``triton.url``.
+Triton is reached over gRPC at ``triton_grpc_url`` when set; otherwise the app derives the
+address from the configuration (``relstream.config.triton_grpc_url``).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from urllib.parse import urlparse
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from relstream.config import DEFAULT_TRITON_GRPC_PORT, Config
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
-from schemas.plan import NS_PER, ServingPlan, builtin_plan, load_plan
+from schemas.plan import NS_PER
 from schemas.values import TimestampWindow
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecommendSettings(_Section):
+    """``serve.recommend`` / ``score.recommend`` (ranking plans only)."""
+
+    catalog: str | None = None  # catalog.parquet; default: the served model version's
+    default_k: int = Field(default=10, ge=1)  # HTTP: k when the request has none
+    max_session_events: int = Field(default=100, ge=0)  # HTTP: per request
+    max_batch: int = Field(default=32, ge=1)  # HTTP: requests per Triton call (<= the model's max_batch_size)
+    session_column: str = "basket_id"  # window column whose newest value names the open basket
+    # Kafka path: each session event ranks the catalog top-N for its household
+    catalog_top_n: int = Field(default=100, ge=1)
+    top_k: int = Field(default=20, ge=1)
+    exclude_session_items: bool = True
+    topic: str = "relstream.recommendations"
 
 
 class ScoreSettings(_Section):
@@ -71,7 +80,7 @@ class ScoreSettings(_Section):
     static_membership: bool = True  # group.instance.id = transactional_id: a restart rejoins at once
     consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra librdkafka
     producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)  # ranking plans only
 
 
 class TimestampWindowSettings(_Section):
@@ -111,30 +120,4 @@ class ServeSettings(_Section):
     workers: int = Field(default=1, ge=1)
     key_column: str | None = None
     timestamps: TimestampWindowSettings = Field(default_factory=TimestampWindowSettings)
-    recommend: dict = Field(default_factory=dict)  # ranking plans: scorer.recommend.RecommendSettings
-
-
-def resolve_plan(cfg: Config, name_or_path: str | None) -> ServingPlan:
-    ref = name_or_path or (str(cfg.plan) if cfg.plan else None)
-    if ref is None:
-        return builtin_plan("fraud")
-    if Path(ref).suffix in (".yaml", ".yml") or Path(ref).exists():
-        return load_plan(ref)
-    return builtin_plan(ref)
-
-
-def triton_grpc_url(cfg: Config, override: str | None) -> str:
-    if override:
-        return override.split("://", 1)[-1]
-    if cfg.triton.protocol == "grpc":
-        return cfg.triton.host_port
-    try:
-        state = json.loads((Path(cfg.run_dir) / "stack.json").read_text())
-        addr = state.get("addresses", {}).get("triton_grpc")
-        http = state.get("addresses", {}).get("triton_http")
-        if addr and http and urlparse(http).netloc == cfg.triton.host_port:
-            return addr
-    except (OSError, json.JSONDecodeError):
-        pass
-    host = urlparse(cfg.triton.url).hostname or "127.0.0.1"
-    return f"{host}:{DEFAULT_TRITON_GRPC_PORT}"
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)  # ranking plans only

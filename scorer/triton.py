@@ -156,7 +156,8 @@ class AsyncTritonScorer:
     """asyncio gRPC client for the HTTP path (one call per micro-batch)."""
 
     def __init__(self, plan: ServingPlan, url: str, model_name: str = "relstream",
-                 model_version: str = "", timeout_s: float = 10.0):
+                 model_version: str = "", timeout_s: float = 10.0, *, outputs=OUTPUTS, parse=None):
+        """``outputs`` / ``parse``: as for :class:`TritonScorer`."""
         import tritonclient.grpc.aio as aioclient
         self._mod = aioclient
         self.plan = plan
@@ -165,7 +166,8 @@ class AsyncTritonScorer:
         self.model_version = model_version
         self.timeout_s = timeout_s
         self._client = None  # created inside the serving event loop (gRPC aio binds to it)
-        self._outputs = [aioclient.InferRequestedOutput(n) for n in OUTPUTS]
+        self._outputs = [aioclient.InferRequestedOutput(n) for n in outputs]
+        self._parse = parse or parse_result
 
     @property
     def client(self):
@@ -181,7 +183,7 @@ class AsyncTritonScorer:
                                               outputs=self._outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise classify(exc) from None
-        return parse_result(result, self.model_name, _batch_of(tensors))
+        return self._parse(result, self.model_name, _batch_of(tensors))
 
     async def ready(self) -> tuple[bool, str]:
         from tritonclient.utils import InferenceServerException

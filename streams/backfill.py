@@ -5,32 +5,46 @@ then ONE ``store.append`` per chunk, retried with backoff like a live batch. App
 idempotent and the final window state does not depend on arrival order, so a backfill may be
 re-run or overlap with live ingestion.
 
-Accepted inputs: the plan's normalised column names (``transaction_id, tx_datetime, ...``;
-timestamps as parquet timestamps or int64 ns), or -- for the fraud plan's transactions table --
-the published simulator schema (``TRANSACTION_ID, TX_DATETIME, ...``), which is validated and
-normalised by the offline loader. A bad row stops the backfill with an error naming the row and
-the field; rows before it are already in the windows (re-running after a fix is safe).
+Accepted inputs: the plan's own column names (timestamps as parquet timestamps or int64 ns), or
+a file in one of the :class:`SourceFormat` layouts the caller passes (the app passes the layouts
+its data sets are published in; this module knows none of them). A bad row stops the backfill
+with an error naming the row and the field; rows before it are already in the windows
+(re-running after a fix is safe).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
+from kafka_io.retry import Backoff, retry_until
 from schemas.tensors import RowError
 from streams.records import RecordDecoder
-from streams.retry import Backoff, retry_until
-
-PUBLISHED_MARKER = "TRANSACTION_ID"
 
 
 class BackfillError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """A file layout other than a plan table's own columns, and how to read it as that table.
+
+    A file is read with ``to_table`` when it is a backfill of ``table`` and has the column
+    ``marker``; ``to_table(path)`` returns a pandas DataFrame with the table's columns (it may
+    raise ``ValueError`` naming the bad column: the backfill then stops with that message).
+    """
+
+    name: str
+    table: str
+    marker: str
+    to_table: Callable[[Path], Any]
 
 
 @dataclass(frozen=True)
@@ -59,8 +73,8 @@ def _timestamps_to_ns(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
-def read_row_chunks(path: str | Path, plan_columns: list[str], table: str,
-                    chunk_rows: int) -> tuple[int, Iterator[tuple[int, list[dict[str, Any]]]]]:
+def read_row_chunks(path: str | Path, plan_columns: list[str], table: str, chunk_rows: int,
+                    formats: Sequence[SourceFormat] = ()) -> tuple[int, Iterator[tuple[int, list[dict[str, Any]]]]]:
     """(row count, iterator of (first row index, rows)) of a parquet file."""
     path = Path(path)
     if not path.exists():
@@ -70,8 +84,9 @@ def read_row_chunks(path: str | Path, plan_columns: list[str], table: str,
     except (pa.ArrowInvalid, OSError) as exc:
         raise BackfillError(f"--backfill: {path} is not a readable parquet file: {exc}") from None
     names = pf.schema_arrow.names
-    if PUBLISHED_MARKER in names and table == "transactions":
-        return _published_chunks(path, plan_columns, chunk_rows)
+    for fmt in formats:
+        if fmt.table == table and fmt.marker in names:
+            return _format_chunks(fmt, path, plan_columns, chunk_rows)
     columns = [c for c in plan_columns if c in names]
     if not columns:
         raise BackfillError(f"--backfill: {path} has none of the columns of table {table!r} "
@@ -87,14 +102,11 @@ def read_row_chunks(path: str | Path, plan_columns: list[str], table: str,
     return pf.metadata.num_rows, chunks()
 
 
-def _published_chunks(path: Path, plan_columns: list[str], chunk_rows: int):
-    from offline.datasets.fraud import normalise
-    from offline.datasets.loader import DatasetError, read_transactions_file, validate_transactions
-
+def _format_chunks(fmt: SourceFormat, path: Path, plan_columns: list[str], chunk_rows: int):
     try:
-        frame = normalise(validate_transactions(read_transactions_file(path))).table("transactions")
-    except DatasetError as exc:
-        raise BackfillError(f"--backfill {path}: {exc}") from None
+        frame = fmt.to_table(path)
+    except ValueError as exc:
+        raise BackfillError(f"--backfill {path} ({fmt.name}): {exc}") from None
     frame = frame[[c for c in plan_columns if c in frame.columns]]
 
     def chunks():
@@ -115,17 +127,15 @@ def row_decoder(plan) -> RecordDecoder:
 
 def backfill(path: str | Path, decoder: RecordDecoder, store: Any, table: str | None = None,
              chunk_rows: int = 20_000, progress: bool = True, backoff: Backoff = Backoff(),
-             clock=time.perf_counter) -> BackfillReport:
-    """Append every row of ``path`` (a table of ``decoder.plan``) to the windows."""
+             clock=time.perf_counter, formats: Sequence[SourceFormat] = ()) -> BackfillReport:
+    """Append every row of ``path`` (a table of ``decoder.plan``, or one of ``formats``) to the windows."""
     plan = decoder.plan
     table = table or plan.fact_table
     if table not in plan.tables:
         raise BackfillError(f"--backfill-table: unknown table {table!r}; plan {plan.name!r} has {sorted(plan.tables)}")
     if chunk_rows <= 0:
         raise BackfillError(f"--chunk-rows: must be > 0, got {chunk_rows}")
-    total, chunks = read_row_chunks(path, list(plan.tables[table].columns), table, chunk_rows)
-
-    from tqdm import tqdm
+    total, chunks = read_row_chunks(path, list(plan.tables[table].columns), table, chunk_rows, formats)
 
     t0 = clock()
     rows = interactions = 0

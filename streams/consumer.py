@@ -33,25 +33,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import redis
 from confluent_kafka import KafkaException, TopicPartition
 
+from kafka_io.retry import Backoff, GaveUp, retry_until
+from rti_store.base import StoreUnavailable
 from schemas.dead_letter import STORE_REJECTED, DeadLetterEntry, dead_letter_log, log_dead_letter
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
 from streams.rebuild import StateRebuild
 from streams.records import DeadLetter, DecodedBatch, RecordDecoder, dead_letter_of, decode_batch
-from streams.retry import Backoff, GaveUp, retry_until
 
 log = logging.getLogger(__name__)
 
 
 def default_transient_errors() -> tuple[type[BaseException], ...]:
     """Store errors that mean "unavailable, try again" (anything else means "refused")."""
-    from rti_store.base import StoreUnavailable
 
     errors: list[type[BaseException]] = [StoreUnavailable, ConnectionError, TimeoutError]
     try:
-        import redis
         errors.append(redis.exceptions.RedisError)
     except ImportError:  # pragma: no cover - redis is a dependency
         pass

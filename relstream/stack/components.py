@@ -5,6 +5,8 @@ one-time preparation (Kafka storage formatting, Triton backend directory) and a 
 """
 from __future__ import annotations
 
+import base64
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,7 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kafka_jars import KAFKA_VERSION, ensure_kafka_jars
 from .ports import HOST
+from .process import StackError
 
 
 @dataclass
@@ -58,7 +62,6 @@ class KafkaComponent(Component):
     port_roles = ("broker", "controller")
 
     def _jars(self) -> Path:
-        from .kafka_jars import KAFKA_VERSION, ensure_kafka_jars
         return ensure_kafka_jars(self.settings.kafka_version or KAFKA_VERSION)
 
     def properties(self, ports: dict[str, int]) -> dict[str, str]:
@@ -116,7 +119,6 @@ class KafkaComponent(Component):
                                  "-c", str(cfg), "--ignore-formatted"],
             capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            from .process import StackError
             raise StackError(f"formatting Kafka storage failed (exit {proc.returncode}):\n"
                              f"{(proc.stdout + proc.stderr)[-3000:]}")
 
@@ -149,7 +151,6 @@ def min_heap(heap: str) -> str:
 
 def _kafka_cluster_id() -> str:
     """Base64 UUID as Kafka makes them; never starting with '-' (it would parse as a flag)."""
-    import base64
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cid.startswith("-"):
@@ -214,7 +215,6 @@ class RedisComponent(Component):
 # -------------------------------------------------------------------------------- Triton
 def pytriton_server_dir() -> Path:
     """The `tritonserver` tree inside the installed nvidia-pytriton wheel."""
-    import importlib.util
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("nvidia-pytriton")

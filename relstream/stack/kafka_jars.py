@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from relstream.files import file_sha256 as _sha256
+from schemas.files import file_sha256 as _sha256
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"  # same log4j2 as the broker depends on; adds the slf4j binding

@@ -15,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .components import (Component, ComponentSettings, KafkaComponent, RedisComponent,
-                         TritonComponent)
+from .components import Component, ComponentSettings, KafkaComponent, RedisComponent, TritonComponent
 from .ports import HOST, ensure_ports_free, free_ports, port_in_use
+from .prereqs import require
 from .process import Child, ChildRecord, StackError, process_start_ticks
 
 ALL_COMPONENTS = ("kafka", "redis", "triton")
@@ -135,7 +137,6 @@ class LocalStack:
 
         Returns seconds to healthy per component. Idempotent: running children are kept.
         """
-        from ..prereqs import require
         require(self.components)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():  # two `up`s on one run dir at once must not start two copies
@@ -378,9 +379,6 @@ class LocalStack:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _start_watchdog(self) -> None:
-        import os
-        import sys
-        from .process import process_start_ticks
         me = os.getpid()
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relstream.demo import (Service, create_topics, load_model, open_codec, relstream_argv, run_step,
-                            transaction_records, write_service_config)
+from relstream.demo.events import create_topics, open_codec, transaction_records
+from relstream.demo.tools import Service, load_model, relstream_argv, run_step, write_service_config
 
 E2E_MODEL = "e2e_model"
 _redis_dbs = itertools.count()
@@ -45,7 +45,7 @@ def e2e_model(stack, plan, fraud_tx, tmp_path_factory):
     entities (the rest take the cold-start path), loaded in the session Triton."""
     from offline.embeddings import random_embeddings, write_embeddings_parquet
     from offline.export import export_untrained
-    from relstream.demo import latest_version_dir
+    from relstream.demo.tools import latest_version_dir
 
     rng = np.random.default_rng(0)
     customers = np.unique(fraud_tx["customer_id"].to_numpy())

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from relstream.demo import (RateProducer, ScoreCollector, read_topic, wait_caught_up, wait_group_members)
+from relstream.demo.events import RateProducer, ScoreCollector, read_topic, wait_caught_up, wait_group_members
 
 BASE_T = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000

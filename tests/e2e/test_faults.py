@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from relstream.demo import load_model
+from relstream.demo.tools import load_model
 
 from .conftest import E2E, E2E_MODEL
 from .faults import run_with_fault

@@ -23,7 +23,8 @@ import requests
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 
-from relstream.demo import offline_reference_scores, wait_http
+from relstream.demo.reference import offline_reference_scores
+from relstream.demo.tools import wait_http
 from relstream.stack import free_port
 
 from .conftest import day_bounds, records_of, timed

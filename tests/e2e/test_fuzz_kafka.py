@@ -18,9 +18,9 @@ import time
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from relstream.demo import (ScoreCollector, offline_reference_scores, read_topic, wait_caught_up,
-                            wait_group_members)
-from relstream.report import parity_of
+from relstream.demo.events import ScoreCollector, read_topic, wait_caught_up, wait_group_members
+from relstream.demo.reference import offline_reference_scores
+from relstream.demo.report import parity_of
 
 from .conftest import timed
 from .faults import synthetic_transactions, window_state_equal

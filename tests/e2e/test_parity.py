@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 
-from relstream.demo import RateProducer, ScoreCollector, offline_reference_scores, wait_caught_up, wait_group_members
-from relstream.report import parity_of
+from relstream.demo.events import RateProducer, ScoreCollector, wait_caught_up, wait_group_members
+from relstream.demo.reference import offline_reference_scores
+from relstream.demo.report import parity_of
 
 from .conftest import day_bounds, records_of, timed
 

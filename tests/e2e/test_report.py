@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relstream.demo import DemoError, log_tail, transaction_records
-from relstream.report import (StageTiming, StreamMeasurement, format_summary, parity_of, percentiles, summarise,
+from relstream.demo.events import transaction_records
+from relstream.demo.tools import DemoError, log_tail
+from relstream.demo.report import (StageTiming, StreamMeasurement, format_summary, parity_of, percentiles, summarise,
                               write_report)
 
 

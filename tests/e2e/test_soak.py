@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relstream.demo import RateProducer, ScoreCollector, rss_bytes, wait_group_members, wait_http
+from relstream.demo.events import RateProducer, ScoreCollector, wait_group_members
+from relstream.demo.tools import wait_http
+from relstream.stack.process import rss_bytes
 from relstream.stack import free_port
 
 from .faults import synthetic_transactions

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relstream.demo import SERVE_BANNER, stop_command
-from relstream.report import CurlCall, curl_command, format_summary, token_export
+from relstream.demo.tools import SERVE_BANNER, stop_command
+from relstream.demo.report import CurlCall, curl_command, format_summary, token_export
 from relstream.stack.local import LocalStack
 from relstream.stack.process import is_alive
 
@@ -86,7 +86,7 @@ def test_the_two_pasted_lines_work_in_a_fresh_shell(recorder):
 def test_summary_prints_the_hand_off_only_when_serve_was_kept():
     from tests.e2e.test_report import _stream
 
-    from relstream.report import StageTiming, summarise
+    from relstream.demo.report import StageTiming, summarise
 
     stream, _ = _stream()
     kept = CurlCall("curl X", 200, "{}", token_export="export RELSTREAM_API_TOKEN=abc")

@@ -6,11 +6,8 @@ stack, its own log file, and a PID the test stops (SIGTERM, or SIGKILL for fault
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from relstream.stack import free_port
+from relstream.stack.process import Process
 from schemas.plan import PLANS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +68,8 @@ class ServiceConfig:
 
 
 class Service:
-    """One `relstream ...` subprocess; stop() / kill() end exactly this process (by PID)."""
+    """One `relstream ...` subprocess, run by the one process wrapper
+    (:class:`relstream.stack.process.Process`); stop() / kill() end exactly its process group."""
 
     def __init__(self, name: str, argv: list[str], config: Path, log_dir: Path, env: dict | None = None,
                  python: str | Path = sys.executable):
@@ -78,62 +77,31 @@ class Service:
         self.log = log_dir / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RELSTREAM")}
         clean.update({"RELSTREAM_CONFIG": str(config), "PYTHONPATH": str(ROOT), **(env or {})})
-        self._fh = open(self.log, "wb")
-        self.proc = subprocess.Popen([str(python), "-m", "relstream", *argv], cwd=ROOT, env=clean,
-                                     stdout=self._fh, stderr=subprocess.STDOUT)
+        self.process = Process(name, [str(python), "-m", "relstream", *argv], self.log, env=clean, cwd=ROOT).start()
+        self.proc = self.process.proc
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.process.alive
 
     def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return self.process.tail(n)
 
     def wait_http(self, url: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    return resp.read().decode()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.name}: {url} not answering after {timeout}s:\n{self.tail()}")
-                time.sleep(0.2)
+        return self.process.wait_http(url, timeout)
 
     def wait_log(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log.read_text(errors="replace"):
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {text!r} in the log after {timeout}s:\n{self.tail()}")
-            time.sleep(0.1)
+        self.process.wait_for_log(text, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no drain, no commit (a crash)."""
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-        self._fh.close()
+        self.process.kill(timeout_s=30)
 
     def stop(self, timeout: float = 40.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._fh.close()
-        return self.proc.returncode
+        return self.process.stop(timeout)
 
 
 def metrics_url(port: int) -> str:

@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from relstream.demo import read_topic, wait_caught_up
+from relstream.demo.events import read_topic, wait_caught_up
 from schemas.dead_letter import KEEP_PAYLOAD_BYTES, REASONS, dead_letter_headers, parse_dead_letter
 from schemas.plan import builtin_plan
 from schemas.registry import builtin_schema

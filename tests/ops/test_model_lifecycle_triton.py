@@ -15,7 +15,9 @@ import pytest
 from offline.embeddings import write_embeddings_parquet
 from offline.export import export_untrained
 from relstream import lifecycle as lc
-from relstream.model_ops import DeployRefused, ModelOps, TritonControl, synthetic_requests
+from relstream.model_checks import DeployRefused, synthetic_requests
+from relstream.model_ops import ModelOps
+from relstream.triton_control import TritonControl
 from schemas.plan import builtin_plan, parse_plan
 
 DAY = 86_400 * 10**9
@@ -180,7 +182,7 @@ def test_refresh_embeddings_rolls_out_as_canary(plan, ops, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"entity_type": ["customers"], "entity_id": [1]}), bad)
-    from relstream.model_ops import ModelOpsError
+    from relstream.triton_control import ModelOpsError
     with pytest.raises(ModelOpsError, match="column 'snapshot_time' missing"):
         ops.refresh_embeddings(1, bad)
 

@@ -9,7 +9,9 @@ import pytest
 
 from offline.export import export_untrained
 from relstream import lifecycle as lc
-from relstream.model_ops import ModelOps, TritonControl, synthetic_requests
+from relstream.model_checks import synthetic_requests
+from relstream.model_ops import ModelOps
+from relstream.triton_control import TritonControl
 from relstream.model_routing import (AsyncRoutedTritonScorer, RoutedTritonScorer, entity_tensor,
                                      route_rows)
 from schemas.plan import builtin_plan

@@ -16,7 +16,8 @@ import pytest
 
 from offline.export import export_untrained
 from relstream import lifecycle as lc
-from relstream.model_ops import ModelOps, TritonControl
+from relstream.model_ops import ModelOps
+from relstream.triton_control import TritonControl
 from schemas.plan import builtin_plan
 from tests.ops import services as svc
 from tests.ops.test_model_lifecycle_triton import DAY, embeddings

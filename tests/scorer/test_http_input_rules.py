@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relstream.report import curl_command
-from scorer.http import repeated_key
+from relstream.demo.report import curl_command
+from scorer.http_api import repeated_key
 from tests.scorer.conftest import AUTH, BASE_T, SECOND, TOKEN, ServerThread, fact_row
 
 pytestmark = pytest.mark.timeout(120)

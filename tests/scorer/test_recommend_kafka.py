@@ -22,7 +22,7 @@ def recsys():
 
 def build(recsys, stack, tmp_path, facts, out, dlq, group, **score):
     from relstream.config import validate
-    from scorer.kafka_service import build_kafka_scorer
+    from relstream.serving import build_kafka_scorer
     from scorer.settings import ScoreSettings
     cfg = validate({"run_dir": str(tmp_path / "run"), "kafka": {"bootstrap_servers": stack.kafka_bootstrap},
                     "redis": {"url": stack.redis_url}, "triton": {"url": f"grpc://{stack.triton_grpc_url}",

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from rti_store import MemoryWindowStore
 from schemas.tensors import interactions_of
 from streams.ingest import IngestService, IngestSettings, open_codec
-from streams.retry import Backoff
+from kafka_io.retry import Backoff
 
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
 from relstream.stack import ComponentSettings
+from relstream.stack.process import Process
 from rti_store import RedisWindowStore
 from streams.synthetic import TRANSACTIONS_SUBJECT, produce_values, synthetic_transactions
 
@@ -34,39 +36,37 @@ def _write_config(tmp_path, stack, registry_dir, topic, dlq, group, batch_size=2
 
 
 class Ingest:
-    """A real `relstream ingest` process; stderr is collected so start-up can be awaited."""
+    """A real `relstream ingest` process (the one process wrapper, relstream.stack.process.Process):
+    its log is read to await start-up, its stdout (the final stats) kept apart."""
+
+    _count = 0
 
     def __init__(self, config: str, *extra: str):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELSTREAM")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "relstream", "--config", config, "ingest",
-                                      "--log-level", "WARNING", *extra], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env, cwd=os.getcwd())
-        self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        Ingest._count += 1
+        logs = Path(config).parent / "ingest-logs"
+        self.process = Process(f"ingest-{Ingest._count}", [sys.executable, "-m", "relstream", "--config", config,
+                                                           "ingest", "--log-level", "WARNING", *extra],
+                               logs / f"ingest-{Ingest._count}.log", out_path=logs / f"ingest-{Ingest._count}.out",
+                               env=env, cwd=os.getcwd()).start()
+        self.proc = self.process.proc
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.stderr.append(line.decode(errors="replace"))
+    @property
+    def stderr(self) -> list[str]:
+        return self.process.tail(400).splitlines(keepends=True)
 
     def started(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"ingest exited ({self.proc.returncode}): {''.join(self.stderr)[-2000:]}")
-        return any(line.startswith("relstream ingest:") for line in self.stderr)
+        if not self.process.alive:
+            raise AssertionError(f"ingest exited ({self.proc.returncode}): {self.process.tail(40)}")
+        return self.process.log_count("relstream ingest:") > 0
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc.stdout.close()
-        self._reader.join(5)
+        self.process.kill()
 
     def terminate(self, timeout: float = 30.0) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        out = self.proc.stdout.read().decode()
+        self.process.signal_group(signal.SIGTERM)
         self.proc.wait(timeout)
-        self._reader.join(5)
-        self.proc.stdout.close()
-        return self.proc.returncode, out
+        return self.proc.returncode, self.process.output()
 
 
 def _paced_produce(prod, topic, values, slice_size=100, pause=0.03):

@@ -13,7 +13,7 @@ from streams.dlq import DeadLetterSink
 from streams.ingest import IngestSettings, consumer_config, default_topics, producer_config, scorer_owned_topics
 from streams.metrics import IngestMetrics
 from streams.records import RecordDecoder, decode_batch, parse_topic_tables
-from streams.retry import Backoff, GaveUp, retry_until
+from kafka_io.retry import Backoff, GaveUp, retry_until
 from streams.synthetic import TRANSACTIONS_SUBJECT, synthetic_transactions
 
 TOPIC = "tx"

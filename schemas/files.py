@@ -1,4 +1,5 @@
-"""Small file helpers shared by the stack, the export and the model control plane."""
+"""Small file helpers shared by the export (offline), the model control plane and the local stack:
+the SHA-256 of a bundle file is how an exported version and its deploy checks agree on content."""
 
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
+from .components import pytriton_server_dir
+from .kafka_jars import KAFKA_VERSION, kafka_home, verify
+
 
 class PrerequisiteError(RuntimeError):
     """Something the stack needs is missing; the message names it and how to install it."""
@@ -40,7 +43,6 @@ def _java_major(java: str) -> int | None:
 
 
 def _kafka_jars_cached() -> bool:
-    from .stack.kafka_jars import KAFKA_VERSION, kafka_home, verify
     home = kafka_home(KAFKA_VERSION)
     return home.is_dir() and not verify(home, KAFKA_VERSION)
 
@@ -80,7 +82,6 @@ def missing_for(components: Iterable[str]) -> list[Missing]:
             missing.append(Missing("Triton Inference Server (Python package nvidia-pytriton)",
                                    STACK_INSTALL))
         else:
-            from .stack.components import pytriton_server_dir
             server = pytriton_server_dir()
             version = f"{sys.version_info.major}.{sys.version_info.minor}"
             if not (server / "bin" / "tritonserver").is_file():

@@ -8,6 +8,14 @@ import signal
 import sys
 from pathlib import Path
 
+from schemas.plan import PlanError
+from scorer.settings import ScoreSettings
+from streams.settings import IngestSection
+
+from .config import config_from_args, kafka_client_config, redis_client, section, serving_plan
+from .errors import CliError
+from .overrides import Flag, add_flags, apply_flags
+
 DESCRIPTION = """\
 Consume the interaction topics and keep the real-time windows of every hop of the serving plan
 in Redis. Records are decoded with the Avro codec (Confluent wire format), turned into window
@@ -29,6 +37,16 @@ max_payload_bytes, dead_letters, metrics_port, metrics_addr, registry, store, co
 producer); flags override it. See docs/streams.md."""
 
 
+INGEST_FLAGS = (
+    Flag("group_id", "--group", "consumer group id", "ID"),
+    Flag("registry", "--registry", "file schema registry (default: <run_dir>/schema-registry)", "DIR"),
+    Flag("batch_size", "--batch-size", "records per batch / Redis round trip", "N"),
+    Flag("batch_timeout_s", "--batch-timeout", "max seconds to wait for a batch to fill", "S"),
+    Flag("max_payload_bytes", "--max-payload-bytes", "larger records are dead-lettered", "B"),
+    Flag("metrics_port", "--metrics-port", "serve Prometheus /metrics on this port", "PORT"),
+    Flag("metrics_addr", "--metrics-addr", "address of the metrics endpoint", "ADDR"))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("ingest", help="Kafka -> Redis window ingestion (or --backfill a parquet file)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,15 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--topic", action="append", metavar="TOPIC[=TABLE]",
                    help="topic to consume and the plan table its records belong to (repeatable; "
                         "default: config ingest.topics, else topics.interactions -> the plan's interaction table)")
-    p.add_argument("--group", metavar="ID", help="consumer group id (default: ingest.group_id)")
     p.add_argument("--dlq-topic", metavar="TOPIC", help="dead-letter topic (default: topics.dlq)")
-    p.add_argument("--registry", metavar="DIR", help="file schema registry (default: ingest.registry, "
-                   "else <run_dir>/schema-registry)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="records per batch / Redis round trip")
-    p.add_argument("--batch-timeout", type=float, metavar="S", help="max seconds to wait for a batch to fill")
-    p.add_argument("--max-payload-bytes", type=int, metavar="B", help="larger records are dead-lettered")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
-    p.add_argument("--metrics-addr", metavar="ADDR", help="address of the metrics endpoint (default 127.0.0.1)")
+    add_flags(p, "ingest", IngestSection, INGEST_FLAGS)
     p.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
                    help="extra librdkafka setting for the consumer (repeatable)")
     p.add_argument("--exit-when-idle", type=float, metavar="S",
@@ -58,17 +69,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_ingest)
 
 
-def resolve_plan(value):
-    from schemas.plan import builtin_plan, load_plan
-
-    if value is None:
-        return builtin_plan("fraud")
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_plan(path)
-    return builtin_plan(str(value))
-
-
 def parse_kv(items) -> dict:
     out = {}
     for item in items:
@@ -79,22 +79,35 @@ def parse_kv(items) -> dict:
     return out
 
 
+def _read_published_transactions(path: Path):
+    """A transactions file in the fraud simulator's published schema, as the plan's table."""
+    # pandas and the data-set loader load only for a backfill in this layout
+    from offline.datasets.fraud import normalise
+    from offline.datasets.loader import read_transactions_file, validate_transactions
+    return normalise(validate_transactions(read_transactions_file(path))).table("transactions")
+
+
+def published_formats():
+    """The published layouts `ingest --backfill` also reads (``TRANSACTION_ID, TX_DATETIME, ...``)."""
+    from streams.backfill import SourceFormat
+    return (SourceFormat("published simulator schema", "transactions", "TRANSACTION_ID",
+                         _read_published_transactions),)
+
+
 def cmd_ingest(args) -> int:
-    from relstream.cli import CliError, config_from_args
-    from relstream.config import kafka_client_config, redis_client, section
-    from schemas.plan import PlanError
+    # Kafka, Redis and Avro clients load when the command runs, not when the CLI builds its
+    # parser (every `relstream` command builds every command's parser)
     from streams.backfill import BackfillError, backfill, row_decoder
-    from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
-    from streams.ingest import (IngestSection, IngestService, IngestSettings, default_topics, open_codec,
-                                open_redis_store, scorer_owned_topics)
+    from streams.ingest import (IngestService, IngestSettings, default_topics, open_codec, open_redis_store,
+                                scorer_owned_topics)
     from streams.records import parse_topic_tables
 
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
-    sec = section(cfg, "ingest", IngestSection)
+    sec, _ = apply_flags(section(cfg, "ingest", IngestSection), args, INGEST_FLAGS)
     try:
-        plan = resolve_plan(args.plan or cfg.plan)
+        plan = serving_plan(cfg, args.plan)
     except PlanError as exc:
         raise CliError(f"--plan: {exc}") from None
     store = open_redis_store(plan, redis_client(cfg), sec.store)
@@ -103,7 +116,8 @@ def cmd_ingest(args) -> int:
         decoder = row_decoder(plan)
         try:
             report = backfill(args.backfill, decoder, store, table=args.backfill_table,
-                              chunk_rows=args.chunk_rows, progress=not args.no_progress)
+                              chunk_rows=args.chunk_rows, progress=not args.no_progress,
+                              formats=published_formats())
         except BackfillError as exc:
             raise CliError(str(exc)) from None
         print(json.dumps(report.to_dict()))
@@ -124,23 +138,19 @@ def cmd_ingest(args) -> int:
     try:
         topics = (parse_topic_tables(args.topic) if args.topic else dict(sec.topics)
                   or default_topics(plan, list(cfg.topics.interactions)))
-        max_payload_bytes = _positive("--max-payload-bytes", args.max_payload_bytes, sec.max_payload_bytes)
         # the scorer's topics and size limit as `relstream score` resolves them (scorer/settings.py)
-        scorer_topics = cfg.score.get("facts_topics") or [cfg.topics.facts]
-        skip = scorer_owned_topics(topics, sec.dead_letters, scorer_topics, max_payload_bytes,
-                                   cfg.score.get("max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES))
+        score = section(cfg, "score", ScoreSettings)
+        skip = scorer_owned_topics(topics, sec.dead_letters, score.facts_topics or [cfg.topics.facts],
+                                   sec.max_payload_bytes, score.max_payload_bytes)
         settings = IngestSettings(
             topics=topics, dlq_topic=args.dlq_topic or cfg.topics.dlq,
-            group_id=args.group or sec.group_id,
-            batch_size=_positive("--batch-size", args.batch_size, sec.batch_size),
-            batch_timeout_s=_positive("--batch-timeout", args.batch_timeout, sec.batch_timeout_s),
-            max_payload_bytes=max_payload_bytes, skip_dead_letters_on=skip,
+            group_id=sec.group_id, batch_size=sec.batch_size, batch_timeout_s=sec.batch_timeout_s,
+            max_payload_bytes=sec.max_payload_bytes, skip_dead_letters_on=skip,
             shutdown_grace_s=sec.shutdown_grace_s,
             state_check_interval_s=sec.state_check_interval_s,
             backfill_sources=tuple((str(s.path), s.table) for s in sec.backfill_sources),
-            metrics_port=args.metrics_port if args.metrics_port is not None else sec.metrics_port,
-            metrics_addr=args.metrics_addr or sec.metrics_addr)
-        registry = args.registry or sec.registry or Path(cfg.run_dir) / "schema-registry"
+            metrics_port=sec.metrics_port, metrics_addr=sec.metrics_addr)
+        registry = sec.registry or Path(cfg.run_dir) / "schema-registry"
         codec, decode_errors = open_codec(registry, settings.max_payload_bytes)
         consumer_extra = {**sec.consumer, **parse_kv(args.kafka_config)}
         service = IngestService(plan, settings, kafka_client_config(cfg), store, codec, decode_errors,
@@ -166,11 +176,3 @@ def cmd_ingest(args) -> int:
                       "commit_failures": stats.commit_failures, "store_retries": stats.store_retries}),
           flush=True)
     return 0
-
-
-def _positive(flag: str, value, default):
-    if value is None:
-        return default
-    if value <= 0:
-        raise ValueError(f"{flag}: must be > 0, got {value}")
-    return value
