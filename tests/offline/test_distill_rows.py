@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from offline.datasets.fraud import TINY, generate_dataset
-from offline.distill import DistillRows, replay_rows
+from offline.distillation.replay import TrainingRows, replay_rows
 from rti_store import MemoryWindowStore
 from schemas.plan import builtin_plan
 from schemas.tensors import build_tensors, interactions_of, stack_requests, window_keys
@@ -91,7 +91,7 @@ def test_batches_are_stack_requests_and_rows_survive_save_load(plan, rows, tmp_p
     for name in want:
         np.testing.assert_array_equal(batch[name], want[name])
     rows.save(tmp_path / "rows.npz")
-    back = DistillRows.load(tmp_path / "rows.npz", plan)
+    back = TrainingRows.load(tmp_path / "rows.npz", plan)
     for name in plan.tensor_names:
         np.testing.assert_array_equal(back.batch(idx)[name], batch[name])
 
