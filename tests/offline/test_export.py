@@ -102,7 +102,7 @@ def test_bundle_can_carry_only_recent_snapshots(plan, tmp_path):
     import pyarrow.parquet as pq
 
     from offline.export import export_model
-    from offline.shallow_model import build_model
+    from offline.distillation.shallow_model import build_model
 
     day = 86_400 * 10**9
     types, ids, snaps, vecs = random_embeddings(plan, {"customers": np.arange(3)}, [T - d * day for d in range(30)], dim=4)

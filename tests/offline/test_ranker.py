@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from offline.embeddings import EmbeddingTable, random_embeddings
-from offline.distillation.shallow_model import RankingConfig, RankingError, build_model, prepare_ranking_batch, serve
+from offline.distillation.shallow_model import (RankingConfig, RankingError, RankingModel, build_model,
+                                                prepare_ranking_batch, serve)
 from offline.export.bundle import load_bundle, request_error, split_scores
 from offline.export import check_export, export_untrained, synthetic_requests
 from offline.export.self_check import _curl_infer
@@ -47,7 +48,7 @@ def _window(plan, lines):
 
 def test_layout_refuses_plans_the_ranker_cannot_read(plan):
     with pytest.raises(RankingError, match="ranking plan"):
-        build_model(builtin_plan("fraud"), 16)
+        RankingModel(builtin_plan("fraud"), 16)
     with pytest.raises(RankingError, match="session_column|'visit_id'"):
         build_model(plan, 16, RankingConfig(session_column="visit_id"))
 
