@@ -16,8 +16,9 @@ row that is still visible at T).
   hops' interaction table, anchored at its own time.
 * Ranking plans: :func:`replay_ranking_rows` -- one query per ranking example (entity, anchor,
   targets), with the candidates chosen by a callback that sees the example's windows.
-* Any caller: :func:`replay_requests` -- the per-query tensors, in query order (the demo's
-  reference scoring).
+* Any caller: :func:`replay_requests` -- the per-query tensors, in query order; with
+  ``prefill=True`` the store first holds every given interaction, as an online re-score sees it
+  (the demo's parity reference).
 
 Rows are :class:`TrainingRows`; ``batch(idx)`` stacks them with
 :func:`schemas.tensors.stack_requests`, exactly what the Triton model does with the requests of
@@ -197,7 +198,7 @@ def _interaction_records(plan: ServingPlan, table: str, interactions, facts: Seq
 
 
 def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], facts: Sequence[Mapping],
-           anchors: Sequence[int] | None = None, *, candidates: CandidateFn | None = None,
+           anchors: Sequence[int] | None = None, *, candidates: CandidateFn | None = None, prefill: bool = False,
            store_factory: Callable | None = None, progress: bool = True,
            desc: str = "replay") -> Iterator[tuple[int, dict[str, np.ndarray], Sequence[float]]]:
     """``(i, tensors, labels)`` for each query i (``facts[i]`` as of ``anchors[i]``), in anchor order.
@@ -206,6 +207,12 @@ def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], fa
     can be visible to some query are appended. ``anchors`` default to each fact row's own event
     time. Ranking plans need ``candidates`` (see :data:`CandidateFn`); ``labels`` are what it
     returned next to the ids (empty for scoring plans).
+
+    ``prefill``: append every interaction before the first read -- the store as an online
+    re-score reads it once ingestion has committed everything, later rows included (they are
+    outside ``[T - real_time_offset, T)``, but the store's count cap may already have evicted an
+    older row for them). Default: only the interactions strictly before each anchor, the
+    point-in-time rows a model trains on.
     """
     n = len(facts)
     if n == 0:
@@ -218,7 +225,11 @@ def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], fa
         raise ValueError(f"anchors: {anchors.shape[0]} anchors for {n} fact rows")
     table = _interaction_table(plan)
     lo, _ = plan.rti_bounds(int(anchors.min()))
-    records, times = _interaction_records(plan, table, interactions, facts, lo, int(anchors.max()))
+    if prefill:
+        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    else:
+        hi = int(anchors.max())
+    records, times = _interaction_records(plan, table, interactions, facts, lo, hi)
     store = (store_factory or MemoryWindowStore)(plan)
     order = np.argsort(anchors, kind="stable")
     bounds = np.flatnonzero(np.diff(anchors[order])) + 1
@@ -228,7 +239,7 @@ def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], fa
     try:
         for group in np.split(order, bounds):
             T = int(anchors[group[0]])
-            end = int(np.searchsorted(times, T, side="left"))
+            end = len(records) if prefill else int(np.searchsorted(times, T, side="left"))
             if end > pos:  # every interaction strictly before T, nothing at or after it
                 items = []
                 for rec in records[pos:end]:

@@ -136,3 +136,20 @@ def test_replay_needs_candidates_for_a_ranking_plan(tx):
     recsys = builtin_plan("recsys")
     with pytest.raises(ValueError, match="candidates"):
         replay_requests(recsys, [], [{"household_id": 1, "transaction_timestamp": T0}], [T0])
+
+
+def test_prefill_reads_a_store_holding_every_interaction(plan, tx):
+    """prefill=True: the store holds every record (later ones too) before any read, as an online
+    re-score sees it after ingestion committed everything; here the events are the records."""
+    from offline.distillation.replay import replay_requests
+
+    records = tx.to_dict("records")[-60:]
+    store = MemoryWindowStore(plan)
+    store.append([a for r in records for a in interactions_of(plan, plan.fact_table, r)])
+    got = replay_requests(plan, records, records, prefill=True, progress=False)
+    for ev, tensors in zip(records, got):
+        keys = window_keys(plan, ev)
+        wins = dict(zip((k for k, _ in keys), store.read_many(keys, int(ev["tx_datetime"]))))
+        want = build_tensors(plan, ev, wins)
+        for name in want:
+            np.testing.assert_array_equal(tensors[name], want[name])
