@@ -15,7 +15,6 @@ test period of every later step starts there). recsys-embed writes RUN/embedding
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 

@@ -92,5 +92,4 @@ class TrainingCandidates:
         return cands[perm], labels[perm]
 
 
-
 __all__ = ["DailyPopularity", "SamplingConfig", "TrainingCandidates"]

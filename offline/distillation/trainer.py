@@ -17,7 +17,7 @@ an epoch over every training row is too slow); evaluation is not affected.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np

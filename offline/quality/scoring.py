@@ -28,7 +28,7 @@ import torch
 from offline.datasets.base import RelationalDataset
 from offline.deep_baseline import DeepRequestScorer, HeadConfig, rows_of
 from offline.distillation.replay import replay_rows
-from offline.distillation.shallow_model import ShallowModel, prepare_features, save_model
+from offline.distillation.shallow_model import prepare_features, save_model
 from offline.distillation.trainer import MODEL_FILE, DistillConfig, predict_rows, train_shallow
 from offline.embeddings import EmbeddingTable
 from offline.evaluate import (SplitConfig, engineered_features, fraud_metrics, lightgbm_baseline, plot_roc_pr,
