@@ -57,8 +57,11 @@ class Inputs:
     sources: dict = field(default_factory=dict)  # paths, for manifests
 
 
-def resolve_inputs(args, *, need_deep: bool = True) -> Inputs:
-    """The one place that turns flags + run directory into a plan, data and embeddings."""
+def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
+    """The one place that turns flags + run directory into a plan, data and embeddings.
+
+    ``need_deep``: the deep model's outputs must exist (distill, quality); ``load_data``: load the
+    tables (an export of a scoring plan without ``--check`` needs none)."""
     import json as _json
 
     plan = _plan_of(args)
@@ -73,12 +76,13 @@ def resolve_inputs(args, *, need_deep: bool = True) -> Inputs:
             _error(f"--embeddings: {emb} not found (run `relstream offline recsys-embed --run-dir {run_dir}`)")
         from offline.datasets.complete_journey import load_complete_journey
 
-        ds = load_complete_journey(max_rows=split.get("max_rows"), session_seed=split.get("session_seed", 0))
+        ds = (load_complete_journey(max_rows=split.get("max_rows"), session_seed=split.get("session_seed", 0))
+              if load_data else None)
         return Inputs(plan, run_dir, ds, emb, None, split, {"embeddings": str(emb), "split": split})
     from offline.cli import _load, _transactions_path
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    tx_path = _transactions_path(args, run_dir)
+    tx_path = _transactions_path(args, run_dir) if load_data else None
     deep = Path(getattr(args, "deep_model", None) or run_dir / "model.pt")
     split = None
     if need_deep:
@@ -88,7 +92,7 @@ def resolve_inputs(args, *, need_deep: bool = True) -> Inputs:
         from offline.train_deep import load_model
 
         split = load_model(deep)[1].split
-    return Inputs(plan, run_dir, _load(tx_path), emb, deep, split,
+    return Inputs(plan, run_dir, _load(tx_path) if load_data else None, emb, deep, split,
                   {"transactions": str(tx_path), "deep_model": str(deep), "embeddings": str(emb)})
 
 
@@ -373,7 +377,8 @@ def cmd_export(args) -> int:
     else:
         if args.run_dir is None:
             _error("export: give --run-dir (a distill/quality run) or --untrained")
-        inp = resolve_inputs(args, need_deep=False)
+        # the catalog of a ranking export and the requests of --check come from the data
+        inp = resolve_inputs(args, need_deep=False, load_data=plan.is_ranking or args.check)
         vdir = _trained_export(args, inp)
     print(f"exported {vdir}")
     if args.check:

@@ -14,7 +14,7 @@ HOUSEHOLDS = range(1, 41)
 PRODUCTS = range(1, 501)
 
 
-def load_model(plan, stack, name: str = RANKER) -> Path:
+def load_ranker(plan, stack, name: str = RANKER) -> Path:
     """Export (once per repository) and load the untrained ranker; returns its version dir."""
     import tritonclient.http as httpclient
 

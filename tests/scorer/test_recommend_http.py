@@ -24,7 +24,7 @@ def recsys():
 
 @pytest.fixture(scope="module")
 def ranker(recsys, stack):
-    return load_model(recsys, stack)
+    return load_ranker(recsys, stack)
 
 
 @pytest.fixture

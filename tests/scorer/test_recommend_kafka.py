@@ -37,7 +37,7 @@ def build(recsys, stack, tmp_path, facts, out, dlq, group, **score):
 
 def test_each_session_event_gets_its_ranked_list_exactly_once(recsys, stack, tmp_path, new_topic, redis_client,
                                                              kafka_client_config, kafka_consumer_config, codec):
-    version_dir = load_model(recsys, stack)
+    version_dir = load_ranker(recsys, stack)
     lines = synthetic_purchase_lines(36, seed=9, n_households=8, n_products=60, lines_per_basket=(2, 8),
                                      start_ns=T0 - 4 * DAY, span_s=3.5 * 86_400)
     history, live = [r for r in lines if r["basket_id"] <= 18], [r for r in lines if r["basket_id"] > 18]
