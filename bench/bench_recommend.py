@@ -12,7 +12,7 @@ this reuses):
 * everything co-located: Redis, Triton (CPU, Python backend), `relstream serve --plan recsys`
   (subprocess) and this generator.
 
-Model: ``--model untrained`` (default) exports ``offline.ranker_export.export_untrained_ranker``
+Model: ``--model untrained`` (default) exports ``offline.export.export_untrained``
 (the ranker architecture, random weights); ``--model PATH`` copies a model repository's
 ``relstream_ranker`` (e.g. a trained ``relstream offline recsys-distill`` export).
 
@@ -114,8 +114,8 @@ def load_model(plan, stack, kind: str, instances: int) -> dict:
     import tritonclient.http as httpclient
     info: dict = {"name": MODEL, "kind": kind, "instances": instances}
     if kind == "untrained":
-        from offline.ranker_export import export_untrained_ranker
-        vdir = export_untrained_ranker(plan, stack.model_repository, model_name=MODEL,
+        from offline.export import export_untrained
+        vdir = export_untrained(plan, stack.model_repository, model_name=MODEL,
                                        households=range(1, 129), products=range(1, N_PRODUCTS + 1),
                                        snapshot_times=[T0 - 2 * DAY], instance_count=instances)
     else:
@@ -146,13 +146,13 @@ def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: li
     import torch
 
     from bench.bench_serve import summary_ms
-    from offline.ranker_bundle import load_ranker_bundle, split_ranking_scores
+    from offline.export.bundle import load_bundle, split_scores
     from rti_store import MemoryWindowStore
     from schemas.tensors import interactions_of
     from scorer.recommend import RecommendSettings, parse_request, prepare, request_tensors
 
     torch.set_num_threads(1)
-    bundle = load_ranker_bundle(version_dir)
+    bundle = load_bundle(version_dir)
     store = MemoryWindowStore(plan)
     store.append([a for r in history for a in interactions_of(plan, "transactions", r)])
     settings, catalog = RecommendSettings(), np.zeros(0, np.int64)
@@ -160,7 +160,7 @@ def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: li
     def one(body):
         req = parse_request(plan, body, now_ns=time.time_ns, catalog=catalog, settings=settings)
         p = prepare(plan, req, store.read_many(list(req.keys), [req.anchor_time] * len(req.keys)), settings)
-        return split_ranking_scores(bundle, [request_tensors(plan, p)])
+        return split_scores(bundle, [request_tensors(plan, p)])
 
     for body in bodies[:16]:
         one(body)

@@ -1,12 +1,20 @@
-"""`relstream offline distill | quality | export` (stage 2), registered by ``offline/cli.py``.
+"""`relstream offline distill | quality | export` for any serving plan, registered by ``offline/cli.py``.
 
-    relstream offline distill  --run-dir RUN [--soft-weight 0.3] [--epochs 6] [--max-train-rows N] [--device cpu|cuda]
-    relstream offline quality  --run-dir RUN      (deep vs distilled vs LightGBM -> RUN/quality/)
-    relstream offline export   --run-dir RUN --repo MODEL_REPO [--check]
-    relstream offline export   --untrained --repo MODEL_REPO [--embeddings E.parquet] [--check]
+    relstream offline distill --run-dir RUN [--plan fraud|recsys|PLAN.yaml] [--epochs N] [--soft-weight W]
+                              [--max-train-rows N] [--device cpu|cuda]
+        scoring plans: point-in-time rows of the train and test periods, test metrics
+        ranking plans: [--examples 20000] [--train-weeks 12] [--negatives 64] ... sampled candidates
+        -> RUN/shallow_model.pt + RUN/distill.json
+    relstream offline quality --run-dir RUN [--plan ...]
+        scoring plans: deep vs distilled vs LightGBM -> RUN/quality/
+        ranking plans: popularity, buy-again, deep, distilled (RUN/shallow_model.pt) on test baskets
+                       [--candidates 1000] [--max-examples 2000] -> RUN/quality/
+    relstream offline export --repo MODEL_REPO (--run-dir RUN | --untrained) [--plan ...] [--check]
 
-``--check`` loads the export into the Triton of the running local stack (``relstream stack up``)
-or of ``--triton-http/--triton-grpc`` and compares its answers with the offline scores.
+The plan says which kind a run is (``ranking.candidate_column``: ranking). Everything a command
+reads besides its flags is resolved by :func:`resolve_inputs`. ``--check`` loads the export into
+the Triton of the running local stack (``relstream stack up``) or of ``--triton-http/--triton-grpc``
+and compares its answers with the offline scores. Torch-free at import (registration only).
 """
 
 from __future__ import annotations
@@ -14,7 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+DAY_NS = 86_400 * 10**9
+QUALITY_DIR = "quality"
+
 
 class Stage2Error(RuntimeError):
     pass
@@ -27,137 +42,254 @@ def _error(msg: str):
     raise Stage2Error(msg)
 
 
-def _plan(args):
-    from schemas.plan import builtin_plan, load_plan
+# ----- inputs -------------------------------------------------------------------------------------
 
-    return load_plan(args.plan) if Path(args.plan).suffix in (".yaml", ".yml") else builtin_plan(args.plan)
+@dataclass
+class Inputs:
+    """What a distill/quality/export run reads: the plan, the data, the deep model's outputs."""
 
-
-def _common(p) -> None:
-    p.add_argument("--run-dir", required=True, type=Path,
-                   help="pipeline directory (RUN/transactions.parquet, RUN/model.pt, RUN/embeddings.parquet)")
-    p.add_argument("--transactions", help="default RUN/transactions.parquet")
-    p.add_argument("--embeddings", type=Path, help="default RUN/embeddings.parquet")
-    p.add_argument("--deep-model", type=Path, help="default RUN/model.pt (its split is the split used here)")
-    p.add_argument("--plan", default="fraud", help="built-in plan name or a plan YAML (default fraud)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--epochs", type=int, default=6, help="distillation epochs")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--d-model", type=int, default=64, help="shallow model width")
-    p.add_argument("--layers", type=int, default=2, help="shallow model transformer layers")
-    p.add_argument("--soft-weight", type=float, default=0.0,
-                   help="weight of the deep model's soft predictions in the distillation loss (0..1)")
-    p.add_argument("--max-train-rows", type=int,
-                   help="train the shallow model on a seeded uniform subsample of this many training rows "
-                        "(default: all); the test period is always scored in full")
-    p.add_argument("--no-progress", action="store_true")
+    plan: Any  # schemas.plan.ServingPlan
+    run_dir: Path
+    dataset: Any = None  # offline.datasets.base.RelationalDataset
+    embeddings: Path | None = None
+    deep_model: Path | None = None  # scoring: the deep model whose split is used
+    split: Any = None  # scoring: offline.evaluate.SplitConfig; ranking: RUN/recsys_split.json
+    sources: dict = field(default_factory=dict)  # paths, for manifests
 
 
-def _inputs(args):
-    """(run_dir, dataset, transactions path, deep model path, embeddings path, split config)."""
+def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
+    """The one place that turns flags + run directory into a plan, data and embeddings.
+
+    ``need_deep``: the deep model's outputs must exist (distill, quality); ``load_data``: load the
+    tables (an export of a scoring plan without ``--check`` needs none)."""
+    import json as _json
+
+    plan = _plan_of(args)
+    run_dir = Path(args.run_dir)
+    emb = Path(getattr(args, "embeddings", None) or run_dir / "embeddings.parquet")
+    if plan.is_ranking:
+        split_path = run_dir / "recsys_split.json"
+        if not split_path.exists():
+            _error(f"{split_path}: not found (written by `relstream offline recsys-train --run-dir {run_dir}`)")
+        split = _json.loads(split_path.read_text())
+        if need_deep and not emb.exists():
+            _error(f"--embeddings: {emb} not found (run `relstream offline recsys-embed --run-dir {run_dir}`)")
+        from offline.datasets.complete_journey import load_complete_journey
+
+        ds = (load_complete_journey(max_rows=split.get("max_rows"), session_seed=split.get("session_seed", 0))
+              if load_data else None)
+        return Inputs(plan, run_dir, ds, emb, None, split, {"embeddings": str(emb), "split": split})
+    from offline.cli import _load, _transactions_path
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tx_path = _transactions_path(args, run_dir) if load_data else None
+    deep = Path(getattr(args, "deep_model", None) or run_dir / "model.pt")
+    split = None
+    if need_deep:
+        for flag, path, step in (("--deep-model", deep, "train-deep"), ("--embeddings", emb, "embed")):
+            if not path.exists():
+                _error(f"{flag}: {path} does not exist (run `relstream offline {step} --run-dir {run_dir}` first)")
+        from offline.train_deep import load_model
+
+        split = load_model(deep)[1].split
+    return Inputs(plan, run_dir, _load(tx_path) if load_data else None, emb, deep, split,
+                  {"transactions": str(tx_path), "deep_model": str(deep), "embeddings": str(emb)})
+
+
+def _torch_setup(args, plan) -> None:
     import torch
 
-    from offline.cli import _load, _run_dir, _transactions_path
-
-    run_dir = _run_dir(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         _error("--device cuda: no CUDA device available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tx_path = _transactions_path(args, run_dir)
-    deep = args.deep_model or run_dir / "model.pt"
-    emb = args.embeddings or run_dir / "embeddings.parquet"
-    for flag, path, step in (("--deep-model", deep, "train-deep"), ("--embeddings", emb, "embed")):
-        if not Path(path).exists():
-            _error(f"{flag}: {path} does not exist (run `relstream offline {step} --run-dir {run_dir}` first)")
-    from offline.train_deep import load_model
-
-    _, deep_cfg = load_model(deep)
-    return run_dir, _load(tx_path), tx_path, Path(deep), Path(emb), deep_cfg.split
+    threads = args.threads or (1 if plan.is_ranking else None)  # ranking: 1 (shared CPU, see docs/recsys.md)
+    if threads:
+        torch.set_num_threads(threads)
 
 
-def _distill_config(args):
-    from offline.distill import DistillConfig
-    from offline.shallow_model import ShallowConfig
+# Per plan kind: defaults of the flags whose best value differs (scoring, ranking).
+KIND_DEFAULTS = {"epochs": (6, 3), "batch_size": (256, 64), "layers": (2, 1)}
+
+
+def _kind_default(args, name: str, plan):
+    value = getattr(args, name)
+    return KIND_DEFAULTS[name][int(plan.is_ranking)] if value is None else value
+
+
+def _distill_config(args, plan):
+    from offline.distillation.shallow_model import RankingConfig, ScoringConfig
+    from offline.distillation.trainer import DistillConfig
 
     if args.max_train_rows is not None and args.max_train_rows < 1:
         _error(f"--max-train-rows: must be >= 1 (got {args.max_train_rows})")
-    if not 0.0 <= args.soft_weight <= 1.0:
-        _error(f"--soft-weight: must be in [0, 1] (got {args.soft_weight})")
-    return DistillConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, soft_weight=args.soft_weight,
-                         max_train_rows=args.max_train_rows, seed=args.seed, device=args.device,
-                         model=ShallowConfig(d_model=args.d_model, n_layers=args.layers, d_ff=2 * args.d_model))
+    if not 0.0 <= args.soft_weight <= 1.0 or (plan.is_ranking and args.soft_weight == 1.0):
+        _error(f"--soft-weight: must be in [0, 1{')' if plan.is_ranking else ']'} (got {args.soft_weight})")
+    epochs = _kind_default(args, "epochs", plan)
+    if epochs < 1:
+        _error(f"--epochs: must be >= 1 (got {epochs})")
+    layers = _kind_default(args, "layers", plan)
+    head = (RankingConfig(d_model=args.d_model, n_layers=layers, d_ff=2 * args.d_model) if plan.is_ranking
+            else ScoringConfig(d_model=args.d_model, n_layers=layers, d_ff=2 * args.d_model))
+    return DistillConfig(epochs=epochs, batch_size=_kind_default(args, "batch_size", plan), lr=args.lr,
+                         loss=args.loss, soft_weight=args.soft_weight, max_train_rows=args.max_train_rows,
+                         seed=args.seed, device=args.device, model=head)
 
 
-def cmd_quality(args) -> int:
-    from offline.cli import update_manifest
-    from offline.quality import QualityConfig, run_quality
+# ----- distill ------------------------------------------------------------------------------------
 
-    distill_cfg = _distill_config(args)  # bad flags fail before the dataset loads
-    run_dir, ds, tx_path, deep, emb, split = _inputs(args)
-    cfg = QualityConfig(split=split, distill=distill_cfg)
-    out = run_dir / "quality"
-    report = run_quality(_plan(args), ds, out, cfg, deep_model=deep, embeddings=emb, progress=not args.no_progress,
-                         dataset_info={"transactions": str(tx_path)})
-    update_manifest(run_dir, "quality", {
-        "inputs": {"transactions": str(tx_path), "deep_model": str(deep), "embeddings": str(emb)},
-        "config": {"split": split.to_dict(), "distill": cfg.distill.to_dict()}, "seed": args.seed,
-        "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png", "shallow_model.pt")],
-        "metrics": report["models"]})
-    print(json.dumps({"out": str(out), "models": report["models"], "latency": report["latency"]}, indent=1))
-    return 0
-
-
-def cmd_distill(args) -> int:
-    """Distillation only: point-in-time rows, training on the train period, test metrics."""
+def _scoring_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
+    """Training rows (train period) + keyword arguments of the trainer + what to report."""
     import numpy as np
 
-    from offline.cli import update_manifest
     from offline.deep_baseline import DeepRequestScorer, HeadConfig, rows_of
-    from offline.distill import predict_rows, replay_rows, train_shallow
-    from offline.embeddings import EmbeddingTable
-    from offline.evaluate import fraud_metrics, time_split, tx_day, write_json
-    from offline.quality import SHALLOW_FILE, save_shallow
+    from offline.distillation.replay import replay_rows
+    from offline.evaluate import time_split
 
-    plan = _plan(args)
-    cfg = _distill_config(args)  # bad flags fail before the dataset loads
-    run_dir, ds, tx_path, deep, emb, split_cfg = _inputs(args)
-    tx = ds.table("transactions")
-    split = time_split(tx, split_cfg)
-    table = EmbeddingTable.from_parquet(emb, plan)
+    tx = inp.dataset.table(inp.plan.fact_table)
+    split = time_split(tx, inp.split)
     train_i = tx.index.get_indexer(split.train.index)
     test_i = tx.index.get_indexer(split.test.index)
     mask = np.zeros(len(tx), bool)
     mask[train_i] = True
     mask[test_i] = True
-    rows = replay_rows(plan, tx, score_mask=mask, progress=not args.no_progress)
+    rows = replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress)
     pos = {int(r): i for i, r in enumerate(rows.row_index)}
-    train_rows = rows.take(np.array([pos[int(i)] for i in train_i]))
-    test_rows = rows.take(np.array([pos[int(i)] for i in test_i]))
     y_train = split.train["tx_fraud"].to_numpy(np.float32)
     soft = None
     if args.soft_weight > 0:  # the deep request-time model's predictions as soft targets
-        scorer = DeepRequestScorer.from_files(deep, None, ds, device=args.device)
+        scorer = DeepRequestScorer.from_files(inp.deep_model, None, inp.dataset, device=args.device)
         x = scorer.encode_many(*rows_of(split.train), progress=not args.no_progress)
         scorer.fit_head(x, y_train, HeadConfig(seed=args.seed))
         soft = scorer.score_encoded(x)
-    model, info_train = train_shallow(train_rows, y_train, table, cfg, soft_labels=soft, progress=not args.no_progress)
-    scores = predict_rows(model, test_rows, table, device=args.device)
-    metrics = fraud_metrics(split.test["tx_fraud"].to_numpy(), scores, split.test["customer_id"].to_numpy(),
-                            tx_day(split.test, split.day0_ns))
-    save_shallow(run_dir / SHALLOW_FILE, model, {"plan_fingerprint": plan.fingerprint()})
-    write_json(run_dir / "distill.json", {"split": split.config.to_dict(), "metrics": metrics, "train": info_train,
-                                          "config": cfg.to_dict(), "embeddings": str(emb)})
-    update_manifest(run_dir, "distill", {
-        "inputs": {"transactions": str(tx_path), "embeddings": str(emb), "deep_model": str(deep)},
-        "config": {"split": split.config.to_dict(), "distill": cfg.to_dict()}, "seed": args.seed,
-        "outputs": [str(run_dir / SHALLOW_FILE), str(run_dir / "distill.json")], "metrics": metrics})
-    print(json.dumps({"out": str(run_dir / SHALLOW_FILE), "metrics": metrics}, indent=1))
+    test_rows = rows.take(np.array([pos[int(i)] for i in test_i]))
+    return (rows.take(np.array([pos[int(i)] for i in train_i])), {"labels": y_train, "soft_labels": soft},
+            {"split": split.config.to_dict(), "test": (split, test_rows)})
+
+
+def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
+    from offline.distillation.replay import replay_ranking_rows
+    from offline.recsys_tasks import PurchaseIndex, ranking_examples
+
+    plan = inp.plan
+    if args.examples < 1 or args.negatives < 1:
+        _error("--examples and --negatives: must be >= 1")
+    if not (0 <= args.history_share <= 1 and 0 <= args.popularity_share <= 1
+            and args.history_share + args.popularity_share <= 1):
+        _error("--history-share and --popularity-share: each in [0, 1], together at most 1")
+    first_snapshot = pc.min(pq.read_table(inp.embeddings, columns=["snapshot_time"]).column("snapshot_time")).as_py()
+    cut = int(inp.split["train_cut_ns"])
+    # Examples whose anchors can have an admissible embedding snapshot, before the training cut.
+    start = max(cut - args.train_weeks * 7 * DAY_NS, int(first_snapshot) + plan.min_embedding_offset.ns)
+    if start >= cut:
+        _error(f"--embeddings: the first snapshot ({np.datetime64(first_snapshot, 'ns')}) is not before the training "
+               f"cut; re-run recsys-embed with snapshots before the test period")
+    tx = inp.dataset.table(plan.fact_table)
+    examples = ranking_examples(tx, start, cut, max_examples=args.examples, seed=args.seed)
+    examples = examples[examples["anchor_time"] < cut].reset_index(drop=True)  # targets end before the cut too
+    if examples.empty:
+        _error("no ranking example before the training cut (too few rows?)")
+    print(f"distill: {len(examples):,} examples from {np.datetime64(start, 'ns')} to "
+          f"{np.datetime64(cut, 'ns')} (seed {args.seed})")
+    sampling = SamplingConfig(n_negatives=args.negatives, max_positives=args.max_positives,
+                              history_share=args.history_share, popularity_share=args.popularity_share)
+    choose = TrainingCandidates(DailyPopularity(PurchaseIndex(tx), sampling.popular_n), sampling,
+                                plan.hops[0].key.key, plan.candidate_column, seed=args.seed)
+    t0 = time.perf_counter()
+    rows = replay_ranking_rows(plan, tx, examples, choose, sampling.n_negatives + sampling.max_positives,
+                               progress=not args.no_progress)
+    return rows, {}, {"examples": len(examples), "example_range_ns": [int(start), cut],
+                      "sampling": sampling.__dict__, "seconds_rows": time.perf_counter() - t0}
+
+
+def cmd_distill(args) -> int:
+    """Point-in-time rows, the shallow model of the plan's kind, RUN/shallow_model.pt + RUN/distill.json."""
+    from offline.cli import update_manifest
+    from offline.distillation.trainer import MODEL_FILE, predict_rows, save_model, train_shallow
+    from offline.embeddings import EmbeddingTable
+    from offline.evaluate import fraud_metrics, tx_day, write_json
+
+    t_start = time.perf_counter()
+    cfg = _distill_config(args, _plan_of(args))  # bad flags fail before the data loads
+    inp = resolve_inputs(args)
+    plan = inp.plan
+    _torch_setup(args, plan)
+    table = EmbeddingTable.from_parquet(inp.embeddings, plan)
+    rows, train_kwargs, report = (_ranking_rows if plan.is_ranking else _scoring_rows)(args, inp, table)
+    model, info = train_shallow(rows, table, cfg, progress=not args.no_progress, **train_kwargs)
+    metrics = {}
+    if "test" in report:  # scoring: the test period's metrics
+        split, test_rows = report.pop("test")
+        scores = predict_rows(model, test_rows, table, device=args.device)
+        metrics = fraud_metrics(split.test["tx_fraud"].to_numpy(), scores, split.test["customer_id"].to_numpy(),
+                                tx_day(split.test, split.day0_ns))
+    out = save_model(inp.run_dir / MODEL_FILE, model.cpu(), plan)
+    report.update({"plan": plan.name, "metrics": metrics, "train": info, "config": cfg.to_dict(),
+                   "embeddings": str(inp.embeddings), "seconds_total": time.perf_counter() - t_start})
+    write_json(inp.run_dir / "distill.json", report)
+    update_manifest(inp.run_dir, "distill", {
+        "inputs": inp.sources, "config": cfg.to_dict(), "seed": args.seed,
+        "outputs": [str(out), str(inp.run_dir / "distill.json")], "metrics": metrics or info})
+    print(json.dumps({"out": str(out), "parameters": info["parameters"], "rows": info["rows"], "metrics": metrics},
+                     indent=1))
     return 0
 
+
+# ----- quality ------------------------------------------------------------------------------------
+
+def cmd_quality(args) -> int:
+    from offline.cli import update_manifest
+    from offline.distillation.trainer import MODEL_FILE
+
+    if not _plan_of(args).is_ranking:
+        from offline.quality.scoring import QualityConfig, run_quality
+
+        cfg_distill = _distill_config(args, _plan_of(args))  # bad flags fail before the dataset loads
+        inp = resolve_inputs(args)
+        _torch_setup(args, inp.plan)
+        cfg = QualityConfig(split=inp.split, distill=cfg_distill)
+        out = inp.run_dir / QUALITY_DIR
+        report = run_quality(inp.plan, inp.dataset, out, cfg, deep_model=inp.deep_model, embeddings=inp.embeddings,
+                             progress=not args.no_progress, dataset_info={"transactions": inp.sources["transactions"]})
+        update_manifest(inp.run_dir, "quality", {
+            "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict()},
+            "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png",
+                                                                   "shallow_model.pt")],
+            "metrics": report["models"]})
+        print(json.dumps({"out": str(out), "models": report["models"], "latency": report["latency"]}, indent=1))
+        return 0
+    from offline.quality.ranking import run_ranking_quality
+
+    inp = resolve_inputs(args, need_deep=False)
+    _torch_setup(args, inp.plan)
+    model = args.model or inp.run_dir / MODEL_FILE
+    if args.model and not model.exists():
+        _error(f"--model: {model} not found")
+    try:
+        report, paths = run_ranking_quality(
+            inp.plan, inp.dataset, inp.split, inp.run_dir / QUALITY_DIR, embeddings=inp.embeddings,
+            model_path=model if model.exists() else None, n_candidates=args.candidates,
+            max_examples=args.max_examples, ks=tuple(int(k) for k in args.ks.split(",")), seed=args.seed,
+            device=args.device, anchor_gnn=not args.no_anchor_gnn, deep_model=inp.run_dir / "recsys_model.pt",
+            progress=not args.no_progress)
+    except ValueError as exc:
+        _error(str(exc))
+    update_manifest(inp.run_dir, "quality", {"inputs": {"embeddings": report["deep_embeddings"],
+                                                        "model": report["distilled_model"]},
+                                             "outputs": [str(p) for p in paths], "metrics": report})
+    return 0
+
+
+def _plan_of(args):
+    from schemas.plan import builtin_plan, load_plan
+
+    return load_plan(args.plan) if Path(args.plan).suffix in (".yaml", ".yml") else builtin_plan(args.plan)
+
+
+# ----- export -------------------------------------------------------------------------------------
 
 def _triton_urls(args) -> tuple[str, str]:
     if args.triton_http and args.triton_grpc:
@@ -172,81 +304,160 @@ def _triton_urls(args) -> tuple[str, str]:
                           f"--triton-grpc ({exc})") from None
 
 
-def _real_requests(plan, args, n: int = 16):
-    """Requests built from the run's own last transactions (None: synthetic ones)."""
-    if args.untrained or args.run_dir is None or not (Path(args.run_dir) / "transactions.parquet").exists():
-        return None
+def _real_requests(inp: Inputs, n: int = 16):
+    """Requests built from the run's own last rows: scoring, the last ``n`` events; ranking, the
+    last week's baskets with catalog candidates of several sizes."""
     import numpy as np
 
-    from offline.datasets.loader import load_transactions
-    from offline.distill import replay_rows
+    from offline.distillation.replay import replay_ranking_rows, replay_rows
 
-    tx = load_transactions(Path(args.run_dir) / "transactions.parquet").table(plan.fact_table)
-    mask = np.zeros(len(tx), bool)
-    mask[-n:] = True
-    rows = replay_rows(plan, tx, score_mask=mask, progress=False)
+    plan = inp.plan
+    tx = inp.dataset.table(plan.fact_table)
+    if not plan.is_ranking:
+        mask = np.zeros(len(tx), bool)
+        mask[-n:] = True
+        rows = replay_rows(plan, tx, score_mask=mask, progress=False)
+        return [rows.request(i) for i in range(len(rows))]
+    from offline.recsys_tasks import PurchaseIndex, ranking_examples
+
+    cut = int(tx[plan.fact.time_column].max()) + 1
+    ex = ranking_examples(tx, cut - 7 * DAY_NS, cut, max_examples=6, seed=0)
+    index = PurchaseIndex(tx)
+    n_cands = (100, 1000, 10, 1, 250, 50)
+
+    def choose(i, e, _w):
+        p, _ = index.popular(int(e["anchor_time"]), n_cands[i % len(n_cands)])
+        return p, np.zeros(len(p), np.float32)
+    rows = replay_ranking_rows(plan, tx, ex, choose, plan.max_candidates, progress=False)
     return [rows.request(i) for i in range(len(rows))]
 
 
+def _trained_export(args, inp: Inputs):
+    from offline.distillation.trainer import MODEL_FILE, load_model
+    from offline.export import export_model
+
+    plan, run = inp.plan, inp.run_dir
+    weights = next((c for c in (run / MODEL_FILE, run / QUALITY_DIR / MODEL_FILE) if c.exists()), None)
+    if weights is None:
+        _error(f"--run-dir: no {MODEL_FILE} in {run} or {run / QUALITY_DIR} (run `relstream offline distill` first)")
+    model = load_model(weights, plan)
+    manifest = {"trained": True, "run_dir": str(run), "weights": str(weights)}
+    for rep_path in (weights.parent / "quality.json", run / "distill.json"):
+        if rep_path.exists():
+            rep = json.loads(rep_path.read_text())
+            manifest["metrics"] = rep.get("models") or rep.get("metrics") or {"train": rep.get("train", {}).get("history")}
+            manifest["training_data_range"] = {
+                "split": rep.get("split"), "transactions": rep.get("transactions"),
+                "train_rows": rep.get("train_rows") or rep.get("train", {}).get("rows"),
+                "example_range_ns": rep.get("example_range_ns"), "examples": rep.get("examples")}
+            break
+    catalog, days = None, args.embeddings_last_days
+    if plan.is_ranking:
+        from offline.recsys_tasks import PurchaseIndex
+
+        tx = inp.dataset.table(plan.fact_table)
+        cut = int(tx[plan.fact.time_column].max()) + 1  # the export cut: after the last line
+        catalog = PurchaseIndex(tx).popular(cut, plan.max_candidates)
+        manifest.update(catalog_cut_ns=cut,
+                        catalog=f"top {len(catalog[0])} candidates by interactions in the 28 days before the cut")
+        if days is None:  # serving needs snapshots up to max_embedding_offset old, plus one spare week
+            days = plan.max_embedding_offset.ns / DAY_NS + 7
+    return export_model(plan, args.repo, model, inp.embeddings, catalog=catalog, model_name=args.model_name,
+                        manifest=manifest, embeddings_last_days=days)
+
+
 def cmd_export(args) -> int:
-    from offline.export import check_export, export_model, export_untrained
+    from offline.export import check_export, export_untrained
 
-    plan = _plan(args)
-    if plan.is_ranking:  # ranking plans export the distilled ranker (offline/cli_ranker.py)
-        from offline.cli_ranker import cmd_export_ranker
-
-        return cmd_export_ranker(args)
+    plan = _plan_of(args)
+    inp = None
     if args.untrained:
         vdir = export_untrained(plan, args.repo, model_name=args.model_name, embeddings=args.embeddings,
                                 seed=args.seed)
     else:
         if args.run_dir is None:
-            raise Stage2Error("export: give --run-dir (a distill/quality run) or --untrained")
-        from offline.quality import SHALLOW_FILE, load_shallow
-
-        run = Path(args.run_dir)
-        candidates = [run / SHALLOW_FILE, run / "quality" / SHALLOW_FILE]
-        weights = next((c for c in candidates if c.exists()), None)
-        if weights is None:
-            _error(f"--run-dir: no {SHALLOW_FILE} in {run} or {run / 'quality'} (run `relstream offline distill` first)")
-        model = load_shallow(weights, plan)
-        embeddings = args.embeddings or (run / "embeddings.parquet")
-        manifest = {"trained": True, "run_dir": str(run), "weights": str(weights)}
-        for rep_path in (weights.parent / "quality.json", run / "distill.json"):
-            if rep_path.exists():
-                rep = json.loads(rep_path.read_text())
-                manifest["metrics"] = rep.get("models") or rep.get("metrics")
-                manifest["training_data_range"] = {"split": rep.get("split"), "transactions": rep.get("transactions"),
-                                                   "train_rows": rep.get("train_rows") or rep.get("train", {}).get("rows")}
-                break
-        vdir = export_model(plan, args.repo, model, embeddings, model_name=args.model_name, manifest=manifest,
-                            embeddings_last_days=args.embeddings_last_days)
+            _error("export: give --run-dir (a distill/quality run) or --untrained")
+        # the catalog of a ranking export and the requests of --check come from the data
+        inp = resolve_inputs(args, need_deep=False, load_data=plan.is_ranking or args.check)
+        vdir = _trained_export(args, inp)
     print(f"exported {vdir}")
     if args.check:
+        import torch
+
+        torch.set_num_threads(1)  # in-process latency with the thread count the Triton model uses
         http, grpc = _triton_urls(args)
-        report = check_export(vdir, http, grpc, _real_requests(plan, args), latency_requests=50)
-        print(json.dumps(report, indent=1))
+        requests = _real_requests(inp) if inp is not None else None
+        print(json.dumps(check_export(vdir, http, grpc, requests, latency_requests=200 if plan.is_ranking else 50),
+                         indent=1))
     return 0
 
 
+# ----- parsers ------------------------------------------------------------------------------------
+
+def _common(p) -> None:
+    p.add_argument("--run-dir", required=True, type=Path,
+                   help="pipeline directory (the deep model's outputs: embeddings.parquet, model.pt or "
+                        "recsys_split.json)")
+    p.add_argument("--plan", default="fraud", help="built-in plan name or a plan YAML (default fraud); "
+                                                   "ranking plans (recsys) rank candidates")
+    p.add_argument("--transactions", help="scoring plans: default RUN/transactions.parquet")
+    p.add_argument("--embeddings", type=Path, help="default RUN/embeddings.parquet")
+    p.add_argument("--deep-model", type=Path, help="scoring plans: default RUN/model.pt (its split is used here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: scoring torch's choice, ranking 1)")
+    p.add_argument("--epochs", type=int, help="distillation epochs (default: scoring 6, ranking 3)")
+    p.add_argument("--batch-size", type=int, help="default: scoring 256, ranking 64")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--d-model", type=int, default=64, help="shallow model width")
+    p.add_argument("--layers", type=int, help="shallow model transformer layers (default: scoring 2, ranking 1)")
+    p.add_argument("--soft-weight", type=float, default=0.0,
+                   help="weight of the deep model's soft targets in the loss (0..1): scoring, its request-time "
+                        "predictions; ranking, its pair scores (dot of the embeddings)")
+    p.add_argument("--max-train-rows", type=int,
+                   help="train on a seeded uniform subsample of this many training rows (default: all)")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("ranking plans: training examples and candidates")
+    g.add_argument("--examples", type=int, default=20000, help="seeded sample of training baskets (default 20000)")
+    g.add_argument("--train-weeks", type=int, default=12, help="weeks before the training cut to sample from")
+    g.add_argument("--negatives", type=int, default=64, help="sampled negatives per example (default 64)")
+    g.add_argument("--max-positives", type=int, default=16)
+    g.add_argument("--history-share", type=float, default=0.2,
+                   help="share of negatives from the entity's own window (seen before, not now)")
+    g.add_argument("--popularity-share", type=float, default=0.4,
+                   help="share drawn popularity-proportionally; the rest uniform over the popular list")
+    g.add_argument("--loss", choices=["softmax", "bce"], default="softmax")
+
+
 def register_stage2(offline_sub) -> None:
-    p = offline_sub.add_parser("distill", help="train the shallow model on point-in-time distillation rows")
+    p = offline_sub.add_parser("distill", help="train the shallow model (scoring or ranking head, from the plan) "
+                                               "on point-in-time rows -> RUN/shallow_model.pt")
     _common(p)
     p.set_defaults(func=cmd_distill)
 
-    p = offline_sub.add_parser("quality", help="deep vs distilled vs LightGBM on the deep model's split (JSON + plots)")
+    p = offline_sub.add_parser("quality", help="scoring: deep vs distilled vs LightGBM; ranking: baselines, deep "
+                                               "and distilled on test baskets -> RUN/quality/ (JSON + plots)")
     _common(p)
+    g = p.add_argument_group("ranking plans: the test protocol")
+    g.add_argument("--model", type=Path, help="distilled model to rank with (default RUN/shallow_model.pt if present)")
+    g.add_argument("--candidates", type=int, default=1000, help="catalog top-N candidates per example (default 1000)")
+    g.add_argument("--max-examples", type=int, default=2000, help="seeded sample of test baskets (default 2000)")
+    g.add_argument("--no-anchor-gnn", action="store_true",
+                   help="skip the variant that runs the GNN for the entity at the anchor time")
+    g.add_argument("--ks", default="10,20,50")
     p.set_defaults(func=cmd_quality)
 
     p = offline_sub.add_parser("export", help="write a Triton model repository version (and --check it)")
     p.add_argument("--repo", type=Path, required=True, help="Triton model repository")
-    p.add_argument("--model-name", default="relstream")
+    p.add_argument("--model-name", help="default: relstream (scoring plans), relstream_ranker (ranking plans)")
     p.add_argument("--plan", default="fraud")
     p.add_argument("--run-dir", type=Path, help="a distill/quality run directory (shallow_model.pt)")
+    p.add_argument("--transactions", help="scoring plans: default RUN/transactions.parquet")
     p.add_argument("--untrained", action="store_true", help="export a randomly initialised model (for tests)")
     p.add_argument("--embeddings", type=Path, help="embeddings.parquet (default: the run's; untrained: empty)")
     p.add_argument("--embeddings-last-days", type=float,
-                   help="bundle only the snapshots of the last N days (serving needs max_embedding_offset)")
+                   help="bundle only the snapshots of the last N days (serving needs max_embedding_offset; "
+                        "ranking default: that + 7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", action="store_true", help="load into Triton and compare with offline scores")
     p.add_argument("--triton-http", help="e.g. http://127.0.0.1:8000 (default: the local stack's)")

@@ -379,7 +379,7 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
             n = p.events
             md += [
                 "The live pass (scored while the day was streaming) compared with the rows the model was trained on "
-                "(`offline.distill.replay_rows`: windows as of each event while replaying in event-time order):",
+                "(`offline.distillation.replay.replay_rows`: windows as of each event while replaying in event-time order):",
                 "",
                 f"- live pass = training-time rows: {s.data['live_equal_event_time']:,} of {n:,} events",
                 f"- live pass = caught-up replay pass: {s.data['live_equal_replay']:,} of {n:,}",

@@ -37,11 +37,11 @@ def run_dir(tmp_path_factory):
 
 
 def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
-    from offline.bundle import load_bundle, split_scores
-    from offline.distill import replay_rows
+    from offline.export.bundle import load_bundle, split_scores
+    from offline.distillation.replay import replay_rows
     from offline.embeddings import EmbeddingTable
-    from offline.quality import SHALLOW_FILE, load_shallow
-    from offline.shallow_model import score_stacked
+    from offline.distillation.trainer import MODEL_FILE, load_model
+    from offline.distillation.shallow_model import serve
     from schemas.plan import builtin_plan
 
     code = relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
@@ -67,10 +67,11 @@ def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
     mask[-30:] = True
     rows = replay_rows(plan, tx, score_mask=mask, progress=False)
     requests = [rows.request(i) for i in range(len(rows))]
-    bundle_scores = np.concatenate([s.reshape(-1) for s, _ in split_scores(load_bundle(vdir), requests)])
-    model = load_shallow(run_dir / SHALLOW_FILE, plan)
+    bundle_scores = np.concatenate([o["score"].reshape(-1) for o in split_scores(load_bundle(vdir), requests)])
+    model = load_model(run_dir / MODEL_FILE, plan)
     table = EmbeddingTable.from_parquet(run_dir / "embeddings.parquet", plan)
-    offline_scores, cold = score_stacked(model, plan, rows.batch(np.arange(len(rows))), table)
+    served = serve(model, plan, rows.batch(np.arange(len(rows))), table)
+    offline_scores, cold = served["score"], served["cold_start"]
     np.testing.assert_allclose(bundle_scores, offline_scores, atol=1e-6)
     assert cold.shape == (30, 2) and not cold.all()  # real rows find admissible embeddings
 
@@ -93,9 +94,9 @@ def test_quality_report_compares_three_models(run_dir):
 
 def test_trained_export_answers_real_rows_on_triton(run_dir, stack):
     """The distilled model of this run, exported and checked on the real Triton with real rows."""
-    from offline.quality import SHALLOW_FILE
+    from offline.distillation.trainer import MODEL_FILE
 
-    if not (run_dir / SHALLOW_FILE).exists():
+    if not (run_dir / MODEL_FILE).exists():
         assert relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
                                "--d-model", "32", "--layers", "1"]) == 0
     code = relstream_main(["offline", "export", "--run-dir", str(run_dir), "--repo", str(stack.model_repository),

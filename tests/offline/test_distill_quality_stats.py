@@ -1,7 +1,7 @@
 """Paired bootstrap intervals of the quality report."""
 import numpy as np
 
-from offline.quality import auc_bootstrap
+from offline.quality.scoring import auc_bootstrap
 
 
 def test_bootstrap_separates_a_good_from_a_random_scorer():

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from offline.datasets.fraud import TINY, generate_dataset
-from offline.distill import DistillRows, replay_rows
+from offline.distillation.replay import TrainingRows, replay_rows
 from rti_store import MemoryWindowStore
 from schemas.plan import builtin_plan
 from schemas.tensors import build_tensors, interactions_of, stack_requests, window_keys
@@ -91,7 +91,7 @@ def test_batches_are_stack_requests_and_rows_survive_save_load(plan, rows, tmp_p
     for name in want:
         np.testing.assert_array_equal(batch[name], want[name])
     rows.save(tmp_path / "rows.npz")
-    back = DistillRows.load(tmp_path / "rows.npz", plan)
+    back = TrainingRows.load(tmp_path / "rows.npz", plan)
     for name in plan.tensor_names:
         np.testing.assert_array_equal(back.batch(idx)[name], batch[name])
 
@@ -106,3 +106,50 @@ def test_score_mask_replays_history_but_scores_only_the_mask(plan, tx, rows):
         a, b = part.request(i), rows.request(full_pos[int(part.row_index[i])])
         for name in plan.tensor_names:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_replay_requests_equals_a_store_filled_before_the_queries(plan, tx):
+    """The demo's reference scoring: history records in a store, then each live event's tensors
+    as of its own time. The replay (records, not a frame; events not appended) gives the same
+    tensors, in the order of the events."""
+    from offline.distillation.replay import replay_requests
+
+    records = tx.to_dict("records")
+    cut = len(records) * 2 // 3
+    history, events = records[:cut], records[cut:cut + 40][::-1]  # any order: results follow the input
+    store = MemoryWindowStore(plan)
+    store.append([a for r in history for a in interactions_of(plan, plan.fact_table, r)])
+    got = replay_requests(plan, history, events, progress=False)
+    assert len(got) == len(events)
+    for ev, tensors in zip(events, got):
+        keys = window_keys(plan, ev)
+        wins = dict(zip((k for k, _ in keys), store.read_many(keys, int(ev["tx_datetime"]))))
+        want = build_tensors(plan, ev, {hk: wins[hk] for hk, _ in keys})
+        assert tensors.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(tensors[name], want[name])
+
+
+def test_replay_needs_candidates_for_a_ranking_plan(tx):
+    from offline.distillation.replay import replay_requests
+
+    recsys = builtin_plan("recsys")
+    with pytest.raises(ValueError, match="candidates"):
+        replay_requests(recsys, [], [{"household_id": 1, "transaction_timestamp": T0}], [T0])
+
+
+def test_prefill_reads_a_store_holding_every_interaction(plan, tx):
+    """prefill=True: the store holds every record (later ones too) before any read, as an online
+    re-score sees it after ingestion committed everything; here the events are the records."""
+    from offline.distillation.replay import replay_requests
+
+    records = tx.to_dict("records")[-60:]
+    store = MemoryWindowStore(plan)
+    store.append([a for r in records for a in interactions_of(plan, plan.fact_table, r)])
+    got = replay_requests(plan, records, records, prefill=True, progress=False)
+    for ev, tensors in zip(records, got):
+        keys = window_keys(plan, ev)
+        wins = dict(zip((k for k, _ in keys), store.read_many(keys, int(ev["tx_datetime"]))))
+        want = build_tensors(plan, ev, wins)
+        for name in want:
+            np.testing.assert_array_equal(tensors[name], want[name])

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from offline.distill import DistillConfig, replay_rows, subsample_indices, train_shallow
+from offline.distillation.replay import replay_rows
+from offline.distillation.trainer import DistillConfig, subsample_indices, train_shallow
 from offline.embeddings import EmbeddingTable, random_embeddings
-from offline.shallow_model import ShallowConfig
+from offline.distillation.shallow_model import ScoringConfig
 from relstream.cli import main as relstream_main
 from schemas.plan import builtin_plan
 
@@ -48,14 +49,14 @@ def _tiny_rows(tmp_path):
 def test_train_shallow_uses_only_the_subsample(tmp_path):
     rows, y, table = _tiny_rows(tmp_path)
     cfg = DistillConfig(epochs=1, batch_size=32, max_train_rows=64, seed=1,
-                        model=ShallowConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32))
+                        model=ScoringConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32))
     logs = []
-    _, info = train_shallow(rows, y, table, cfg, soft_labels=np.full(len(rows), 0.5, np.float32), progress=False,
+    _, info = train_shallow(rows, table, cfg, labels=y, soft_labels=np.full(len(rows), 0.5, np.float32), progress=False,
                             log=logs.append)
     assert info["rows"] == 64 and info["rows_available"] == len(rows) == 200
     assert info["positives"] == int(y[subsample_indices(200, 64, seed=1)].sum())
     assert any("64 of 200" in m for m in logs)
-    _, info_all = train_shallow(rows, y, table, DistillConfig(epochs=1, batch_size=64, model=cfg.model),
+    _, info_all = train_shallow(rows, table, DistillConfig(epochs=1, batch_size=64, model=cfg.model), labels=y,
                                 progress=False, log=logs.append)
     assert info_all["rows"] == info_all["rows_available"] == 200
 

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from offline.bundle import load_bundle, split_scores
+from offline.export.bundle import load_bundle, split_scores
 from offline.embeddings import random_embeddings, write_embeddings_parquet
 from offline.export import export_untrained, render_config, synthetic_requests
 from schemas.plan import builtin_plan, parse_plan
@@ -73,14 +73,14 @@ def test_bundle_runs_from_its_vendored_code_alone(plan, tmp_path):
     write_embeddings_parquet(tmp_path / "emb.parquet", types, ids, snaps, vecs)
     vdir = export_untrained(plan, tmp_path / "repo", embeddings=tmp_path / "emb.parquet")
     reqs = synthetic_requests(plan, n=4, anchor_time=T)
-    expected = np.concatenate([s.reshape(-1) for s, _ in split_scores(load_bundle(vdir), reqs)])
+    expected = np.concatenate([o["score"].reshape(-1) for o in split_scores(load_bundle(vdir), reqs)])
     np.savez(tmp_path / "reqs.npz", **{f"{i}|{k}": v for i, r in enumerate(reqs) for k, v in r.items()})
     code = f"""
 import sys, numpy as np
 sys.path.insert(0, {str(vdir / 'vendor')!r})
-from offline.bundle import load_bundle, split_scores
-import offline.bundle, schemas.plan
-assert offline.bundle.__file__.startswith({str(vdir)!r}), offline.bundle.__file__
+from offline.export.bundle import load_bundle, split_scores
+import offline.export.bundle, schemas.plan
+assert offline.export.bundle.__file__.startswith({str(vdir)!r}), offline.export.bundle.__file__
 assert schemas.plan.__file__.startswith({str(vdir)!r}), schemas.plan.__file__
 z = np.load({str(tmp_path / 'reqs.npz')!r}, allow_pickle=True)
 reqs = [dict() for _ in range(4)]
@@ -88,8 +88,8 @@ for key in z.files:
     i, name = key.split('|', 1)
     reqs[int(i)][name] = z[key]
 out = split_scores(load_bundle({str(vdir)!r}), reqs)
-print(' '.join(repr(float(s[0, 0])) for s, _ in out))
-print(out[0][1].tolist())
+print(' '.join(repr(float(o['score'][0, 0])) for o in out))
+print(out[0]['cold_start'].tolist())
 """
     res = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -102,7 +102,7 @@ def test_bundle_can_carry_only_recent_snapshots(plan, tmp_path):
     import pyarrow.parquet as pq
 
     from offline.export import export_model
-    from offline.shallow_model import build_model
+    from offline.distillation.shallow_model import build_model
 
     day = 86_400 * 10**9
     types, ids, snaps, vecs = random_embeddings(plan, {"customers": np.arange(3)}, [T - d * day for d in range(30)], dim=4)

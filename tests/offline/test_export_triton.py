@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from offline.embeddings import random_embeddings, write_embeddings_parquet
-from offline.export import (_curl_infer, check_export, export_untrained, load_in_triton, synthetic_requests)
+from offline.export import check_export, export_untrained, load_in_triton, synthetic_requests
+from offline.export.self_check import _curl_infer
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import to_triton_json
 

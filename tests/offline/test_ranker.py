@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from offline.embeddings import EmbeddingTable, random_embeddings
-from offline.ranker import RankerConfig, RankerError, build_ranker, prepare_ranking_batch, score_ranking
-from offline.ranker_bundle import load_ranker_bundle, ranking_request_error, split_ranking_scores
-from offline.ranker_export import (check_ranker_export, export_untrained_ranker, synthetic_ranking_requests)
-from offline.export import _curl_infer
+from offline.distillation.shallow_model import (RankingConfig, RankingError, RankingModel, build_model,
+                                                prepare_ranking_batch, serve)
+from offline.export.bundle import load_bundle, request_error, split_scores
+from offline.export import check_export, export_untrained, synthetic_requests
+from offline.export.self_check import _curl_infer
 from schemas.plan import builtin_plan
 from schemas.tensors import PAD_CANDIDATE, Window, build_tensors, stack_requests, to_triton_json
 
@@ -31,7 +32,7 @@ def table(plan):
 @pytest.fixture(scope="module")
 def model(plan):
     torch.set_num_threads(1)
-    return build_ranker(plan, 16, seed=1)
+    return build_model(plan, 16, seed=1)
 
 
 def _window(plan, lines):
@@ -46,10 +47,10 @@ def _window(plan, lines):
 
 
 def test_layout_refuses_plans_the_ranker_cannot_read(plan):
-    with pytest.raises(RankerError, match="ranking plan"):
-        build_ranker(builtin_plan("fraud"), 16)
-    with pytest.raises(RankerError, match="session_column|'visit_id'"):
-        build_ranker(plan, 16, RankerConfig(session_column="visit_id"))
+    with pytest.raises(RankingError, match="ranking plan"):
+        RankingModel(builtin_plan("fraud"), 16)
+    with pytest.raises(RankingError, match="session_column|'visit_id'"):
+        build_model(plan, 16, RankingConfig(session_column="visit_id"))
 
 
 def test_session_pairwise_and_missing_features(plan, table, model):
@@ -70,53 +71,54 @@ def test_session_pairwise_and_missing_features(plan, table, model):
 
 
 def test_padded_candidates_score_minus_inf_and_batching_changes_nothing(plan, table, model):
-    reqs = synthetic_ranking_requests(plan, n=4, anchor_time=T, seq_lens=(5, 0, 30, 100), n_candidates=(10, 1, 100, 3))
+    reqs = synthetic_requests(plan, n=4, anchor_time=T, seq_lens=(5, 0, 30, 100), n_candidates=(10, 1, 100, 3))
     stacked = stack_requests(plan, reqs)
-    scores, cold, cand_cold = score_ranking(model, plan, stacked, table)
+    out = serve(model, plan, stacked, table)
+    scores, cold, cand_cold = out["score"], out["cold_start"], out["candidate_cold_start"]
     assert scores.shape == (4, 100) and cold.shape == (4, 2) and cand_cold.shape == (4, 100)
     pad = stacked[plan.candidate_tensor][..., 0] == PAD_CANDIDATE
     assert np.isneginf(scores[pad]).all() and np.isfinite(scores[~pad]).all()
     assert (cand_cold[pad] == 0).all()
     for i, r in enumerate(reqs):
-        alone, _, _ = score_ranking(model, plan, r, table)
+        alone = serve(model, plan, r, table)["score"]
         n = alone.shape[1]
         assert np.abs(alone[0] - scores[i, :n]).max() <= 1e-5
 
 
 def test_history_is_encoded_once_per_request_whatever_the_candidate_count(plan, table, model, monkeypatch):
-    req = synthetic_ranking_requests(plan, n=3, anchor_time=T)[2]  # 30 history lines, 100 candidates
+    req = synthetic_requests(plan, n=3, anchor_time=T)[2]  # 30 history lines, 100 candidates
     cands = req[plan.candidate_tensor]
     one = dict(req, **{plan.candidate_tensor: cands[:, :1]})
-    full, _, _ = score_ranking(model, plan, req, table)
-    single, _, _ = score_ranking(model, plan, one, table)
+    full = serve(model, plan, req, table)["score"]
+    single = serve(model, plan, one, table)["score"]
     assert abs(float(single[0, 0]) - float(full[0, 0])) <= 1e-5  # candidates never interact
     seen = []
     orig = model.encoder.forward
     monkeypatch.setattr(model.encoder, "forward", lambda x, **kw: seen.append(tuple(x.shape)) or orig(x, **kw))
-    score_ranking(model, plan, req, table)
+    serve(model, plan, req, table)
     assert seen == [(1, 31, model.config.d_model)]  # one pass over household + 30 lines, not 100
 
 
 def test_request_errors_name_the_tensor(plan):
-    req = synthetic_ranking_requests(plan, n=1, anchor_time=T)[0]
-    assert ranking_request_error(plan, req) is None
+    req = synthetic_requests(plan, n=1, anchor_time=T)[0]
+    assert request_error(plan, req) is None
     hop = plan.hops[0].key.key
     bad = dict(req, **{f"{hop}:basket_id": req[f"{hop}:basket_id"][:, :-1]})
-    assert f"{hop}:basket_id" in ranking_request_error(plan, bad)
+    assert f"{hop}:basket_id" in request_error(plan, bad)
     none = dict(req, **{plan.candidate_tensor: np.zeros((1, 0, 1), np.int64)})
-    assert "expected 1 to 1000 candidates" in ranking_request_error(plan, none)
+    assert "expected 1 to 1000 candidates" in request_error(plan, none)
 
 
 def test_export_round_trip_on_real_triton(stack, plan, tmp_path):
-    vdir = export_untrained_ranker(plan, stack.model_repository, model_name="ranker_check",
+    vdir = export_untrained(plan, stack.model_repository, model_name="ranker_check",
                                    snapshot_times=[T - 3 * DAY], seed=2)
     names = {p.name for p in vdir.iterdir()}
     assert {"model.py", "model.pt", "embeddings.parquet", "catalog.parquet", "plan.yaml", "manifest.json",
             "vendor"} <= names
-    bundle = load_ranker_bundle(vdir)
+    bundle = load_bundle(vdir)
     assert bundle.top_catalog(3).tolist() == [1, 2, 3]
-    reqs = synthetic_ranking_requests(plan, n=5, anchor_time=T)
-    report = check_ranker_export(vdir, stack.triton_http_url, stack.triton_grpc_url, reqs, latency_requests=10)
+    reqs = synthetic_requests(plan, n=5, anchor_time=T)
+    report = check_export(vdir, stack.triton_http_url, stack.triton_grpc_url, reqs, latency_requests=10)
     assert report["latency"]["candidates"] == 100 and report["latency"]["triton_grpc_ms"]["n"] == 10
     assert report["ok"] and report["max_abs_diff_http"] <= 1e-5 and report["max_abs_diff_grpc"] <= 1e-5
     assert report["max_abs_diff_multi_row"] <= 1e-5 and report["padded_candidates_minus_inf"]
@@ -131,7 +133,7 @@ def test_export_round_trip_on_real_triton(stack, plan, tmp_path):
     assert code == 200, body
     outs = {o["name"]: o["data"] for o in body["outputs"]}
     assert outs["cold_start"] == [1, 1] and outs["candidate_cold_start"] == [0, 1]
-    (want, _, _), = split_ranking_scores(bundle, [req])
+    want = split_scores(bundle, [req])[0]["score"]
     assert np.abs(np.asarray(outs["score"]) - want[0]).max() <= 1e-5
 
 
@@ -154,7 +156,7 @@ def _toy_transactions(seed=0):
 
 
 def test_replayed_rows_are_build_tensors_of_the_past_only(plan):
-    from offline.ranker_train import replay_ranking_rows
+    from offline.distillation.replay import replay_ranking_rows
     from offline.recsys_tasks import ranking_examples
 
     tx = _toy_transactions()
@@ -189,7 +191,7 @@ def test_replayed_rows_are_build_tensors_of_the_past_only(plan):
 
 
 def test_training_candidates_exclude_targets_and_revealed_and_are_seeded(plan):
-    from offline.ranker_train import DailyPopularity, SamplingConfig, TrainingCandidates
+    from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
     from offline.recsys_tasks import ranking_examples
 
     tx = _toy_transactions()
@@ -213,7 +215,7 @@ def test_training_candidates_exclude_targets_and_revealed_and_are_seeded(plan):
 
 
 def test_sampled_softmax_loss_prefers_positives():
-    from offline.ranker_train import ranking_loss
+    from offline.distillation.trainer import ranking_loss
 
     labels = torch.tensor([[1.0, 0, 0, 0]])
     valid = torch.tensor([[True, True, True, False]])
@@ -224,7 +226,7 @@ def test_sampled_softmax_loss_prefers_positives():
 
 
 def test_soft_target_loss_is_zero_when_the_ranker_agrees_with_the_deep_model():
-    from offline.ranker_train import soft_target_loss
+    from offline.distillation.trainer import soft_target_loss
 
     deep = torch.tensor([[2.0, 1.0, 0.0, 5.0]])
     ok = torch.tensor([[True, True, True, False]])

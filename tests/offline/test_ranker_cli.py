@@ -1,4 +1,4 @@
-"""recsys-distill and export --plan recsys through the CLI on a small Complete Journey prefix."""
+"""distill and export --plan recsys through the CLI on a small Complete Journey prefix."""
 import json
 
 import numpy as np
@@ -31,26 +31,28 @@ def run_dir(tmp_path_factory):
 
 def test_recsys_distill_then_export(run_dir, tmp_path):
     from offline.cli import main
-    from offline.ranker_bundle import load_ranker_bundle
+    from offline.export.bundle import load_bundle
 
-    assert main(["offline", "recsys-distill", "--run-dir", str(run_dir), "--examples", "150", "--epochs", "1",
-                 "--negatives", "16", "--soft-weight", "0.3", "--no-progress"]) == 0
-    report = json.loads((run_dir / "ranker.json").read_text())
+    assert main(["offline", "distill", "--plan", "recsys", "--run-dir", str(run_dir), "--examples", "150",
+                 "--epochs", "1", "--negatives", "16", "--soft-weight", "0.3", "--no-progress"]) == 0
+    report = json.loads((run_dir / "distill.json").read_text())
     assert report["examples"] == 150 and report["train"]["rows"] == 150
     assert report["example_range_ns"][1] == json.loads((run_dir / "recsys_split.json").read_text())["train_cut_ns"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert "recsys-distill" in manifest["steps"]
+    assert "distill" in manifest["steps"]
 
     assert main(["offline", "export", "--plan", "recsys", "--run-dir", str(run_dir), "--repo", str(tmp_path)]) == 0
-    bundle = load_ranker_bundle(tmp_path / "relstream_ranker" / "1")
+    bundle = load_bundle(tmp_path / "relstream_ranker" / "1")
     assert len(bundle.catalog) == 1000 and bundle.manifest["trained"] is True
     assert bundle.manifest["parameters"] == bundle.model.count_parameters()
+    assert bundle.manifest["kind"] == "ranking"
 
 
 def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     from offline.datasets.complete_journey import load_complete_journey
     from offline.embeddings import EmbeddingTable
-    from offline.ranker import build_ranker, load_ranker, score_examples
+    from offline.distillation.shallow_model import build_model, load_model
+    from offline.quality.ranking import score_examples
     from offline.recsys_tasks import popular_products, ranking_examples
     from schemas.tensors import build_tensors
     from rti_store import MemoryWindowStore
@@ -59,7 +61,7 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     plan = builtin_plan("recsys")
     tx = load_complete_journey(max_rows=MAX_ROWS).table("transactions")
     table = EmbeddingTable.from_parquet(run_dir / "embeddings.parquet", plan)
-    model = build_ranker(plan, table.dim, seed=3)
+    model = build_model(plan, table.dim, seed=3)
     t1 = int(tx["transaction_timestamp"].max())
     ex = ranking_examples(tx, t1 - 3 * DAY, t1, max_examples=4, seed=1)
     cands = np.full((len(ex), 30), -1, np.int64)
@@ -68,7 +70,7 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     scores = score_examples(model, table, ex, cands, tx=tx, plan=plan, progress=False)
     assert scores.shape == cands.shape and np.isneginf(scores[cands < 0]).all()
     # Example 2 by hand: its household's lines strictly before the anchor, build_tensors, the model.
-    from offline.ranker import score_ranking
+    from offline.distillation.shallow_model import serve
     e = ex.iloc[2]
     store = MemoryWindowStore(plan)
     past = tx[(tx["household_id"] == e["household_id"]) & (tx["transaction_timestamp"] < e["anchor_time"])]
@@ -77,6 +79,6 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     req = build_tensors(plan, {"household_id": int(e["household_id"])},
                         {hop: store.read(hop, int(e["household_id"]), int(e["anchor_time"]))},
                         anchor_time=int(e["anchor_time"]), candidates=cands[2][cands[2] >= 0])
-    want = score_ranking(model, plan, req, table)[0][0]
+    want = serve(model, plan, req, table)["score"][0]
     assert np.abs(scores[2, :22] - want).max() <= 1e-5
-    assert callable(load_ranker)
+    assert callable(load_model)

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from offline.embeddings import EmbeddingTable
-from offline.ranker import score_ranking
-from offline.ranker_train import (DailyPopularity, RankerTrainConfig, SamplingConfig, TrainingCandidates,
-                                  replay_ranking_rows, train_ranker)
+from offline.distillation.shallow_model import serve
+from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
+from offline.distillation.replay import replay_ranking_rows
+from offline.distillation.trainer import DistillConfig, train_shallow
 from offline.recsys_tasks import PurchaseIndex, ranking_examples
 from schemas.plan import builtin_plan
 from schemas.tensors import build_tensors, interactions_of
@@ -71,7 +72,7 @@ def standin_embeddings(plan, tx: pd.DataFrame, products: pd.DataFrame, fit_befor
 
 
 def train_small_ranker(n_examples: int = 2000, epochs: int = 3, sampling: SamplingConfig | None = None,
-                       train_cfg: RankerTrainConfig | None = None, n_households: int = 600):
+                       train_cfg: DistillConfig | None = None, n_households: int = 600):
     from offline.datasets.complete_journey import load_complete_journey
 
     torch.set_num_threads(1)
@@ -92,8 +93,8 @@ def train_small_ranker(n_examples: int = 2000, epochs: int = 3, sampling: Sampli
                                 plan.hops[0].key.key, "product_id", seed=0)
     width = choose.cfg.n_negatives + choose.cfg.max_positives
     rows = replay_ranking_rows(plan, tx, examples, choose, width, progress=False)
-    cfg = train_cfg or RankerTrainConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=0)
-    model, info = train_ranker(rows, table, cfg, progress=False, log=lambda *_: None)
+    cfg = train_cfg or DistillConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=0)
+    model, info = train_shallow(rows, table, cfg, progress=False, log=lambda *_: None)
     info["seconds_total"] = time.perf_counter() - t0
     return plan, tx, products, table, index, model, info, day0
 
@@ -137,7 +138,7 @@ def session_counts(plan, tx, products, table, index, model, day0):
                                   candidates=candidates)
             top = []
             for req in (before, after):
-                scores = score_ranking(model, plan, req, table)[0][0]
+                scores = serve(model, plan, req, table)["score"][0]
                 best = np.asarray(candidates)[np.argsort(-scores, kind="stable")[:TOP_K]]
                 top.append(sum(category.get(int(p)) == c for p in best))
             counts[(int(h), c)] = tuple(top)

@@ -132,7 +132,7 @@ def test_buy_again_counts_history_and_session_but_not_the_anchor(small_tx):
 # ----- deep embeddings and the quality harness (small real subset, seconds) ----------------------
 
 def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
-    """recsys-train -> recsys-embed -> recsys-quality on the earliest 200k lines: the stored vectors
+    """recsys-train -> recsys-embed -> quality --plan recsys on the earliest 200k lines: the stored vectors
     reproduce the GNN's pair score, the plan reads the file, and the report is consistent."""
     import json
 
@@ -186,9 +186,9 @@ def test_recsys_pipeline_cli_embeddings_and_quality(tmp_path):
     want = pair_scores(torch.from_numpy(eh), torch.from_numpy(ep), torch.from_numpy(bp)).numpy()
     np.testing.assert_allclose(hv @ pv[:20].T, want, rtol=1e-4, atol=1e-4)
 
-    assert main(["offline", "recsys-quality", *base, "--max-examples", "150", "--candidates", "300"]) == 0
-    report = json.loads((run / "recsys_quality.json").read_text())
-    assert report["examples"] == 150 and (run / "recsys_quality.png").stat().st_size > 10_000
+    assert main(["offline", "quality", "--plan", "recsys", *base, "--max-examples", "150", "--candidates", "300"]) == 0
+    report = json.loads((run / "quality" / "quality.json").read_text())
+    assert report["examples"] == 150 and (run / "quality" / "quality.png").stat().st_size > 10_000
     assert set(report["models"]) == {"popularity", "buy_again", "buy_again_window", "deep_gnn",
                                      "deep_gnn_household_at_anchor"}
     for m in report["models"].values():

@@ -137,9 +137,11 @@ def test_refusals_leave_state_untouched(plan, ops, tmp_path):
     # (3) a bundle that loads but answers NaN fails the smoke inference and is unloaded again
     broken = export(plan, ops, tmp_path, seed=6)
     model_py = broken / "model.py"
-    model_py.write_text(model_py.read_text().replace(
-        'outputs = [pb_utils.Tensor("score", score)]',
-        'outputs = [pb_utils.Tensor("score", score * np.float32("nan"))]'))
+    source = model_py.read_text()
+    answer = "pb_utils.Tensor(out.name, outputs[out.name])"
+    assert answer in source  # the exported model.py answers every output of the plan this way
+    model_py.write_text(source.replace(
+        answer, 'pb_utils.Tensor(out.name, outputs[out.name] * (float("nan") if out.name == "score" else 1))'))
     with pytest.raises(DeployRefused, match="check 'smoke-inference'.*non-finite"):
         ops.deploy(int(broken.name), canary_percent=10)
     assert ops.triton.ready_versions(ops.model).get(int(broken.name)) != "READY"

@@ -18,10 +18,10 @@ def load_ranker(plan, stack, name: str = RANKER) -> Path:
     """Export (once per repository) and load the untrained ranker; returns its version dir."""
     import tritonclient.http as httpclient
 
-    from offline.ranker_export import export_untrained_ranker
+    from offline.export import export_untrained
     model_dir = Path(stack.model_repository) / name
     existing = sorted(p for p in model_dir.glob("[0-9]*") if p.is_dir()) if model_dir.exists() else []
-    version_dir = existing[-1] if existing else export_untrained_ranker(
+    version_dir = existing[-1] if existing else export_untrained(
         plan, stack.model_repository, model_name=name, households=HOUSEHOLDS, products=PRODUCTS,
         # snapshots usable for anchors in [T0 - 5 d, T0 + 6 d]; households > 40 and products > 500 have none
         snapshot_times=[T0 - 6 * DAY, T0], seed=3)
@@ -34,11 +34,12 @@ def load_ranker(plan, stack, name: str = RANKER) -> Path:
 
 def reference_ranking(version_dir: Path, plan, fact_row, windows, anchor_time, candidates):
     """(scores, cold_start, candidate_cold_start) of the bundle in-process for one request."""
-    from offline.ranker_bundle import load_ranker_bundle, split_ranking_scores
+    from offline.export.bundle import load_bundle, split_scores
     from schemas.tensors import build_tensors
     bundle = _bundle(version_dir)
     tensors = build_tensors(plan, fact_row, windows, anchor_time=anchor_time, candidates=candidates)
-    scores, cold, cand_cold = split_ranking_scores(bundle, [tensors])[0]
+    out = split_scores(bundle, [tensors])[0]
+    scores, cold, cand_cold = out["score"], out["cold_start"], out["candidate_cold_start"]
     return scores[0], cold[0], cand_cold[0]
 
 
@@ -46,9 +47,9 @@ _BUNDLES: dict = {}
 
 
 def _bundle(version_dir: Path):
-    from offline.ranker_bundle import load_ranker_bundle
+    from offline.export.bundle import load_bundle
     if version_dir not in _BUNDLES:
-        _BUNDLES[version_dir] = load_ranker_bundle(version_dir)
+        _BUNDLES[version_dir] = load_bundle(version_dir)
     return _BUNDLES[version_dir]
 
 

@@ -193,11 +193,11 @@ def test_window_fallback_deadline_breaker_and_recovery(plan):
 # ----- the model Triton runs: traced forward == eager model ----------------------------------------
 
 def test_traced_forward_scores_equal_the_eager_model(plan, tmp_path):
-    """offline.bundle serves a torch.jit.trace of the shallow model's forward (no Python per op);
+    """offline.export.bundle serves a torch.jit.trace of the shallow model's forward (no Python per op);
     on the benchmark's payload shapes (N in 4..32, mixed in one batch, and empty windows) it must
     give the eager model's scores to 1e-6."""
     from bench.payloads import make_payloads
-    from offline.bundle import load_bundle, split_scores
+    from offline.export.bundle import load_bundle, split_scores
     from offline.export import export_untrained
 
     vdir = export_untrained(plan, tmp_path, model_name="m", seed=3)
@@ -214,18 +214,20 @@ def test_traced_forward_scores_equal_the_eager_model(plan, tmp_path):
     no_history = [requests[i] for i in (0, 7, 14)]  # e.g. the window store was down for this batch
     for batch in ([requests[0]], requests[1:6], requests[6:38], no_history):
         stacked = stack_requests(plan, batch)  # as the scorer sends a micro-batch: one request
-        (want, cold_want), = split_scores(eager, [stacked])
-        (got, cold_got), = split_scores(traced, [stacked])
+        (want_out,) = split_scores(eager, [stacked])
+        (got_out,) = split_scores(traced, [stacked])
+        want, cold_want = want_out["score"], want_out["cold_start"]
+        got, cold_got = got_out["score"], got_out["cold_start"]
         assert got.shape == (len(batch), 1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         np.testing.assert_array_equal(cold_got, cold_want)
     # several requests in one execute() (Triton's dynamic batcher) still split back per request
     per_request = split_scores(traced, requests[1:4])
-    assert [s.shape for s, _ in per_request] == [(1, 1)] * 3
+    assert [o["score"].shape for o in per_request] == [(1, 1)] * 3
 
 
 def test_length_groups_split_long_rows_from_short_ones():
-    from offline.bundle import length_groups
+    from offline.export.bundle import length_groups
     tokens = np.array([9] * 10 + [65] * 2 + [17])
     groups = length_groups(tokens, call_cost_tokens=110)
     assert sorted(np.concatenate(groups).tolist()) == list(range(13))

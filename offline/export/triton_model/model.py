@@ -1,15 +1,17 @@
-"""relstream distilled model for Triton's Python backend (copied into every export version).
+"""relstream distilled model for Triton's Python backend (copied into every export version, either kind).
 
 The version directory holds everything this file needs: ``vendor/`` (the exact ``schemas`` and
-``offline`` modules the model was trained with), ``model.pt`` (state dict + hyper-parameters),
-``embeddings.parquet`` and ``plan.yaml``. Only torch, numpy, pyarrow and pyyaml must be
-installed, as in a stock Triton container with the Python backend.
+``offline`` modules the model was trained with), ``model.pt`` (state dict + head configuration),
+``embeddings.parquet``, ``plan.yaml`` and, for ranking plans, ``catalog.parquet``. Only torch,
+numpy, pyarrow and pyyaml must be installed, as in a stock Triton container with the Python backend.
 
 ``execute()`` receives the requests the dynamic batcher grouped (``allow_ragged_batch``: RTI
-lengths differ between requests; a request may itself carry a batch dim > 1, padded with
-``PAD_TIME``). It checks each request, stacks the good ones with ``stack_requests`` (the same
-function the scorer and the distillation use), looks the embeddings up, runs one forward pass
-and splits ``score`` [b, 1] and ``cold_start`` [b, K] back per request.
+lengths and candidate counts differ between requests; a request may itself carry a batch dim > 1,
+padded with ``PAD_TIME`` / ``PAD_CANDIDATE``). It checks each request, stacks the good ones with
+``stack_requests`` (the same function the scorer and the distillation use), looks the embeddings
+up, runs one forward pass and answers per request the plan's outputs: ``score`` ([b, 1], or
+[b, n] per candidate with padded candidates ``-inf``), ``cold_start`` [b, K] and, for ranking
+plans, ``candidate_cold_start`` [b, n].
 """
 
 import json
@@ -21,11 +23,10 @@ VENDOR = os.path.join(HERE, "vendor")
 if VENDOR not in sys.path:
     sys.path.insert(0, VENDOR)  # the bundle's own copy wins over anything installed
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from offline.bundle import load_bundle, request_error, split_scores  # noqa: E402
+from offline.export.bundle import load_bundle, request_error, split_scores  # noqa: E402
 
 
 def _invalid_argument(message):
@@ -72,11 +73,9 @@ class TritonPythonModel:
                     responses[i] = pb_utils.InferenceResponse(
                         output_tensors=[], error=pb_utils.TritonError(f"relstream model: {exc}"))
                 return responses
-            for i, (score, cold) in zip(good, per_request):
-                outputs = [pb_utils.Tensor("score", score)]
-                if cold is not None:
-                    outputs.append(pb_utils.Tensor("cold_start", cold))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=outputs)
+            for i, outputs in zip(good, per_request):
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(out.name, outputs[out.name]) for out in plan.outputs])
         return responses
 
     def finalize(self):

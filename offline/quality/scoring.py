@@ -5,7 +5,7 @@ period, known-compromised cards removed from the test days), three scorers:
 
 * **deep** — the stage-1 temporal GNN, frozen, sampled at each transaction's own time, with a
   transaction head trained on the train period (:mod:`offline.deep_baseline`);
-* **distilled** — the shallow model on point-in-time distillation rows (:mod:`offline.distill`),
+* **distilled** — the shallow model on point-in-time distillation rows (:mod:`offline.distillation.replay`),
   using the deep model's embeddings snapshotted at least ``min_embedding_offset`` earlier;
 * **lightgbm** — the published engineered features (:func:`offline.evaluate.lightgbm_baseline`).
 
@@ -27,14 +27,13 @@ import torch
 
 from offline.datasets.base import RelationalDataset
 from offline.deep_baseline import DeepRequestScorer, HeadConfig, rows_of
-from offline.distill import DistillConfig, predict_rows, replay_rows, train_shallow
+from offline.distillation.replay import replay_rows
+from offline.distillation.shallow_model import prepare_features, save_model
+from offline.distillation.trainer import MODEL_FILE, DistillConfig, predict_rows, train_shallow
 from offline.embeddings import EmbeddingTable
 from offline.evaluate import (SplitConfig, engineered_features, fraud_metrics, lightgbm_baseline, plot_roc_pr,
                               time_split, tx_day, write_json)
-from offline.shallow_model import ShallowModel, prepare_batch
 from schemas.plan import ServingPlan
-
-SHALLOW_FILE = "shallow_model.pt"
 
 
 @dataclass(frozen=True)
@@ -47,29 +46,16 @@ class QualityConfig:
     latency_requests: int = 200
 
 
-def save_shallow(path: Path, model: ShallowModel, extra: dict | None = None) -> None:
-    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), "emb_dim": int(model.emb_dim),
-                **(extra or {})}, path)
-
-
-def load_shallow(path: Path, plan: ServingPlan, device: str = "cpu") -> ShallowModel:
-    from offline.shallow_model import build_model
-
-    state = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(plan, int(state["emb_dim"]), dict(state["config"]))
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
-
-
 def train_deep_model(ds: RelationalDataset, out: Path, cfg: QualityConfig, progress: bool, log) -> tuple[Path, Path]:
     """Stage-1 training + embeddings, for runs without a given deep model."""
     from offline.embed import daily_snapshots, write_embeddings
-    from offline.train_deep import TrainConfig, save_model, train
+    from offline.train_deep import TrainConfig, train
+    from offline.train_deep import save_model as save_deep_model
 
     tcfg = TrainConfig(split=cfg.split, epochs=cfg.deep_epochs, max_samples_per_epoch=cfg.deep_max_samples_per_epoch,
                        max_val_samples=20_000, device=cfg.distill.device, seed=cfg.distill.seed)
     model, metrics = train(ds, tcfg, progress=progress, log=log)
-    save_model(out / "deep_model.pt", model, tcfg)
+    save_deep_model(out / "deep_model.pt", model, tcfg)
     write_json(out / "deep_metrics.json", metrics)
     write_embeddings(model, tcfg, ds, out / "embeddings.parquet", daily_snapshots(ds), progress=progress)
     return out / "deep_model.pt", out / "embeddings.parquet"
@@ -96,7 +82,7 @@ def measure_latency(plan, shallow, table, rows, test_pos, deep: DeepRequestScore
         def distilled():
             i = int(test_pos[next(it)])
             with torch.no_grad():
-                shallow(prepare_batch(plan, rows.batch([i]), table, "cpu", shallow.layout))
+                shallow(prepare_features(shallow, plan, rows.batch([i]), table))
 
         records = test_frame.to_dict("records")
         it2 = iter(np.resize(picks, n + 10))
@@ -162,10 +148,10 @@ def run_quality(plan: ServingPlan, ds: RelationalDataset, out: str | Path, cfg: 
     train_rows = rows.take(train_pos)
     test_rows = rows.take(test_pos)
     t0 = time.perf_counter()
-    shallow, distill_info = train_shallow(train_rows, y_train, table, cfg.distill, soft_labels=deep_train_soft,
-                                          progress=progress, log=log)
+    shallow, distill_info = train_shallow(train_rows, table, cfg.distill, labels=y_train,
+                                          soft_labels=deep_train_soft, progress=progress, log=log)
     timings["distill_train_s"] = time.perf_counter() - t0
-    save_shallow(out / SHALLOW_FILE, shallow, {"plan_fingerprint": plan.fingerprint()})
+    save_model(out / MODEL_FILE, shallow, plan)
     distilled_test = predict_rows(shallow, test_rows, table, device=cfg.distill.device)
     cold = {}
     anchors = test_rows.scalars["anchor_time"]
@@ -191,7 +177,7 @@ def run_quality(plan: ServingPlan, ds: RelationalDataset, out: str | Path, cfg: 
     latency = measure_latency(plan, shallow, table, rows, test_pos, deep, split.test, cfg.latency_requests)
     sizes = {
         "distilled_parameters": shallow.count_parameters(),
-        "distilled_file_bytes": os.path.getsize(out / SHALLOW_FILE),
+        "distilled_file_bytes": os.path.getsize(out / MODEL_FILE),
         "deep_parameters": sum(p.numel() for p in deep.gnn.parameters()) + sum(p.numel() for p in deep.head.parameters()),
         "deep_file_bytes": os.path.getsize(deep_model) + os.path.getsize(out / "deep_head.pt"),
         "embeddings_file_bytes": os.path.getsize(embeddings),
