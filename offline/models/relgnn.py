@@ -11,29 +11,13 @@ seed (nothing further can reach a seed), so other edges are dropped — same see
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
+from offline.configs import RelGNNConfig
 from offline.models.encoders import ColumnEncoder, TimeEncoder
-
-
-@dataclass(frozen=True)
-class RelGNNConfig:
-    hidden: int = 64
-    embedding_dim: int = 32
-    time_dim: int = 8
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _key(et) -> str:
-    return "__".join(et)
 
 
 class RelGNN(nn.Module):

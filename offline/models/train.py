@@ -16,7 +16,7 @@ Deterministic for a given seed on CPU.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +28,12 @@ from offline.data.sources import split_instants
 from offline.data.spec import EntityAggregateTask, FactLabelTask, NextItemTask, Project
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
 from offline.models.encoders import TableEncoding
-from offline.models.relgnn import RelGNN, RelGNNConfig
+from offline.configs import DeepTrainConfig, RelGNNConfig  # noqa: F401  (re-exported)
+from offline.models.relgnn import RelGNN
 from offline.relgraph.graph import RelGraph, build_graph
 from offline.relgraph.sampler import NodeFeatures, SamplerConfig, sample
 from offline.tasks.targets import (ItemPairs, Samples, entity_aggregate, fact_labels, item_popularity,
                                    next_item_pairs, recall_at_k, seed_table)
-
-
-@dataclass(frozen=True)
-class DeepTrainConfig:
-    fanouts: tuple[int, ...] = (10, 10, 10)
-    batch_size: int = 512
-    epochs: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    neg_ratio: float = 3.0  # negatives per positive drawn each epoch (binary tasks)
-    item_negatives: int = 4  # sampled negative items per positive pair (next-item tasks)
-    max_samples_per_epoch: int = 200_000  # per task
-    max_val_samples: int = 60_000
-    candidates: int = 1000  # next-item validation: most popular items of the last 28 days
-    eval_entities: int = 500
-    seed: int = 0
-    device: str = "cpu"
-    model: RelGNNConfig = field(default_factory=RelGNNConfig)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fanouts"] = list(self.fanouts)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DeepTrainConfig":
-        d = dict(d)
-        d["model"] = RelGNNConfig(**d["model"])
-        d["fanouts"] = tuple(d["fanouts"])
-        return cls(**d)
 
 
 def _is_binary(y: np.ndarray) -> bool:

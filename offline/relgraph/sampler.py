@@ -44,7 +44,12 @@ class NodeFeatures:
     def __init__(self, g: RelGraph, encodings: dict[str, TableEncoding], tables: dict):
         self.g = g
         self.encodings = encodings
-        self.static = {t: encodings[t].transform(tables[t]) for t in g.node_types}
+        self.static = {}
+        for t in g.node_types:
+            num, cat, ts = encodings[t].transform(tables[t])
+            if g.node_time[t] is not None:
+                num = np.concatenate([num, _calendar(g.node_time[t])], 1)
+            self.static[t] = (num, cat, ts)
 
     def width(self, ntype: str) -> int:
         """Width of the numeric block of ``ntype`` (static + seed-relative)."""
@@ -75,6 +80,14 @@ class NodeFeatures:
         age = np.zeros(len(rows), np.float32) if self.g.node_time[ntype] is None else \
             ((t - self.g.node_time[ntype][rows]) / NS_PER_DAY).astype(np.float32)
         return x, cat[rows], age
+
+
+def _calendar(t_ns: np.ndarray) -> np.ndarray:
+    """Time of day (sin, cos), weekend and night (before 6:00) of each row's own time (UTC)."""
+    secs = (t_ns // 1_000_000_000) % 86_400
+    weekday = ((t_ns // NS_PER_DAY) + 3) % 7  # 1970-01-01 was a Thursday
+    angle = 2 * np.pi * secs / 86_400
+    return np.stack([np.sin(angle), np.cos(angle), weekday >= 5, secs < 6 * 3600], 1).astype(np.float32)
 
 
 def _activity(g: RelGraph, link: LinkIndex, entity: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
