@@ -157,7 +157,8 @@ def cmd_train_deep(args) -> int:
     ds = run.load_tables()
     cfg = DeepTrainConfig(fanouts=tuple(int(x) for x in args.fanouts.split(",")), batch_size=args.batch_size,
                           epochs=args.epochs, lr=args.lr, neg_ratio=args.neg_ratio,
-                          max_samples_per_epoch=args.max_samples_per_epoch, seed=args.seed, device=args.device,
+                          max_samples_per_epoch=args.max_samples_per_epoch, candidates=args.candidates,
+                          eval_entities=args.eval_entities, seed=args.seed, device=args.device,
                           model=RelGNNConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
     with torch_threads(args.threads):
         try:
@@ -272,6 +273,10 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--neg-ratio", type=float, default=d.neg_ratio, help="negatives per positive per epoch")
     p.add_argument("--max-samples-per-epoch", type=int, default=d.max_samples_per_epoch, help="per task")
+    p.add_argument("--candidates", type=int, default=d.candidates,
+                   help="next-item validation: rank the N most popular items of the last 28 days")
+    p.add_argument("--eval-entities", type=int, default=d.eval_entities,
+                   help="next-item validation: entities sampled per evaluation window")
     p.add_argument("--hidden", type=int, default=m.hidden)
     p.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
     p.add_argument("--seed", type=int, default=0)

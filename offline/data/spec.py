@@ -229,8 +229,10 @@ class Project:
     @property
     def embedding_entity_types(self) -> tuple[str, ...]:
         """The tables an embedding key of the serving plan points to (what ``embed`` writes)."""
-        if self.plan is None:
-            return tuple(sorted({t.entity for t in self.tasks if hasattr(t, "entity")}))
+        if self.plan is None:  # no serving plan yet: the entities (and items) of the base tasks
+            types = {t.entity for t in self.tasks if hasattr(t, "entity")}
+            types |= {self.foreign_keys(t.facts)[t.item] for t in self.tasks if isinstance(t, NextItemTask)}
+            return tuple(sorted(types))
         return tuple(self.plan.embedding_entity_types)
 
 
