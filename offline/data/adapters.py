@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from offline.data.sources import read_source
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
 from schemas.plan import builtin_plan
 
@@ -154,4 +152,4 @@ def draft_spec(directory: str | Path) -> dict:
     return {"name": directory.name, "tables": tables, "links": links, "base_tasks": []}
 
 
-__all__ = ["complete_journey_project", "draft_spec", "fraud_project", "read_source"]
+__all__ = ["complete_journey_project", "draft_spec", "fraud_project"]

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.plan import NS_PER, Duration, PlanError, ServingPlan, load_plan, parse_plan
+from schemas.plan import Duration, PlanError, ServingPlan, load_plan, parse_plan
 
 
 class SpecError(ValueError):
@@ -429,4 +429,4 @@ def _check_plan(spec: ProjectSpec, plan: ServingPlan) -> None:
 
 __all__ = ["ColumnType", "EntityAggregateTask", "FactLabelTask", "LinkSpec", "NextItemTask", "Project",
            "ProjectSpec", "ServingSpec", "SpecError", "SplitSpec", "TableSpec", "TaskSpec", "load_project",
-           "parse_project", "NS_PER"]
+           "parse_project"]

@@ -32,7 +32,7 @@ from offline.configs import DeepTrainConfig, RelGNNConfig  # noqa: F401  (re-exp
 from offline.models.relgnn import RelGNN
 from offline.relgraph.graph import RelGraph, build_graph
 from offline.relgraph.sampler import NodeFeatures, SamplerConfig, sample
-from offline.tasks.targets import (ItemPairs, Samples, entity_aggregate, fact_labels, item_popularity,
+from offline.tasks.targets import (ItemPairs, entity_aggregate, fact_labels, item_popularity,
                                    next_item_pairs, recall_at_k, seed_table)
 
 
