@@ -36,8 +36,8 @@ def _iso(ns: int) -> str:
 
 
 def fraud_project(out_dir: str | Path, cfg=None, test_start: str | None = None) -> Path:
-    """Simulated card transactions; base tasks: fraud at the customer / terminal within 7 days;
-    serving task: the fraud label of each transaction. The test period defaults to the
+    """Simulated card transactions; base tasks: fraud at the customer / terminal within 7 days
+    and the fraud label of each transaction (also the serving task). The test period defaults to the
     protocol's (``offline.evaluate.SplitConfig``, fitted to the data length)."""
     from offline.datasets.fraud import FraudSimConfig, generate_dataset
     from offline.evaluate import SplitConfig
@@ -68,7 +68,8 @@ def fraud_project(out_dir: str | Path, cfg=None, test_start: str | None = None) 
         "links": [{"table": "transactions", "column": "customer_id", "references": "customers"},
                   {"table": "transactions", "column": "terminal_id", "references": "terminals"}],
         "base_tasks": [{"name": "customer_fraud_7d", "entity": "customers", **task},
-                       {"name": "terminal_fraud_7d", "entity": "terminals", **task}],
+                       {"name": "terminal_fraud_7d", "entity": "terminals", **task},
+                       {"name": "tx_fraud", "kind": "fact_label", "table": "transactions", "label": "tx_fraud"}],
         "serving": {"plan": "plan.yaml",
                     "task": {"name": "tx_fraud", "kind": "fact_label", "table": "transactions", "label": "tx_fraud"}},
         "split": {"test_start": test_start, "test_days": 7, "warmup_days": 30},

@@ -121,3 +121,21 @@ def test_other_errors_name_the_field(mutate, field):
     raw = spec()
     mutate(raw)
     assert error_of(raw).field == field
+
+
+def test_draft_spec_of_a_directory_of_files(bank_dir):
+    """"A directory of Parquet/CSV files": keys, time columns and links are guessed; adding a task
+    makes it a valid project."""
+    from offline.data.adapters import draft_spec
+
+    raw = draft_spec(bank_dir)
+    assert set(raw["tables"]) == {"customers", "accounts", "devices", "merchants", "card_payments", "logins"}
+    pay = raw["tables"]["card_payments"]
+    assert pay["primary_key"] == "payment_id" and pay["time_column"] == "payment_time"
+    assert pay["columns"]["amount"] == "numeric" and pay["columns"]["is_fraud"] == "numeric"
+    links = {(link["table"], link["column"], link["references"]) for link in raw["links"]}
+    assert ("card_payments", "device_id", "devices") in links and ("logins", "customer_id", "customers") in links
+    raw["tables"]["card_payments"]["labels"] = {"is_fraud": "7 days"}
+    raw["base_tasks"] = [{"name": "fraud", "kind": "fact_label", "table": "card_payments", "label": "is_fraud"}]
+    project = parse_project(raw, bank_dir)
+    assert len(load_tables(project).table("logins")) > 0
