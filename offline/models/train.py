@@ -122,7 +122,11 @@ def _batch_loss(model: DeepModel, task, g, feats, part, rng, popularity, cfg) ->
     dev = cfg.device
     if isinstance(task, NextItemTask):
         item_type = g.link(task.facts, task.item).target
-        neg = rng.choice(len(popularity), size=(len(part), cfg.item_negatives), p=popularity)
+        # Half the negatives by popularity (hard ones), half uniform: with popularity-only
+        # negatives the item bias cannot learn popularity, which dominates next-item targets.
+        n_pop = cfg.item_negatives // 2
+        neg = np.concatenate([rng.choice(len(popularity), size=(len(part), n_pop), p=popularity),
+                              rng.integers(0, len(popularity), size=(len(part), cfg.item_negatives - n_pop))], 1)
         items = np.concatenate([part.item[:, None], neg], 1)
         seeds = {task.entity: (part.entity, part.time),
                  item_type: (items.reshape(-1), np.repeat(part.time, items.shape[1]))}
