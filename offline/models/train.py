@@ -70,7 +70,9 @@ def training_plan(project: Project, ds: RelationalDataset) -> dict:
     for task in project.tasks:
         latest = inst["test_start_ns"] - project.task_label_delay_ns(task)
         if isinstance(task, FactLabelTask):
-            first = inst["day0_ns"] + warmup * NS_PER_DAY
+            # short data: the warm-up shrinks to at most half the labelled history
+            days = min(warmup, int((latest - inst["day0_ns"]) // NS_PER_DAY) // 2)
+            first = inst["day0_ns"] + days * NS_PER_DAY
             plan["tasks"][task.name] = {"train_rows_ns": [int(first), int(latest)]}
             continue
         horizon = task.horizon.ns
