@@ -302,7 +302,12 @@ def cmd_quality(args) -> int:
 def _plan_of(args):
     """The serving plan: the project's (``--project``), or a built-in/YAML plan (``export --untrained``)."""
     if getattr(args, "project", None):
-        plan = open_project(args).project.plan
+        from offline.data.spec import SpecError, load_project
+
+        try:  # the spec alone: bad flags fail before the run directory or the data are touched
+            plan = load_project(args.project).plan
+        except SpecError as exc:
+            _error(f"--project {args.project}: {exc}")
         if plan is None:
             _error(f"--project {args.project}: the spec has no serving section (serving.plan and serving.task)")
         return plan
