@@ -24,85 +24,110 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import redis
 
 from schemas.plan import ServingPlan
-from schemas.tensors import Window
+from schemas.tensors import HopRows, Window
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
                             completeness_of, parse_marker, pending_field, step_field)
 from rti_store.codec import time_key
-from rti_store.logic import prune_batch
+from rti_store.logic import prune_batch, prune_grouped
 from rti_store.memory import _decode_grouped
 
 # Append to many windows in one call (standalone: chunks of keys; cluster: keys of one slot).
 # KEYS     the window keys
 # ARGV[1], ARGV[2]  horizon in ns as (high, low) 32-bit halves, or "-1" for no age cap
 # ARGV[3]  TTL in ms ("0" = no expiry)
-# then per key, in KEYS order: max_len, n, n packed rows
+# then per key, in KEYS order: max_len, n, n packed rows -- sorted, distinct (time, id), at most
+# max_len of them (the client prunes a window's batch first: rti_store.logic.prune_batch)
 # Returns the number of rows newly stored: (time, id) not stored before and kept by the caps.
+# Per window this costs ZRANGE (the window is short: max_len rows), one ZADD for all new rows and
+# PEXPIRE; the caps' trims and a second ZRANGE only when a cap can drop something.
 APPEND_LUA = r"""
 local call = redis.call
 local unpack4 = struct.unpack
+local sub = string.sub
 local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+-- is the identity (x1..x4) after (y1..y4)? Identities are compared as four 32-bit numbers (Lua
+-- string comparison follows the locale)
+local function after(x1, x2, x3, x4, y1, y2, y3, y4)
+  return x1 > y1 or (x1 == y1 and (x2 > y2 or (x2 == y2 and (x3 > y3 or (x3 == y3 and x4 > y4)))))
+end
 local a = 4
 local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
   local max_len, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  -- (time, id) of the newest stored row, as four 32-bit numbers (Lua string comparison follows
-  -- the locale, so identities are compared numerically)
-  local newest = call('ZRANGE', key, -1, -1)[1]
+  -- the whole window (at most max_len rows): its size, oldest and newest row, and identities
+  local stored = call('ZRANGE', key, 0, -1)
+  local count = #stored
   local n1, n2, n3, n4 = -1, 0, 0, 0
-  if newest then n1, n2, n3, n4 = unpack4('>I4I4I4I4', newest) end
-  local inserted, late = {}, false
+  if count > 0 then n1, n2, n3, n4 = unpack4('>I4I4I4I4', stored[count]) end
+  local have
+  local zadd, fresh = {}, 0
+  local f1, f2  -- time of the oldest new row
+  local l1, l2, l3, l4  -- identity of the newest new row (rows come sorted, distinct)
   for i = a, a + n - 1 do
     local m = ARGV[i]
     local m1, m2, m3, m4 = unpack4('>I4I4I4I4', m)
-    if m1 > n1 or (m1 == n1 and (m2 > n2 or (m2 == n2 and (m3 > n3 or (m3 == n3 and m4 > n4))))) then
-      -- newer than everything stored (the in-order case): it cannot be a redelivery
-      call('ZADD', key, 0, m)
-      inserted[#inserted + 1] = {m1, m2, m3, m4}
-      n1, n2, n3, n4 = m1, m2, m3, m4
-    else
-      local ident = string.sub(m, 1, 16)
-      local hit = call('ZRANGEBYLEX', key, '[' .. ident, '+', 'LIMIT', 0, 1)[1]
-      if hit == nil or string.sub(hit, 1, 16) ~= ident then
-        call('ZADD', key, 0, m)
-        inserted[#inserted + 1] = {m1, m2, m3, m4}
-        late = true
+    local new = after(m1, m2, m3, m4, n1, n2, n3, n4)  -- newer than all stored: not a redelivery
+    if not new then
+      if have == nil then
+        have = {}
+        for j = 1, count do have[sub(stored[j], 1, 16)] = true end
       end
+      new = not have[sub(m, 1, 16)]
+    end
+    if new then
+      zadd[#zadd + 1] = 0
+      zadd[#zadd + 1] = m
+      fresh = fresh + 1
+      if fresh == 1 then f1, f2 = m1, m2 end
+      l1, l2, l3, l4 = m1, m2, m3, m4
     end
   end
   a = a + n
-  -- count cap: keep the newest max_len (a no-op while the window is shorter)
-  call('ZREMRANGEBYRANK', key, 0, -max_len - 1)
-  if h_hi >= 0 and n1 >= 0 then
-    -- age cap: drop rows older than newest - horizon, computed on the biased 64-bit time in
-    -- two 32-bit halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
-    local hi, lo = n1 - h_hi, n2 - h_lo
-    if lo < 0 then
-      lo = lo + 4294967296
-      hi = hi - 1
+  if fresh > 0 then
+    call('ZADD', key, unpack(zadd))
+    count = count + fresh
+    local o1, o2 = f1, f2  -- time of the oldest row now stored
+    if #stored > 0 then
+      local s1, s2 = unpack4('>I4I4', stored[1])
+      if s1 < o1 or (s1 == o1 and s2 < o2) then o1, o2 = s1, s2 end
     end
-    if hi >= 0 then
-      call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo))
+    if after(l1, l2, l3, l4, n1, n2, n3, n4) then n1, n2, n3, n4 = l1, l2, l3, l4 end
+    local trimmed = false
+    -- count cap: keep the newest max_len
+    if count > max_len then
+      call('ZREMRANGEBYRANK', key, 0, count - max_len - 1)
+      trimmed = true
     end
-  end
-  -- count what was stored AND survived the caps: a single in-order row is the newest and always
-  -- survives; otherwise compare with the oldest row left
-  if #inserted == 1 and not late then
-    added = added + 1
-  elseif #inserted > 0 then
-    local oldest = call('ZRANGE', key, 0, 0)[1]
-    if oldest then
-      local o1, o2, o3, o4 = unpack4('>I4I4I4I4', oldest)
-      for _, r in ipairs(inserted) do
-        local r1, r2, r3, r4 = r[1], r[2], r[3], r[4]
-        if r1 > o1 or (r1 == o1 and (r2 > o2 or (r2 == o2 and (r3 > o3 or (r3 == o3 and r4 >= o4))))) then
-          added = added + 1
+    if h_hi >= 0 then
+      -- age cap: drop rows older than newest - horizon, computed on the biased 64-bit time in
+      -- two 32-bit halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+      local hi, lo = n1 - h_hi, n2 - h_lo
+      if lo < 0 then
+        lo = lo + 4294967296
+        hi = hi - 1
+      end
+      if hi >= 0 and (trimmed or o1 < hi or (o1 == hi and o2 < lo)) then
+        if call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo)) > 0 then trimmed = true end
+      end
+    end
+    -- count what was stored AND survived the caps
+    if not trimmed then
+      added = added + fresh
+    else
+      local oldest = call('ZRANGE', key, 0, 0)[1]
+      if oldest then
+        local q1, q2, q3, q4 = unpack4('>I4I4I4I4', oldest)
+        for j = 2, #zadd, 2 do
+          local r1, r2, r3, r4 = unpack4('>I4I4I4I4', zadd[j])
+          if not after(q1, q2, q3, q4, r1, r2, r3, r4) then added = added + 1 end
         end
       end
     end
@@ -307,6 +332,13 @@ class RedisWindowStore(BaseWindowStore):
                 max_len[key] = self._max_len[hop_key]
             else:
                 got.append(member)
+        for k, members in rows.items():
+            if len(members) > 1:  # sorted, distinct: what the Lua script expects
+                rows[k] = prune_batch(members, int(max_len[k]), self.horizon_ns)
+        return self._send(rows, max_len)
+
+    def _send(self, rows: dict[bytes, list[bytes]], max_len: dict[bytes, bytes]) -> int:
+        """One round trip of Lua calls for windows whose rows are pruned (sorted, distinct)."""
         if not rows:
             return 0
         keys = list(rows)
@@ -316,13 +348,50 @@ class RedisWindowStore(BaseWindowStore):
             args = [*self._horizon, self._ttl_ms]
             for k in call_keys:
                 members = rows[k]
-                if len(members) > 1:  # sorted: in-order rows take the Lua fast path
-                    members = prune_batch(members, int(max_len[k]), self.horizon_ns)
                 args.append(max_len[k])
                 args.append(len(members))
                 args.extend(members)
             calls.append((call_keys, args))
         return sum(int(r) for r in self._eval_many(APPEND_LUA, calls))
+
+    def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
+        """:meth:`append` of window rows given as columns (vectorised encoding and pruning)."""
+        return self._send(*self.encode_rows(rows, items))
+
+    def encode_rows(self, rows: Sequence[HopRows],
+                    items: Sequence[AppendItem] = ()) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes]]:
+        """The client-side half of :meth:`append_rows`: ``(key -> pruned members, key -> max_len)``."""
+        batch: dict[bytes, list[bytes]] = {}
+        max_len: dict[bytes, bytes] = {}
+        for hop in rows:  # encode all first: bad input sends nothing
+            if not len(hop):
+                continue
+            codec = self.codec(hop.hop_key)
+            members = codec.encode_rows(hop)
+            entity = hop.entity
+            if entity.dtype == object:
+                entity = np.array([self.entity(hop.hop_key, e) for e in entity.tolist()], dtype=object)
+            keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
+                                                self.horizon_ns)
+            head = self._key_heads[hop.hop_key]
+            if entity.dtype == object:
+                keys = [head.encode() + entity_token(e) + b"}" for e in entity[first].tolist()]
+            else:
+                keys = [f"{head}{e}}}".encode() for e in entity[first].tolist()]
+            keep_list, cap = keep.tolist(), self._max_len[hop.hop_key]
+            for w, key in enumerate(keys):
+                batch[key] = [members[j] for j in keep_list[bounds[w]:bounds[w + 1]]]
+                max_len[key] = cap
+        merged: set[bytes] = set()
+        for hop_key, entity_id, interaction in items:  # rows that took the per-row path
+            key = self.redis_key(hop_key, entity_id)
+            got = batch.setdefault(key, [])
+            got.append(self.codecs[hop_key].encode(interaction))
+            max_len[key] = self._max_len[hop_key]
+            merged.add(key)
+        for key in merged:
+            batch[key] = prune_batch(batch[key], int(max_len[key]), self.horizon_ns)
+        return batch, max_len
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:

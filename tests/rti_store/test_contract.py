@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.plan import builtin_plan, parse_plan
-from schemas.tensors import RowError, interactions_of
+from schemas.tensors import HopRows, RowError, interactions_of, interactions_of_rows
 from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
 
 # A small recommendation-like plan: int and string entities, string/int/float/timestamp columns,
@@ -380,6 +380,51 @@ def test_any_delivery_order_with_duplicates_equals_a_clean_sorted_pass(make_stor
     for (hop, entity), window in zip(keys, messy.read_many(keys, anchor)):
         e = entity.encode() if isinstance(entity, str) else entity
         assert_window(RECO, hop, window, expected_read(RECO, hop, states[hop].get(e, []), anchor))
+
+
+# ----- the batch path: window rows as columns ------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=events_strategy, data=st.data())
+def test_append_rows_equals_append_of_the_same_rows(make_store, events, data):
+    # rows as the ingest batch path hands them over (columns per hop, some per-row items), with
+    # redeliveries, late rows and both caps: same stored bytes and same counts as append()
+    rows = [event(i, t, household=h, product=f"p{p}") for i, t, h, p in events]
+    delivery = data.draw(st.permutations(rows)) + data.draw(st.lists(st.sampled_from(rows), max_size=15))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivery)), max_size=4)))
+    horizon = data.draw(st.sampled_from([0, 700, 2**62]))
+    by_items, by_rows = make_store(horizon_ns=horizon), make_store(horizon_ns=horizon)
+    for a, b in zip([0] + cuts, cuts + [len(delivery)]):
+        batch = interactions_of_rows(RECO, "interactions", delivery[a:b])
+        split = data.draw(st.integers(0, batch.n))  # rows past `split` go as per-row items
+        hops = [HopRows(h.hop_key, h.source[:split], h.entity[:split], h.event_time[:split], h.event_id[:split],
+                        {c: v[:split] for c, v in h.values.items()}) for h in batch.hops]
+        tail = [HopRows(h.hop_key, h.source[split:], h.entity[split:], h.event_time[split:], h.event_id[split:],
+                        {c: v[split:] for c, v in h.values.items()}) for h in batch.hops]
+        items = [a for h in tail for a in h.items()]
+        expected = by_items.append([a for h in hops for a in h.items()] + items)
+        assert by_rows.append_rows(hops, items) == expected
+    keys = [(HH, h) for h in range(4)] + [(PROD, f"p{p}") for p in range(3)]
+    for hop_key, entity in keys:
+        assert by_rows.rows(hop_key, entity) == by_items.rows(hop_key, entity)
+
+
+def test_append_rows_of_the_fraud_plan_encodes_like_append(make_store):
+    rng = np.random.default_rng(11)
+    rows = [{"transaction_id": i, "tx_datetime": int(rng.integers(0, 10**12)), "customer_id": int(rng.integers(0, 7)),
+             "terminal_id": int(rng.integers(-3, 3)), "tx_amount": float(np.float32(rng.gamma(2.0, 30.0)))}
+            for i in range(400)]
+    by_items, by_rows = make_store(FRAUD), make_store(FRAUD)
+    for i in range(0, len(rows), 90):
+        batch = interactions_of_rows(FRAUD, "transactions", rows[i:i + 90])
+        assert by_rows.append_rows(batch.hops) == by_items.append(appends(FRAUD, rows[i:i + 90], "transactions"))
+    for hop_key, entity in [(k, e) for k in FRAUD.hop_keys for e in range(-3, 7)]:
+        assert by_rows.rows(hop_key, entity) == by_items.rows(hop_key, entity)
+    too_big = dict(rows[0], transaction_id=10**6, tx_amount=1e39)  # beyond float32: refused, nothing stored
+    batch = interactions_of_rows(FRAUD, "transactions", [rows[1] | {"transaction_id": 10**6 + 1}, too_big])
+    with pytest.raises(RowError, match="tx_amount"):
+        by_rows.append_rows(batch.hops)
+    assert by_rows.append_rows(interactions_of_rows(FRAUD, "transactions", rows).hops) == 0
 
 
 # ----- both implementations store the very same bytes ----------------------------------------------
