@@ -56,10 +56,10 @@ def prune_grouped(entity: np.ndarray, event_time: np.ndarray, event_id: np.ndarr
     if n == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    _, group = np.unique(entity, return_inverse=True)
-    group = group.reshape(-1)
-    order = np.lexsort((np.arange(n), event_id, event_time, group))  # by window, time, id, delivery
-    g, t, i = group[order], event_time[order], event_id[order]
+    if entity.dtype == object:  # e.g. bytes ids: sort their ranks instead
+        entity = np.unique(entity, return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((event_id, event_time, entity))  # stable: equal rows stay in delivery order
+    g, t, i = entity[order], event_time[order], event_id[order]
     first = np.ones(n, bool)
     first[1:] = (g[1:] != g[:-1]) | (t[1:] != t[:-1]) | (i[1:] != i[:-1])
     order, g, t = order[first], g[first], t[first]

@@ -21,6 +21,7 @@ Layout and why:
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
@@ -32,7 +33,7 @@ from schemas.tensors import HopRows, Window
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
                             completeness_of, parse_marker, pending_field, step_field)
-from rti_store.codec import time_key
+from rti_store.codec import STORAGE_FORMAT, time_key
 from rti_store.logic import prune_batch, prune_grouped
 from rti_store.memory import _decode_grouped
 
@@ -139,6 +140,113 @@ end
 return added
 """
 
+# The same for windows of fixed-width rows, each kept as ONE string of its rows, sorted: per window
+# a GET and a SET (with the TTL), the rows merged in by binary search on the identities.
+# KEYS, ARGV[1..3] as above; then per key: max_len, row width, n, n packed rows (sorted, distinct).
+PACKED_APPEND_LUA = r"""
+local call = redis.call
+local unpack4 = struct.unpack
+local sub, floor = string.sub, math.floor
+local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl = ARGV[3]
+local expire = tonumber(ttl) > 0
+local a = 4
+local added = 0
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local max_len, w, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local blob = call('GET', key) or ''
+  local count = floor(#blob / w)
+  local pieces, fresh = {}, {}
+  local copied, lo, merged = 0, 0, 0  -- stored rows copied out; search start; rows out so far
+  for i = a, a + n - 1 do
+    local m = ARGV[i]
+    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', m)
+    -- the first stored row not before m (identities compared as four 32-bit numbers: Lua string
+    -- comparison follows the locale)
+    local l, h = lo, count
+    if count > 0 then  -- in time order (the usual case): after the newest stored row
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, (count - 1) * w + 1)
+      if s1 < m1 or (s1 == m1 and (s2 < m2 or (s2 == m2 and (s3 < m3 or (s3 == m3 and s4 < m4))))) then
+        l = count
+      end
+    end
+    while l < h do
+      local mid = floor((l + h) / 2)
+      local s1, s2 = unpack4('>I4I4', blob, mid * w + 1)  -- times differ far more often than not
+      if s1 == m1 and s2 == m2 then
+        local s3, s4 = unpack4('>I4I4', blob, mid * w + 9)
+        if s3 < m3 or (s3 == m3 and s4 < m4) then l = mid + 1 else h = mid end
+      elseif s1 < m1 or (s1 == m1 and s2 < m2) then
+        l = mid + 1
+      else
+        h = mid
+      end
+    end
+    local seen = false
+    if l < count then
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, l * w + 1)
+      seen = s1 == m1 and s2 == m2 and s3 == m3 and s4 == m4  -- a redelivery
+    end
+    if not seen then
+      if l > copied then
+        pieces[#pieces + 1] = sub(blob, copied * w + 1, l * w)
+        merged = merged + l - copied
+        copied = l
+      end
+      pieces[#pieces + 1] = m
+      fresh[#fresh + 1] = merged
+      merged = merged + 1
+    end
+    lo = l
+  end
+  a = a + n
+  if #fresh > 0 then
+    if copied < count then
+      pieces[#pieces + 1] = sub(blob, copied * w + 1, count * w)
+      merged = merged + count - copied
+    end
+    local out = table.concat(pieces)
+    -- count cap: keep the newest max_len
+    local drop = 0
+    if merged > max_len then drop = merged - max_len end
+    if h_hi >= 0 then
+      -- age cap: drop rows older than newest - horizon, on the biased 64-bit time in two 32-bit
+      -- halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+      local n1, n2 = unpack4('>I4I4', out, (merged - 1) * w + 1)
+      local hi, lo2 = n1 - h_hi, n2 - h_lo
+      if lo2 < 0 then
+        lo2 = lo2 + 4294967296
+        hi = hi - 1
+      end
+      if hi >= 0 then
+        local l, h = drop, merged
+        while l < h do
+          local mid = floor((l + h) / 2)
+          local t1, t2 = unpack4('>I4I4', out, mid * w + 1)
+          if t1 < hi or (t1 == hi and t2 < lo2) then l = mid + 1 else h = mid end
+        end
+        drop = l
+      end
+    end
+    -- count what was stored AND survived the caps
+    for _, at in ipairs(fresh) do
+      if at >= drop then added = added + 1 end
+    end
+    if drop > 0 then out = sub(out, drop * w + 1) end
+    if expire then
+      call('SET', key, out, 'PX', ttl)
+    else
+      call('SET', key, out)
+    end
+  elseif expire and count > 0 then
+    call('PEXPIRE', key, ttl)  -- a redelivery is an append too: the window stays alive
+  end
+end
+return added
+"""
+
 # Completeness marker (rti_store.base.Completeness), one hash per key prefix: ``epoch`` plus one
 # ``p:<partition>:<topic>`` field per partition still being replayed. No TTL: it must outlive
 # idle windows, and vanish only with the data set (restart without persistence, FLUSHALL, an
@@ -204,7 +312,9 @@ class RedisWindowStore(BaseWindowStore):
         if chunk_keys < 1:
             raise ValueError(f"chunk_keys: must be >= 1, got {chunk_keys}")
         self.key_prefix = key_prefix
-        self.marker_key = f"{key_prefix}:state".encode()
+        # named after the stored form: a store written in an older form reads as lost (and is
+        # rebuilt from Kafka), never as complete windows that are in fact empty
+        self.marker_key = f"{key_prefix}:state:{STORAGE_FORMAT}".encode()
         self.chunk_keys = chunk_keys
         self.clock = clock  # Redis expires keys by its own clock; kept for interface symmetry
         self._cluster = _is_cluster(self.client)
@@ -215,6 +325,9 @@ class RedisWindowStore(BaseWindowStore):
         self._int_entities = {k: self.plan.column_dtype(c.hop.key.target.table, c.hop.key.target.column)
                               in ("int64", "timestamp") for k, c in self.codecs.items()}
         self._max_len = {k: str(c.hop.max_len).encode() for k, c in self.codecs.items()}
+        # hops of fixed-width rows keep a window as one string of sorted rows; others a sorted set
+        self._packed = {k: not c.string_columns for k, c in self.codecs.items()}
+        self._width = {k: str(c.fixed_size).encode() for k, c in self.codecs.items()}
         self._shas: dict[str, bytes] = {}
 
     # ----- keys -----------------------------------------------------------------------------
@@ -229,6 +342,16 @@ class RedisWindowStore(BaseWindowStore):
         return head.encode() + (str(ent).encode() if type(ent) is int else entity_token(ent)) + b"}"
 
     _keyed = redis_key
+
+    def _keys_of(self, hop_key: str, entities: np.ndarray) -> list[bytes]:
+        """:meth:`redis_key` of many entities of one hop (already coerced: int64 or bytes)."""
+        head = self._key_heads[hop_key]
+        if entities.dtype == object:
+            return [head.encode() + entity_token(e) + b"}" for e in entities.tolist()]
+        if not len(entities):
+            return []
+        # one join and one split instead of a format per key (decimal ids never hold a NUL)
+        return (head + ("}\0" + head).join(map(str, entities.tolist())) + "}").encode().split(b"\0")
 
     def _groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         """Indices of ``keys`` per Lua call: same slot on a cluster, chunks otherwise."""
@@ -256,17 +379,23 @@ class RedisWindowStore(BaseWindowStore):
         return sha
 
     def _eval_many(self, script: str, calls: list[tuple[list[bytes], list[bytes]]]) -> list:
-        """Run ``script`` once per (keys, args) call, all in one round trip; reload on NOSCRIPT.
+        """Run ``script`` once per (keys, args) call, all in one round trip; reload on NOSCRIPT."""
+        return self._eval_scripts([(script, keys, args) for keys, args in calls])
+
+    def _eval_scripts(self, calls: list[tuple[str, list[bytes], list[bytes]]]) -> list:
+        """Run each (script, keys, args) call, all in one round trip; reload on NOSCRIPT.
 
         Appends are idempotent, so a retry after NOSCRIPT (or a lost connection) is always safe.
         """
         for attempt in range(2):
-            sha = self._sha(script)
+            shas = {script: self._sha(script) for script in {c[0] for c in calls}}
             try:
-                return self._roundtrip([("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
+                return self._roundtrip([("EVALSHA", shas[script], len(keys), *keys, *args)
+                                        for script, keys, args in calls])
             except redis.exceptions.NoScriptError:
                 # Redis restarted, failed over or ran SCRIPT FLUSH: load again and retry.
-                self._shas.pop(script, None)
+                for script in shas:
+                    self._shas.pop(script, None)
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -321,7 +450,7 @@ class RedisWindowStore(BaseWindowStore):
     # ----- append ---------------------------------------------------------------------------
     def append(self, items: Sequence[AppendItem]) -> int:
         rows: dict[bytes, list[bytes]] = {}
-        max_len: dict[bytes, bytes] = {}
+        hop_of: dict[bytes, str] = {}
         codecs = self.codecs
         for hop_key, entity_id, interaction in items:  # encode all first: bad input sends nothing
             key = self.redis_key(hop_key, entity_id)
@@ -329,40 +458,69 @@ class RedisWindowStore(BaseWindowStore):
             got = rows.get(key)
             if got is None:
                 rows[key] = [member]
-                max_len[key] = self._max_len[hop_key]
+                hop_of[key] = hop_key
             else:
                 got.append(member)
         for k, members in rows.items():
-            if len(members) > 1:  # sorted, distinct: what the Lua script expects
-                rows[k] = prune_batch(members, int(max_len[k]), self.horizon_ns)
-        return self._send(rows, max_len)
-
-    def _send(self, rows: dict[bytes, list[bytes]], max_len: dict[bytes, bytes]) -> int:
-        """One round trip of Lua calls for windows whose rows are pruned (sorted, distinct)."""
-        if not rows:
-            return 0
-        keys = list(rows)
-        calls = []
-        for group in self._groups(keys):
-            call_keys = [keys[i] for i in group]
-            args = [*self._horizon, self._ttl_ms]
-            for k in call_keys:
-                members = rows[k]
-                args.append(max_len[k])
-                args.append(len(members))
-                args.extend(members)
-            calls.append((call_keys, args))
-        return sum(int(r) for r in self._eval_many(APPEND_LUA, calls))
+            if len(members) > 1:  # sorted, distinct: what the Lua scripts expect
+                rows[k] = prune_batch(members, codecs[hop_of[k]].hop.max_len, self.horizon_ns)
+        return self._send(rows, hop_of)
 
     def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
         """:meth:`append` of window rows given as columns (vectorised encoding and pruning)."""
-        return self._send(*self.encode_rows(rows, items))
+        if items or self._cluster:  # merged per window with the per-row items / grouped per slot
+            return self._send(*self.encode_rows(rows, items))
+        calls = self.encode_calls(rows)
+        return sum(int(r) for r in self._eval_scripts(calls)) if calls else 0
+
+    def encode_calls(self, rows: Sequence[HopRows]) -> list[tuple[str, list[bytes], list[Any]]]:
+        """The Lua calls of :meth:`append_rows` (standalone Redis, no per-row items), built a hop
+        at a time with numpy: the rows of every window pruned, sorted and encoded back to back."""
+        calls = []
+        head_args = [*self._horizon, self._ttl_ms]
+        for hop in rows:
+            if not len(hop):
+                continue
+            hop_key = hop.hop_key
+            codec = self.codec(hop_key)
+            entity = hop.entity
+            if entity.dtype == object:
+                entity = np.array([self.entity(hop_key, e) for e in entity.tolist()], dtype=object)
+            keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
+                                                self.horizon_ns)
+            members = codec.encode_rows(hop, keep)
+            keys = self._keys_of(hop_key, entity[first])
+            packed = self._packed[hop_key]
+            script = PACKED_APPEND_LUA if packed else APPEND_LUA
+            fields = (self._max_len[hop_key], self._width[hop_key]) if packed else (self._max_len[hop_key],)
+            per = len(fields) + 1  # header arguments per window: the fields, then the row count
+            counts = np.diff(bounds)
+            step = self.chunk_keys
+            for w0 in range(0, len(keys), step):
+                w1 = min(w0 + step, len(keys))
+                r0, r1 = int(bounds[w0]), int(bounds[w1])
+                # header of window k at 3 + per * k + (rows of the windows before it in the chunk)
+                at = 3 + per * np.arange(w1 - w0) + (bounds[w0:w1] - r0)
+                args = np.empty(3 + per * (w1 - w0) + (r1 - r0), dtype=object)
+                is_row = np.ones(len(args), bool)
+                is_row[:3] = False
+                for f, value in enumerate(fields):
+                    args[at + f] = value
+                    is_row[at + f] = False
+                args[at + per - 1] = counts[w0:w1]
+                is_row[at + per - 1] = False
+                args[:3] = head_args
+                rows_part = np.empty(r1 - r0, dtype=object)
+                rows_part[:] = members[r0:r1]
+                args[is_row] = rows_part
+                calls.append((script, keys[w0:w1], args.tolist()))
+        return calls
 
     def encode_rows(self, rows: Sequence[HopRows],
-                    items: Sequence[AppendItem] = ()) -> tuple[dict[bytes, list[bytes]], dict[bytes, bytes]]:
-        """The client-side half of :meth:`append_rows`: ``(key -> pruned members, key -> max_len)``."""
+                    items: Sequence[AppendItem] = ()) -> tuple[dict[bytes, list[bytes]], dict[bytes, str]]:
+        """The client-side half of :meth:`append_rows`: ``(key -> pruned members, key -> hop key)``."""
         batch: dict[bytes, list[bytes]] = {}
-        max_len: dict[bytes, bytes] = {}
+        hop_of: dict[bytes, str] = {}
         for hop in rows:  # encode all first: bad input sends nothing
             if not len(hop):
                 continue
@@ -373,25 +531,43 @@ class RedisWindowStore(BaseWindowStore):
                 entity = np.array([self.entity(hop.hop_key, e) for e in entity.tolist()], dtype=object)
             keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
                                                 self.horizon_ns)
-            head = self._key_heads[hop.hop_key]
-            if entity.dtype == object:
-                keys = [head.encode() + entity_token(e) + b"}" for e in entity[first].tolist()]
-            else:
-                keys = [f"{head}{e}}}".encode() for e in entity[first].tolist()]
-            keep_list, cap = keep.tolist(), self._max_len[hop.hop_key]
+            keys = self._keys_of(hop.hop_key, entity[first])
+            keep_list, bounds = keep.tolist(), bounds.tolist()
+            hop_key = hop.hop_key
             for w, key in enumerate(keys):
                 batch[key] = [members[j] for j in keep_list[bounds[w]:bounds[w + 1]]]
-                max_len[key] = cap
+                hop_of[key] = hop_key
         merged: set[bytes] = set()
         for hop_key, entity_id, interaction in items:  # rows that took the per-row path
             key = self.redis_key(hop_key, entity_id)
             got = batch.setdefault(key, [])
             got.append(self.codecs[hop_key].encode(interaction))
-            max_len[key] = self._max_len[hop_key]
+            hop_of[key] = hop_key
             merged.add(key)
         for key in merged:
-            batch[key] = prune_batch(batch[key], int(max_len[key]), self.horizon_ns)
-        return batch, max_len
+            batch[key] = prune_batch(batch[key], self.codecs[hop_of[key]].hop.max_len, self.horizon_ns)
+        return batch, hop_of
+
+    def _send(self, rows: dict[bytes, list[bytes]], hop_of: dict[bytes, str]) -> int:
+        """One round trip of Lua calls for windows whose rows are pruned (sorted, distinct)."""
+        if not rows:
+            return 0
+        calls = []
+        for packed in (True, False):
+            keys = [k for k in rows if self._packed[hop_of[k]] is packed]
+            for group in self._groups(keys):
+                call_keys = [keys[i] for i in group]
+                args = [*self._horizon, self._ttl_ms]
+                for k in call_keys:
+                    members = rows[k]
+                    hop_key = hop_of[k]
+                    args.append(self._max_len[hop_key])
+                    if packed:
+                        args.append(self._width[hop_key])
+                    args.append(len(members))
+                    args.extend(members)
+                calls.append((PACKED_APPEND_LUA if packed else APPEND_LUA, call_keys, args))
+        return sum(int(r) for r in self._eval_scripts(calls))
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
@@ -412,26 +588,52 @@ class RedisWindowStore(BaseWindowStore):
         for t in anchors:
             if t not in bounds:
                 lo, hi = self.plan.rti_bounds(t)
-                bounds[t] = (b"(" + time_key(hi), b"[" + time_key(lo)) if hi > lo else None
+                bounds[t] = (time_key(lo), time_key(hi)) if hi > lo else None
         commands, order = [], []
         for i, (hop_key, _) in enumerate(keys):
             b = bounds[anchors[i]]
-            if b is not None:
-                commands.append(("ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], "LIMIT", b"0",
+            if b is None:
+                continue
+            if self._packed[hop_key]:  # the whole window (at most max_len rows), cut below
+                commands.append(("GET", redis_keys[i]))
+            else:
+                commands.append(("ZREVRANGEBYLEX", redis_keys[i], b"(" + b[1], b"[" + b[0], "LIMIT", b"0",
                                  self._max_len[hop_key]))
-                order.append(i)
+            order.append(i)
         if with_marker:
             commands.append(("HLEN", self.marker_key))
-        rows: list[list[bytes]] = [[] for _ in keys]
+        rows: list[Any] = [None] * len(keys)
         fields = -1
         if commands:
             replies = self._roundtrip(commands)
             if with_marker:
                 fields = int(replies.pop())
             for i, reply in zip(order, replies):
-                reply.reverse()  # newest first -> oldest first
-                rows[i] = reply
-        return _decode_grouped(self, keys, rows), fields
+                hop_key = keys[i][0]
+                if self._packed[hop_key]:
+                    lo, hi = bounds[anchors[i]]
+                    rows[i] = select_packed(reply or b"", self.codecs[hop_key].fixed_size, lo, hi,
+                                            self.codecs[hop_key].hop.max_len)
+                else:
+                    reply.reverse()  # newest first -> oldest first
+                    rows[i] = reply
+        return self._decode(keys, rows), fields
+
+    def _decode(self, keys: Sequence[WindowKey], rows: list[Any]) -> list[Window]:
+        """Windows from what was read: packed bytes (packed hops) or member lists (sorted sets)."""
+        out: list[Window | None] = [None] * len(keys)
+        by_hop: dict[str, list[int]] = defaultdict(list)
+        for i, (hop_key, _) in enumerate(keys):
+            by_hop[hop_key].append(i)
+        for hop_key, idx in by_hop.items():
+            codec = self.codec(hop_key)
+            if self._packed[hop_key]:
+                windows = codec.windows_packed([rows[i] or b"" for i in idx])
+            else:
+                windows = _decode_grouped(self, [keys[i] for i in idx], [rows[i] or [] for i in idx])
+            for i, w in zip(idx, windows):
+                out[i] = w
+        return out  # type: ignore[return-value]
 
     # ----- completeness marker ---------------------------------------------------------------
     def marker(self) -> StoreMarker:
@@ -463,16 +665,20 @@ class RedisWindowStore(BaseWindowStore):
 
     def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
         """All stored packed rows of one window, oldest first (no time bounds)."""
-        return self._call(lambda: self.client.zrange(self.redis_key(hop_key, entity_id), 0, -1))
+        key = self.redis_key(hop_key, entity_id)
+        if not self._packed[hop_key]:
+            return self._call(lambda: self.client.zrange(key, 0, -1))
+        blob = self._call(lambda: self.client.get(key)) or b""
+        size = self.codecs[hop_key].fixed_size
+        return [blob[i:i + size] for i in range(0, len(blob), size)]
 
     def dump_many(self, keys: Sequence[WindowKey]) -> list[Window]:
         """Full stored windows (no time bounds), one round trip."""
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for hop_key, entity_id in keys:
-            pipe.zrange(self.redis_key(hop_key, entity_id), 0, -1)
-        return _decode_grouped(self, keys, self._call(pipe.execute))
+        commands = [("GET", self.redis_key(h, e)) if self._packed[h] else ("ZRANGE", self.redis_key(h, e), 0, -1)
+                    for h, e in keys]
+        return self._decode(keys, self._roundtrip(commands))
 
     def ttl_ms(self, hop_key: str, entity_id: Any) -> int:
         """Remaining TTL of a window key in ms (-2 = no such key, -1 = no expiry)."""
@@ -529,7 +735,22 @@ def _pack_commands(commands: list[tuple]) -> bytes:
     return b"".join([_pack_one(cmd) for cmd in commands])
 
 
-__all__ = ["APPEND_LUA", "RedisWindowStore", "entity_token"]
+def select_packed(blob: bytes, size: int, lo: bytes, hi: bytes, max_len: int) -> bytes:
+    """The newest ``max_len`` rows of a packed window with ``lo <= time key < hi`` (8-byte keys)."""
+    n = len(blob) // size
+    if n == 0:
+        return b""
+    if blob[:8] >= lo and blob[(n - 1) * size:(n - 1) * size + 8] < hi:  # all of it (the usual case)
+        i, j = 0, n
+    else:
+        def key(r: int) -> bytes:
+            return blob[r * size:r * size + 8]
+        j = bisect_left(range(n), hi, key=key)
+        i = bisect_left(range(j), lo, key=key)
+    return blob[max(i, j - max_len) * size:j * size]
+
+
+__all__ = ["APPEND_LUA", "PACKED_APPEND_LUA", "RedisWindowStore", "entity_token", "select_packed"]
 
 
 def _text(value: bytes | str) -> str:
