@@ -211,8 +211,8 @@ def run_stages(plan, registry: Path, values: list[bytes], batch_events: int) -> 
         t1 = clock()
         batches = [interactions_of_columns(plan, TABLE, d, len(c)) for d, c in zip(decoded, chunks)]
         t2 = clock()
-        for b in batches:
-            store.encode_rows(b.hops)
+        for b in batches:  # everything append_rows does before the round trip
+            store.encode_calls(b.hops)
         t3 = clock()
     else:
         from schemas.tensors import interactions_of
