@@ -118,9 +118,25 @@ class RowCodec:
     def encode_rows(self, rows: HopRows, order: np.ndarray | None = None) -> list[bytes]:
         """The members of many window rows at once (numpy), byte for byte what :meth:`encode` gives;
         with ``order``, only those rows, in that order."""
-        if order is not None:
-            rows = HopRows(rows.hop_key, rows.source[order], rows.entity[order], rows.event_time[order],
-                           rows.event_id[order], {c: v[order] for c, v in rows.values.items()})
+        rows = _take(rows, order)
+        flat, size = self._fixed_array(rows).tobytes(), self.fixed_size
+        members = [flat[i:i + size] for i in range(0, len(flat), size)]
+        if not self.string_columns:
+            return members
+        parts = [rows.values[c].tolist() for c in self.string_columns]
+        for k, values in enumerate(parts):
+            if any(type(v) is not bytes for v in values):
+                parts[k] = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        return [b"".join([m, *[_LEN.pack(len(p[j])) + p[j] for p in parts]]) for j, m in enumerate(members)]
+
+    def encode_rows_packed(self, rows: HopRows, order: np.ndarray | None = None) -> bytes:
+        """Fixed-width rows (no string columns) back to back: ``b"".join(encode_rows(...))``."""
+        if self.string_columns:
+            raise ValueError(f"{self.hop_key}: rows with string columns are not fixed-width")
+        return self._fixed_array(_take(rows, order)).tobytes()
+
+    def _fixed_array(self, rows: HopRows) -> np.ndarray:
+        """The fixed-width part of many rows as one structured array (checks float32 range)."""
         n = len(rows)
         arr = np.empty(n, dtype=self._np_fixed)
         arr["t"] = rows.event_time.view(np.uint64) ^ _SIGN
@@ -134,16 +150,7 @@ class RowCodec:
                 bad = np.flatnonzero(np.isinf(arr[c]) & np.isfinite(wide))
                 if len(bad):  # beyond float32: refused, with the message of the row-by-row encoding
                     self.encode(rows_item(rows, int(bad[0])))
-        size = self.fixed_size
-        flat = arr.tobytes()
-        members = [flat[i:i + size] for i in range(0, n * size, size)]
-        if self.string_columns:
-            parts = [rows.values[c].tolist() for c in self.string_columns]
-            for k, values in enumerate(parts):
-                if any(type(v) is not bytes for v in values):
-                    parts[k] = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
-            members = [b"".join([m, *[_LEN.pack(len(p[j])) + p[j] for p in parts]]) for j, m in enumerate(members)]
-        return members
+        return arr
 
     def _ints(self, t: Any, i: Any) -> tuple[int, int]:
         for name, value in (("event_time", t), ("event_id", i)):
@@ -248,6 +255,13 @@ class RowCodec:
             out.append(Window(times[start:end], {c: a[start:end] for c, a in cols.items()}))
             start = end
         return out
+
+
+def _take(rows: HopRows, order: np.ndarray | None) -> HopRows:
+    if order is None:
+        return rows
+    return HopRows(rows.hop_key, rows.source[order], rows.entity[order], rows.event_time[order],
+                   rows.event_id[order], {c: v[order] for c, v in rows.values.items()})
 
 
 def rows_item(rows: HopRows, j: int) -> Interaction:

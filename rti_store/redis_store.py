@@ -142,7 +142,8 @@ return added
 
 # The same for windows of fixed-width rows, each kept as ONE string of its rows, sorted: per window
 # a GET and a SET (with the TTL), the rows merged in by binary search on the identities.
-# KEYS, ARGV[1..3] as above; then per key: max_len, row width, n, n packed rows (sorted, distinct).
+# KEYS, ARGV[1..3] as above; then per key: max_len, row width, the new rows back to back in one
+# string (sorted, distinct (time, id), at most max_len of them).
 PACKED_APPEND_LUA = r"""
 local call = redis.call
 local unpack4 = struct.unpack
@@ -154,16 +155,15 @@ local a = 4
 local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local max_len, w, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local max_len, w, new = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 3
   local blob = call('GET', key) or ''
   local count = floor(#blob / w)
   local pieces, fresh = {}, {}
   local copied, lo, merged = 0, 0, 0  -- stored rows copied out; search start; rows out so far
-  for i = a, a + n - 1 do
-    local m = ARGV[i]
-    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', m)
-    -- the first stored row not before m (identities compared as four 32-bit numbers: Lua string
+  for i = 0, floor(#new / w) - 1 do
+    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', new, i * w + 1)
+    -- the first stored row not before this one (identities compared as four 32-bit numbers: Lua string
     -- comparison follows the locale)
     local l, h = lo, count
     if count > 0 then  -- in time order (the usual case): after the newest stored row
@@ -195,13 +195,12 @@ for k = 1, #KEYS do
         merged = merged + l - copied
         copied = l
       end
-      pieces[#pieces + 1] = m
+      pieces[#pieces + 1] = sub(new, i * w + 1, i * w + w)
       fresh[#fresh + 1] = merged
       merged = merged + 1
     end
     lo = l
   end
-  a = a + n
   if #fresh > 0 then
     if copied < count then
       pieces[#pieces + 1] = sub(blob, copied * w + 1, count * w)
@@ -488,32 +487,30 @@ class RedisWindowStore(BaseWindowStore):
                 entity = np.array([self.entity(hop_key, e) for e in entity.tolist()], dtype=object)
             keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
                                                 self.horizon_ns)
-            members = codec.encode_rows(hop, keep)
             keys = self._keys_of(hop_key, entity[first])
-            packed = self._packed[hop_key]
-            script = PACKED_APPEND_LUA if packed else APPEND_LUA
-            fields = (self._max_len[hop_key], self._width[hop_key]) if packed else (self._max_len[hop_key],)
-            per = len(fields) + 1  # header arguments per window: the fields, then the row count
-            counts = np.diff(bounds)
-            step = self.chunk_keys
-            for w0 in range(0, len(keys), step):
-                w1 = min(w0 + step, len(keys))
-                r0, r1 = int(bounds[w0]), int(bounds[w1])
-                # header of window k at 3 + per * k + (rows of the windows before it in the chunk)
-                at = 3 + per * np.arange(w1 - w0) + (bounds[w0:w1] - r0)
-                args = np.empty(3 + per * (w1 - w0) + (r1 - r0), dtype=object)
-                is_row = np.ones(len(args), bool)
-                is_row[:3] = False
-                for f, value in enumerate(fields):
-                    args[at + f] = value
-                    is_row[at + f] = False
-                args[at + per - 1] = counts[w0:w1]
-                is_row[at + per - 1] = False
-                args[:3] = head_args
-                rows_part = np.empty(r1 - r0, dtype=object)
-                rows_part[:] = members[r0:r1]
-                args[is_row] = rows_part
-                calls.append((script, keys[w0:w1], args.tolist()))
+            if self._packed[hop_key]:
+                # each window's new rows back to back: slices of one buffer, no per-row objects
+                flat = codec.encode_rows_packed(hop, keep)
+                size, cap, width = codec.fixed_size, self._max_len[hop_key], self._width[hop_key]
+                offsets = (bounds * size).tolist()
+                for w0 in range(0, len(keys), self.chunk_keys):
+                    w1 = min(w0 + self.chunk_keys, len(keys))
+                    args = list(head_args)
+                    for w in range(w0, w1):
+                        args += (cap, width, flat[offsets[w]:offsets[w + 1]])
+                    calls.append((PACKED_APPEND_LUA, keys[w0:w1], args))
+                continue
+            members = codec.encode_rows(hop, keep)
+            cap = self._max_len[hop_key]
+            bounds = bounds.tolist()
+            for w0 in range(0, len(keys), self.chunk_keys):
+                w1 = min(w0 + self.chunk_keys, len(keys))
+                args = list(head_args)
+                for w in range(w0, w1):
+                    args.append(cap)
+                    args.append(bounds[w + 1] - bounds[w])
+                    args.extend(members[bounds[w]:bounds[w + 1]])
+                calls.append((APPEND_LUA, keys[w0:w1], args))
         return calls
 
     def encode_rows(self, rows: Sequence[HopRows],
@@ -564,8 +561,10 @@ class RedisWindowStore(BaseWindowStore):
                     args.append(self._max_len[hop_key])
                     if packed:
                         args.append(self._width[hop_key])
-                    args.append(len(members))
-                    args.extend(members)
+                        args.append(b"".join(members))
+                    else:
+                        args.append(len(members))
+                        args.extend(members)
                 calls.append((PACKED_APPEND_LUA if packed else APPEND_LUA, call_keys, args))
         return sum(int(r) for r in self._eval_scripts(calls))
 
