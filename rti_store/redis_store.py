@@ -142,8 +142,8 @@ return added
 
 # The same for windows of fixed-width rows, each kept as ONE string of its rows, sorted: per window
 # a GET and a SET (with the TTL), the rows merged in by binary search on the identities.
-# KEYS, ARGV[1..3] as above; then per key: max_len, row width, the new rows back to back in one
-# string (sorted, distinct (time, id), at most max_len of them).
+# KEYS: windows of ONE hop; ARGV[1..3] as above, ARGV[4] max_len, ARGV[5] row width; then per key
+# the new rows back to back in one string (sorted, distinct (time, id), at most max_len of them).
 PACKED_APPEND_LUA = r"""
 local call = redis.call
 local unpack4 = struct.unpack
@@ -151,12 +151,11 @@ local sub, floor = string.sub, math.floor
 local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl = ARGV[3]
 local expire = tonumber(ttl) > 0
-local a = 4
+local max_len, w = tonumber(ARGV[4]), tonumber(ARGV[5])
 local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local max_len, w, new = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
-  a = a + 3
+  local new = ARGV[5 + k]
   local blob = call('GET', key) or ''
   local count = floor(#blob / w)
   local pieces, fresh = {}, {}
@@ -491,13 +490,11 @@ class RedisWindowStore(BaseWindowStore):
             if self._packed[hop_key]:
                 # each window's new rows back to back: slices of one buffer, no per-row objects
                 flat = codec.encode_rows_packed(hop, keep)
-                size, cap, width = codec.fixed_size, self._max_len[hop_key], self._width[hop_key]
-                offsets = (bounds * size).tolist()
+                offsets = (bounds * codec.fixed_size).tolist()
                 for w0 in range(0, len(keys), self.chunk_keys):
                     w1 = min(w0 + self.chunk_keys, len(keys))
-                    args = list(head_args)
-                    for w in range(w0, w1):
-                        args += (cap, width, flat[offsets[w]:offsets[w + 1]])
+                    args = [*head_args, self._max_len[hop_key], self._width[hop_key]]
+                    args += [flat[offsets[w]:offsets[w + 1]] for w in range(w0, w1)]
                     calls.append((PACKED_APPEND_LUA, keys[w0:w1], args))
                 continue
             members = codec.encode_rows(hop, keep)
@@ -550,22 +547,24 @@ class RedisWindowStore(BaseWindowStore):
         if not rows:
             return 0
         calls = []
-        for packed in (True, False):
-            keys = [k for k in rows if self._packed[hop_of[k]] is packed]
+        by_hop: dict[str, list[bytes]] = defaultdict(list)
+        for k in rows:
+            by_hop[hop_of[k] if self._packed[hop_of[k]] else ""].append(k)  # "": the sorted-set windows
+        for hop_key, keys in by_hop.items():
             for group in self._groups(keys):
                 call_keys = [keys[i] for i in group]
                 args = [*self._horizon, self._ttl_ms]
+                if hop_key:  # packed: one hop per call
+                    args += [self._max_len[hop_key], self._width[hop_key]]
+                    args += [b"".join(rows[k]) for k in call_keys]
+                    calls.append((PACKED_APPEND_LUA, call_keys, args))
+                    continue
                 for k in call_keys:
                     members = rows[k]
-                    hop_key = hop_of[k]
-                    args.append(self._max_len[hop_key])
-                    if packed:
-                        args.append(self._width[hop_key])
-                        args.append(b"".join(members))
-                    else:
-                        args.append(len(members))
-                        args.extend(members)
-                calls.append((PACKED_APPEND_LUA if packed else APPEND_LUA, call_keys, args))
+                    args.append(self._max_len[hop_of[k]])
+                    args.append(len(members))
+                    args.extend(members)
+                calls.append((APPEND_LUA, call_keys, args))
         return sum(int(r) for r in self._eval_scripts(calls))
 
     # ----- reads ----------------------------------------------------------------------------
