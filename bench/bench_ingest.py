@@ -266,7 +266,7 @@ class Workers:
         self.common = common
 
     def start(self, tree: Path, job: dict, cpus: str | None = None) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=str(tree))
+        env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")  # leave the tree untouched
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({**self.common, **job}),
                "--priority", self.args.priority, "--cpus", self.args.cpus if cpus is None else cpus]
         return subprocess.Popen(cmd, env=env, cwd=str(tree), stdout=subprocess.PIPE, text=True)
