@@ -18,33 +18,35 @@ from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import HopRows, RowError, interactions_of, interactions_of_rows
 from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
 
-# A small recommendation-like plan: int and string entities, string/int/float/timestamp columns,
-# short windows and a 1000 ns look-back so caps are easy to hit.
-RECO = parse_plan({
-    "name": "reco-test",
-    "fact_table": "interactions",
-    "tables": {
-        "households": {"primary_key": "household_id", "columns": {"household_id": "int64"}},
-        "products": {"primary_key": "product_id", "columns": {"product_id": "string"}},
-        "interactions": {
-            "primary_key": "event_id", "time_column": "event_time",
-            "columns": {"event_id": "string", "event_time": "timestamp", "household_id": "int64",
-                        "product_id": "string", "event_type": "string", "quantity": "int64",
-                        "sales_value": "float64"},
-            "foreign_keys": {"household_id": "households", "product_id": "products"},
+def small_plan(name: str, columns: dict[str, str]):
+    """Two hops over an ``interactions`` table with ``columns`` (households: max_len 4, products: 3),
+    a 1000 ns look-back so caps are easy to hit."""
+    return parse_plan({
+        "name": name,
+        "fact_table": "interactions",
+        "tables": {
+            "households": {"primary_key": "household_id", "columns": {"household_id": columns["household_id"]}},
+            "products": {"primary_key": "product_id", "columns": {"product_id": columns["product_id"]}},
+            "interactions": {"primary_key": "event_id", "time_column": "event_time", "columns": columns,
+                             "foreign_keys": {"household_id": "households", "product_id": "products"}},
         },
-    },
-    "distillation": {
-        "embedding_keys": ["interactions.household_id", "interactions.product_id"],
-        "max_embedding_offset": {"value": 14, "unit": "days"},
-        "min_embedding_offset": {"value": 0, "unit": "days"},
-        "real_time_offset": {"value": 1000, "unit": "nanoseconds"},
-        "real_time_interactions": {
-            "interactions.household_id->households.household_id->interactions.household_id": 4,
-            "interactions.product_id->products.product_id->interactions.product_id": 3,
+        "distillation": {
+            "embedding_keys": ["interactions.household_id", "interactions.product_id"],
+            "max_embedding_offset": {"value": 14, "unit": "days"},
+            "min_embedding_offset": {"value": 0, "unit": "days"},
+            "real_time_offset": {"value": 1000, "unit": "nanoseconds"},
+            "real_time_interactions": {
+                "interactions.household_id->households.household_id->interactions.household_id": 4,
+                "interactions.product_id->products.product_id->interactions.product_id": 3,
+            },
         },
-    },
-})
+    })
+
+
+# A small recommendation-like plan: int and string entities, string/int/float/timestamp columns.
+RECO = small_plan("reco-test", {"event_id": "string", "event_time": "timestamp", "household_id": "int64",
+                                "product_id": "string", "event_type": "string", "quantity": "int64",
+                                "sales_value": "float64"})
 HH, PROD = RECO.hop_keys
 FRAUD = builtin_plan("fraud")
 
@@ -429,30 +431,9 @@ def test_append_rows_of_the_fraud_plan_encodes_like_append(make_store):
 
 # ----- windows of fixed-width rows (packed in Redis) behave like the reference ---------------------
 
-NUMERIC = parse_plan({
-    "name": "numeric-test",
-    "fact_table": "clicks",
-    "tables": {
-        "users": {"primary_key": "user_id", "columns": {"user_id": "int64"}},
-        "items": {"primary_key": "item_id", "columns": {"item_id": "int64"}},
-        "clicks": {
-            "primary_key": "click_id", "time_column": "ts",
-            "columns": {"click_id": "int64", "ts": "timestamp", "user_id": "int64", "item_id": "int64",
-                        "price": "float32", "weight": "float64"},
-            "foreign_keys": {"user_id": "users", "item_id": "items"},
-        },
-    },
-    "distillation": {
-        "embedding_keys": ["clicks.user_id", "clicks.item_id"],
-        "max_embedding_offset": {"value": 14, "unit": "days"},
-        "min_embedding_offset": {"value": 0, "unit": "days"},
-        "real_time_offset": {"value": 1000, "unit": "nanoseconds"},
-        "real_time_interactions": {
-            "clicks.user_id->users.user_id->clicks.user_id": 4,
-            "clicks.item_id->items.item_id->clicks.item_id": 3,
-        },
-    },
-})
+# fixed-width rows only (kept as packed strings by the Redis store)
+NUMERIC = small_plan("numeric-test", {"event_id": "int64", "event_time": "timestamp", "household_id": "int64",
+                                      "product_id": "int64", "price": "float32", "sales_value": "float64"})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -461,8 +442,8 @@ NUMERIC = parse_plan({
 def test_fixed_width_windows_equal_the_reference_under_any_delivery(redis_client, events, data):
     # ids repeat across times (identity is (time, id)); same-time rows; late rows; both caps;
     # redeliveries; the batch path and the row path mixed
-    rows = [{"click_id": i, "ts": t, "user_id": u, "item_id": it, "price": float(i) / 8, "weight": t / 3}
-            for i, t, u, it in events]
+    rows = [{"event_id": i, "event_time": t, "household_id": u, "product_id": it, "price": float(i) / 8,
+             "sales_value": t / 3} for i, t, u, it in events]
     delivery = data.draw(st.permutations(rows)) + data.draw(st.lists(st.sampled_from(rows), max_size=15))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(delivery)), max_size=5)))
     horizon = data.draw(st.sampled_from([0, 700, 2**62]))
@@ -470,13 +451,13 @@ def test_fixed_width_windows_equal_the_reference_under_any_delivery(redis_client
     red = RedisWindowStore(NUMERIC, redis_client, horizon_ns=horizon, key_prefix=f"n{uuid.uuid4().hex[:8]}",
                            chunk_keys=3)
     for a, b in zip([0] + cuts, cuts + [len(delivery)]):
-        part = appends(NUMERIC, delivery[a:b], "clicks")
+        part = appends(NUMERIC, delivery[a:b])
         if data.draw(st.booleans()):
-            stored = red.append_rows(interactions_of_rows(NUMERIC, "clicks", delivery[a:b]).hops)
+            stored = red.append_rows(interactions_of_rows(NUMERIC, "interactions", delivery[a:b]).hops)
         else:
             stored = red.append(part)
         assert stored == ref.append(part)
-    assert red.append(appends(NUMERIC, rows, "clicks")) == 0
+    assert red.append(appends(NUMERIC, rows)) == 0
     keys = [(k, e) for k in NUMERIC.hop_keys for e in range(-1, 4)]
     for hop_key, entity in keys:
         assert red.rows(hop_key, entity) == ref.rows(hop_key, entity)

@@ -10,37 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan import builtin_plan
 from schemas.tensors import (MISSING, ROW_CHECK_ERRORS, interactions_of, interactions_of_columns,
                              interactions_of_rows)
+from tests.rti_store.test_contract import RECO
 
 FRAUD = builtin_plan("fraud")
 # string primary key, string entity, string/int/float/timestamp hop columns
-STRINGS = parse_plan({
-    "name": "batch-test",
-    "fact_table": "interactions",
-    "tables": {
-        "households": {"primary_key": "household_id", "columns": {"household_id": "int64"}},
-        "products": {"primary_key": "product_id", "columns": {"product_id": "string"}},
-        "interactions": {
-            "primary_key": "event_id", "time_column": "event_time",
-            "columns": {"event_id": "string", "event_time": "timestamp", "household_id": "int64",
-                        "product_id": "string", "event_type": "string", "quantity": "int64",
-                        "sales_value": "float64"},
-            "foreign_keys": {"household_id": "households", "product_id": "products"},
-        },
-    },
-    "distillation": {
-        "embedding_keys": ["interactions.household_id", "interactions.product_id"],
-        "max_embedding_offset": {"value": 14, "unit": "days"},
-        "min_embedding_offset": {"value": 0, "unit": "days"},
-        "real_time_offset": {"value": 1, "unit": "days"},
-        "real_time_interactions": {
-            "interactions.household_id->households.household_id->interactions.household_id": 4,
-            "interactions.product_id->products.product_id->interactions.product_id": 3,
-        },
-    },
-})
+STRINGS = RECO
 
 # values a decoded record may carry, good and bad, for every plan dtype
 ANY_VALUE = st.one_of(
