@@ -194,7 +194,7 @@ for k = 1, #KEYS do
         merged = merged + l - copied
         copied = l
       end
-      pieces[#pieces + 1] = sub(new, i * w + 1, i * w + w)
+      pieces[#pieces + 1] = #new == w and new or sub(new, i * w + 1, i * w + w)
       fresh[#fresh + 1] = merged
       merged = merged + 1
     end
@@ -218,7 +218,8 @@ for k = 1, #KEYS do
         lo2 = lo2 + 4294967296
         hi = hi - 1
       end
-      if hi >= 0 then
+      local o1, o2 = unpack4('>I4I4', out, drop * w + 1)
+      if hi >= 0 and (o1 < hi or (o1 == hi and o2 < lo2)) then  -- the oldest kept row is too old
         local l, h = drop, merged
         while l < h do
           local mid = floor((l + h) / 2)
