@@ -45,6 +45,8 @@ def flat_layout(schema: Any) -> FlatLayout | None:
         kind = field.get("type") if isinstance(field, dict) else None
         if isinstance(kind, dict) and not kind.get("logicalType"):
             kind = kind.get("type")  # {"type": "long"} spelled as a schema
+        if not isinstance(kind, str):  # unions, logical types, nested records: left to the codec
+            return None
         if kind in _VARINT:
             fields.append((field["name"], "varint"))
         elif kind in _FIXED:

@@ -4,6 +4,12 @@ A record of an interaction topic is decoded with the Avro codec (Confluent wire 
 turned into window appends by :func:`schemas.tensors.interactions_of` -- the same function the
 backfill, offline replay and scorer use, so the hop logic lives in exactly one place.
 
+Live ingestion takes a batch at a time: each topic's records are decoded together (flat numeric
+records column by column, :mod:`streams.columnar`; the others by the codec) and turned into window
+rows of every hop at once by :func:`schemas.tensors.interactions_of_columns`, which falls back to
+``interactions_of`` for any row that is not plainly typed -- record for record the same verdict,
+appends and dead letters as the per-record path (:meth:`RecordDecoder.appends`, the reference).
+
 Every record either yields its appends or a :class:`DeadLetter` naming why it was rejected (the
 reason from the vocabulary shared with the scorer, ``schemas.dead_letter``); a batch of records
 therefore never raises because of its content (bad records cannot crash the consumer or block a
