@@ -14,6 +14,8 @@ Redis is a private redis-server started through ``relstream.stack`` (or ``--redi
 
     python3 bench/bench_window_read.py [--interactions 200000] [--reads 3000] [--nice | --realtime]
 
+With the ingest batch path (``append_rows``: rows as columns) measured next to ``append``.
+
 Prints JSON and writes bench/results/window_store[_realtime].png (+ .json).
 """
 from __future__ import annotations
@@ -66,7 +68,21 @@ def server_cpu_s(client) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def bench_append(plan, client, batches, n_interactions):
+def bench_append_rows(plan, client, hop_batches, n_interactions) -> dict:
+    """The ingest batch path: the same rows as columns through ``append_rows`` (fresh key prefix)."""
+    store = RedisWindowStore(plan, client, key_prefix="bench-rows")
+    srv0 = server_cpu_s(client)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    stored = sum(store.append_rows(h) for h in hop_batches)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    srv = server_cpu_s(client) - srv0
+    return {"redis_batch_interactions_per_s": n_interactions / wall,
+            "redis_batch_client_cpu_us_per_interaction": cpu / n_interactions * 1e6,
+            "redis_batch_server_cpu_us_per_interaction": srv / n_interactions * 1e6,
+            "newly_stored_batch_path": stored}
+
+
+def bench_append(plan, client, batches, n_interactions, rows_of_batches=None):
     store = RedisWindowStore(plan, client, key_prefix="bench")
     mem0, keys0 = client.info("memory")["used_memory"], client.dbsize()
     srv0 = server_cpu_s(client)
@@ -79,6 +95,7 @@ def bench_append(plan, client, batches, n_interactions):
     w1 = time.perf_counter()
     again = sum(store.append(b) for b in batches)
     redelivery = time.perf_counter() - w1
+    batch_path = bench_append_rows(plan, client, rows_of_batches, n_interactions) if rows_of_batches else {}
     mem = MemoryWindowStore(plan)
     m0 = time.perf_counter()
     for b in batches:
@@ -98,7 +115,7 @@ def bench_append(plan, client, batches, n_interactions):
         "cpu_bound_interactions_per_s_one_core": n_interactions / (cpu + srv),
         "redis_redelivery_interactions_per_s": n_interactions / redelivery,
         "memory_interactions_per_s": n_interactions / mem_wall,
-        "newly_stored": stored, "newly_stored_on_redelivery": again,
+        "newly_stored": stored, "newly_stored_on_redelivery": again, **batch_path,
         "redis_windows": windows, "redis_bytes_per_window": bytes_per_window,
     }
 
@@ -201,6 +218,12 @@ def main() -> None:
     items = [interactions_of(plan, "transactions", r) for r in rows]
     prep_us = (time.perf_counter() - t) / len(rows) * 1e6
     batches = [[a for r in items[i:i + args.batch] for a in r] for i in range(0, len(items), args.batch)]
+    try:  # the batch path, where this version has it
+        from schemas.tensors import interactions_of_rows
+        hop_batches = [interactions_of_rows(plan, "transactions", rows[i:i + args.batch]).hops
+                       for i in range(0, len(rows), args.batch)]
+    except ImportError:
+        hop_batches = None
 
     env = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
            "interactions_of_us_per_row": prep_us, "nice": args.nice,
@@ -220,7 +243,7 @@ def main() -> None:
                     os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))
             client = redis.Redis.from_url(url)
             env["redis_version"] = client.info("server")["redis_version"]
-            redis_store, mem_store, append = bench_append(plan, client, batches, len(rows))
+            redis_store, mem_store, append = bench_append(plan, client, batches, len(rows), hop_batches)
             read, lat = bench_read(plan, client, redis_store, mem_store, rows, args.reads, args.windows, args.seed)
             env["loadavg_end"] = os.getloadavg()
             client.close()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from schemas.plan import ServingPlan
-from schemas.tensors import Interaction, RowError, Window
+from schemas.tensors import HopRows, Interaction, RowError, Window
 
 from rti_store.codec import RowCodec, codecs_for, coerce_entity
 
@@ -91,6 +91,12 @@ class WindowStore(Protocol):
         Returns how many were newly stored: not stored before and kept by the caps (a
         redelivery, or a late event already outside the caps, counts 0).
         """
+
+    def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
+        """:meth:`append` of the window rows of a decoded batch (``HopRows`` of
+        ``schemas.tensors.interactions_of_columns``) plus per-row ``items``, in one round trip.
+        Same effect as :meth:`append` of ``rows``' items (each hop's in batch order) followed by
+        ``items``."""
 
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
         """Windows of many (hop key, entity id) as of one or per-key anchor times (one round trip)."""
@@ -166,6 +172,10 @@ class BaseWindowStore:
 
     def read(self, hop_key: str, entity_id: Any, as_of: int) -> Window:
         return self.read_many([(hop_key, entity_id)], as_of)[0]
+
+    def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
+        # the reference: the rows as items, through append (a store may override it vectorised)
+        return self.append([a for hop in rows for a in hop.items()] + list(items))
 
     def __enter__(self):
         return self

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from schemas.plan import Hop, ServingPlan
-from schemas.tensors import Interaction, RowError, Window, describe
+from schemas.tensors import HopRows, Interaction, RowError, Window, describe
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -35,6 +35,10 @@ TIME = struct.Struct(">Q")
 ID_LEN = PREFIX.size  # bytes of (time, id): a row's identity
 TIME_LEN = TIME.size
 _LEN = struct.Struct("<I")
+
+# The stored form of windows (row encoding and how a store keeps a window); part of every layout
+# id, so data written in another form is never read (bump it when that form changes).
+STORAGE_FORMAT = 2
 
 # plan dtype -> (struct code, numpy little-endian dtype) for fixed-width columns
 _FIXED = {"int64": ("q", "<i8"), "timestamp": ("q", "<i8"), "float32": ("f", "<f4"), "float64": ("d", "<f8")}
@@ -84,7 +88,7 @@ class RowCodec:
                                   + [(c, _FIXED[self.dtypes[c]][1]) for c in self.fixed_columns])
         assert self._np_fixed.itemsize == self.fixed_size
         # Layout fingerprint: a plan change that changes the row layout must not decode old rows.
-        layout = "|".join(f"{c}:{self.dtypes[c]}" for c in self.columns)
+        layout = "|".join([f"v{STORAGE_FORMAT}"] + [f"{c}:{self.dtypes[c]}" for c in self.columns])
         self.layout_id = hashlib.blake2b(f"{self.hop_key}|{layout}".encode(), digest_size=4).hexdigest()
 
     # ----- encode ---------------------------------------------------------------------------
@@ -110,6 +114,43 @@ class RowCodec:
             parts.append(_LEN.pack(len(v)))
             parts.append(bytes(v))
         return b"".join(parts)
+
+    def encode_rows(self, rows: HopRows, order: np.ndarray | None = None) -> list[bytes]:
+        """The members of many window rows at once (numpy), byte for byte what :meth:`encode` gives;
+        with ``order``, only those rows, in that order."""
+        rows = _take(rows, order)
+        flat, size = self._fixed_array(rows).tobytes(), self.fixed_size
+        members = [flat[i:i + size] for i in range(0, len(flat), size)]
+        if not self.string_columns:
+            return members
+        parts = [rows.values[c].tolist() for c in self.string_columns]
+        for k, values in enumerate(parts):
+            if any(type(v) is not bytes for v in values):
+                parts[k] = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        return [b"".join([m, *[_LEN.pack(len(p[j])) + p[j] for p in parts]]) for j, m in enumerate(members)]
+
+    def encode_rows_packed(self, rows: HopRows, order: np.ndarray | None = None) -> bytes:
+        """Fixed-width rows (no string columns) back to back: ``b"".join(encode_rows(...))``."""
+        if self.string_columns:
+            raise ValueError(f"{self.hop_key}: rows with string columns are not fixed-width")
+        return self._fixed_array(_take(rows, order)).tobytes()
+
+    def _fixed_array(self, rows: HopRows) -> np.ndarray:
+        """The fixed-width part of many rows as one structured array (checks float32 range)."""
+        n = len(rows)
+        arr = np.empty(n, dtype=self._np_fixed)
+        arr["t"] = rows.event_time.view(np.uint64) ^ _SIGN
+        arr["id"] = rows.event_id.view(np.uint64) ^ _SIGN
+        for c in self.fixed_columns:
+            values = rows.values[c]
+            with np.errstate(over="ignore"):  # out of float32 range: checked just below
+                arr[c] = values
+            if self.dtypes[c] == "float32":
+                wide = np.asarray(values, np.float64)
+                bad = np.flatnonzero(np.isinf(arr[c]) & np.isfinite(wide))
+                if len(bad):  # beyond float32: refused, with the message of the row-by-row encoding
+                    self.encode(rows_item(rows, int(bad[0])))
+        return arr
 
     def _ints(self, t: Any, i: Any) -> tuple[int, int]:
         for name, value in (("event_time", t), ("event_id", i)):
@@ -142,14 +183,18 @@ class RowCodec:
             if len(joined) != n * self.fixed_size:
                 raise CorruptRowError(f"{self.hop_key}: stored rows are not {self.fixed_size} bytes each "
                                       f"(layout {self.layout_id}); written with another plan?")
-            arr = np.frombuffer(joined, dtype=self._np_fixed)
-            strings = None
-        else:
-            try:
-                arr = np.frombuffer(b"".join(m[:self.fixed_size] for m in members), dtype=self._np_fixed)
-            except ValueError:
-                raise CorruptRowError(f"{self.hop_key}: stored row shorter than {self.fixed_size} bytes") from None
-            strings = self._decode_strings(members)
+            return self._decode_fixed(joined)
+        try:
+            arr = np.frombuffer(b"".join(m[:self.fixed_size] for m in members), dtype=self._np_fixed)
+        except ValueError:
+            raise CorruptRowError(f"{self.hop_key}: stored row shorter than {self.fixed_size} bytes") from None
+        return self._columns(arr, self._decode_strings(members))
+
+    def _decode_fixed(self, joined: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Rows of fixed width, back to back."""
+        return self._columns(np.frombuffer(joined, dtype=self._np_fixed), None)
+
+    def _columns(self, arr: np.ndarray, strings: dict[str, np.ndarray] | None):
         times = (arr["t"].astype(np.uint64) ^ _SIGN).view(np.int64)
         ids = (arr["id"].astype(np.uint64) ^ _SIGN).view(np.int64)
         cols: dict[str, np.ndarray] = {}
@@ -179,11 +224,30 @@ class RowCodec:
                 raise CorruptRowError(f"{self.hop_key}: {len(m) - pos} trailing bytes in a stored row")
         return out
 
+    def windows_packed(self, blobs: Sequence[bytes]) -> list[Window]:
+        """Windows from packed strings of fixed-width rows (one string per window, rows sorted)."""
+        if self.string_columns:
+            raise ValueError(f"{self.hop_key}: rows with string columns are not fixed-width")
+        size = self.fixed_size
+        for b in blobs:
+            if len(b) % size:
+                raise CorruptRowError(f"{self.hop_key}: a stored window of {len(b)} bytes is not made of "
+                                      f"{size}-byte rows (layout {self.layout_id}); written with another plan?")
+        counts = [len(b) // size for b in blobs]
+        if not any(counts):
+            return [Window.empty(self.plan, self.hop) for _ in blobs]
+        times, _, cols = self._decode_fixed(b"".join(blobs))
+        return self._split(times, cols, counts)
+
     def windows(self, members: Sequence[bytes], counts: Sequence[int]) -> list[Window]:
         """Decode the concatenated rows of several windows at once and split them by ``counts``."""
         if not members:
             return [Window.empty(self.plan, self.hop) for _ in counts]
         times, _, cols = self.decode(members)
+        return self._split(times, cols, counts)
+
+    @staticmethod
+    def _split(times: np.ndarray, cols: dict[str, np.ndarray], counts: Sequence[int]) -> list[Window]:
         out = []
         start = 0
         for n in counts:
@@ -191,6 +255,19 @@ class RowCodec:
             out.append(Window(times[start:end], {c: a[start:end] for c, a in cols.items()}))
             start = end
         return out
+
+
+def _take(rows: HopRows, order: np.ndarray | None) -> HopRows:
+    if order is None:
+        return rows
+    return HopRows(rows.hop_key, rows.source[order], rows.entity[order], rows.event_time[order],
+                   rows.event_id[order], {c: v[order] for c, v in rows.values.items()})
+
+
+def rows_item(rows: HopRows, j: int) -> Interaction:
+    """Window row ``j`` of ``rows`` as an :class:`Interaction` (Python values)."""
+    return Interaction(event_id=int(rows.event_id[j]), event_time=int(rows.event_time[j]),
+                       values={c: a[j].item() if a.dtype != object else a[j] for c, a in rows.values.items()})
 
 
 def codecs_for(plan: ServingPlan) -> dict[str, RowCodec]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Iterable
 
+import numpy as np
+
 from rti_store.codec import ID_LEN, INT64_MIN, time_key, time_of
 
 
@@ -40,6 +42,42 @@ def prune_batch(new: list[bytes], max_len: int, horizon_ns: int | None) -> list[
         if cutoff > INT64_MIN:
             rows = rows[bisect_left(rows, time_key(cutoff)):]
     return rows
+
+
+def prune_grouped(entity: np.ndarray, event_time: np.ndarray, event_id: np.ndarray, max_len: int,
+                  horizon_ns: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prune_batch` of many windows at once, on the rows' (entity, time, id) columns.
+
+    Returns ``(keep, start, window)``: ``keep`` = indices of the rows to store, grouped by window and
+    sorted (oldest first) within it, the first delivered of each (time, id); window ``w`` is
+    ``keep[start[w]:start[w + 1]]`` and ``window[w]`` the index of one of its rows.
+    """
+    n = len(entity)
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    if entity.dtype == object:  # e.g. bytes ids: sort their ranks instead
+        entity = np.unique(entity, return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((event_id, event_time, entity))  # stable: equal rows stay in delivery order
+    g, t, i = entity[order], event_time[order], event_id[order]
+    first = np.ones(n, bool)
+    first[1:] = (g[1:] != g[:-1]) | (t[1:] != t[:-1]) | (i[1:] != i[:-1])
+    order, g, t = order[first], g[first], t[first]
+    # rank from the newest end of each window: keep the newest max_len
+    ends = np.flatnonzero(np.r_[g[1:] != g[:-1], True])
+    starts = np.r_[0, ends[:-1] + 1]
+    size = ends - starts + 1
+    rank = np.arange(len(g)) - np.repeat(starts, size)
+    keep = rank >= np.repeat(size - max_len, size)
+    if horizon_ns is not None:
+        # newest - horizon, where it is above INT64_MIN (below it nothing is cut, as in prune_batch)
+        newest = np.repeat(t[ends], size)
+        cuts = newest > INT64_MIN + horizon_ns
+        cutoff = np.where(cuts, newest - np.where(cuts, horizon_ns, 0), INT64_MIN)
+        keep &= ~cuts | (t >= cutoff)
+    order, g = order[keep], g[keep]
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    return order, bounds, order[bounds[:-1]]
 
 
 def insert(members: list[bytes], new: Iterable[bytes], max_len: int, horizon_ns: int | None) -> int:

@@ -21,94 +21,226 @@ Layout and why:
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import redis
 
 from schemas.plan import ServingPlan
-from schemas.tensors import Window
+from schemas.tensors import HopRows, Window
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
                             completeness_of, parse_marker, pending_field, step_field)
-from rti_store.codec import time_key
-from rti_store.logic import prune_batch
+from rti_store.codec import STORAGE_FORMAT, time_key
+from rti_store.logic import prune_batch, prune_grouped
 from rti_store.memory import _decode_grouped
 
 # Append to many windows in one call (standalone: chunks of keys; cluster: keys of one slot).
 # KEYS     the window keys
 # ARGV[1], ARGV[2]  horizon in ns as (high, low) 32-bit halves, or "-1" for no age cap
 # ARGV[3]  TTL in ms ("0" = no expiry)
-# then per key, in KEYS order: max_len, n, n packed rows
+# then per key, in KEYS order: max_len, n, n packed rows -- sorted, distinct (time, id), at most
+# max_len of them (the client prunes a window's batch first: rti_store.logic.prune_batch)
 # Returns the number of rows newly stored: (time, id) not stored before and kept by the caps.
+# Per window this costs ZRANGE (the window is short: max_len rows), one ZADD for all new rows and
+# PEXPIRE; the caps' trims and a second ZRANGE only when a cap can drop something.
 APPEND_LUA = r"""
 local call = redis.call
 local unpack4 = struct.unpack
+local sub = string.sub
 local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+-- is the identity (x1..x4) after (y1..y4)? Identities are compared as four 32-bit numbers (Lua
+-- string comparison follows the locale)
+local function after(x1, x2, x3, x4, y1, y2, y3, y4)
+  return x1 > y1 or (x1 == y1 and (x2 > y2 or (x2 == y2 and (x3 > y3 or (x3 == y3 and x4 > y4)))))
+end
 local a = 4
 local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
   local max_len, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  -- (time, id) of the newest stored row, as four 32-bit numbers (Lua string comparison follows
-  -- the locale, so identities are compared numerically)
-  local newest = call('ZRANGE', key, -1, -1)[1]
+  -- the whole window (at most max_len rows): its size, oldest and newest row, and identities
+  local stored = call('ZRANGE', key, 0, -1)
+  local count = #stored
   local n1, n2, n3, n4 = -1, 0, 0, 0
-  if newest then n1, n2, n3, n4 = unpack4('>I4I4I4I4', newest) end
-  local inserted, late = {}, false
+  if count > 0 then n1, n2, n3, n4 = unpack4('>I4I4I4I4', stored[count]) end
+  local have
+  local zadd, fresh = {}, 0
+  local f1, f2  -- time of the oldest new row
+  local l1, l2, l3, l4  -- identity of the newest new row (rows come sorted, distinct)
   for i = a, a + n - 1 do
     local m = ARGV[i]
     local m1, m2, m3, m4 = unpack4('>I4I4I4I4', m)
-    if m1 > n1 or (m1 == n1 and (m2 > n2 or (m2 == n2 and (m3 > n3 or (m3 == n3 and m4 > n4))))) then
-      -- newer than everything stored (the in-order case): it cannot be a redelivery
-      call('ZADD', key, 0, m)
-      inserted[#inserted + 1] = {m1, m2, m3, m4}
-      n1, n2, n3, n4 = m1, m2, m3, m4
-    else
-      local ident = string.sub(m, 1, 16)
-      local hit = call('ZRANGEBYLEX', key, '[' .. ident, '+', 'LIMIT', 0, 1)[1]
-      if hit == nil or string.sub(hit, 1, 16) ~= ident then
-        call('ZADD', key, 0, m)
-        inserted[#inserted + 1] = {m1, m2, m3, m4}
-        late = true
+    local new = after(m1, m2, m3, m4, n1, n2, n3, n4)  -- newer than all stored: not a redelivery
+    if not new then
+      if have == nil then
+        have = {}
+        for j = 1, count do have[sub(stored[j], 1, 16)] = true end
       end
+      new = not have[sub(m, 1, 16)]
+    end
+    if new then
+      zadd[#zadd + 1] = 0
+      zadd[#zadd + 1] = m
+      fresh = fresh + 1
+      if fresh == 1 then f1, f2 = m1, m2 end
+      l1, l2, l3, l4 = m1, m2, m3, m4
     end
   end
   a = a + n
-  -- count cap: keep the newest max_len (a no-op while the window is shorter)
-  call('ZREMRANGEBYRANK', key, 0, -max_len - 1)
-  if h_hi >= 0 and n1 >= 0 then
-    -- age cap: drop rows older than newest - horizon, computed on the biased 64-bit time in
-    -- two 32-bit halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
-    local hi, lo = n1 - h_hi, n2 - h_lo
-    if lo < 0 then
-      lo = lo + 4294967296
-      hi = hi - 1
+  if fresh > 0 then
+    call('ZADD', key, unpack(zadd))
+    count = count + fresh
+    local o1, o2 = f1, f2  -- time of the oldest row now stored
+    if #stored > 0 then
+      local s1, s2 = unpack4('>I4I4', stored[1])
+      if s1 < o1 or (s1 == o1 and s2 < o2) then o1, o2 = s1, s2 end
     end
-    if hi >= 0 then
-      call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo))
+    if after(l1, l2, l3, l4, n1, n2, n3, n4) then n1, n2, n3, n4 = l1, l2, l3, l4 end
+    local trimmed = false
+    -- count cap: keep the newest max_len
+    if count > max_len then
+      call('ZREMRANGEBYRANK', key, 0, count - max_len - 1)
+      trimmed = true
     end
-  end
-  -- count what was stored AND survived the caps: a single in-order row is the newest and always
-  -- survives; otherwise compare with the oldest row left
-  if #inserted == 1 and not late then
-    added = added + 1
-  elseif #inserted > 0 then
-    local oldest = call('ZRANGE', key, 0, 0)[1]
-    if oldest then
-      local o1, o2, o3, o4 = unpack4('>I4I4I4I4', oldest)
-      for _, r in ipairs(inserted) do
-        local r1, r2, r3, r4 = r[1], r[2], r[3], r[4]
-        if r1 > o1 or (r1 == o1 and (r2 > o2 or (r2 == o2 and (r3 > o3 or (r3 == o3 and r4 >= o4))))) then
-          added = added + 1
+    if h_hi >= 0 then
+      -- age cap: drop rows older than newest - horizon, computed on the biased 64-bit time in
+      -- two 32-bit halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+      local hi, lo = n1 - h_hi, n2 - h_lo
+      if lo < 0 then
+        lo = lo + 4294967296
+        hi = hi - 1
+      end
+      if hi >= 0 and (trimmed or o1 < hi or (o1 == hi and o2 < lo)) then
+        if call('ZREMRANGEBYLEX', key, '-', '(' .. struct.pack('>I4I4', hi, lo)) > 0 then trimmed = true end
+      end
+    end
+    -- count what was stored AND survived the caps
+    if not trimmed then
+      added = added + fresh
+    else
+      local oldest = call('ZRANGE', key, 0, 0)[1]
+      if oldest then
+        local q1, q2, q3, q4 = unpack4('>I4I4I4I4', oldest)
+        for j = 2, #zadd, 2 do
+          local r1, r2, r3, r4 = unpack4('>I4I4I4I4', zadd[j])
+          if not after(q1, q2, q3, q4, r1, r2, r3, r4) then added = added + 1 end
         end
       end
     end
   end
   if ttl > 0 then
     call('PEXPIRE', key, ttl)
+  end
+end
+return added
+"""
+
+# The same for windows of fixed-width rows, each kept as ONE string of its rows, sorted: per window
+# a GET and a SET (with the TTL), the rows merged in by binary search on the identities.
+# KEYS: windows of ONE hop; ARGV[1..3] as above, ARGV[4] max_len, ARGV[5] row width; then per key
+# the new rows back to back in one string (sorted, distinct (time, id), at most max_len of them).
+PACKED_APPEND_LUA = r"""
+local call = redis.call
+local unpack4 = struct.unpack
+local sub, floor = string.sub, math.floor
+local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl = ARGV[3]
+local expire = tonumber(ttl) > 0
+local max_len, w = tonumber(ARGV[4]), tonumber(ARGV[5])
+local added = 0
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local new = ARGV[5 + k]
+  local blob = call('GET', key) or ''
+  local count = floor(#blob / w)
+  local pieces, fresh = {}, {}
+  local copied, lo, merged = 0, 0, 0  -- stored rows copied out; search start; rows out so far
+  for i = 0, floor(#new / w) - 1 do
+    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', new, i * w + 1)
+    -- the first stored row not before this one (identities compared as four 32-bit numbers: Lua string
+    -- comparison follows the locale)
+    local l, h = lo, count
+    if count > 0 then  -- in time order (the usual case): after the newest stored row
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, (count - 1) * w + 1)
+      if s1 < m1 or (s1 == m1 and (s2 < m2 or (s2 == m2 and (s3 < m3 or (s3 == m3 and s4 < m4))))) then
+        l = count
+      end
+    end
+    while l < h do
+      local mid = floor((l + h) / 2)
+      local s1, s2 = unpack4('>I4I4', blob, mid * w + 1)  -- times differ far more often than not
+      if s1 == m1 and s2 == m2 then
+        local s3, s4 = unpack4('>I4I4', blob, mid * w + 9)
+        if s3 < m3 or (s3 == m3 and s4 < m4) then l = mid + 1 else h = mid end
+      elseif s1 < m1 or (s1 == m1 and s2 < m2) then
+        l = mid + 1
+      else
+        h = mid
+      end
+    end
+    local seen = false
+    if l < count then
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, l * w + 1)
+      seen = s1 == m1 and s2 == m2 and s3 == m3 and s4 == m4  -- a redelivery
+    end
+    if not seen then
+      if l > copied then
+        pieces[#pieces + 1] = sub(blob, copied * w + 1, l * w)
+        merged = merged + l - copied
+        copied = l
+      end
+      pieces[#pieces + 1] = #new == w and new or sub(new, i * w + 1, i * w + w)
+      fresh[#fresh + 1] = merged
+      merged = merged + 1
+    end
+    lo = l
+  end
+  if #fresh > 0 then
+    if copied < count then
+      pieces[#pieces + 1] = sub(blob, copied * w + 1, count * w)
+      merged = merged + count - copied
+    end
+    local out = table.concat(pieces)
+    -- count cap: keep the newest max_len
+    local drop = 0
+    if merged > max_len then drop = merged - max_len end
+    if h_hi >= 0 then
+      -- age cap: drop rows older than newest - horizon, on the biased 64-bit time in two 32-bit
+      -- halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+      local n1, n2 = unpack4('>I4I4', out, (merged - 1) * w + 1)
+      local hi, lo2 = n1 - h_hi, n2 - h_lo
+      if lo2 < 0 then
+        lo2 = lo2 + 4294967296
+        hi = hi - 1
+      end
+      local o1, o2 = unpack4('>I4I4', out, drop * w + 1)
+      if hi >= 0 and (o1 < hi or (o1 == hi and o2 < lo2)) then  -- the oldest kept row is too old
+        local l, h = drop, merged
+        while l < h do
+          local mid = floor((l + h) / 2)
+          local t1, t2 = unpack4('>I4I4', out, mid * w + 1)
+          if t1 < hi or (t1 == hi and t2 < lo2) then l = mid + 1 else h = mid end
+        end
+        drop = l
+      end
+    end
+    -- count what was stored AND survived the caps
+    for _, at in ipairs(fresh) do
+      if at >= drop then added = added + 1 end
+    end
+    if drop > 0 then out = sub(out, drop * w + 1) end
+    if expire then
+      call('SET', key, out, 'PX', ttl)
+    else
+      call('SET', key, out)
+    end
+  elseif expire and count > 0 then
+    call('PEXPIRE', key, ttl)  -- a redelivery is an append too: the window stays alive
   end
 end
 return added
@@ -179,7 +311,9 @@ class RedisWindowStore(BaseWindowStore):
         if chunk_keys < 1:
             raise ValueError(f"chunk_keys: must be >= 1, got {chunk_keys}")
         self.key_prefix = key_prefix
-        self.marker_key = f"{key_prefix}:state".encode()
+        # named after the stored form: a store written in an older form reads as lost (and is
+        # rebuilt from Kafka), never as complete windows that are in fact empty
+        self.marker_key = f"{key_prefix}:state:{STORAGE_FORMAT}".encode()
         self.chunk_keys = chunk_keys
         self.clock = clock  # Redis expires keys by its own clock; kept for interface symmetry
         self._cluster = _is_cluster(self.client)
@@ -190,6 +324,9 @@ class RedisWindowStore(BaseWindowStore):
         self._int_entities = {k: self.plan.column_dtype(c.hop.key.target.table, c.hop.key.target.column)
                               in ("int64", "timestamp") for k, c in self.codecs.items()}
         self._max_len = {k: str(c.hop.max_len).encode() for k, c in self.codecs.items()}
+        # hops of fixed-width rows keep a window as one string of sorted rows; others a sorted set
+        self._packed = {k: not c.string_columns for k, c in self.codecs.items()}
+        self._width = {k: str(c.fixed_size).encode() for k, c in self.codecs.items()}
         self._shas: dict[str, bytes] = {}
 
     # ----- keys -----------------------------------------------------------------------------
@@ -204,6 +341,16 @@ class RedisWindowStore(BaseWindowStore):
         return head.encode() + (str(ent).encode() if type(ent) is int else entity_token(ent)) + b"}"
 
     _keyed = redis_key
+
+    def _keys_of(self, hop_key: str, entities: np.ndarray) -> list[bytes]:
+        """:meth:`redis_key` of many entities of one hop (already coerced: int64 or bytes)."""
+        head = self._key_heads[hop_key]
+        if entities.dtype == object:
+            return [head.encode() + entity_token(e) + b"}" for e in entities.tolist()]
+        if not len(entities):
+            return []
+        # one join and one split instead of a format per key (decimal ids never hold a NUL)
+        return (head + ("}\0" + head).join(map(str, entities.tolist())) + "}").encode().split(b"\0")
 
     def _groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         """Indices of ``keys`` per Lua call: same slot on a cluster, chunks otherwise."""
@@ -231,17 +378,23 @@ class RedisWindowStore(BaseWindowStore):
         return sha
 
     def _eval_many(self, script: str, calls: list[tuple[list[bytes], list[bytes]]]) -> list:
-        """Run ``script`` once per (keys, args) call, all in one round trip; reload on NOSCRIPT.
+        """Run ``script`` once per (keys, args) call, all in one round trip; reload on NOSCRIPT."""
+        return self._eval_scripts([(script, keys, args) for keys, args in calls])
+
+    def _eval_scripts(self, calls: list[tuple[str, list[bytes], list[bytes]]]) -> list:
+        """Run each (script, keys, args) call, all in one round trip; reload on NOSCRIPT.
 
         Appends are idempotent, so a retry after NOSCRIPT (or a lost connection) is always safe.
         """
         for attempt in range(2):
-            sha = self._sha(script)
+            shas = {script: self._sha(script) for script in {c[0] for c in calls}}
             try:
-                return self._roundtrip([("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
+                return self._roundtrip([("EVALSHA", shas[script], len(keys), *keys, *args)
+                                        for script, keys, args in calls])
             except redis.exceptions.NoScriptError:
                 # Redis restarted, failed over or ran SCRIPT FLUSH: load again and retry.
-                self._shas.pop(script, None)
+                for script in shas:
+                    self._shas.pop(script, None)
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -296,7 +449,7 @@ class RedisWindowStore(BaseWindowStore):
     # ----- append ---------------------------------------------------------------------------
     def append(self, items: Sequence[AppendItem]) -> int:
         rows: dict[bytes, list[bytes]] = {}
-        max_len: dict[bytes, bytes] = {}
+        hop_of: dict[bytes, str] = {}
         codecs = self.codecs
         for hop_key, entity_id, interaction in items:  # encode all first: bad input sends nothing
             key = self.redis_key(hop_key, entity_id)
@@ -304,25 +457,116 @@ class RedisWindowStore(BaseWindowStore):
             got = rows.get(key)
             if got is None:
                 rows[key] = [member]
-                max_len[key] = self._max_len[hop_key]
+                hop_of[key] = hop_key
             else:
                 got.append(member)
+        for k, members in rows.items():
+            if len(members) > 1:  # sorted, distinct: what the Lua scripts expect
+                rows[k] = prune_batch(members, codecs[hop_of[k]].hop.max_len, self.horizon_ns)
+        return self._send(rows, hop_of)
+
+    def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
+        """:meth:`append` of window rows given as columns (vectorised encoding and pruning)."""
+        if items or self._cluster:  # merged per window with the per-row items / grouped per slot
+            return self._send(*self.encode_rows(rows, items))
+        calls = self.encode_calls(rows)
+        return sum(int(r) for r in self._eval_scripts(calls)) if calls else 0
+
+    def encode_calls(self, rows: Sequence[HopRows]) -> list[tuple[str, list[bytes], list[Any]]]:
+        """The Lua calls of :meth:`append_rows` (standalone Redis, no per-row items), built a hop
+        at a time with numpy: the rows of every window pruned, sorted and encoded back to back."""
+        calls = []
+        head_args = [*self._horizon, self._ttl_ms]
+        for hop in rows:
+            if not len(hop):
+                continue
+            hop_key = hop.hop_key
+            codec = self.codec(hop_key)
+            entity = hop.entity
+            if entity.dtype == object:
+                entity = np.array([self.entity(hop_key, e) for e in entity.tolist()], dtype=object)
+            keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
+                                                self.horizon_ns)
+            keys = self._keys_of(hop_key, entity[first])
+            if self._packed[hop_key]:
+                # each window's new rows back to back: slices of one buffer, no per-row objects
+                flat = codec.encode_rows_packed(hop, keep)
+                offsets = (bounds * codec.fixed_size).tolist()
+                for w0 in range(0, len(keys), self.chunk_keys):
+                    w1 = min(w0 + self.chunk_keys, len(keys))
+                    args = [*head_args, self._max_len[hop_key], self._width[hop_key]]
+                    args += [flat[offsets[w]:offsets[w + 1]] for w in range(w0, w1)]
+                    calls.append((PACKED_APPEND_LUA, keys[w0:w1], args))
+                continue
+            members = codec.encode_rows(hop, keep)
+            cap = self._max_len[hop_key]
+            bounds = bounds.tolist()
+            for w0 in range(0, len(keys), self.chunk_keys):
+                w1 = min(w0 + self.chunk_keys, len(keys))
+                args = list(head_args)
+                for w in range(w0, w1):
+                    args.append(cap)
+                    args.append(bounds[w + 1] - bounds[w])
+                    args.extend(members[bounds[w]:bounds[w + 1]])
+                calls.append((APPEND_LUA, keys[w0:w1], args))
+        return calls
+
+    def encode_rows(self, rows: Sequence[HopRows],
+                    items: Sequence[AppendItem] = ()) -> tuple[dict[bytes, list[bytes]], dict[bytes, str]]:
+        """The client-side half of :meth:`append_rows`: ``(key -> pruned members, key -> hop key)``."""
+        batch: dict[bytes, list[bytes]] = {}
+        hop_of: dict[bytes, str] = {}
+        for hop in rows:  # encode all first: bad input sends nothing
+            if not len(hop):
+                continue
+            codec = self.codec(hop.hop_key)
+            members = codec.encode_rows(hop)
+            entity = hop.entity
+            if entity.dtype == object:
+                entity = np.array([self.entity(hop.hop_key, e) for e in entity.tolist()], dtype=object)
+            keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
+                                                self.horizon_ns)
+            keys = self._keys_of(hop.hop_key, entity[first])
+            keep_list, bounds = keep.tolist(), bounds.tolist()
+            hop_key = hop.hop_key
+            for w, key in enumerate(keys):
+                batch[key] = [members[j] for j in keep_list[bounds[w]:bounds[w + 1]]]
+                hop_of[key] = hop_key
+        merged: set[bytes] = set()
+        for hop_key, entity_id, interaction in items:  # rows that took the per-row path
+            key = self.redis_key(hop_key, entity_id)
+            got = batch.setdefault(key, [])
+            got.append(self.codecs[hop_key].encode(interaction))
+            hop_of[key] = hop_key
+            merged.add(key)
+        for key in merged:
+            batch[key] = prune_batch(batch[key], self.codecs[hop_of[key]].hop.max_len, self.horizon_ns)
+        return batch, hop_of
+
+    def _send(self, rows: dict[bytes, list[bytes]], hop_of: dict[bytes, str]) -> int:
+        """One round trip of Lua calls for windows whose rows are pruned (sorted, distinct)."""
         if not rows:
             return 0
-        keys = list(rows)
         calls = []
-        for group in self._groups(keys):
-            call_keys = [keys[i] for i in group]
-            args = [*self._horizon, self._ttl_ms]
-            for k in call_keys:
-                members = rows[k]
-                if len(members) > 1:  # sorted: in-order rows take the Lua fast path
-                    members = prune_batch(members, int(max_len[k]), self.horizon_ns)
-                args.append(max_len[k])
-                args.append(len(members))
-                args.extend(members)
-            calls.append((call_keys, args))
-        return sum(int(r) for r in self._eval_many(APPEND_LUA, calls))
+        by_hop: dict[str, list[bytes]] = defaultdict(list)
+        for k in rows:
+            by_hop[hop_of[k] if self._packed[hop_of[k]] else ""].append(k)  # "": the sorted-set windows
+        for hop_key, keys in by_hop.items():
+            for group in self._groups(keys):
+                call_keys = [keys[i] for i in group]
+                args = [*self._horizon, self._ttl_ms]
+                if hop_key:  # packed: one hop per call
+                    args += [self._max_len[hop_key], self._width[hop_key]]
+                    args += [b"".join(rows[k]) for k in call_keys]
+                    calls.append((PACKED_APPEND_LUA, call_keys, args))
+                    continue
+                for k in call_keys:
+                    members = rows[k]
+                    args.append(self._max_len[hop_of[k]])
+                    args.append(len(members))
+                    args.extend(members)
+                calls.append((APPEND_LUA, call_keys, args))
+        return sum(int(r) for r in self._eval_scripts(calls))
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
@@ -343,26 +587,52 @@ class RedisWindowStore(BaseWindowStore):
         for t in anchors:
             if t not in bounds:
                 lo, hi = self.plan.rti_bounds(t)
-                bounds[t] = (b"(" + time_key(hi), b"[" + time_key(lo)) if hi > lo else None
+                bounds[t] = (time_key(lo), time_key(hi)) if hi > lo else None
         commands, order = [], []
         for i, (hop_key, _) in enumerate(keys):
             b = bounds[anchors[i]]
-            if b is not None:
-                commands.append(("ZREVRANGEBYLEX", redis_keys[i], b[0], b[1], "LIMIT", b"0",
+            if b is None:
+                continue
+            if self._packed[hop_key]:  # the whole window (at most max_len rows), cut below
+                commands.append(("GET", redis_keys[i]))
+            else:
+                commands.append(("ZREVRANGEBYLEX", redis_keys[i], b"(" + b[1], b"[" + b[0], "LIMIT", b"0",
                                  self._max_len[hop_key]))
-                order.append(i)
+            order.append(i)
         if with_marker:
             commands.append(("HLEN", self.marker_key))
-        rows: list[list[bytes]] = [[] for _ in keys]
+        rows: list[Any] = [None] * len(keys)
         fields = -1
         if commands:
             replies = self._roundtrip(commands)
             if with_marker:
                 fields = int(replies.pop())
             for i, reply in zip(order, replies):
-                reply.reverse()  # newest first -> oldest first
-                rows[i] = reply
-        return _decode_grouped(self, keys, rows), fields
+                hop_key = keys[i][0]
+                if self._packed[hop_key]:
+                    lo, hi = bounds[anchors[i]]
+                    rows[i] = select_packed(reply or b"", self.codecs[hop_key].fixed_size, lo, hi,
+                                            self.codecs[hop_key].hop.max_len)
+                else:
+                    reply.reverse()  # newest first -> oldest first
+                    rows[i] = reply
+        return self._decode(keys, rows), fields
+
+    def _decode(self, keys: Sequence[WindowKey], rows: list[Any]) -> list[Window]:
+        """Windows from what was read: packed bytes (packed hops) or member lists (sorted sets)."""
+        out: list[Window | None] = [None] * len(keys)
+        by_hop: dict[str, list[int]] = defaultdict(list)
+        for i, (hop_key, _) in enumerate(keys):
+            by_hop[hop_key].append(i)
+        for hop_key, idx in by_hop.items():
+            codec = self.codec(hop_key)
+            if self._packed[hop_key]:
+                windows = codec.windows_packed([rows[i] or b"" for i in idx])
+            else:
+                windows = _decode_grouped(self, [keys[i] for i in idx], [rows[i] or [] for i in idx])
+            for i, w in zip(idx, windows):
+                out[i] = w
+        return out  # type: ignore[return-value]
 
     # ----- completeness marker ---------------------------------------------------------------
     def marker(self) -> StoreMarker:
@@ -394,16 +664,20 @@ class RedisWindowStore(BaseWindowStore):
 
     def rows(self, hop_key: str, entity_id: Any) -> list[bytes]:
         """All stored packed rows of one window, oldest first (no time bounds)."""
-        return self._call(lambda: self.client.zrange(self.redis_key(hop_key, entity_id), 0, -1))
+        key = self.redis_key(hop_key, entity_id)
+        if not self._packed[hop_key]:
+            return self._call(lambda: self.client.zrange(key, 0, -1))
+        blob = self._call(lambda: self.client.get(key)) or b""
+        size = self.codecs[hop_key].fixed_size
+        return [blob[i:i + size] for i in range(0, len(blob), size)]
 
     def dump_many(self, keys: Sequence[WindowKey]) -> list[Window]:
         """Full stored windows (no time bounds), one round trip."""
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for hop_key, entity_id in keys:
-            pipe.zrange(self.redis_key(hop_key, entity_id), 0, -1)
-        return _decode_grouped(self, keys, self._call(pipe.execute))
+        commands = [("GET", self.redis_key(h, e)) if self._packed[h] else ("ZRANGE", self.redis_key(h, e), 0, -1)
+                    for h, e in keys]
+        return self._decode(keys, self._roundtrip(commands))
 
     def ttl_ms(self, hop_key: str, entity_id: Any) -> int:
         """Remaining TTL of a window key in ms (-2 = no such key, -1 = no expiry)."""
@@ -460,7 +734,22 @@ def _pack_commands(commands: list[tuple]) -> bytes:
     return b"".join([_pack_one(cmd) for cmd in commands])
 
 
-__all__ = ["APPEND_LUA", "RedisWindowStore", "entity_token"]
+def select_packed(blob: bytes, size: int, lo: bytes, hi: bytes, max_len: int) -> bytes:
+    """The newest ``max_len`` rows of a packed window with ``lo <= time key < hi`` (8-byte keys)."""
+    n = len(blob) // size
+    if n == 0:
+        return b""
+    if blob[:8] >= lo and blob[(n - 1) * size:(n - 1) * size + 8] < hi:  # all of it (the usual case)
+        i, j = 0, n
+    else:
+        def key(r: int) -> bytes:
+            return blob[r * size:r * size + 8]
+        j = bisect_left(range(n), hi, key=key)
+        i = bisect_left(range(j), lo, key=key)
+    return blob[max(i, j - max_len) * size:j * size]
+
+
+__all__ = ["APPEND_LUA", "PACKED_APPEND_LUA", "RedisWindowStore", "entity_token", "select_packed"]
 
 
 def _text(value: bytes | str) -> str:

@@ -103,8 +103,12 @@ def check_record(value: bytes | None, decode: Callable[[bytes], tuple[str, Mappi
     try:
         return check_row(record)
     except ROW_ERRORS as exc:
-        detail = str(exc) if isinstance(exc, RowError) else f"{type(exc).__name__}: {exc}"
-        raise RecordRejected(INVALID_ROW, detail) from None
+        raise invalid_row(exc) from None
+
+
+def invalid_row(exc: BaseException) -> RecordRejected:
+    """The rejection of a record whose row check raised ``exc`` (one of :data:`ROW_ERRORS`)."""
+    return RecordRejected(INVALID_ROW, str(exc) if isinstance(exc, RowError) else f"{type(exc).__name__}: {exc}")
 
 
 def reason_of(value: bytes | None, decode: Callable[[bytes], tuple[str, Mapping[str, Any]]],
@@ -209,7 +213,7 @@ def dead_letter_headers(msg: Any) -> dict[str, str]:
 __all__ = [
     "BAD_MAGIC", "DEFAULT_MAX_PAYLOAD_BYTES", "DLQ_SUBJECT", "DeadLetterEntry", "EMPTY", "HEADER_PREFIX",
     "INGEST", "INVALID_ROW", "KEEP_PAYLOAD_BYTES", "MODEL_REJECTED", "OVERSIZE", "PROCESSING_REASONS",
-    "REASONS", "RECORD_REASONS", "ROW_ERRORS", "RecordRejected", "SCORE", "SERVICES", "STORE_REJECTED",
+    "REASONS", "RECORD_REASONS", "invalid_row", "ROW_ERRORS", "RecordRejected", "SCORE", "SERVICES", "STORE_REJECTED",
     "TOO_SHORT", "UNDECODABLE", "UNKNOWN_SCHEMA", "UNMAPPED_TOPIC", "check_record", "dead_letter_entry",
     "dead_letter_headers", "dead_letter_log", "log_dead_letter", "parse_dead_letter", "reason_of",
 ]

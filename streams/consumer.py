@@ -232,10 +232,10 @@ class IngestLoop:
 
     def _store_batch(self, batch: DecodedBatch) -> tuple[list[DeadLetter], int]:
         """Writer thread: append the batch; returns (records the store refused, their appends)."""
-        if not batch.appends:
+        if not batch.window_rows:
             return [], 0
         try:
-            self._append(batch.appends)
+            self._append_batch(batch)
             return [], 0
         except self.transient_errors + (GaveUp,):
             raise
@@ -271,7 +271,7 @@ class IngestLoop:
         m = self.metrics
         for topic, n in batch.records_by_topic.items():
             m.records.labels(topic).inc(n)
-        appended = len(batch.appends) - refused_appends
+        appended = batch.window_rows - refused_appends
         m.interactions.inc(appended)
         for entry in entries:  # acknowledged by the broker: one log line and one count each
             log_dead_letter(entry)
@@ -292,6 +292,16 @@ class IngestLoop:
     def _append(self, items) -> None:
         """One round trip, retried with backoff while the store is unavailable."""
         retry_until(lambda: self.store.append(items), what="window store append",
+                    backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
+                    sleep=self._sleep, retry_on=self.transient_errors)
+
+    def _append_batch(self, batch: DecodedBatch) -> None:
+        """The whole batch in one round trip: the vectorised rows and the per-row ones."""
+        append_rows = getattr(self.store, "append_rows", None)
+        if append_rows is None:  # a store with only the row-by-row interface
+            return self._append(batch.appends)
+        hop_rows, items = batch.hop_rows, batch.fallback_items()
+        retry_until(lambda: append_rows(hop_rows, items), what="window store append",
                     backoff=self.settings.backoff, give_up=self._give_up, on_retry=self._count_retry,
                     sleep=self._sleep, retry_on=self.transient_errors)
 

@@ -19,6 +19,7 @@ from kafka_io.retry import Backoff
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
 from schemas.plan import ServingPlan
 from streams.backfill import backfill, row_decoder
+from streams.columnar import ColumnarDecoder
 from streams.consumer import IngestLoop, LoopSettings, LoopStats
 from streams.dlq import DeadLetterSink
 from streams.metrics import IngestMetrics
@@ -124,7 +125,8 @@ class IngestService:
         self.metrics = IngestMetrics(now_ns=now_ns)
         self.decoder = RecordDecoder(plan, settings.topics, codec.decode, decode_errors,
                                      max_payload_bytes=settings.max_payload_bytes,
-                                     skip_dead_letters_on=settings.skip_dead_letters_on)
+                                     skip_dead_letters_on=settings.skip_dead_letters_on,
+                                     columnar=columnar_decoder(codec, settings.max_payload_bytes))
         conf = consumer_config(kafka_conf, settings, consumer_extra)
         conf["on_commit"] = lambda err, partitions: self.loop.on_commit(err, partitions)
         self.consumer = Consumer(conf, logger=log)
@@ -180,6 +182,14 @@ class IngestService:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
                 self._metrics_server = None
+
+
+def columnar_decoder(codec: Any, max_payload_bytes: int) -> ColumnarDecoder | None:
+    """Batch decoding of flat numeric records for the codec's registry (None: a codec without one)."""
+    registry = getattr(codec, "registry", None)
+    if registry is None or not hasattr(registry, "schema"):
+        return None
+    return ColumnarDecoder(registry, min(max_payload_bytes, getattr(codec, "max_bytes", max_payload_bytes)))
 
 
 def open_codec(registry_path: str | Path, max_payload_bytes: int):

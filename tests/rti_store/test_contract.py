@@ -15,36 +15,38 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.plan import builtin_plan, parse_plan
-from schemas.tensors import RowError, interactions_of
+from schemas.tensors import HopRows, RowError, interactions_of, interactions_of_rows
 from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
 
-# A small recommendation-like plan: int and string entities, string/int/float/timestamp columns,
-# short windows and a 1000 ns look-back so caps are easy to hit.
-RECO = parse_plan({
-    "name": "reco-test",
-    "fact_table": "interactions",
-    "tables": {
-        "households": {"primary_key": "household_id", "columns": {"household_id": "int64"}},
-        "products": {"primary_key": "product_id", "columns": {"product_id": "string"}},
-        "interactions": {
-            "primary_key": "event_id", "time_column": "event_time",
-            "columns": {"event_id": "string", "event_time": "timestamp", "household_id": "int64",
-                        "product_id": "string", "event_type": "string", "quantity": "int64",
-                        "sales_value": "float64"},
-            "foreign_keys": {"household_id": "households", "product_id": "products"},
+def small_plan(name: str, columns: dict[str, str]):
+    """Two hops over an ``interactions`` table with ``columns`` (households: max_len 4, products: 3),
+    a 1000 ns look-back so caps are easy to hit."""
+    return parse_plan({
+        "name": name,
+        "fact_table": "interactions",
+        "tables": {
+            "households": {"primary_key": "household_id", "columns": {"household_id": columns["household_id"]}},
+            "products": {"primary_key": "product_id", "columns": {"product_id": columns["product_id"]}},
+            "interactions": {"primary_key": "event_id", "time_column": "event_time", "columns": columns,
+                             "foreign_keys": {"household_id": "households", "product_id": "products"}},
         },
-    },
-    "distillation": {
-        "embedding_keys": ["interactions.household_id", "interactions.product_id"],
-        "max_embedding_offset": {"value": 14, "unit": "days"},
-        "min_embedding_offset": {"value": 0, "unit": "days"},
-        "real_time_offset": {"value": 1000, "unit": "nanoseconds"},
-        "real_time_interactions": {
-            "interactions.household_id->households.household_id->interactions.household_id": 4,
-            "interactions.product_id->products.product_id->interactions.product_id": 3,
+        "distillation": {
+            "embedding_keys": ["interactions.household_id", "interactions.product_id"],
+            "max_embedding_offset": {"value": 14, "unit": "days"},
+            "min_embedding_offset": {"value": 0, "unit": "days"},
+            "real_time_offset": {"value": 1000, "unit": "nanoseconds"},
+            "real_time_interactions": {
+                "interactions.household_id->households.household_id->interactions.household_id": 4,
+                "interactions.product_id->products.product_id->interactions.product_id": 3,
+            },
         },
-    },
-})
+    })
+
+
+# A small recommendation-like plan: int and string entities, string/int/float/timestamp columns.
+RECO = small_plan("reco-test", {"event_id": "string", "event_time": "timestamp", "household_id": "int64",
+                                "product_id": "string", "event_type": "string", "quantity": "int64",
+                                "sales_value": "float64"})
 HH, PROD = RECO.hop_keys
 FRAUD = builtin_plan("fraud")
 
@@ -380,6 +382,91 @@ def test_any_delivery_order_with_duplicates_equals_a_clean_sorted_pass(make_stor
     for (hop, entity), window in zip(keys, messy.read_many(keys, anchor)):
         e = entity.encode() if isinstance(entity, str) else entity
         assert_window(RECO, hop, window, expected_read(RECO, hop, states[hop].get(e, []), anchor))
+
+
+# ----- the batch path: window rows as columns ------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=events_strategy, data=st.data())
+def test_append_rows_equals_append_of_the_same_rows(make_store, events, data):
+    # rows as the ingest batch path hands them over (columns per hop, some per-row items), with
+    # redeliveries, late rows and both caps: same stored bytes and same counts as append()
+    rows = [event(i, t, household=h, product=f"p{p}") for i, t, h, p in events]
+    delivery = data.draw(st.permutations(rows)) + data.draw(st.lists(st.sampled_from(rows), max_size=15))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivery)), max_size=4)))
+    horizon = data.draw(st.sampled_from([0, 700, 2**62]))
+    by_items, by_rows = make_store(horizon_ns=horizon), make_store(horizon_ns=horizon)
+    for a, b in zip([0] + cuts, cuts + [len(delivery)]):
+        batch = interactions_of_rows(RECO, "interactions", delivery[a:b])
+        split = data.draw(st.integers(0, batch.n))  # rows past `split` go as per-row items
+        hops = [HopRows(h.hop_key, h.source[:split], h.entity[:split], h.event_time[:split], h.event_id[:split],
+                        {c: v[:split] for c, v in h.values.items()}) for h in batch.hops]
+        tail = [HopRows(h.hop_key, h.source[split:], h.entity[split:], h.event_time[split:], h.event_id[split:],
+                        {c: v[split:] for c, v in h.values.items()}) for h in batch.hops]
+        items = [a for h in tail for a in h.items()]
+        expected = by_items.append([a for h in hops for a in h.items()] + items)
+        assert by_rows.append_rows(hops, items) == expected
+    keys = [(HH, h) for h in range(4)] + [(PROD, f"p{p}") for p in range(3)]
+    for hop_key, entity in keys:
+        assert by_rows.rows(hop_key, entity) == by_items.rows(hop_key, entity)
+
+
+def test_append_rows_of_the_fraud_plan_encodes_like_append(make_store):
+    rng = np.random.default_rng(11)
+    rows = [{"transaction_id": i, "tx_datetime": int(rng.integers(0, 10**12)), "customer_id": int(rng.integers(0, 7)),
+             "terminal_id": int(rng.integers(-3, 3)), "tx_amount": float(np.float32(rng.gamma(2.0, 30.0)))}
+            for i in range(400)]
+    by_items, by_rows = make_store(FRAUD), make_store(FRAUD)
+    for i in range(0, len(rows), 90):
+        batch = interactions_of_rows(FRAUD, "transactions", rows[i:i + 90])
+        assert by_rows.append_rows(batch.hops) == by_items.append(appends(FRAUD, rows[i:i + 90], "transactions"))
+    for hop_key, entity in [(k, e) for k in FRAUD.hop_keys for e in range(-3, 7)]:
+        assert by_rows.rows(hop_key, entity) == by_items.rows(hop_key, entity)
+    too_big = dict(rows[0], transaction_id=10**6, tx_amount=1e39)  # beyond float32: refused, nothing stored
+    batch = interactions_of_rows(FRAUD, "transactions", [rows[1] | {"transaction_id": 10**6 + 1}, too_big])
+    with pytest.raises(RowError, match="tx_amount"):
+        by_rows.append_rows(batch.hops)
+    assert by_rows.append_rows(interactions_of_rows(FRAUD, "transactions", rows).hops) == 0
+
+
+# ----- windows of fixed-width rows (packed in Redis) behave like the reference ---------------------
+
+# fixed-width rows only (kept as packed strings by the Redis store)
+NUMERIC = small_plan("numeric-test", {"event_id": "int64", "event_time": "timestamp", "household_id": "int64",
+                                      "product_id": "int64", "price": "float32", "sales_value": "float64"})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.tuples(st.integers(-5, 40), st.integers(-1500, 3000), st.integers(0, 3), st.integers(-1, 1)),
+                       min_size=1, max_size=60, unique_by=lambda e: (e[0], e[1])), data=st.data())
+def test_fixed_width_windows_equal_the_reference_under_any_delivery(redis_client, events, data):
+    # ids repeat across times (identity is (time, id)); same-time rows; late rows; both caps;
+    # redeliveries; the batch path and the row path mixed
+    rows = [{"event_id": i, "event_time": t, "household_id": u, "product_id": it, "price": float(i) / 8,
+             "sales_value": t / 3} for i, t, u, it in events]
+    delivery = data.draw(st.permutations(rows)) + data.draw(st.lists(st.sampled_from(rows), max_size=15))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivery)), max_size=5)))
+    horizon = data.draw(st.sampled_from([0, 700, 2**62]))
+    ref = MemoryWindowStore(NUMERIC, horizon_ns=horizon)
+    red = RedisWindowStore(NUMERIC, redis_client, horizon_ns=horizon, key_prefix=f"n{uuid.uuid4().hex[:8]}",
+                           chunk_keys=3)
+    for a, b in zip([0] + cuts, cuts + [len(delivery)]):
+        part = appends(NUMERIC, delivery[a:b])
+        if data.draw(st.booleans()):
+            stored = red.append_rows(interactions_of_rows(NUMERIC, "interactions", delivery[a:b]).hops)
+        else:
+            stored = red.append(part)
+        assert stored == ref.append(part)
+    assert red.append(appends(NUMERIC, rows)) == 0
+    keys = [(k, e) for k in NUMERIC.hop_keys for e in range(-1, 4)]
+    for hop_key, entity in keys:
+        assert red.rows(hop_key, entity) == ref.rows(hop_key, entity)
+        assert (red.ttl_ms(hop_key, entity) > 0) == bool(ref.rows(hop_key, entity))  # idle windows expire
+    anchors = [data.draw(st.integers(-2000, 4000)) for _ in keys]
+    for got, want in zip(red.read_many(keys, anchors), ref.read_many(keys, anchors)):
+        assert got.event_time.tolist() == want.event_time.tolist()
+        assert all(got.columns[c].dtype == want.columns[c].dtype and got.columns[c].tolist() == want.columns[c].tolist()
+                   for c in want.columns)
 
 
 # ----- both implementations store the very same bytes ----------------------------------------------
