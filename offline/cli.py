@@ -162,6 +162,7 @@ def cmd_train_deep(args) -> int:
     cfg = DeepTrainConfig(fanouts=tuple(int(x) for x in args.fanouts.split(",")), batch_size=args.batch_size,
                           epochs=args.epochs, lr=args.lr, neg_ratio=args.neg_ratio,
                           max_samples_per_epoch=args.max_samples_per_epoch, candidates=args.candidates,
+                          inbatch_weight=args.inbatch_weight,
                           eval_entities=args.eval_entities, seed=args.seed, device=args.device,
                           model=RelGNNConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
     with torch_threads(args.threads):
@@ -279,6 +280,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-samples-per-epoch", type=int, default=d.max_samples_per_epoch, help="per task")
     p.add_argument("--candidates", type=int, default=d.candidates,
                    help="next-item validation: rank the N most popular items of the last 28 days")
+    p.add_argument("--inbatch-weight", type=float, default=d.inbatch_weight,
+                   help="next-item tasks: weight of the logQ-corrected in-batch softmax (0: BCE only)")
     p.add_argument("--eval-entities", type=int, default=d.eval_entities,
                    help="next-item validation: entities sampled per evaluation window")
     p.add_argument("--hidden", type=int, default=m.hidden)

@@ -121,6 +121,7 @@ class DeepTrainConfig:
     weight_decay: float = 1e-5
     neg_ratio: float = 3.0  # negatives per positive drawn each epoch (binary tasks)
     item_negatives: int = 4  # sampled negative items per positive pair (next-item tasks)
+    inbatch_weight: float = 1.0  # next-item: weight of the logQ-corrected in-batch softmax (0 = BCE only)
     max_samples_per_epoch: int = 200_000  # per task
     max_val_samples: int = 60_000
     candidates: int = 1000  # next-item validation: most popular items of the last 28 days

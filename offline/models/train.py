@@ -137,7 +137,19 @@ def _batch_loss(model: DeepModel, task, g, feats, part, rng, popularity, cfg) ->
         logits = (out[task.entity][:, None, :] * e_item).sum(-1) + model.net.head(task.name, e_item)
         target = torch.zeros_like(logits)
         target[:, 0] = 1
-        return F.binary_cross_entropy_with_logits(logits, target)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        if cfg.inbatch_weight > 0 and len(part) > 1:
+            # In-batch sampled softmax: each entity against every positive item of the batch,
+            # logits corrected by -log q(item) (q = popularity) so popular items are not pushed
+            # down for being everyone's negative; the same item elsewhere in the batch is masked.
+            pos = e_item[:, 0]
+            ib = out[task.entity] @ pos.T + model.net.head(task.name, pos)[None, :]
+            log_q = torch.from_numpy(np.log(popularity[part.item])).to(dev, ib.dtype)
+            ib = ib - log_q[None, :]
+            same = torch.from_numpy(part.item[:, None] == part.item[None, :]).to(dev)
+            ib = ib.masked_fill(same & ~torch.eye(len(part), dtype=torch.bool, device=dev), float("-inf"))
+            loss = loss + cfg.inbatch_weight * F.cross_entropy(ib, torch.arange(len(part), device=dev))
+        return loss
     out = model.net(sample(g, feats, {part.ntype: (part.rows, part.time)}, SamplerConfig(cfg.fanouts)).to(dev))
     logits = model.net.head(task.name, out[part.ntype])
     y = torch.from_numpy(part.y).to(dev)

@@ -115,12 +115,17 @@ def recent_rows(link: LinkIndex, entity: np.ndarray, t: np.ndarray, k: int):
     """The (at most) k most recent rows referencing each entity strictly before its t.
     Returns (owner, row): ``owner`` indexes the query, most recent first per owner."""
     end = link.position(entity, t)
-    start = np.maximum(link.indptr[entity], end - k)
-    counts = end - start
-    owner = np.repeat(np.arange(len(entity)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(end, counts) - 1 - offsets
+    owner, pos = last_positions(np.maximum(link.indptr[entity], end - k), end)
     return owner, link.row[pos]
+
+
+def last_positions(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position in [start[i], end[i]) of each query i, newest (end - 1) first:
+    (owner = i per position, position) — the gather of "most recent K" over a time-sorted CSR."""
+    counts = end - start
+    owner = np.repeat(np.arange(len(start)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, np.repeat(end, counts) - 1 - offsets
 
 
 def sample(g: RelGraph, features: NodeFeatures, seeds: dict[str, tuple[np.ndarray, np.ndarray]],

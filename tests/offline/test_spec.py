@@ -139,3 +139,14 @@ def test_draft_spec_of_a_directory_of_files(bank_dir):
     raw["base_tasks"] = [{"name": "fraud", "kind": "fact_label", "table": "card_payments", "label": "is_fraud"}]
     project = parse_project(raw, bank_dir)
     assert len(load_tables(project).table("logins")) > 0
+
+
+def test_complete_journey_adapter_writes_a_valid_next_item_project(tmp_path):
+    from offline.data.adapters import complete_journey_project
+
+    project = load_project(complete_journey_project(tmp_path, max_rows=150_000, test_weeks=1))
+    assert isinstance(project.tasks[0], NextItemTask) and project.plan.is_ranking
+    assert project.embedding_entity_types == ("households", "products")
+    ds = load_tables(project)
+    assert len(ds.table("transactions")) == 150_000
+    assert "department" in project.feature_columns("products")
