@@ -19,7 +19,7 @@ from torch_geometric.nn import HeteroConv, TransformerConv
 from offline.graph import EDGE_TYPES, NODE_TYPES
 from offline.sampler import EDGE_FEATURES, NODE_FEATURES
 from offline.configs import DeepModelConfig  # noqa: F401  (re-exported)
-from offline.models.encoders import TimeEncoder
+from offline.encoders import TimeEncoder
 
 
 def _renumber(index: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:

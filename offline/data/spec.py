@@ -36,7 +36,7 @@ class SpecError(ValueError):
 
 
 class ColumnType(str, Enum):
-    """How a column is read and encoded (offline/models/encoders.py)."""
+    """How a column is read and encoded (offline/encoders.py)."""
 
     numeric = "numeric"
     categorical = "categorical"

@@ -17,7 +17,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
 from offline.configs import RelGNNConfig
-from offline.models.encoders import ColumnEncoder, TimeEncoder
+from offline.encoders import ColumnEncoder, TimeEncoder
 
 
 class RelGNN(nn.Module):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from offline.data.sources import split_instants
 from offline.data.spec import EntityAggregateTask, FactLabelTask, NextItemTask, Project
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
-from offline.models.encoders import TableEncoding
+from offline.encoders import TableEncoding
 from offline.configs import DeepTrainConfig, RelGNNConfig  # noqa: F401  (re-exported)
 from offline.models.relgnn import RelGNN
 from offline.relgraph.graph import RelGraph, build_graph

@@ -25,7 +25,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from offline.datasets.base import NS_PER_DAY
-from offline.models.encoders import TableEncoding
+from offline.encoders import TableEncoding
 from offline.relgraph.graph import LinkIndex, RelGraph
 
 ACTIVITY_DAYS = (1, 7, 30)  # windows of the per-link activity counts
