@@ -2,6 +2,7 @@
 bank (a schema of its own: six tables, two fact tables), fraud and a next-item shop; plus
 reproducibility, the embeddings.parquet contract and the command errors."""
 import json
+import re
 import time
 
 import numpy as np
@@ -126,16 +127,17 @@ def test_next_item_embeddings_carry_the_pair_score(tmp_path):
     np.testing.assert_allclose(hh @ pr.T, eh @ ep.T + bias[None, :], rtol=1e-4, atol=1e-4)
 
 
-def test_cli_errors_name_the_problem(tmp_path):
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    def fails(argv, pattern):
+        assert main(argv) == 1
+        assert re.search(pattern, capsys.readouterr().err)
+
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntables: {}\nbase_tasks: []\n")
-    with pytest.raises(Exception, match=r"--project .*bad.yaml: base_tasks: .*at least 1"):
-        main(["offline", "train-deep", "--project", str(bad)])
+    fails(["offline", "train-deep", "--project", str(bad)], r"--project .*bad.yaml: base_tasks: .*at least 1")
     spec = shop_project(tmp_path / "shop")
-    with pytest.raises(Exception, match="--model"):
-        main(["offline", "embed", "--project", str(spec)])
+    fails(["offline", "embed", "--project", str(spec)], "--model")
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(Exception, match="--device cuda: no CUDA device"):
-            main(["offline", "train-deep", "--project", str(spec), "--device", "cuda"])
+        fails(["offline", "train-deep", "--project", str(spec), "--device", "cuda"], "--device cuda: no CUDA device")
