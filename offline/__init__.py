@@ -1,8 +1,13 @@
-"""relstream's offline stage.
+"""relstream's offline stage, laid out as the pipeline (docs/byod.md, docs/offline.md):
 
-Stage 1 (see docs/offline.md): datasets (``offline.datasets``), the temporal graph
-(``offline.graph``) and its leak-free sampler (``offline.sampler``), the deep temporal GNN
-(``offline.deep_model``, ``offline.train_deep``, ``offline.train_recsys``), batch embeddings
-(``offline.embed``) and the evaluation harness shared with stage 2 (``offline.evaluate``).
-Stage 2 (docs/distillation.md): distillation, the shallow model and the Triton export.
+* ``offline.data`` — the project spec (``spec``), reading its tables (``sources``), dataset
+  adapters that write files + spec (``adapters``; generators in ``offline.datasets``);
+* ``offline.relgraph`` — the temporal heterogeneous graph of any spec and its leak-free sampler;
+* ``offline.tasks`` — targets of the task kinds (entity aggregate, fact label, next item);
+* ``offline.models`` — column encoders, the deep GNN, its trainer and the batch-embedding job;
+* ``offline.project`` — what every command shares (spec + run directory, manifest, errors);
+* stage 2 (docs/distillation.md): distillation, the shallow model and the Triton export, and the
+  evaluation harness (``offline.evaluate``). The fraud-only stage-1 modules (``graph``,
+  ``sampler``, ``deep_model``, ``train_deep``, ``embed``, ``train_recsys``, ``recsys_embed``)
+  remain while stage 2 still imports them.
 """

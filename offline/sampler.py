@@ -22,6 +22,7 @@ from torch_geometric.data import HeteroData
 
 from offline.datasets.base import NS_PER_DAY, NS_PER_SECOND
 from offline.graph import TemporalGraph
+from offline.relgraph.sampler import last_positions
 
 NODE_FEATURES = (
     "log_count_1d", "log_count_7d", "log_count_30d", "log_mean_amount_30d", "days_since_last_30",
@@ -46,11 +47,7 @@ def recent_edges(g: TemporalGraph, ntype: str, entity: np.ndarray, seed_time: np
     most recent first within each owner."""
     csr = g.csr[ntype]
     end = csr.position(entity, g.time_rank(seed_time))
-    start = np.maximum(csr.indptr[entity], end - k)
-    counts = end - start
-    owner = np.repeat(np.arange(len(entity)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(end, counts) - 1 - offsets
+    owner, pos = last_positions(np.maximum(csr.indptr[entity], end - k), end)
     return owner, csr.edge[pos]
 
 

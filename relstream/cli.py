@@ -9,7 +9,10 @@ Other packages add subcommands: each of PLUGIN_MODULES that exists must define
 (``parser.set_defaults(func=handler)``). A handler gets the parsed ``args`` and returns an exit
 code (or None for 0); it loads the configuration with ``config_from_args(args)``. Expected
 failures should raise ``relstream.cli.CliError`` (or ConfigError / StackError /
-PrerequisiteError): they are printed as one message without a traceback.
+PrerequisiteError, or an exception type a plugin lists in its ``EXPECTED_ERRORS``): they are
+printed as one message without a traceback. Plugins below the app in the layers (``offline``)
+get what they need of it through ``args``: ``args.local_triton_urls()`` gives the local stack's
+Triton (HTTP URL, gRPC address).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from .stack.prereqs import PrerequisiteError
 # the command modules of the app; a package that is not installed (offline without the train
 # extra) is skipped
 PLUGIN_MODULES = ("offline.cli", "relstream.ingest_cli", "relstream.serving_cli", "relstream.model_cli")
-__all__ = ["CliError", "build_parser", "config_from_args", "main"]  # offline.cli imports CliError from here
+__all__ = ["CliError", "build_parser", "config_from_args", "main"]
 
 
 # ------------------------------------------------------------------------------------ stack
@@ -233,16 +236,24 @@ def load_plugins(subparsers, modules: Sequence[str] = PLUGIN_MODULES) -> list[st
     return loaded
 
 
+def _local_triton_urls(args) -> tuple[str, str]:
+    st = stack_from_config(config_from_args(args))
+    return st.triton_http_url, st.triton_grpc_url
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # core commands do not import the plugins (faster, and a broken plugin cannot block
     # `stack down`); everything else, including the top-level --help, loads them all
     parser = build_parser(plugins=_first_command(argv) not in CORE_COMMANDS)
     args = parser.parse_args(argv)
+    args.local_triton_urls = lambda: _local_triton_urls(args)
+    expected = tuple(err for module in PLUGIN_MODULES if module in sys.modules
+                     for err in getattr(sys.modules[module], "EXPECTED_ERRORS", ()))
     try:
         code = args.func(args)
     except (CliError, ConfigError, PrerequisiteError, StackError, PortInUseError,
-            JarCacheError) as exc:
+            JarCacheError, *expected) as exc:
         print(f"relstream: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, PrerequisiteError)) else 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ import numpy as np
 
 from relstream import lifecycle as lc
 from schemas.plan import ServingPlan
+from scorer.triton import make_inputs
 
 from .model_bundles import DeployRefused, ModelOpsError
 
@@ -65,12 +66,7 @@ class TritonControl:
         """Score one request on ``version``; returns ({output: array}, version that answered)."""
         from tritonclient.utils import InferenceServerException
         tg = self._tg
-        inputs = []
-        for spec in plan.tensors:
-            arr = np.asarray(tensors[spec.name])
-            inp = tg.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
-            inp.set_data_from_numpy(arr)
-            inputs.append(inp)
+        inputs = make_inputs(plan, {k: np.asarray(v) for k, v in tensors.items()}, tg)
         try:
             res = self._client.infer(lc.triton_model_name(model, version), inputs, model_version=str(version),
                                      client_timeout=30)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 
 NS_PER_SECOND = 1_000_000_000
@@ -31,6 +32,8 @@ class TableMeta:
     time_column: str | None = None
     foreign_keys: Mapping[str, str] = field(default_factory=dict)  # column -> referenced table
     label_columns: tuple[str, ...] = ()  # offline-only; subject to the label feedback delay
+    # Per-label feedback delay; a label without one uses the ``label_delay_ns`` given to upto().
+    label_delays_ns: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,13 @@ class RelationalDataset:
         t = self.frames[table][col]
         return int(t.min()), int(t.max())
 
-    def upto(self, ts_ns: int, label_delay_ns: int = 0) -> "RelationalDataset":
+    def upto(self, ts_ns: int, label_delay_ns: int | None = None) -> "RelationalDataset":
         """The dataset as known at ``ts_ns``: rows with time >= ts removed; labels of rows with
-        time >= ``ts - label_delay`` set to ``NA`` (nullable dtype), so they cannot be used by
-        accident (any numeric conversion of NA fails loudly)."""
-        label_cut = int(ts_ns) - int(label_delay_ns)
+        time >= ``ts - delay`` set to ``NA`` (nullable dtype), so they cannot be used by
+        accident (any numeric conversion of NA fails loudly). ``delay`` is the label's own
+        (``TableMeta.label_delays_ns``) unless ``label_delay_ns`` is given."""
         frames = {}
+        cuts = []
         for name, m in self.meta.items():
             df = self.frames[name]
             if m.time_column is None:
@@ -81,14 +85,23 @@ class RelationalDataset:
                 continue
             t = df[m.time_column].to_numpy()
             view = df.loc[t < ts_ns].copy()
-            if m.label_columns:
-                hidden = view[m.time_column].to_numpy() >= label_cut
-                for col in m.label_columns:
-                    masked = view[col].astype(_nullable(view[col].dtype))
-                    masked[hidden] = pd.NA
-                    view[col] = masked
+            for col in m.label_columns:
+                delay = label_delay_ns if label_delay_ns is not None else m.label_delays_ns.get(col, 0)
+                cuts.append(int(ts_ns) - int(delay))
+                hidden = view[m.time_column].to_numpy() >= cuts[-1]
+                masked = view[col].astype(_nullable(view[col].dtype))
+                masked[hidden] = pd.NA
+                view[col] = masked
             frames[name] = view
+        label_cut = min(cuts) if cuts else int(ts_ns) - int(label_delay_ns or 0)
         return RelationalDataset(self.name, self.meta, frames, int(ts_ns), label_cut)
+
+    def label_known(self, table: str, column: str, row_time_ns, at_ns, label_delay_ns: int | None = None):
+        """Whether the label of rows at ``row_time_ns`` is known at instants ``at_ns`` — the same
+        rule as :meth:`upto`, vectorised for samplers that featurise many seed times at once."""
+        m = self.meta[table]
+        delay = label_delay_ns if label_delay_ns is not None else m.label_delays_ns.get(column, 0)
+        return np.asarray(row_time_ns, np.int64) < np.asarray(at_ns, np.int64) - int(delay)
 
 
 def _nullable(dtype) -> str:

@@ -161,13 +161,25 @@ class TrainingRows:
 
 # ----- the replay ------------------------------------------------------------------------------
 
-def _interaction_table(plan: ServingPlan) -> str:
-    """The one table whose rows feed every hop (what the replay appends)."""
-    tables = {hop.key.target.table for hop in plan.hops}
+def _interaction_tables(plan: ServingPlan) -> tuple[str, ...]:
+    """The tables whose rows feed the hops (what the replay appends); the fact table if none."""
+    return tuple(sorted({hop.key.target.table for hop in plan.hops})) or (plan.fact_table,)
+
+
+Interactions = pd.DataFrame | Sequence[Mapping]
+
+
+def _by_table(plan: ServingPlan, interactions: Interactions | Mapping[str, Interactions]) -> dict[str, Interactions]:
+    """``interactions`` per hop table: a mapping table -> rows, or the rows of the one hop table."""
+    tables = _interaction_tables(plan)
+    if isinstance(interactions, Mapping):
+        missing = [t for t in tables if t not in interactions]
+        if missing:
+            raise ValueError(f"interactions: no rows of {missing} given; the hops read {list(tables)}")
+        return {t: interactions[t] for t in tables}
     if len(tables) > 1:
-        raise ValueError(f"distillation.real_time_interactions: the replay appends rows of one table; "
-                         f"the hops read {sorted(tables)}")
-    return tables.pop() if tables else plan.fact_table
+        raise ValueError(f"interactions: the hops read {list(tables)}; give their rows as a mapping table -> rows")
+    return {tables[0]: interactions}
 
 
 def _interaction_records(plan: ServingPlan, table: str, interactions, facts: Sequence[Mapping],
@@ -182,6 +194,8 @@ def _interaction_records(plan: ServingPlan, table: str, interactions, facts: Seq
         if plan.hops:  # windows are per entity: rows of entities no query reads are never read
             needed = np.zeros(len(interactions), bool)
             for hop in plan.hops:
+                if hop.key.target.table != table:
+                    continue
                 ids = {f[hop.key.source.column] for f in facts}
                 needed |= interactions[hop.key.target.column].isin(ids).to_numpy()
             keep &= needed
@@ -197,14 +211,15 @@ def _interaction_records(plan: ServingPlan, table: str, interactions, facts: Seq
     return [records[i] for i in order], times[order]
 
 
-def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], facts: Sequence[Mapping],
+def replay(plan: ServingPlan, interactions: Interactions | Mapping[str, Interactions], facts: Sequence[Mapping],
            anchors: Sequence[int] | None = None, *, candidates: CandidateFn | None = None, prefill: bool = False,
            store_factory: Callable | None = None, progress: bool = True,
            desc: str = "replay") -> Iterator[tuple[int, dict[str, np.ndarray], Sequence[float]]]:
     """``(i, tensors, labels)`` for each query i (``facts[i]`` as of ``anchors[i]``), in anchor order.
 
-    ``interactions``: rows of the hops' interaction table (a frame or records); only those that
-    can be visible to some query are appended. ``anchors`` default to each fact row's own event
+    ``interactions``: rows of the hops' interaction table (a frame or records), or a mapping
+    table -> rows when the hops read several tables; only rows that can be visible to some query
+    are appended. ``anchors`` default to each fact row's own event
     time. Ranking plans need ``candidates`` (see :data:`CandidateFn`); ``labels`` are what it
     returned next to the ids (empty for scoring plans).
 
@@ -223,13 +238,22 @@ def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], fa
                else np.asarray(anchors, np.int64))
     if anchors.shape != (n,):
         raise ValueError(f"anchors: {anchors.shape[0]} anchors for {n} fact rows")
-    table = _interaction_table(plan)
     lo, _ = plan.rti_bounds(int(anchors.min()))
     if prefill:
         lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
     else:
         hi = int(anchors.max())
-    records, times = _interaction_records(plan, table, interactions, facts, lo, hi)
+    # Rows of every hop table in one time order; a hop reads one table, so the order between
+    # tables at equal times changes no window.
+    records, times, tables = [], [], []
+    for t, rows in _by_table(plan, interactions).items():
+        recs, ts = _interaction_records(plan, t, rows, facts, lo, hi)
+        records.extend(recs)
+        times.append(ts)
+        tables.extend([t] * len(recs))
+    times = np.concatenate(times)
+    merged = np.argsort(times, kind="stable")
+    records, tables, times = [records[j] for j in merged], [tables[j] for j in merged], times[merged]
     store = (store_factory or MemoryWindowStore)(plan)
     order = np.argsort(anchors, kind="stable")
     bounds = np.flatnonzero(np.diff(anchors[order])) + 1
@@ -242,8 +266,8 @@ def replay(plan: ServingPlan, interactions: pd.DataFrame | Sequence[Mapping], fa
             end = len(records) if prefill else int(np.searchsorted(times, T, side="left"))
             if end > pos:  # every interaction strictly before T, nothing at or after it
                 items = []
-                for rec in records[pos:end]:
-                    items.extend(interactions_of(plan, table, rec))
+                for rec, t in zip(records[pos:end], tables[pos:end]):
+                    items.extend(interactions_of(plan, t, rec))
                 store.append(items)
                 pos = end
             keys = []
@@ -291,21 +315,21 @@ def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
 
 
 def replay_rows(plan: ServingPlan, events: pd.DataFrame, score_mask: np.ndarray | None = None,
-                progress: bool = True, store_factory: Callable | None = None) -> TrainingRows:
+                progress: bool = True, store_factory: Callable | None = None,
+                other_tables: Mapping[str, pd.DataFrame] | None = None) -> TrainingRows:
     """Rows of the scored events (``score_mask``; default all) of a scoring plan, point-in-time.
 
-    ``events`` is the plan's fact table, which is also the hops' interaction table (the fraud
-    plan: transactions). Rows are in the order of the frame; ``row_index`` is the position.
+    ``events`` is the plan's fact table; hops that read other tables (a second fact table, e.g.
+    logins next to payments) get their rows from ``other_tables``. Rows are in the order of the
+    frame; ``row_index`` is the position.
     """
     score_mask = np.ones(len(events), bool) if score_mask is None else np.asarray(score_mask, bool)
     if not score_mask.any():
         raise ValueError("score_mask: no event to score")
-    if _interaction_table(plan) != plan.fact_table:
-        raise ValueError(f"distillation.real_time_interactions: replay_rows scores rows of {plan.fact_table!r}, "
-                         f"which the hops must read")
+    interactions = {**(other_tables or {}), plan.fact_table: events}
     scored = np.flatnonzero(score_mask)
     facts = _records(events.iloc[scored], list(plan.fact.columns))
-    return build_rows(plan, events, facts, events[plan.fact.time_column].to_numpy(np.int64)[scored],
+    return build_rows(plan, interactions, facts, events[plan.fact.time_column].to_numpy(np.int64)[scored],
                       row_index=scored, progress=progress, store_factory=store_factory)
 
 

@@ -38,6 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from offline.data.sources import load_tables
+from offline.data.spec import load_project
 from relstream.config import load_config, redis_client, serving_plan
 from relstream.stack import LocalStack
 from rti_store import Completeness, RedisWindowStore
@@ -164,19 +166,24 @@ class Demo:
             for name, addr in self.stack.addresses().items():
                 self.say(f"{name:<15} {addr}")
 
+    @property
+    def spec(self) -> Path:
+        return self.offline_dir / "project.yaml"  # written by `relstream offline dataset fraud`
+
     def offline(self, stage: str, *args: str, timeout_s: float = 1800) -> str:
-        return run_step(stage, relstream_argv(None, "offline", *args, "--run-dir", self.offline_dir, "--no-progress"),
+        return run_step(stage, relstream_argv(None, "offline", *args, "--project", self.spec, "--run-dir",
+                                              self.offline_dir, "--no-progress"),
                         self.logs / f"{stage}.log", timeout_s)
 
     def stage_generate(self) -> None:
         o = self.o
         with self.clock.stage("generate", f"simulating {o.customers} customers x {o.terminals} terminals x "
                                           f"{o.days} days") as d:
-            self.offline("generate", "generate", "--customers", o.customers, "--terminals", o.terminals,
-                         "--days", o.days, "--seed", o.seed)
-            from offline.datasets.loader import load_transactions
-
-            ds = load_transactions(self.offline_dir / "transactions.parquet")
+            run_step("generate", relstream_argv(None, "offline", "dataset", "fraud", "--out", self.offline_dir,
+                                                "--customers", o.customers, "--terminals", o.terminals,
+                                                "--days", o.days, "--seed", o.seed),
+                     self.logs / "generate.log", 1800)
+            ds = load_tables(load_project(self.spec))
             self.tx = ds.table("transactions")
             d["text"] = f"{len(self.tx):,} transactions, fraud rate {self.tx['tx_fraud'].mean():.2%}"
 
@@ -184,7 +191,7 @@ class Demo:
         with self.clock.stage("train-deep", f"temporal GNN, {self.o.deep_epochs} epochs, CPU") as d:
             self.offline("train-deep", "train-deep", "--epochs", self.o.deep_epochs, "--seed", self.o.seed,
                          "--threads", self.o.threads)
-            d["text"] = str(self.offline_dir / "model.pt")
+            d["text"] = str(self.offline_dir / "deep_model.pt")
 
     def stage_embed(self) -> None:
         with self.clock.stage("embed", "daily embeddings of every customer and terminal") as d:
@@ -204,9 +211,8 @@ class Demo:
 
     def stage_export(self) -> None:
         with self.clock.stage("export", "Triton model repository + load") as d:
-            run_step("export", relstream_argv(None, "offline", "export", "--run-dir", self.offline_dir,
-                                              "--repo", self.stack.model_repository, "--model-name", self.MODEL_NAME),
-                     self.logs / "export.log", 900)
+            self.offline("export", "export", "--repo", self.stack.model_repository, "--model-name", self.MODEL_NAME,
+                         timeout_s=900)
             self.version_dir = latest_version_dir(self.stack.model_repository, self.MODEL_NAME)
             load_model(self.stack.triton_http_url, self.MODEL_NAME)
             warm_up(self.stack.triton_grpc_url, self.MODEL_NAME, self.version_dir)

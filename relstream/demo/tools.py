@@ -21,6 +21,7 @@ import yaml
 from relstream.stack.process import Process, ProcessExited
 from schemas.plan import load_plan
 from schemas.tensors import stack_requests
+from scorer.triton import make_inputs
 
 TOKEN_ENV = "RELSTREAM_API_TOKEN"  # serve.token_env in the demo's config (the default)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,13 +169,7 @@ def warm_up(triton_grpc_url: str, model_name: str, version_dir: str | Path, call
     try:
         for i in range(calls):
             tensors = stack_requests(plan, synthetic_requests(plan, n=4, seed=i))
-            inputs = []
-            for spec in plan.tensors:
-                arr = np.asarray(tensors[spec.name])
-                inp = grpcclient.InferInput(spec.name, list(arr.shape), spec.triton_dtype)
-                inp.set_data_from_numpy(arr)
-                inputs.append(inp)
-            client.infer(model_name, inputs)
+            client.infer(model_name, make_inputs(plan, tensors, grpcclient))
     finally:
         client.close()
 

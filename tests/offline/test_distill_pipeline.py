@@ -1,42 +1,42 @@
-"""`relstream offline distill | quality | export` on tiny data, with an untrained deep model.
+"""`relstream offline distill | quality | export --project` on the tiny fraud project.
 
-The deep model's training is stage 1's business (and slow); here a randomly initialised GNN of
-the stage-1 class and its real ``embed`` output stand in, so the test exercises every step of
-stage 2: point-in-time rows, training, metrics, the deep request-time baseline, LightGBM,
-export of the trained model and equality of the bundle's scores with the offline scores.
+The deep model's training is stage 1's business (and slow); here one short epoch of the generic
+deep model and its real ``embed`` output stand in, so the test exercises every step of stage 2:
+point-in-time rows, training, metrics, the deep request-time baseline, LightGBM, export of the
+trained model and equality of the bundle's scores with the offline scores.
 """
 import json
 
 import numpy as np
 import pytest
 
-from offline.datasets.fraud import TINY, generate_transactions, write_transactions
-from offline.datasets.loader import load_transactions
-from offline.deep_model import DeepModelConfig, TemporalHeteroGNN
-from offline.evaluate import SplitConfig
-from offline.train_deep import TrainConfig, save_model
+from offline.data.sources import load_tables
+from offline.data.spec import load_project
 from relstream.cli import main as relstream_main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    import torch
-
-    from offline.embed import daily_snapshots, write_embeddings
-
-    run = tmp_path_factory.mktemp("run")
-    write_transactions(generate_transactions(TINY), str(run / "transactions.parquet"))
-    ds = load_transactions(run / "transactions.parquet")
-    cfg = TrainConfig(split=SplitConfig(train_start_day=8, train_days=7).fitted(30),
-                      model=DeepModelConfig(hidden=16, embedding_dim=8, heads=2, time_dim=4))
-    torch.manual_seed(0)
-    model = TemporalHeteroGNN(cfg.model)
-    save_model(run / "model.pt", model, cfg)
-    write_embeddings(model, cfg, ds, run / "embeddings.parquet", daily_snapshots(ds), progress=False)
-    return run
+def project(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fraud")
+    assert relstream_main(["offline", "dataset", "fraud", "--tiny", "--out", str(out)]) == 0
+    spec = out / "project.yaml"
+    run = ["--project", str(spec), "--run-dir", str(out), "--no-progress"]
+    assert relstream_main(["offline", "train-deep", *run, "--epochs", "1", "--max-samples-per-epoch", "500",
+                           "--hidden", "16", "--embedding-dim", "8"]) == 0
+    assert relstream_main(["offline", "embed", *run]) == 0
+    return spec
 
 
-def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def run_dir(project):
+    return project.parent
+
+
+def args(project, *more):
+    return ["--project", str(project), "--run-dir", str(project.parent), "--no-progress", *more]
+
+
+def test_distill_then_export_matches_offline_scores(project, run_dir, tmp_path):
     from offline.export.bundle import load_bundle, split_scores
     from offline.distillation.replay import replay_rows
     from offline.embeddings import EmbeddingTable
@@ -44,25 +44,25 @@ def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
     from offline.distillation.shallow_model import serve
     from schemas.plan import builtin_plan
 
-    code = relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
-                           "--d-model", "32", "--layers", "1", "--soft-weight", "0.3"])
+    code = relstream_main(["offline", "distill", *args(project, "--epochs", "1", "--d-model", "32", "--layers", "1")])
     assert code == 0
     report = json.loads((run_dir / "distill.json").read_text())
     assert 0.0 <= report["metrics"]["auc_roc"] <= 1.0 and report["metrics"]["n"] > 0
-    assert report["train"]["parameters"] > 0 and report["config"]["soft_weight"] == 0.3
+    assert report["train"]["parameters"] > 0 and report["config"]["soft_weight"] == 0.0
+    # the training days end one label delay (7 days) before the project's test start
+    assert report["split"]["train_days"] == 7 and report["split"]["delay_days"] == 7
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "distill" in manifest["steps"]
 
     repo = tmp_path / "repo"
-    assert relstream_main(["offline", "export", "--run-dir", str(run_dir), "--repo", str(repo)]) == 0
+    assert relstream_main(["offline", "export", *args(project, "--repo", str(repo))]) == 0
     vdir = repo / "relstream" / "1"
     bundle_manifest = json.loads((vdir / "manifest.json").read_text())
     assert bundle_manifest["trained"] is True and "auc_roc" in bundle_manifest["metrics"]
-    split = SplitConfig(train_start_day=8, train_days=7).fitted(30)  # the deep model's split
-    assert bundle_manifest["training_data_range"]["split"]["train_start_day"] == split.train_start_day
+    assert bundle_manifest["training_data_range"]["split"] == report["split"]
 
     plan = builtin_plan("fraud")
-    tx = load_transactions(run_dir / "transactions.parquet").table("transactions")
+    tx = load_tables(load_project(project)).table("transactions")
     mask = np.zeros(len(tx), bool)
     mask[-30:] = True
     rows = replay_rows(plan, tx, score_mask=mask, progress=False)
@@ -77,9 +77,8 @@ def test_distill_then_export_matches_offline_scores(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_quality_report_compares_three_models(run_dir):
-    code = relstream_main(["offline", "quality", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
-                           "--d-model", "32", "--layers", "1"])
+def test_quality_report_compares_three_models(project, run_dir):
+    code = relstream_main(["offline", "quality", *args(project, "--epochs", "1", "--d-model", "32", "--layers", "1")])
     assert code == 0
     report = json.loads((run_dir / "quality" / "quality.json").read_text())
     assert set(report["models"]) == {"deep", "distilled", "lightgbm"}
@@ -92,16 +91,16 @@ def test_quality_report_compares_three_models(run_dir):
     assert (run_dir / "quality" / "metrics.png").stat().st_size > 0
 
 
-def test_trained_export_answers_real_rows_on_triton(run_dir, stack):
+def test_trained_export_answers_real_rows_on_triton(project, run_dir, stack):
     """The distilled model of this run, exported and checked on the real Triton with real rows."""
     from offline.distillation.trainer import MODEL_FILE
 
     if not (run_dir / MODEL_FILE).exists():
-        assert relstream_main(["offline", "distill", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress",
-                               "--d-model", "32", "--layers", "1"]) == 0
-    code = relstream_main(["offline", "export", "--run-dir", str(run_dir), "--repo", str(stack.model_repository),
-                           "--model-name", "relstream_trained", "--check", "--triton-http", stack.triton_http_url,
-                           "--triton-grpc", stack.triton_grpc_url])
+        assert relstream_main(["offline", "distill", *args(project, "--epochs", "1", "--d-model", "32",
+                                                           "--layers", "1")]) == 0
+    code = relstream_main(["offline", "export", *args(project, "--repo", str(stack.model_repository),
+                                                      "--model-name", "relstream_trained", "--check", "--triton-http",
+                                                      stack.triton_http_url, "--triton-grpc", stack.triton_grpc_url)])
     assert code == 0
     vdir = max((stack.model_repository / "relstream_trained").glob("[0-9]*"), key=lambda p: int(p.name))
     assert json.loads((vdir / "manifest.json").read_text())["trained"] is True

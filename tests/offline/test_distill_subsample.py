@@ -63,8 +63,12 @@ def test_train_shallow_uses_only_the_subsample(tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--max-train-rows", "0"), ("--soft-weight", "1.5")])
 def test_cli_rejects_bad_distillation_flags_before_loading(tmp_path, capsys, flag, value):
+    from offline.datasets.synthetic_bank import TINY_BANK, write_bank_project
+
+    spec = write_bank_project(tmp_path / "bank", TINY_BANK)
     for cmd in ("distill", "quality"):
-        code = relstream_main(["offline", cmd, "--run-dir", str(tmp_path / "nothing"), flag, value, "--no-progress"])
+        code = relstream_main(["offline", cmd, "--project", str(spec), "--run-dir", str(tmp_path / "nothing"),
+                               flag, value, "--no-progress"])
         assert code != 0
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()  # failed before touching the run directory

@@ -1,4 +1,5 @@
-"""distill and export --plan recsys through the CLI on a small Complete Journey prefix."""
+"""distill and export of the Complete Journey project (a ranking plan) through the CLI, on a small
+prefix of the purchase lines."""
 import json
 
 import numpy as np
@@ -12,36 +13,49 @@ MAX_ROWS = 60_000  # the first ~3 weeks of purchase lines
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from offline.datasets.complete_journey import load_complete_journey
+def project(tmp_path_factory):
+    import pandas as pd
+    import yaml
+
+    from offline.cli import main
 
     run = tmp_path_factory.mktemp("cj_ranker")
-    tx = load_complete_journey(max_rows=MAX_ROWS).table("transactions")
-    t0, t1 = int(tx["transaction_timestamp"].min()), int(tx["transaction_timestamp"].max())
-    cut = t0 + (t1 - t0) * 3 // 4
-    (run / "recsys_split.json").write_text(json.dumps({"train_cut_ns": cut, "data_end_ns": t1, "max_rows": MAX_ROWS,
-                                                       "session_seed": 0}))
+    assert main(["offline", "dataset", "complete-journey", "--max-rows", str(MAX_ROWS), "--out", str(run)]) == 0
+    spec = yaml.safe_load((run / "project.yaml").read_text())
+    spec["split"]["test_days"] = 7  # three weeks of lines: two before the test week
+    (run / "project.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    tx = pd.read_parquet(run / "transactions.parquet")
+    t0 = int(tx["transaction_timestamp"].min())
     plan = builtin_plan("recsys")
     snaps = [t0 + 2 * DAY + w * 7 * DAY for w in range(4)]
     types, ids, st, vecs = random_embeddings(plan, {"households": np.unique(tx["household_id"]),
                                                     "products": np.unique(tx["product_id"])[::3]}, snaps, dim=8)
     write_embeddings_parquet(run / "embeddings.parquet", types, ids, st, vecs)
-    return run
+    return run / "project.yaml"
 
 
-def test_recsys_distill_then_export(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def run_dir(project):
+    return project.parent
+
+
+def test_recsys_distill_then_export(project, run_dir, tmp_path):
     from offline.cli import main
+    from offline.data.sources import load_tables, split_instants
+    from offline.data.spec import load_project
     from offline.export.bundle import load_bundle
 
-    assert main(["offline", "distill", "--plan", "recsys", "--run-dir", str(run_dir), "--examples", "150",
-                 "--epochs", "1", "--negatives", "16", "--soft-weight", "0.3", "--no-progress"]) == 0
+    run = ["--project", str(project), "--run-dir", str(run_dir), "--no-progress"]
+    assert main(["offline", "distill", *run, "--examples", "150", "--epochs", "1", "--negatives", "16",
+                 "--soft-weight", "0.3"]) == 0
     report = json.loads((run_dir / "distill.json").read_text())
     assert report["examples"] == 150 and report["train"]["rows"] == 150
-    assert report["example_range_ns"][1] == json.loads((run_dir / "recsys_split.json").read_text())["train_cut_ns"]
+    spec = load_project(project)
+    assert report["example_range_ns"][1] == split_instants(spec, load_tables(spec))["test_start_ns"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "distill" in manifest["steps"]
 
-    assert main(["offline", "export", "--plan", "recsys", "--run-dir", str(run_dir), "--repo", str(tmp_path)]) == 0
+    assert main(["offline", "export", *run, "--repo", str(tmp_path)]) == 0
     bundle = load_bundle(tmp_path / "relstream_ranker" / "1")
     assert len(bundle.catalog) == 1000 and bundle.manifest["trained"] is True
     assert bundle.manifest["parameters"] == bundle.model.count_parameters()
