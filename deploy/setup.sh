@@ -68,7 +68,7 @@ print(f"[setup] kafka: {KAFKA_VERSION} jars verified in {ensure_kafka_jars()}")
 "$VPY" -c '
 import sys
 sys.path.insert(0, ".")
-from relstream.prereqs import missing_for
+from relstream.stack.prereqs import missing_for
 missing = missing_for(["kafka", "redis", "triton"])
 for m in missing:
     print(f"[setup] still missing: {m}")
