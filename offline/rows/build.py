@@ -48,6 +48,15 @@ def _replay(plan: ServingPlan, events, embeddings, score_mask, out: Path, progre
     return [len(rows)]
 
 
+def _embedding_dim(embeddings) -> int | None:
+    field = pq.read_schema(embeddings).field("embedding").type
+    if getattr(field, "list_size", None):
+        return int(field.list_size)
+    first = pq.ParquetFile(embeddings).read_row_group(0, columns=["embedding"]).column(0) \
+        if pq.ParquetFile(embeddings).num_row_groups else None
+    return len(first[0].as_py()) if first is not None and len(first) else None
+
+
 def build_rows(plan: ServingPlan, events: pd.DataFrame | str | Path, embeddings: str | Path | None = None,
                score_mask: np.ndarray | None = None, engine: str = "duckdb", out: str | Path = "rows",
                chunk_rows: int = DEFAULT_CHUNK_ROWS, spark=None, duckdb_memory_limit: str | None = None,
@@ -93,6 +102,7 @@ def build_rows(plan: ServingPlan, events: pd.DataFrame | str | Path, embeddings:
         "chunks": [{"file": part_name(i), "rows": n, **({"anchor_lo": lo, "anchor_hi": hi} if chunks else {})}
                    for i, (n, (lo, hi)) in enumerate(zip(counts, chunks or [(None, None)] * len(counts)))],
         "embeddings": [embedding_column(r) for r in plan.embedding_keys] if embeddings is not None else [],
+        "embedding_dim": _embedding_dim(embeddings) if embeddings is not None else None,
         "seconds": time.perf_counter() - t0, **info,
     }
     write_manifest(out, manifest)

@@ -137,11 +137,14 @@ class RowsQuery:
             firsts.append(f"h{i}_n")
         base = [q(ROW_COL), q(EID_COL), q(SCORE_COL), TIME_COL, *(q(c) for c in plan.fact_columns)]
         win = f"SELECT {', '.join(base)}, {', '.join(lists)} FROM pit_events WINDOW {', '.join(windows)}"
-        peer = f"SELECT {', '.join(base)}, {', '.join(firsts)} FROM pit_windows WHERE {TIME_COL} >= {anchor_lo}"
+        # The peer copy runs before the anchor filter: an unscored first row of a run of equal
+        # timestamps still gives its lists to the scored rows of the run (WHERE precedes OVER).
+        peer = f"SELECT {', '.join(base)}, {', '.join(firsts)} FROM pit_windows"
 
         scalars = [f"a.{q(ROW_COL)} AS {ROW_INDEX}", f"a.{TIME_COL} AS {q(ANCHOR_TIME)}",
                    *(f"a.{q(c)} AS {q(f'{plan.fact_table}.{c}')}" for c in plan.fact_columns)]
-        ctes = [f"pit_events AS ({ev})", f"pit_windows AS ({win})", f"pit_anchors AS ({peer} AND {q(SCORE_COL)})"]
+        ctes = [f"pit_events AS ({ev})", f"pit_windows AS ({win})", f"pit_peers AS ({peer})",
+                f"pit_anchors AS (SELECT * FROM pit_peers WHERE {TIME_COL} >= {anchor_lo} AND {q(SCORE_COL)})"]
         select_from = "pit_anchors a"
         if self.with_embeddings:
             if snapshots is None:

@@ -106,7 +106,7 @@ def _padded(arr: pa.Array, n: int, width: int, dtype: str) -> tuple[np.ndarray, 
     return out, lengths
 
 
-def batch_to_rows(plan: ServingPlan, batch: pa.RecordBatch | pa.Table) -> RowBatch:
+def batch_to_rows(plan: ServingPlan, batch: pa.RecordBatch | pa.Table, embedding_dim: int | None = None) -> RowBatch:
     n = batch.num_rows
     rows = DistillRows.allocate(plan, n)
     names = batch.schema.names
@@ -136,9 +136,10 @@ def batch_to_rows(plan: ServingPlan, batch: pa.RecordBatch | pa.Table) -> RowBat
             col = col.combine_chunks()
         absent = col.is_null().to_numpy(zero_copy_only=False)
         lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-        dim = int(lengths.max()) if n else 0
+        dim = embedding_dim if embedding_dim is not None else (int(lengths.max()) if n else 0)
         vectors = np.zeros((n, dim), np.float32)
-        vectors[~absent] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if dim else 0
+        if (~absent).any():
+            vectors[~absent] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
         embeddings[name] = (vectors, absent)
     return RowBatch(rows, embeddings)
 
@@ -154,16 +155,17 @@ def read_rows(out: str | Path, plan: ServingPlan, batch_rows: int = 65_536) -> I
     if manifest.get("plan_fingerprint") != plan.fingerprint():
         raise ValueError(f"{out}: rows were built for plan {manifest.get('plan')!r} "
                          f"(fingerprint {manifest.get('plan_fingerprint')}), not for {plan.name!r}")
+    dim = manifest.get("embedding_dim")
     for path in part_files(out):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield batch_to_rows(plan, batch)
+            yield batch_to_rows(plan, batch, dim)
 
 
 def load_rows(out: str | Path, plan: ServingPlan) -> RowBatch:
     """All rows in ``row_index`` order (for data that fits in memory: tests, small runs)."""
-    read_manifest(out)
+    manifest = read_manifest(out)
     table = pa.concat_tables([pq.read_table(p) for p in part_files(out)]) if part_files(out) else None
     if table is None:
         raise FileNotFoundError(f"{out}: no row files")
     table = table.sort_by(ROW_INDEX)
-    return batch_to_rows(plan, table.combine_chunks())
+    return batch_to_rows(plan, table.combine_chunks(), manifest.get("embedding_dim"))
