@@ -119,33 +119,37 @@ class RowsQuery:
               f"CAST({q(fact.time_column)} AS BIGINT) AS {TIME_COL}, {typed} FROM {events} "
               f"WHERE {q(fact.time_column)} >= {anchor_lo - off} AND {q(fact.time_column)} < {anchor_hi}")
 
-        lists, windows, firsts, outs = [], [], [], []
+        anchor_filter = f"{TIME_COL} >= {anchor_lo} AND {q(SCORE_COL)}"
+        ctes = [f"pit_events AS ({ev})",
+                f"pit_anchors AS (SELECT * FROM pit_events WHERE {anchor_filter})"]
+        joins, outs = [], []
+        # One CTE chain per hop, carrying only that hop's columns: sorting rows that carry other
+        # hops' lists is what makes a single wide query slow.
         for i, hop in enumerate(plan.hops):
             key = q(hop.key.source.column)
-            windows.append(f"w{i}r AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)} "
-                           f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING)")
-            windows.append(f"w{i}t AS (PARTITION BY {key} ORDER BY {TIME_COL} "
-                           f"RANGE BETWEEN {off} PRECEDING AND 1 PRECEDING)")
-            lists.append(f"count(*) OVER w{i}t AS h{i}_n")
-            peers = (f"OVER (PARTITION BY {key}, {TIME_COL} ORDER BY {q(EID_COL)} "
-                     f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
-            for j, col in enumerate(hop.columns):
-                lists.append(f"{d.list_agg}({q(col)}) OVER w{i}r AS h{i}_{j}")
-                firsts.append(f"first_value(h{i}_{j}) {peers} AS h{i}_{j}")
-                n = f"least(h{i}_n, {hop.max_len})"
-                outs.append(f"{d.last(f'h{i}_{j}', n)} AS {q(f'{hop.key.key}:{col}')}")
-            firsts.append(f"h{i}_n")
-        base = [q(ROW_COL), q(EID_COL), q(SCORE_COL), TIME_COL, *(q(c) for c in plan.fact_columns)]
-        win = f"SELECT {', '.join(base)}, {', '.join(lists)} FROM pit_events WINDOW {', '.join(windows)}"
-        # The peer copy runs before the anchor filter: an unscored first row of a run of equal
-        # timestamps still gives its lists to the scored rows of the run (WHERE precedes OVER).
-        peer = f"SELECT {', '.join(base)}, {', '.join(firsts)} FROM pit_windows"
+            cols = [f"h{i}_{j}" for j in range(len(hop.columns))]
+            lists = ", ".join(f"{d.list_agg}({q(col)}) OVER w AS {c}" for col, c in zip(hop.columns, cols))
+            windowed = (f"SELECT {q(ROW_COL)}, {q(EID_COL)}, {q(SCORE_COL)}, {TIME_COL}, {key}, "
+                        f"count(*) OVER t AS h{i}_n, {lists} FROM pit_events "
+                        f"WINDOW w AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)} "
+                        f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING), "
+                        f"t AS (PARTITION BY {key} ORDER BY {TIME_COL} RANGE BETWEEN {off} PRECEDING AND 1 PRECEDING)")
+            # The peer copy runs before the anchor filter: an unscored first row of a run of equal
+            # timestamps still gives its lists to the scored rows of the run (WHERE precedes OVER).
+            peers = ", ".join(f"first_value({c}) OVER p AS {c}" for c in cols)
+            peered = (f"SELECT {q(ROW_COL)}, {q(SCORE_COL)}, {TIME_COL}, h{i}_n, {peers} FROM pit_h{i}w "
+                      f"WINDOW p AS (PARTITION BY {key}, {TIME_COL} ORDER BY {q(EID_COL)} "
+                      f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+            n = f"least(h{i}_n, {hop.max_len})"
+            sliced = ", ".join(f"{d.last(c, n)} AS {c}" for c in cols)
+            ctes += [f"pit_h{i}w AS ({windowed})", f"pit_h{i}p AS ({peered})",
+                     f"pit_h{i} AS (SELECT {q(ROW_COL)}, {sliced} FROM pit_h{i}p WHERE {anchor_filter})"]
+            joins.append(f" JOIN pit_h{i} ON pit_h{i}.{q(ROW_COL)} = a.{q(ROW_COL)}")
+            outs += [f"pit_h{i}.{c} AS {q(f'{hop.key.key}:{col}')}" for col, c in zip(hop.columns, cols)]
 
         scalars = [f"a.{q(ROW_COL)} AS {ROW_INDEX}", f"a.{TIME_COL} AS {q(ANCHOR_TIME)}",
                    *(f"a.{q(c)} AS {q(f'{plan.fact_table}.{c}')}" for c in plan.fact_columns)]
-        ctes = [f"pit_events AS ({ev})", f"pit_windows AS ({win})", f"pit_peers AS ({peer})",
-                f"pit_anchors AS (SELECT * FROM pit_peers WHERE {TIME_COL} >= {anchor_lo} AND {q(SCORE_COL)})"]
-        select_from = "pit_anchors a"
+        select_from = "pit_anchors a" + "".join(joins)
         if self.with_embeddings:
             if snapshots is None:
                 raise ValueError("snapshots: the query was built with embeddings but got no snapshot relation")

@@ -94,7 +94,7 @@ def _rows(tmp: Path, engine: str, frame, mask, snaps, **kw):
     return load_rows(tmp / engine, PLAN)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=streams())
 def test_duckdb_equals_the_replay(tmp_path_factory, data):
     frame, mask, snaps = data
