@@ -100,7 +100,7 @@ def _sharded_inputs(work: Path, shards: int, score_every: int, dim: int) -> dict
     return {"events": n, "rows": int(mask.sum()), "snapshots": len(snaps), "embedding_rows": len(ids)}
 
 
-def _run_one(work: str, engine: str, out: str, chunk_rows: int, result_path: str) -> None:
+def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: str) -> None:
     """In a fresh process: one build_rows, its timings written to result_path."""
     from offline.rows import build_rows
     from schemas.plan import builtin_plan
@@ -117,7 +117,7 @@ def _run_one(work: str, engine: str, out: str, chunk_rows: int, result_path: str
         start_s = time.perf_counter() - t
     t = time.perf_counter()
     manifest = build_rows(builtin_plan("fraud"), work / "events.parquet", work / "embeddings.parquet", mask,
-                          engine=engine, out=out, chunk_rows=chunk_rows, spark=spark, work_dir=work, progress=False)
+                          engine=engine, out=out, chunk_events=chunk_events, spark=spark, work_dir=work, progress=False)
     seconds = time.perf_counter() - t
     info = {"seconds": seconds, "rows": manifest["rows"], "chunks": len(manifest["chunks"]),
             "seconds_stage": manifest.get("seconds_stage"), "seconds_query": manifest.get("seconds_query")}
@@ -127,13 +127,13 @@ def _run_one(work: str, engine: str, out: str, chunk_rows: int, result_path: str
     Path(result_path).write_text(json.dumps(info))
 
 
-def measure(work: Path, engine: str, chunk_rows: int) -> dict:
+def measure(work: Path, engine: str, chunk_events: int) -> dict:
     import psutil
 
     result = work / f"result_{engine}.json"
     result.unlink(missing_ok=True)
     proc = mp.get_context("spawn").Process(target=_run_one, args=(str(work), engine, str(work / f"rows_{engine}"),
-                                                                   chunk_rows, str(result)))
+                                                                   chunk_events, str(result)))
     proc.start()
     peak, stop = [0], threading.Event()
 
@@ -170,7 +170,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--replay-repeats", type=int, default=1)
     ap.add_argument("--score-every", type=int, default=10, help="sharded scales: score every k-th event")
-    ap.add_argument("--chunk-rows", type=int, default=2_000_000)
+    ap.add_argument("--chunk-events", type=int, default=3_000_000)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--work-dir", default=None, help="where inputs, rows and spill files go (default: a temp dir)")
     ap.add_argument("--tag", default="")
@@ -178,7 +178,7 @@ def main() -> None:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     out_json = ROOT / "bench" / "results" / f"rows{'_' + args.tag if args.tag else ''}.json"
     report = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "engines": engines,
-              "repeats": args.repeats, "replay_repeats": args.replay_repeats, "chunk_rows": args.chunk_rows,
+              "repeats": args.repeats, "replay_repeats": args.replay_repeats, "chunk_events": args.chunk_events,
               "dim": args.dim, "scales": []}
     for scale in args.scale.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-rows-", dir=args.work_dir) as tmp:
@@ -190,7 +190,7 @@ def main() -> None:
             data.update(scale=scale, seconds_generate=time.perf_counter() - t,
                         load_average=os.getloadavg(), engines={})
             for engine in engines:
-                runs = [measure(work, engine, args.chunk_rows)
+                runs = [measure(work, engine, args.chunk_events)
                         for _ in range(args.replay_repeats if engine == "replay" else args.repeats)]
                 ok = [r for r in runs if "failed" not in r]
                 summary = {"runs": runs, "peak_rss_gb": max(r["peak_rss_gb"] for r in runs)}

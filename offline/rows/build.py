@@ -31,7 +31,7 @@ from offline.rows.store import rows_table, write_manifest
 from schemas.plan import ServingPlan
 
 ENGINES = ("duckdb", "spark", "replay")
-DEFAULT_CHUNK_ROWS = 2_000_000
+DEFAULT_CHUNK_EVENTS = 3_000_000
 
 
 def _replay(plan: ServingPlan, events, embeddings, score_mask, out: Path, progress: bool) -> list[int]:
@@ -59,13 +59,14 @@ def _embedding_dim(embeddings) -> int | None:
 
 def build_rows(plan: ServingPlan, events: pd.DataFrame | str | Path, embeddings: str | Path | None = None,
                score_mask: np.ndarray | None = None, engine: str = "duckdb", out: str | Path = "rows",
-               chunk_rows: int = DEFAULT_CHUNK_ROWS, spark=None, duckdb_memory_limit: str | None = None,
+               chunk_events: int = DEFAULT_CHUNK_EVENTS, spark=None, duckdb_memory_limit: str | None = None,
                work_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Training rows of the scored events (``score_mask``, default all) into ``out``; returns the manifest.
 
     ``events`` is the plan's fact table (a frame or a Parquet file); ``row_index`` in the rows is
     a row's position in it. ``embeddings`` (``embeddings.parquet``) adds the admissible snapshot's
-    vector per embedding key. ``chunk_rows`` bounds the anchors per query (and per output part).
+    vector per embedding key. ``chunk_events`` bounds the events one query reads (its anchors'
+    events plus their look-back): memory follows it, not the data; one output part per chunk.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: unknown engine {engine!r}; one of {list(ENGINES)}")
@@ -83,7 +84,7 @@ def build_rows(plan: ServingPlan, events: pd.DataFrame | str | Path, embeddings:
             tmp = Path(tmp)
             staged = stage_events(plan, events, score_mask, tmp)
             snapshots = stage_snapshots(plan, embeddings, tmp) if embeddings is not None else None
-            chunks = plan_chunks(staged.anchor_times, chunk_rows)
+            chunks = plan_chunks(staged.anchor_times, staged.event_times, plan.real_time_offset.ns, chunk_events)
             info["seconds_stage"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             if engine == "duckdb":

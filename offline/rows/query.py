@@ -64,6 +64,12 @@ class Dialect:
         # an empty frame aggregates to NULL in DuckDB (Spark's collect_list gives []): same rows
         return f"coalesce(list_slice({lst}, len({lst}) - {n} + 1, len({lst})), [])"
 
+    def count_at_least(self, lst: str, bound: str) -> str:
+        """How many entries of a list are ``>= bound``."""
+        if self.name == "spark":
+            return f"size(filter({lst}, x -> x >= {bound}))"
+        return f"len(list_filter(coalesce({lst}, []), lambda x: x >= {bound}))"
+
 
 DUCKDB = Dialect("duckdb", '"', "list")
 SPARK = Dialect("spark", "`", "collect_list")
@@ -129,21 +135,29 @@ class RowsQuery:
             key = q(hop.key.source.column)
             cols = [f"h{i}_{j}" for j in range(len(hop.columns))]
             lists = ", ".join(f"{d.list_agg}({q(col)}) OVER w AS {c}" for col, c in zip(hop.columns, cols))
-            windowed = (f"SELECT {q(ROW_COL)}, {q(EID_COL)}, {q(SCORE_COL)}, {TIME_COL}, {key}, "
-                        f"count(*) OVER t AS h{i}_n, {lists} FROM pit_events "
+            # peer: the row before in (t, event id) order has the same timestamp, so this row's
+            # frame holds a row of its own instant; such rows take the run's first row's lists.
+            windowed = (f"SELECT {q(ROW_COL)}, {q(SCORE_COL)}, {TIME_COL}, {key}, "
+                        f"coalesce(lag({TIME_COL}, 1) OVER w = {TIME_COL}, false) AS peer, "
+                        f"{lists} FROM pit_events "
                         f"WINDOW w AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)} "
-                        f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING), "
-                        f"t AS (PARTITION BY {key} ORDER BY {TIME_COL} RANGE BETWEEN {off} PRECEDING AND 1 PRECEDING)")
-            # The peer copy runs before the anchor filter: an unscored first row of a run of equal
-            # timestamps still gives its lists to the scored rows of the run (WHERE precedes OVER).
-            peers = ", ".join(f"first_value({c}) OVER p AS {c}" for c in cols)
-            peered = (f"SELECT {q(ROW_COL)}, {q(SCORE_COL)}, {TIME_COL}, h{i}_n, {peers} FROM pit_h{i}w "
-                      f"WINDOW p AS (PARTITION BY {key}, {TIME_COL} ORDER BY {q(EID_COL)} "
-                      f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
-            n = f"least(h{i}_n, {hop.max_len})"
-            sliced = ", ".join(f"{d.last(c, n)} AS {c}" for c in cols)
-            ctes += [f"pit_h{i}w AS ({windowed})", f"pit_h{i}p AS ({peered})",
-                     f"pit_h{i} AS (SELECT {q(ROW_COL)}, {sliced} FROM pit_h{i}p WHERE {anchor_filter})"]
+                        f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING)")
+            time_list = cols[hop.columns.index(plan.interaction_table(hop).time_column)]
+            # the window: the list entries at or after T - offset (a suffix: lists are in time order)
+            n = d.count_at_least(time_list, f"{TIME_COL} - {off}")
+            sliced = ", ".join(f"{d.last(c, f'h{i}_n')} AS {c}" for c in cols)
+            # The run's first row serves the scored peers even when it is not scored itself; only
+            # first rows of runs that have a scored peer are joined (ties are rare: a small join).
+            peers = f"SELECT {q(ROW_COL)}, {key}, {TIME_COL} FROM pit_h{i}w WHERE peer AND {anchor_filter}"
+            firsts = (f"SELECT {key}, {TIME_COL}, {', '.join(cols)} FROM pit_h{i}w f WHERE NOT peer "
+                      f"AND EXISTS (SELECT 1 FROM pit_h{i}q p WHERE p.{key} = f.{key} AND p.{TIME_COL} = f.{TIME_COL})")
+            joined = (f"SELECT p.{q(ROW_COL)}, p.{TIME_COL}, {', '.join(f'f.{c}' for c in cols)} FROM pit_h{i}q p "
+                      f"JOIN ({firsts}) f ON f.{key} = p.{key} AND f.{TIME_COL} = p.{TIME_COL}")
+            own = f"SELECT {q(ROW_COL)}, {TIME_COL}, {', '.join(cols)} FROM pit_h{i}w WHERE NOT peer AND {anchor_filter}"
+            ctes += [f"pit_h{i}w AS ({windowed})", f"pit_h{i}q AS ({peers})",
+                     f"pit_h{i}p AS ({own} UNION ALL {joined})",
+                     f"pit_h{i}n AS (SELECT {q(ROW_COL)}, {', '.join(cols)}, {n} AS h{i}_n FROM pit_h{i}p)",
+                     f"pit_h{i} AS (SELECT {q(ROW_COL)}, {sliced} FROM pit_h{i}n)"]
             joins.append(f" JOIN pit_h{i} ON pit_h{i}.{q(ROW_COL)} = a.{q(ROW_COL)}")
             outs += [f"pit_h{i}.{c} AS {q(f'{hop.key.key}:{col}')}" for col, c in zip(hop.columns, cols)]
 

@@ -44,6 +44,7 @@ class StagedEvents:
     path: Path
     n_rows: int
     anchor_times: np.ndarray  # sorted event times of the scored rows
+    event_times: np.ndarray  # sorted event times of all rows
 
 
 def needed_columns(plan: ServingPlan) -> list[str]:
@@ -88,9 +89,19 @@ def _typed_batch(plan: ServingPlan, batch: pa.RecordBatch, first_row: int, mask:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+def _times_ns(values) -> np.ndarray:
+    arr = pa.array(values) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
+    if pa.types.is_timestamp(arr.type):
+        arr = pc.cast(arr, pa.timestamp("ns")).cast(pa.int64())
+    return np.asarray(arr.to_numpy(zero_copy_only=False) if isinstance(arr, pa.Array) else arr.to_numpy())
+
+
 def stage_events(plan: ServingPlan, events: pd.DataFrame | str | Path, score_mask: np.ndarray | None,
                  out_dir: Path, batch_rows: int = 1_000_000) -> StagedEvents:
-    """Write the events with ``__row``, ``__eid``, ``__score`` to ``out_dir/events.parquet``."""
+    """Write the events with ``__row``, ``__eid``, ``__score`` to ``out_dir/events.parquet``.
+
+    Only events that can be in a window of a scored event are written (event time from the
+    first anchor minus ``real_time_offset`` to the last anchor), like the replay replays."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / EVENTS_FILE
     tcol = plan.fact.time_column
@@ -113,22 +124,33 @@ def stage_events(plan: ServingPlan, events: pd.DataFrame | str | Path, score_mas
         raise RowsInputError("score_mask", f"expected {n_rows} flags (one per event), got shape {score_mask.shape}")
     if not score_mask.any():
         raise RowsInputError("score_mask", "no event to score")
-    anchors, first, writer = [], 0, None
+    if tcol not in (events.columns if isinstance(events, pd.DataFrame) else source.schema_arrow.names):
+        raise RowsInputError(f"{plan.fact_table}.{tcol}", "missing column (the event time)")
+    all_times = _times_ns(events[tcol].to_numpy() if isinstance(events, pd.DataFrame)
+                          else pq.read_table(events, columns=[tcol]).column(tcol).combine_chunks())
+    anchor_t = all_times[score_mask]
+    visible = (all_times >= anchor_t.min() - plan.real_time_offset.ns) & (all_times <= anchor_t.max())
+    anchors, times, first, writer = [], [], 0, None
     try:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             mask = score_mask[first:first + batch.num_rows]
             typed = _typed_batch(plan, batch, first, mask)
-            anchors.append(typed.column(tcol).to_numpy()[mask])
-            if writer is None:
-                writer = pq.ParquetWriter(path, typed.schema, compression="zstd")
-            writer.write_batch(typed)
+            typed = typed.filter(pa.array(visible[first:first + batch.num_rows]))
             first += batch.num_rows
+            if typed.num_rows == 0:
+                continue
+            t = typed.column(tcol).to_numpy()
+            anchors.append(t[typed.column(SCORE_COL).to_numpy(zero_copy_only=False)])
+            times.append(t)
+            if writer is None:  # a scratch file read once: fast compression
+                writer = pq.ParquetWriter(path, typed.schema, compression="lz4")
+            writer.write_batch(typed)
     finally:
         if writer is not None:
             writer.close()
-    return StagedEvents(path, n_rows, np.sort(np.concatenate(anchors)))
+    return StagedEvents(path, n_rows, np.sort(np.concatenate(anchors)), np.sort(np.concatenate(times)))
 
 
 def stage_snapshots(plan: ServingPlan, embeddings: str | Path, out_dir: Path) -> Path:
@@ -155,11 +177,23 @@ def stage_snapshots(plan: ServingPlan, embeddings: str | Path, out_dir: Path) ->
     return path
 
 
-def plan_chunks(anchor_times: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
-    """Half-open anchor-time ranges of about ``chunk_rows`` anchors each; equal timestamps
-    stay in one chunk (a chunk boundary is an anchor time)."""
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows: must be >= 1, got {chunk_rows}")
-    cuts = np.unique(anchor_times[::chunk_rows])
-    bounds = [int(c) for c in cuts] + [int(anchor_times[-1]) + 1]
-    return list(zip(bounds[:-1], bounds[1:]))
+def plan_chunks(anchor_times: np.ndarray, event_times: np.ndarray, look_back_ns: int,
+                max_events: int) -> list[tuple[int, int]]:
+    """Half-open anchor-time ranges ``[lo, hi)`` whose query reads at most ``max_events`` events
+    (those of ``[lo - look_back, hi)``: the window computation runs over all of them, so they,
+    not the anchors, bound a chunk's memory). Equal timestamps stay in one chunk; a chunk holds
+    at least one anchor time even when its look-back alone exceeds the budget."""
+    if max_events < 1:
+        raise ValueError(f"chunk_events: must be >= 1, got {max_events}")
+    chunks, i, n = [], 0, len(anchor_times)
+    while i < n:
+        lo = int(anchor_times[i])
+        start = int(np.searchsorted(event_times, lo - look_back_ns, side="left"))
+        stop = start + max_events  # first event beyond the budget
+        cap = int(event_times[stop]) if stop < len(event_times) else int(event_times[-1]) + 1
+        j = max(int(np.searchsorted(anchor_times, cap, side="left")),
+                int(np.searchsorted(anchor_times, lo, side="right")))
+        hi = int(anchor_times[j]) if j < n else int(anchor_times[-1]) + 1
+        chunks.append((lo, hi))
+        i = j
+    return chunks

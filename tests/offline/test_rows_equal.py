@@ -101,8 +101,8 @@ def test_duckdb_equals_the_replay(tmp_path_factory, data):
     tmp = tmp_path_factory.mktemp("rows")
     replay = _rows(tmp, "replay", frame, mask, snaps)
     assert len(replay.rows) == mask.sum()
-    # chunk_rows 3: several anchor-time chunks, each with its own look-back
-    _assert_same(replay, _rows(tmp, "duckdb", frame, mask, snaps, chunk_rows=3), PLAN)
+    # chunk_events 8: several anchor-time chunks, each with its own look-back
+    _assert_same(replay, _rows(tmp, "duckdb", frame, mask, snaps, chunk_events=8), PLAN)
 
 
 @pytest.fixture(scope="module")
