@@ -64,8 +64,9 @@ def _published_inputs(work: Path, dim: int) -> dict:
     return {"events": len(tx), "rows": int(mask.sum()), "snapshots": len(snaps), "embedding_rows": len(ids)}
 
 
-def _sharded_inputs(work: Path, shards: int, score_every: int, dim: int) -> dict:
-    """``shards`` simulator runs in one Parquet file; weekly random embeddings of every entity."""
+def _sharded_inputs(work: Path, shards: int, score_every: int, dim: int, snapshot_every_days: int) -> dict:
+    """``shards`` simulator runs in one Parquet file; random embeddings of every entity every
+    ``snapshot_every_days``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -94,13 +95,14 @@ def _sharded_inputs(work: Path, shards: int, score_every: int, dim: int) -> dict
     mask = np.concatenate(masks)
     np.save(work / "mask.npy", mask)
     day0 = first_day - first_day % NS_PER_DAY
-    snaps = [day0 + d * NS_PER_DAY for d in range(0, cfg.n_days, 7)]
+    snaps = [day0 + d * NS_PER_DAY for d in range(0, cfg.n_days, snapshot_every_days)]
     types, ids, st, vec = random_embeddings(plan, {t: np.concatenate(v) for t, v in emb_ids.items()}, snaps, dim=dim)
     write_embeddings_parquet(work / "embeddings.parquet", types, ids, st, vec)
     return {"events": n, "rows": int(mask.sum()), "snapshots": len(snaps), "embedding_rows": len(ids)}
 
 
-def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: str) -> None:
+def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: str,
+             duckdb_memory_limit: str | None = None) -> None:
     """In a fresh process: one build_rows, its timings written to result_path."""
     from offline.rows import build_rows
     from schemas.plan import builtin_plan
@@ -117,7 +119,8 @@ def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: s
         start_s = time.perf_counter() - t
     t = time.perf_counter()
     manifest = build_rows(builtin_plan("fraud"), work / "events.parquet", work / "embeddings.parquet", mask,
-                          engine=engine, out=out, chunk_events=chunk_events, spark=spark, work_dir=work, progress=False)
+                          engine=engine, out=out, chunk_events=chunk_events, spark=spark, work_dir=work, progress=False,
+                          duckdb_memory_limit=duckdb_memory_limit)
     seconds = time.perf_counter() - t
     info = {"seconds": seconds, "rows": manifest["rows"], "chunks": len(manifest["chunks"]),
             "seconds_stage": manifest.get("seconds_stage"), "seconds_query": manifest.get("seconds_query")}
@@ -127,13 +130,13 @@ def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: s
     Path(result_path).write_text(json.dumps(info))
 
 
-def measure(work: Path, engine: str, chunk_events: int) -> dict:
+def measure(work: Path, engine: str, chunk_events: int, duckdb_memory_limit: str | None = None) -> dict:
     import psutil
 
     result = work / f"result_{engine}.json"
     result.unlink(missing_ok=True)
     proc = mp.get_context("spawn").Process(target=_run_one, args=(str(work), engine, str(work / f"rows_{engine}"),
-                                                                   chunk_events, str(result)))
+                                                                   chunk_events, str(result), duckdb_memory_limit))
     proc.start()
     peak, stop = [0], threading.Event()
 
@@ -172,12 +175,14 @@ def main() -> None:
     ap.add_argument("--score-every", type=int, default=10, help="sharded scales: score every k-th event")
     ap.add_argument("--chunk-events", type=int, default=3_000_000)
     ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--duckdb-memory-limit", default=None, help="e.g. 10GB: DuckDB spills beyond it")
+    ap.add_argument("--snapshot-every-days", type=int, default=7, help="sharded scales: embedding snapshot spacing")
     ap.add_argument("--work-dir", default=None, help="where inputs, rows and spill files go (default: a temp dir)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     out_json = ROOT / "bench" / "results" / f"rows{'_' + args.tag if args.tag else ''}.json"
-    report = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "engines": engines,
+    report = {"argv": sys.argv[1:], "load_average_start": os.getloadavg(), "cpus": os.cpu_count(), "engines": engines,
               "repeats": args.repeats, "replay_repeats": args.replay_repeats, "chunk_events": args.chunk_events,
               "dim": args.dim, "scales": []}
     for scale in args.scale.split(","):
@@ -186,11 +191,11 @@ def main() -> None:
             t = time.perf_counter()
             print(f"scale {scale}: generating", flush=True)
             data = (_published_inputs(work, args.dim) if scale == "published"
-                    else _sharded_inputs(work, int(scale), args.score_every, args.dim))
+                    else _sharded_inputs(work, int(scale), args.score_every, args.dim, args.snapshot_every_days))
             data.update(scale=scale, seconds_generate=time.perf_counter() - t,
                         load_average=os.getloadavg(), engines={})
             for engine in engines:
-                runs = [measure(work, engine, args.chunk_events)
+                runs = [measure(work, engine, args.chunk_events, args.duckdb_memory_limit)
                         for _ in range(args.replay_repeats if engine == "replay" else args.repeats)]
                 ok = [r for r in runs if "failed" not in r]
                 summary = {"runs": runs, "peak_rss_gb": max(r["peak_rss_gb"] for r in runs)}

@@ -138,10 +138,11 @@ class RowsQuery:
             # peer: the row before in (t, event id) order has the same timestamp, so this row's
             # frame holds a row of its own instant; such rows take the run's first row's lists.
             windowed = (f"SELECT {q(ROW_COL)}, {q(SCORE_COL)}, {TIME_COL}, {key}, "
-                        f"coalesce(lag({TIME_COL}, 1) OVER w = {TIME_COL}, false) AS peer, "
+                        f"coalesce(lag({TIME_COL}, 1) OVER o = {TIME_COL}, false) AS peer, "
                         f"{lists} FROM pit_events "
-                        f"WINDOW w AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)} "
-                        f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING)")
+                        f"WINDOW o AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)}), "
+                        f"w AS (PARTITION BY {key} ORDER BY {TIME_COL}, {q(EID_COL)} "
+                        f"ROWS BETWEEN {hop.max_len} PRECEDING AND 1 PRECEDING)")  # lag takes no frame in Spark
             time_list = cols[hop.columns.index(plan.interaction_table(hop).time_column)]
             # the window: the list entries at or after T - offset (a suffix: lists are in time order)
             n = d.count_at_least(time_list, f"{TIME_COL} - {off}")

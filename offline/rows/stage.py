@@ -144,8 +144,8 @@ def stage_events(plan: ServingPlan, events: pd.DataFrame | str | Path, score_mas
             t = typed.column(tcol).to_numpy()
             anchors.append(t[typed.column(SCORE_COL).to_numpy(zero_copy_only=False)])
             times.append(t)
-            if writer is None:  # a scratch file read once: fast compression
-                writer = pq.ParquetWriter(path, typed.schema, compression="lz4")
+            if writer is None:  # a scratch file read once: fast compression (Spark misreads pyarrow's lz4)
+                writer = pq.ParquetWriter(path, typed.schema, compression="snappy")
             writer.write_batch(typed)
     finally:
         if writer is not None:
@@ -179,17 +179,20 @@ def stage_snapshots(plan: ServingPlan, embeddings: str | Path, out_dir: Path) ->
 
 def plan_chunks(anchor_times: np.ndarray, event_times: np.ndarray, look_back_ns: int,
                 max_events: int) -> list[tuple[int, int]]:
-    """Half-open anchor-time ranges ``[lo, hi)`` whose query reads at most ``max_events`` events
+    """Half-open anchor-time ranges ``[lo, hi)`` whose query reads about ``max_events`` events
     (those of ``[lo - look_back, hi)``: the window computation runs over all of them, so they,
     not the anchors, bound a chunk's memory). Equal timestamps stay in one chunk; a chunk holds
-    at least one anchor time even when its look-back alone exceeds the budget."""
+    at least one anchor time, and at least ``max_events / 2`` events of its own when the
+    look-back alone exceeds the budget."""
     if max_events < 1:
         raise ValueError(f"chunk_events: must be >= 1, got {max_events}")
     chunks, i, n = [], 0, len(anchor_times)
     while i < n:
         lo = int(anchor_times[i])
         start = int(np.searchsorted(event_times, lo - look_back_ns, side="left"))
-        stop = start + max_events  # first event beyond the budget
+        # first event beyond the budget; at least half the budget is new events, so a look-back
+        # longer than the budget does not shrink chunks to one instant each
+        stop = max(start + max_events, int(np.searchsorted(event_times, lo, side="left")) + max_events // 2)
         cap = int(event_times[stop]) if stop < len(event_times) else int(event_times[-1]) + 1
         j = max(int(np.searchsorted(anchor_times, cap, side="left")),
                 int(np.searchsorted(anchor_times, lo, side="right")))
