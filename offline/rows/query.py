@@ -15,12 +15,12 @@ entity with ``T - real_time_offset <= t < T``, oldest first. In SQL:
 
 1. ``list(col) OVER (PARTITION BY c ORDER BY t, eid ROWS BETWEEN max_len PRECEDING AND 1 PRECEDING)``
    is that entity's newest ``max_len`` rows ordered before the row. For the first row of a run
-   of equal timestamps they are all strictly older than T; the other rows of the run take the
-   first row's lists (``first_value`` over ``PARTITION BY c, t``), so equal timestamps never
-   see each other.
-2. ``count(*) OVER (PARTITION BY c ORDER BY t RANGE BETWEEN offset PRECEDING AND 1 PRECEDING)``
-   counts the entity's rows with ``T - offset <= t < T`` (ns are integers: ``< T`` is ``<= T-1``);
-   the window is the last ``least(max_len, count)`` list entries.
+   of equal timestamps they are all strictly older than T; the other rows of the run ("peers":
+   ``lag(t)`` equals t) are joined to the run's first row and take its lists, so equal
+   timestamps never see each other (the join runs before anchors are filtered: an unscored
+   first row still serves its scored peers).
+2. The lists are in time order, so the window is their suffix with ``t >= T - offset``: the last
+   ``count(t >= T - offset)`` entries (``<= max_len`` by construction).
 
 Bounded work: every row aggregates at most ``max_len`` rows, however hot the entity.
 
