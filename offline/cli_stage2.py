@@ -152,7 +152,6 @@ def _scoring_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
     """Training rows (train period) + keyword arguments of the trainer + what to report."""
     import numpy as np
 
-    from offline.distillation.replay import replay_rows
     from offline.evaluate import time_split
 
     if args.soft_weight > 0:
@@ -166,13 +165,40 @@ def _scoring_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
     mask = np.zeros(len(tx), bool)
     mask[train_i] = True
     mask[test_i] = True
-    rows = replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress,
-                       other_tables=_hop_tables(inp))
+    rows = _point_in_time_rows(args, inp, tx, mask)
     pos = {int(r): i for i, r in enumerate(rows.row_index)}
     y_train = split.train[inp.label].to_numpy(np.float32)
     test_rows = rows.take(np.array([pos[int(i)] for i in test_i]))
     return (rows.take(np.array([pos[int(i)] for i in train_i])), {"labels": y_train},
             {"split": split.config.to_dict(), "test": (split, test_rows)})
+
+
+def _point_in_time_rows(args, inp: Inputs, tx, mask):
+    """The scored rows' tensors as of their own time, by the engine of ``--engine``: DuckDB (or
+    Spark) runs the plan's windows as one SQL query; the replay is the reference they equal and
+    the path for plans the query does not express (``auto`` says which and why)."""
+    from offline.distillation.replay import replay_rows
+    from offline.rows import RowsPlanError, build_rows, load_rows
+    from offline.rows.query import check_plan
+
+    engine = args.engine
+    if engine == "auto":
+        try:
+            check_plan(inp.plan)
+            engine = "duckdb"
+        except RowsPlanError as exc:
+            print(f"distill: rows by the replay ({exc})")
+            engine = "replay"
+    if engine == "replay":
+        return replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress,
+                           other_tables=_hop_tables(inp))
+    out = inp.run_dir / "rows"
+    try:
+        build_rows(inp.plan, tx, None, mask, engine=engine, out=out, spark=args.spark_master,
+                   progress=not args.no_progress)
+    except RowsPlanError as exc:
+        _error(f"--engine {engine}: {exc}")
+    return load_rows(out, inp.plan).rows
 
 
 def _hop_tables(inp: Inputs) -> dict:
@@ -425,6 +451,10 @@ def cmd_export(args) -> int:
 def _common(p) -> None:
     add_project_args(p)  # --project SPEC (its serving plan says the kind), --run-dir, --no-progress
     p.add_argument("--embeddings", type=Path, help="default RUN/embeddings.parquet")
+    p.add_argument("--engine", choices=["auto", "duckdb", "spark", "replay"], default="auto",
+                   help="scoring plans: who builds the point-in-time rows (auto: DuckDB when the plan's windows "
+                        "are rows of the fact table, else the Python replay; docs/rows.md)")
+    p.add_argument("--spark-master", help="--engine spark: a master URL (default: a local session)")
     p.add_argument("--train-days", type=int, default=7,
                    help="scoring plans: training days, ending one label delay before the test start (default 7)")
     p.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@
 * ``engine="duckdb"`` (default): the plan's query (:mod:`offline.rows.query`) in embedded DuckDB;
 * ``engine="spark"``: the same query on a Spark session (``spark=`` a session or a master URL);
 * ``engine="replay"``: the Python replay through the window store
-  (:func:`offline.distill.replay_rows`), the oracle the SQL engines are tested against.
+  (:func:`offline.distillation.replay.replay_rows`), the oracle the SQL engines are tested against.
 
 All three give the same rows (tests/offline/test_rows_equal.py).
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from offline.distill import replay_rows
+from offline.distillation.replay import replay_rows
 from offline.embeddings import EmbeddingTable
 from offline.rows.engines import DuckDBExecutor, SparkExecutor, part_name
 from offline.rows.query import check_plan, embedding_column

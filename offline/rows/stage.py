@@ -1,7 +1,7 @@
 """Inputs of the SQL row generation, checked and written once as Parquet both engines read.
 
 Events (the plan's fact table: a pandas frame or a Parquet file) get three columns:
-``__row`` (position in the input: what :class:`offline.distill.DistillRows` calls ``row_index``),
+``__row`` (position in the input: what :class:`offline.distillation.replay.TrainingRows` calls ``row_index``),
 ``__eid`` (the event id the window store orders equal timestamps by,
 :func:`schemas.tensors.event_id_int` of the primary key) and ``__score`` (an anchor to build a row
 for). Nulls and non-finite numbers in the columns the rows read are refused here, naming the

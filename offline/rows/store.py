@@ -11,7 +11,7 @@ name (scalars as values, RTI tensors as lists of the actual window length, oldes
 when embeddings were given, ``embedding:<fact>.<key>`` per embedding key: the vector of the
 latest admissible snapshot, NULL for a cold start.
 
-:func:`read_rows` yields :class:`RowBatch` es (a :class:`offline.distill.DistillRows` plus the
+:func:`read_rows` yields :class:`RowBatch` es (a :class:`offline.distillation.replay.TrainingRows` plus the
 batch's embeddings) so the trainer never holds all rows in memory.
 """
 
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from offline.distill import DistillRows
+from offline.distillation.replay import TrainingRows
 from offline.rows.query import ROW_INDEX, embedding_column
 from schemas.plan import ServingPlan
 
@@ -37,7 +37,7 @@ MANIFEST_FILE = "_rows.json"
 
 @dataclass
 class RowBatch:
-    rows: DistillRows
+    rows: TrainingRows
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]]  # embedding key -> (vectors [B, dim], missing [B])
 
     def __len__(self) -> int:
@@ -69,7 +69,7 @@ _ARROW = {"int64": pa.int64(), "timestamp": pa.int64(), "float32": pa.float32(),
           "string": pa.string()}
 
 
-def rows_table(rows: DistillRows, embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> pa.Table:
+def rows_table(rows: TrainingRows, embeddings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> pa.Table:
     """The Parquet layout of in-memory rows (what the replay engine writes)."""
     plan = rows.plan
     cols = {ROW_INDEX: pa.array(rows.row_index.astype(np.int64))}
@@ -108,7 +108,7 @@ def _padded(arr: pa.Array, n: int, width: int, dtype: str) -> tuple[np.ndarray, 
 
 def batch_to_rows(plan: ServingPlan, batch: pa.RecordBatch | pa.Table, embedding_dim: int | None = None) -> RowBatch:
     n = batch.num_rows
-    rows = DistillRows.allocate(plan, n)
+    rows = TrainingRows.allocate(plan, n)
     names = batch.schema.names
     missing = [t for t in plan.tensor_names if t not in names]
     if missing:

@@ -104,3 +104,15 @@ def test_trained_export_answers_real_rows_on_triton(project, run_dir, stack):
     assert code == 0
     vdir = max((stack.model_repository / "relstream_trained").glob("[0-9]*"), key=lambda p: int(p.name))
     assert json.loads((vdir / "manifest.json").read_text())["trained"] is True
+
+
+def test_distill_rows_by_duckdb_equal_the_replay(project, run_dir):
+    """The default engine (DuckDB for this plan) and the replay give the same rows, hence the same
+    trained model and test metrics."""
+    metrics = {}
+    for engine in ("replay", "auto"):
+        assert relstream_main(["offline", "distill", *args(project, "--epochs", "1", "--d-model", "16",
+                                                           "--layers", "1", "--engine", engine)]) == 0
+        metrics[engine] = json.loads((run_dir / "distill.json").read_text())["metrics"]
+    assert (run_dir / "rows" / "_rows.json").exists()  # auto chose the SQL engine
+    assert metrics["auto"] == metrics["replay"]

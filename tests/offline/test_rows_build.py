@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from offline.datasets.fraud import TINY, generate_dataset
-from offline.distill import replay_rows
+from offline.distillation.replay import replay_rows
 from offline.rows import RowsInputError, RowsPlanError, build_rows, load_rows, read_manifest, read_rows
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import stack_requests
