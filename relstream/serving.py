@@ -80,6 +80,8 @@ def build_kafka_scorer(cfg: Config, settings: ScoreSettings, *, metrics: ScorerM
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
                        txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
                        commit_interval_s=settings.commit_interval_ms / 1000,
+                       commit_interval_max_s=None if settings.commit_interval_max_ms is None
+                       else settings.commit_interval_max_ms / 1000, commit_busy_rate=settings.commit_busy_rate,
                        batch_interval_s=settings.batch_interval_ms / 1000, group_id=settings.group_id,
                        max_payload_bytes=settings.max_payload_bytes, strategy=strategy)
 

@@ -39,7 +39,7 @@ from schemas.plan import ServingPlan
 
 from .batch import Outcome, run_sync, score_batch
 from .fallbacks import WindowFallback
-from .kafka_pacing import Pacing, PausedPartitions, Watchdog
+from .kafka_pacing import CommitCadence, Pacing, PausedPartitions, Watchdog
 from .kafka_txn import Transactions
 from .metrics import ScorerMetrics
 from .pipeline import PreparedEvent, interactions_to_append, prepare_event, score_record
@@ -128,6 +128,7 @@ class KafkaScorer:
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
                  init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0,
                  batch_interval_s: float = 0.0, group_id: str = "",
+                 commit_interval_max_s: float | None = None, commit_busy_rate: float = 1000.0,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.plan = plan
@@ -158,8 +159,12 @@ class KafkaScorer:
         self.now_ns = now_ns
         self.clock, self.sleep = clock, sleep
         self.init_timeout_s = init_timeout_s
+        # how long a transaction stays open: commit_interval_s, or (commit_interval_max_s set) rising
+        # with the arrival rate up to it (scorer.kafka_pacing.CommitCadence)
+        cadence = CommitCadence(commit_interval_s, max_interval_s=commit_interval_max_s, busy_rate=commit_busy_rate,
+                                clock=clock)
         self.pacing = Pacing(max_batch=max_batch, batch_interval_s=batch_interval_s, poll_timeout_s=poll_timeout_s,
-                             commit_interval_s=commit_interval_s, clock=clock)
+                             cadence=cadence, clock=clock)
         self.watchdog = Watchdog(watchdog_s, clock)
         # Pipelined transactions: batch k+1 is decoded, read and scored while batch k's transaction
         # commits on the worker thread; its records go into the next transaction as soon as that
@@ -167,7 +172,7 @@ class KafkaScorer:
         # transactions: less broker CPU, at most that much more latency).
         self.txns = Transactions(producer, consumer, metrics=self.metrics, on_committed=self._committed,
                                  on_aborted=self._aborted, on_abort=self._count_abort,
-                                 commit_interval_s=commit_interval_s, txn_timeout_s=txn_timeout_s,
+                                 cadence=cadence, txn_timeout_s=txn_timeout_s,
                                  txn_call_timeout_s=txn_call_timeout_s, calls=BoundedCalls(clock=clock),
                                  clock=clock, sleep=sleep)
         self.model_max_batch = max_batch

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_io.bounded import BoundedCalls, BoundedJob, FatalConsumerError
 
+from .kafka_pacing import CommitCadence
 from .metrics import ScorerMetrics
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,12 @@ class Transactions:
                  on_committed: Callable[[Any], None], on_aborted: Callable[[Any], None],
                  on_abort: Callable[[], None] = lambda: None, commit_interval_s: float = 0.0,
                  txn_timeout_s: float = 30.0, txn_call_timeout_s: float = 10.0,
-                 calls: BoundedCalls | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 calls: BoundedCalls | None = None, cadence: CommitCadence | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.producer, self.consumer, self.metrics = producer, consumer, metrics
         self.on_committed, self.on_aborted, self.on_abort = on_committed, on_aborted, on_abort
-        self.commit_interval_s = commit_interval_s
+        # how long a transaction stays open (fixed commit_interval_s, or adapting to load)
+        self.cadence = cadence or CommitCadence(commit_interval_s, clock=clock)
         # every blocking librdkafka call gets txn_call_timeout_s (librdkafka's timeout) and a hard
         # deadline a little later (BoundedCalls); commit/abort are resumed within txn_timeout_s
         self.txn_timeout_s = txn_timeout_s
@@ -141,7 +143,8 @@ class Transactions:
             self.abort_and_rewind(txn.first, merge=first_offsets(msgs))
             return False
         txn.add(msgs, batch)
-        if self.clock() - txn.began >= self.commit_interval_s:
+        self.cadence.observe(len(msgs))
+        if self.clock() - txn.began >= self.cadence.interval():
             self.start_commit()
         return True
 
@@ -151,7 +154,7 @@ class Transactions:
         if self.committing is not None and self.committing[1].done.is_set():
             self.finish_commit()
         if self.open is not None and self.committing is None and (
-                idle or self.clock() - self.open.began >= self.commit_interval_s):
+                idle or self.clock() - self.open.began >= self.cadence.interval()):
             self.start_commit()
 
     def flush(self) -> None:

@@ -64,6 +64,11 @@ class ScoreSettings(_Section):
     # (group commit). > 0: one transaction spans the batches of this many ms (fewer transactions,
     # less broker CPU per event, up to this much more latency)
     commit_interval_ms: float = Field(default=0.0, ge=0)
+    # adaptive commit cadence (set > commit_interval_ms to turn it on): a transaction stays open
+    # commit_interval_ms when the input is quiet, rising linearly with the arrival rate to this at
+    # commit_busy_rate events/s (more events per transaction when busy, a quick commit when idle)
+    commit_interval_max_ms: float | None = Field(default=None, ge=0)
+    commit_busy_rate: float = Field(default=1000.0, gt=0)
     append_scored: bool = False
     key_column: str | None = None  # fact column keying score records; default first entity
     auto_offset_reset: str = "earliest"

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_io.bounded import BoundedCalls, ClientsWedged, FatalConsumerError
-from scorer.kafka_pacing import Pacing, PausedPartitions, Watchdog
+from scorer.kafka_pacing import CommitCadence, Pacing, PausedPartitions, Watchdog
 from scorer.kafka_service import BatchStats, KafkaScorer
 from scorer.kafka_txn import Transactions
 from scorer.metrics import ScorerMetrics
@@ -337,6 +337,60 @@ def test_batches_share_a_transaction_until_the_commit_interval_is_due():
     txns.flush()
     assert done == ["b1", "b2"] and txns.producer.log.count("begin") == 1
     txns.abandon()
+
+
+def test_commit_cadence_is_quick_when_quiet_and_rises_with_the_rate_to_its_maximum():
+    clock = Clock()
+    cadence = CommitCadence(0.0, max_interval_s=0.08, busy_rate=1000.0, window_s=1.0, clock=clock)
+    assert cadence.interval() == 0.0  # nothing seen: commit at once
+    for _ in range(300):  # 500 events/s for 6 s: the decayed count settles near the rate
+        clock.t += 0.02
+        cadence.observe(10)
+    assert cadence.rate() == pytest.approx(500, rel=0.03)
+    assert cadence.interval() == pytest.approx(0.04, rel=0.03)  # half the busy rate: half the maximum
+    for _ in range(100):  # 3,000 events/s: capped at the maximum
+        clock.t += 0.01
+        cadence.observe(30)
+    assert cadence.interval() == pytest.approx(0.08)
+    clock.t += 8.0  # input stopped: back to a quick commit within a few windows
+    assert cadence.rate() < 10 and cadence.interval() < 0.001
+    assert CommitCadence(0.03, clock=clock).interval() == 0.03  # fixed: whatever the load
+    with pytest.raises(ValueError, match="commit_interval_max_ms"):
+        CommitCadence(0.05, max_interval_s=0.01)
+
+
+def test_an_adaptive_cadence_puts_more_batches_in_a_transaction_when_busy():
+    clock = Clock()
+
+    def run(batch_size: int) -> int:
+        """Transactions begun for 50 batches of ``batch_size`` arriving every 20 ms."""
+        cadence = CommitCadence(0.0, max_interval_s=0.1, busy_rate=1000.0, clock=clock)
+        txns, done = transactions(FakeProducer(), clock, cadence=cadence)
+        offset = 0
+        for _ in range(50):
+            msgs = [Msg("f", 0, offset + k) for k in range(batch_size)]
+            offset += batch_size
+            txns.produce_batch(msgs, lambda: None, offset)
+            clock.t += 0.02
+            txns.advance(idle=False)
+        txns.flush()
+        assert len(done) == 50 and txns.idle  # every batch committed, none lost
+        begun = txns.producer.log.count("begin")
+        txns.abandon()
+        return begun
+
+    quiet, busy = run(1), run(40)  # 50 vs 2,000 events/s
+    assert quiet >= 45  # about a transaction per batch
+    assert busy <= 15  # ~0.1 s of batches per transaction once the rate is seen
+
+
+def test_pacing_shortens_the_wait_for_input_to_the_adaptive_commit_interval():
+    clock = Clock()
+    cadence = CommitCadence(0.0, max_interval_s=0.1, busy_rate=100.0, clock=clock)
+    pacing = Pacing(max_batch=8, poll_timeout_s=0.2, cadence=cadence, clock=clock)
+    assert pacing.poll_timeout(clock.t) == 0.0  # quiet: the open transaction is due at once
+    cadence.observe(1000)
+    assert pacing.poll_timeout(clock.t - 0.03) == pytest.approx(0.07)
 
 
 def test_a_failed_produce_aborts_and_rewinds_to_the_first_offsets():
