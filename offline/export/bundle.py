@@ -73,9 +73,9 @@ class TracedModel:
     masked out of attention, so a row's score does not depend on how much padding it carries
     (checked against the eager model at load like the trace itself)."""
 
-    # cost model of a group: one more graph call + row gathers (~0.4 ms) ~ 110 tokens x rows
-    # (~3.8 us per token and row on this CPU)
-    CALL_COST_TOKENS = 110
+    # cost model of a group: one more graph call + row gathers (~0.5 ms) ~ 250 tokens x rows
+    # (~2 us per token and row on this CPU, with the query readout)
+    CALL_COST_TOKENS = 250
 
     def __init__(self, model: ShallowModel, graph):
         self.model = model
@@ -117,25 +117,27 @@ class TracedModel:
 
 
 class QueryReadout(torch.nn.Module):
-    """The scoring head's forward as served: the same parameters and operations, except that the
-    last encoder layer runs for the query token only.
+    """The scoring head's forward as served: the same parameters and operations, with two
+    changes that leave the scores equal within float rounding (checked against the eager model at
+    load, :data:`TRACE_TOLERANCE`):
 
-    The head reads only the query token's output (``enc[:, 0]``), and in the last layer no other
-    position feeds it except as attention keys/values, so that layer needs the keys and values of
-    every token but queries, attention output, residuals and the feed-forward block of one token
-    per row instead of all ~65. Exact up to float rounding (checked against the eager model at
-    load, :data:`TRACE_TOLERANCE`); about 40 % of a 2-layer forward's CPU."""
+    * the last encoder layer runs for the query token only: the head reads only the query token's
+      output (``enc[:, 0]``), and in the last layer the other tokens feed it only as attention
+      keys/values, so that layer needs every token's keys and values but the queries, attention
+      output, residual and feed-forward block of one token per row instead of all ~65;
+    * attention is ``scaled_dot_product_attention`` with a boolean key mask instead of the
+      encoder layer's fused path, whose masked softmax alone was a quarter of the forward's CPU.
+    """
 
     def __init__(self, model: ShallowModel):
         super().__init__()
         self.model = model
-        layers = model.encoder.layers
-        last = layers[-1]
-        if not (last.norm_first and last.self_attn.batch_first and model.encoder.norm is None
-                and last.self_attn._qkv_same_embed_dim):
-            raise ValueError("query readout: expects pre-norm, batch-first encoder layers without a final norm")
-        self.first_layers = torch.nn.ModuleList(list(layers)[:-1])
-        self.last = last
+        for layer in model.encoder.layers:
+            if not (layer.norm_first and layer.self_attn.batch_first and layer.self_attn._qkv_same_embed_dim):
+                raise ValueError("query readout: expects pre-norm, batch-first encoder layers")
+        if model.encoder.norm is not None:
+            raise ValueError("query readout: expects an encoder without a final norm")
+        self.layers = model.encoder.layers
 
     def forward(self, batch: dict) -> torch.Tensor:
         model, lay = self.model, self.model.layout
@@ -149,30 +151,41 @@ class QueryReadout(torch.nn.Module):
         for i, table in enumerate(model.string_emb):
             q = q + table(batch["strings"][:, i])
         q = q + model.node_type.weight[0]
-        seq, pad = [q[:, None, :]], [torch.zeros(q.shape[0], 1, dtype=torch.bool, device=q.device)]
+        seq, valid = [q[:, None, :]], [torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)]
         for i, h in enumerate(lay.hop_keys):
             seq.append(model.token_proj[str(i)](batch[f"tokens:{h}"]) + model.node_type.weight[i + 1])
-            pad.append(~batch[f"valid:{h}"])
+            valid.append(batch[f"valid:{h}"])
         x = torch.cat(seq, dim=1)
-        mask = torch.cat(pad, dim=1)
-        for layer in self.first_layers:
-            x = layer(x, src_key_padding_mask=mask)
-        return model.head(torch.cat([self._last_layer_query(x, mask), q], dim=1)).squeeze(1)
+        attend = torch.cat(valid, dim=1)[:, None, None, :]  # [B, 1, 1, L]: True = a key to attend to
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = encoder_layer(layer, x, attend, query_only=i == last)
+        return model.head(torch.cat([x[:, 0], q], dim=1)).squeeze(1)
 
-    def _last_layer_query(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The last pre-norm encoder layer's output at position 0 only ([B, d])."""
-        layer = self.last
-        attn = layer.self_attn
-        d, heads = attn.embed_dim, attn.num_heads
-        b, n = x.shape[0], x.shape[1]
-        h = layer.norm1(x)
-        w, bias = attn.in_proj_weight, attn.in_proj_bias
-        query = torch.nn.functional.linear(h[:, :1], w[:d], bias[:d]).view(b, 1, heads, d // heads).transpose(1, 2)
+
+def encoder_layer(layer, x: torch.Tensor, attend: torch.Tensor, query_only: bool = False) -> torch.Tensor:
+    """One pre-norm ``nn.TransformerEncoderLayer`` in eval mode ([B, L, d] -> [B, L, d]); with
+    ``query_only`` the output of position 0 alone ([B, 1, d]). ``attend`` [B, 1, 1, L]: the keys
+    each row may attend to."""
+    attn = layer.self_attn
+    d, heads = attn.embed_dim, attn.num_heads
+    b, n = x.shape[0], x.shape[1]
+    h = layer.norm1(x)
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    if query_only:
+        m = 1
+        query = torch.nn.functional.linear(h[:, :1], w[:d], bias[:d]).view(b, m, heads, d // heads)
         kv = torch.nn.functional.linear(h, w[d:], bias[d:]).view(b, n, 2, heads, d // heads)
-        keys, values = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-        att = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=~mask[:, None, None, :])
-        x0 = x[:, 0] + attn.out_proj(att.transpose(1, 2).reshape(b, d))
-        return x0 + layer.linear2(layer.activation(layer.linear1(layer.norm2(x0))))
+        keys, values = kv[:, :, 0], kv[:, :, 1]
+        x = x[:, :1]
+    else:
+        m = n
+        qkv = torch.nn.functional.linear(h, w, bias).view(b, n, 3, heads, d // heads)
+        query, keys, values = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    att = torch.nn.functional.scaled_dot_product_attention(query.transpose(1, 2), keys.transpose(1, 2),
+                                                           values.transpose(1, 2), attn_mask=attend)
+    x = x + attn.out_proj(att.transpose(1, 2).reshape(b, m, d))
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
 
 
 def length_groups(tokens: np.ndarray, call_cost_tokens: float) -> list[np.ndarray]:
