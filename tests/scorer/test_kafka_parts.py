@@ -407,6 +407,70 @@ def test_a_failed_produce_aborts_and_rewinds_to_the_first_offsets():
     txns.abandon()
 
 
+class QueueingProducer:
+    """An idempotent producer's surface: ``produce`` queues, ``flush`` delivers (or fails) them."""
+
+    def __init__(self, fail: bool = False, stuck: bool = False):
+        self.fail, self.stuck = fail, stuck
+        self.queued: list = []
+        self.delivered: list = []
+
+    def produce(self, topic, key=None, value=None, on_delivery=None, **kw):
+        self.queued.append((topic, value, on_delivery))
+
+    def poll(self, timeout):
+        return 0
+
+    def flush(self, timeout):
+        if self.stuck:
+            return len(self.queued)
+        for topic, value, cb in self.queued:
+            cb(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, Msg(topic, 0, 0))
+            if not self.fail:
+                self.delivered.append(value)
+        self.queued = []
+        return 0
+
+
+class CommittingConsumer(FakeConsumer):
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.commits: list = []
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append((sorted((tp.topic, tp.partition, tp.offset) for tp in offsets), asynchronous))
+
+
+def test_at_least_once_commits_offsets_only_after_the_records_are_acknowledged():
+    from scorer.kafka_txn import AtLeastOnce
+    clock = Clock()
+    consumer, done = CommittingConsumer(clock), []
+    producer = QueueingProducer()
+    txns = AtLeastOnce(producer, consumer, metrics=ScorerMetrics(), on_committed=done.append,
+                       commit_interval_s=0.05, clock=clock)
+    txns.init(1.0)  # nothing to initialise
+    assert txns.produce_batch([Msg("f", 0, 4)], lambda: txns.producer.produce("scores", value=b"a"), "b1")
+    assert producer.queued and not consumer.commits  # not due yet: nothing committed
+    clock.t += 0.06
+    txns.produce_batch([Msg("f", 1, 8)], lambda: txns.producer.produce("scores", value=b"b"), "b2")
+    assert producer.delivered == [b"a", b"b"] and done == ["b1", "b2"]
+    assert consumer.commits == [([("f", 0, 5), ("f", 1, 9)], True)]
+    txns.produce_batch([Msg("f", 0, 5)], lambda: txns.producer.produce("scores", value=b"c"), "b3")
+    txns.flush()  # stop / revocation: synchronously
+    assert consumer.commits[-1] == ([("f", 0, 6)], False) and txns.idle
+
+
+@pytest.mark.parametrize("producer", [QueueingProducer(fail=True), QueueingProducer(stuck=True)])
+def test_at_least_once_commits_nothing_when_a_record_is_not_delivered(producer):
+    from scorer.kafka_txn import AtLeastOnce
+    clock = Clock()
+    consumer = CommittingConsumer(clock)
+    txns = AtLeastOnce(producer, consumer, metrics=ScorerMetrics(), on_committed=lambda b: None, clock=clock)
+    with pytest.raises(FatalConsumerError, match="not delivered"):
+        txns.produce_batch([Msg("f", 0, 4)], lambda: txns.producer.produce("scores", value=b"a"), "b1")
+    assert consumer.commits == []  # new clients re-read from the last committed offset
+
+
 # ----- rebuilding fatal clients -------------------------------------------------------------------
 
 class StubScorer:
