@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class CommitCadence:
     """How long an open transaction may stay open before it is committed: ``interval_s`` when the
     input is quiet, rising linearly with the arrival rate to ``max_interval_s`` at ``busy_rate``
-    events/s and above (``max_interval_s`` None: always ``interval_s``).
+    events/s and above (``max_interval_s`` None: always ``interval_s``; below ``interval_s``: raised
+    to it).
 
     A transaction's broker work (offsets, markers, the commit round trips) is paid per transaction,
     not per event: when busy, more events per transaction take that work off the cores the scorer
@@ -34,9 +35,8 @@ class CommitCadence:
 
     def __init__(self, interval_s: float = 0.0, *, max_interval_s: float | None = None, busy_rate: float = 1000.0,
                  window_s: float = 0.5, clock: Callable[[], float] = time.monotonic):
-        if max_interval_s is not None and max_interval_s < interval_s:
-            raise ValueError(f"commit_interval_max_ms ({max_interval_s * 1e3:g}) < commit_interval_ms "
-                             f"({interval_s * 1e3:g})")
+        if max_interval_s is not None:  # never below the quiet interval (a fixed one set alone wins)
+            max_interval_s = max(max_interval_s, interval_s)
         if busy_rate <= 0 or window_s <= 0:
             raise ValueError("commit_busy_rate and the rate window must be > 0")
         self.interval_s, self.max_interval_s, self.busy_rate = interval_s, max_interval_s, busy_rate

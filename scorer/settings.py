@@ -66,11 +66,12 @@ class ScoreSettings(_Section):
     # (group commit). > 0: one transaction spans the batches of this many ms (fewer transactions,
     # less broker CPU per event, up to this much more latency)
     commit_interval_ms: float = Field(default=0.0, ge=0)
-    # adaptive commit cadence (set > commit_interval_ms to turn it on): a transaction stays open
-    # commit_interval_ms when the input is quiet, rising linearly with the arrival rate to this at
-    # commit_busy_rate events/s (more events per transaction when busy, a quick commit when idle)
-    commit_interval_max_ms: float | None = Field(default=None, ge=0)
-    commit_busy_rate: float = Field(default=1000.0, gt=0)
+    # adaptive commit cadence: a transaction stays open commit_interval_ms when the input is
+    # quiet, rising linearly with the arrival rate to commit_interval_max_ms at commit_busy_rate
+    # events/s and above (more events per transaction when busy, a quick commit when idle);
+    # null: always commit_interval_ms
+    commit_interval_max_ms: float | None = Field(default=50.0, ge=0)
+    commit_busy_rate: float = Field(default=2000.0, gt=0)
     # exactly_once: Kafka transactions (read_committed consumers see each score once).
     # at_least_once (opt-in): an idempotent producer, offsets committed after the records are
     # acknowledged: less broker CPU and latency; after a crash some events are scored twice
