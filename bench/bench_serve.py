@@ -896,9 +896,12 @@ def merge_cpu_summary(path: Path, label: str, result: dict) -> dict:
     holds per label the median, over the runs of the Kafka point at the target rate (else the
     first point), of the CPU per scored event of all processes together."""
     summary = json.loads(path.read_text()) if path.exists() else {}
-    points = cpu_points(result)
-    summary.setdefault("runs", {})[label] = {"points": points, "settings": result["settings"],
-                                            "machine": result["machine"], "model": result.get("model")}
+    run = summary.setdefault("runs", {}).setdefault(label, {"points": {}, "settings": [], "machine": []})
+    run["points"].update(cpu_points(result))  # e.g. a Kafka run and an HTTP run of the same code
+    run["settings"].append(result["settings"])
+    run["machine"].append(result["machine"])
+    run["model"] = result.get("model")
+    points = run["points"]
     if label == "after":
         summary.update(points)
     headline = f"kafka_{TARGET_KAFKA['rate']}" if f"kafka_{TARGET_KAFKA['rate']}" in points else next(iter(points), None)
