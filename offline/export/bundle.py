@@ -140,27 +140,12 @@ class QueryReadout(torch.nn.Module):
         self.layers = model.encoder.layers
 
     def forward(self, batch: dict) -> torch.Tensor:
-        model, lay = self.model, self.model.layout
-        fact = model.fact_norm(batch["fact"])
-        missing = batch["missing"]
-        q = model.query(torch.cat([fact, missing], dim=1))
-        for i, proj in enumerate(model.emb_proj):
-            miss = missing[:, i:i + 1]
-            vec = batch["emb"][:, i] * (1 - miss) + model.no_embedding[i] * miss
-            q = q + proj(vec)
-        for i, table in enumerate(model.string_emb):
-            q = q + table(batch["strings"][:, i])
-        q = q + model.node_type.weight[0]
-        seq, valid = [q[:, None, :]], [torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)]
-        for i, h in enumerate(lay.hop_keys):
-            seq.append(model.token_proj[str(i)](batch[f"tokens:{h}"]) + model.node_type.weight[i + 1])
-            valid.append(batch[f"valid:{h}"])
-        x = torch.cat(seq, dim=1)
-        attend = torch.cat(valid, dim=1)[:, None, None, :]  # [B, 1, 1, L]: True = a key to attend to
+        x, mask, q = self.model.sequence(batch)
+        attend = ~mask[:, None, None, :]  # [B, 1, 1, L]: True = a key to attend to
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = encoder_layer(layer, x, attend, query_only=i == last)
-        return model.head(torch.cat([x[:, 0], q], dim=1)).squeeze(1)
+        return self.model.head(torch.cat([x[:, 0], q], dim=1)).squeeze(1)
 
 
 def encoder_layer(layer, x: torch.Tensor, attend: torch.Tensor, query_only: bool = False) -> torch.Tensor:
