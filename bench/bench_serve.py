@@ -16,6 +16,7 @@ scorer (`relstream serve` / `relstream score` as subprocesses) and this load gen
     python3 bench/bench_serve.py                          # short defaults: 5 s warm-up + 15 s per step
     python3 bench/bench_serve.py --warmup 30 --duration 180 --qps 200,400,600,800,1000,1100,1200
     python3 bench/bench_serve.py --skip-kafka --workers 2 --batch-window-ms 2
+    python3 bench/bench_serve.py --skip-http --kafka-rate 1000 --repeat 2 --cpu-json bench/results/serving_cpu.json
 
 Prints JSON and writes bench/results/serve.json + serve.png.
 """
@@ -379,10 +380,12 @@ def http_sweep(url: str, bodies: list[bytes], qps_list, warmup: float, duration:
     steps = []
     pids = {**(pids or {}), "load_generator": os.getpid()}
     for qps in qps_list:
+        load_before = os.getloadavg()
         before = cpu_seconds(pids)
         run = open_loop_raw if client == "raw" else open_loop
         step = asyncio.run(run(url, bodies, qps, warmup, duration, headers))
         after = cpu_seconds(pids)
+        step["load_avg"] = {"before": load_before, "after": os.getloadavg()}
         n = max(1, int(qps * (warmup + duration)))
         step["cpu_ms_per_request"] = {k: 1e3 * (after[k] - before[k]) / n for k in pids}
         step["cpu_ms_per_request"]["scorer_stack"] = sum(v for k, v in step["cpu_ms_per_request"].items()
@@ -554,6 +557,7 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
     expected = sum(1 for key, t in produced.items() if key.startswith("2") and len(key) == 13
                    and t >= t_start + warmup)
     cpu = {k: 1e3 * (cpu_after[k] - cpu_before[k]) / max(1, n_total) for k in cpu_pids}
+    cpu["all"] = sum(cpu.values())  # every process of the path (the load generator excluded)
     res = {"rate": rate, "cpu_ms_per_event": cpu, "scorer_stages": stages,
            "load_avg": {"before": load_before, "after": os.getloadavg()},
            "produced_in_window": expected, "scored_in_window": len(window),
@@ -739,6 +743,11 @@ def main(argv=None) -> dict:
                          "noise from other load. With sched_autogroup on, every session is one scheduling group "
                          "and a process's nice counts only inside it, so the autogroups of the benchmark's "
                          "processes get this nice too (restored for this session at the end)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each HTTP step and Kafka rate this many times")
+    ap.add_argument("--cpu-json", type=Path, metavar="JSON",
+                    help="also merge the target points and CPU per event into this summary "
+                         "(bench/results/serving_cpu.json) under --label")
+    ap.add_argument("--label", default="after", help="whose code this run measures, e.g. before / after")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of an earlier result")
     args = ap.parse_args(argv)
@@ -796,6 +805,7 @@ def main(argv=None) -> dict:
             qps_list = [float(q) for q in args.qps.split(",") if q]
             if args.deep_dir:
                 qps_list = sorted(set(qps_list) | set(_floats(args.deep_qps)))
+            qps_list = [q for q in qps_list for _ in range(args.repeat)]  # each step back to back
             for endpoint in [e.strip() for e in args.endpoints.split(",") if e.strip()]:
                 if endpoint == "score":
                     bodies = [orjson.dumps(r) for r in payloads.rows]
@@ -817,7 +827,8 @@ def main(argv=None) -> dict:
 
         if not args.skip_kafka:
             rates = [float(r) for r in str(args.kafka_rate).split(",")]
-            for rate in rates:  # one scorer process per rate, same topics (each run reads from the end)
+            for rate in [r for r in rates for _ in range(args.repeat)]:
+                # one scorer process per run, same topics (each run reads from the end)
                 log(f"Kafka path at {rate:.0f} events/s ...")
                 res = kafka_latency(stack, config, topics, codec, payloads, rate, args.kafka_warmup,
                                     args.kafka_duration, tmp / "score.log", log,
@@ -849,8 +860,99 @@ def main(argv=None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(result, args.out.with_suffix(".png"))
+    if args.cpu_json:
+        merge_cpu_summary(args.cpu_json, args.label, result)
+        plot_cpu_summary(args.cpu_json)
     print(json.dumps(result, indent=1))
     return result
+
+
+def cpu_points(result: dict) -> dict:
+    """``{"kafka_<rate>": {"p99_ms": [...], "cpu_ms_per_event": [...]}, "http_<qps>": {...}}``: every
+    run of each point of one benchmark run, in run order."""
+    points: dict = {}
+    for run in result.get("kafka_sweep", []):
+        point = points.setdefault(f"kafka_{run['rate']:.0f}", {"p99_ms": [], "missing": [], "cpu_ms_per_event": [],
+                                                               "cpu_ms_by_process": [], "load_avg": []})
+        point["p99_ms"].append(run["latency"].get("p99_ms"))
+        point["missing"].append(run["missing"])
+        point["cpu_ms_per_event"].append(run["cpu_ms_per_event"]["all"])
+        point["cpu_ms_by_process"].append(run["cpu_ms_per_event"])
+        point["load_avg"].append(run["load_avg"])
+    for step in result.get("http", {}).get("/v1/score", []):
+        point = points.setdefault(f"http_{step['offered_qps']:.0f}", {"p99_ms": [], "errors": [], "cpu_ms_per_event": [],
+                                                                      "cpu_ms_by_process": [], "load_avg": []})
+        point["p99_ms"].append(step["latency_from_schedule"].get("p99_ms"))
+        point["errors"].append(step["errors"])
+        point["cpu_ms_per_event"].append(step["cpu_ms_per_request"]["scorer_stack"])
+        point["cpu_ms_by_process"].append(step["cpu_ms_per_request"])
+        point["load_avg"].append(step["load_avg"])
+    return points
+
+
+def merge_cpu_summary(path: Path, label: str, result: dict) -> dict:
+    """Merge this run's points into ``path`` under ``label``. The ``after`` points are also the
+    top-level keys (``{"kafka_1000": {"p99_ms": [run1, run2]}, ...}``), and ``cpu_ms_per_event``
+    holds per label the median, over the runs of the Kafka point at the target rate (else the
+    first point), of the CPU per scored event of all processes together."""
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    run = summary.setdefault("runs", {}).setdefault(label, {"points": {}, "settings": [], "machine": []})
+    run["points"].update(cpu_points(result))  # e.g. a Kafka run and an HTTP run of the same code
+    run["settings"].append(result["settings"])
+    run["machine"].append(result["machine"])
+    run["model"] = result.get("model")
+    points = run["points"]
+    if label == "after":
+        summary.update(points)
+    headline = f"kafka_{TARGET_KAFKA['rate']}" if f"kafka_{TARGET_KAFKA['rate']}" in points else next(iter(points), None)
+    if headline is not None:
+        cpu = summary.setdefault("cpu_ms_per_event", {})
+        cpu[label] = float(np.median(points[headline]["cpu_ms_per_event"]))
+        cpu.setdefault("point", {})[label] = headline
+        by_process: dict = {}
+        for run in points[headline]["cpu_ms_by_process"]:
+            for name, ms in run.items():
+                by_process.setdefault(name, []).append(ms)
+        cpu.setdefault("by_process", {})[label] = {k: float(np.median(v)) for k, v in by_process.items()}
+        if "before" in cpu and "after" in cpu:
+            cpu["after_over_before"] = cpu["after"] / cpu["before"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def plot_cpu_summary(path: Path) -> None:
+    """CPU ms per event by process, per label (bars), and p99 of every run of each point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    summary = json.loads(path.read_text())
+    labels = list(summary.get("runs", {}))
+    by_process = summary.get("cpu_ms_per_event", {}).get("by_process", {})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = sorted({n for label in labels for n in by_process.get(label, {}) if n != "all"})
+    bottom = np.zeros(len(labels))
+    for name in names:
+        vals = np.array([by_process.get(label, {}).get(name, 0.0) for label in labels])
+        ax1.bar(labels, vals, bottom=bottom, label=name)
+        bottom += vals
+    ax1.set_ylabel("CPU ms per scored event")
+    ax1.set_title(f"CPU per event by process ({summary.get('cpu_ms_per_event', {}).get('point', {})})")
+    ax1.legend(fontsize=8)
+    points = sorted({p for label in labels for p in summary["runs"][label]["points"]})
+    width = 0.8 / max(1, len(labels))
+    for j, label in enumerate(labels):
+        for i, point in enumerate(points):
+            runs = summary["runs"][label]["points"].get(point, {}).get("p99_ms", [])
+            ax2.scatter([i + (j - (len(labels) - 1) / 2) * width] * len(runs), runs, label=label if i == 0 else None,
+                        color=f"C{j}")
+    ax2.set_xticks(range(len(points)), points)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("p99 latency, ms (each run)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    plt.close(fig)
 
 
 def set_autogroup_nice(pids, nice: int) -> list[str]:

@@ -60,9 +60,12 @@ def build_kafka_scorer(cfg: Config, settings: ScoreSettings, *, metrics: ScorerM
     # previous one's markers is refused with CONCURRENT_TRANSACTIONS and retried after this backoff;
     # at 100 ms every such retry was a 100 ms stall of the pipeline (it grows exponentially up to
     # retry.backoff.max.ms when a broker is really away)
+    # at_least_once: no transaction, an idempotent producer (retries write no duplicates)
+    delivery_conf = {"transactional.id": settings.transactional_id,
+                     "transaction.timeout.ms": settings.transaction_timeout_ms} \
+        if settings.delivery == "exactly_once" else {"enable.idempotence": True, "acks": "all"}
     producer = Producer(kafka_client_config(
-        cfg, **{"metadata.recovery.strategy": "none", "transactional.id": settings.transactional_id, "linger.ms": 1,
-                "retry.backoff.ms": 10, "transaction.timeout.ms": settings.transaction_timeout_ms,
+        cfg, **{"metadata.recovery.strategy": "none", "linger.ms": 1, "retry.backoff.ms": 10, **delivery_conf,
                 **settings.producer}))
     client = SyncRanker if plan.is_ranking else TritonScorer  # ranking: per-candidate outputs
     triton = client(plan, triton_grpc_url(cfg, settings.triton_grpc_url),
@@ -80,6 +83,9 @@ def build_kafka_scorer(cfg: Config, settings: ScoreSettings, *, metrics: ScorerM
                        backoff_max_s=settings.retry_backoff_max_ms / 1000,
                        txn_timeout_s=min(30.0, settings.transaction_timeout_ms / 1000), encoder=encoder,
                        commit_interval_s=settings.commit_interval_ms / 1000,
+                       commit_interval_max_s=None if settings.commit_interval_max_ms is None
+                       else settings.commit_interval_max_ms / 1000, commit_busy_rate=settings.commit_busy_rate,
+                       delivery=settings.delivery,
                        batch_interval_s=settings.batch_interval_ms / 1000, group_id=settings.group_id,
                        max_payload_bytes=settings.max_payload_bytes, strategy=strategy)
 

@@ -1,6 +1,7 @@
 """The time-driven policies of the Kafka scorer's loop, each with an injected clock.
 
 - :class:`Pacing`: when the next batch may start and how long to wait for input;
+- :class:`CommitCadence`: how long an open transaction may stay open, by load;
 - :class:`Watchdog`: after a quiet spell, is a broker still reachable and are partitions assigned;
 - :class:`PausedPartitions`: while Triton is down, the partitions are paused, the group protocol
   is served, and whatever slipped through is re-read afterwards.
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Callable
 
@@ -19,17 +21,68 @@ from kafka_io.polling import consume_ready
 log = logging.getLogger(__name__)
 
 
+class CommitCadence:
+    """How long an open transaction may stay open before it is committed: ``interval_s`` when the
+    input is quiet, rising linearly with the arrival rate to ``max_interval_s`` at ``busy_rate``
+    events/s and above (``max_interval_s`` None: always ``interval_s``; below ``interval_s``: raised
+    to it).
+
+    A transaction's broker work (offsets, markers, the commit round trips) is paid per transaction,
+    not per event: when busy, more events per transaction take that work off the cores the scorer
+    and Triton need, for a bounded wait; when quiet there is CPU to spare and a fast commit costs
+    nothing. The rate is an exponentially decayed count of the events seen in the last
+    ``window_s`` (so it falls back to quiet within a few windows after the input stops)."""
+
+    def __init__(self, interval_s: float = 0.0, *, max_interval_s: float | None = None, busy_rate: float = 1000.0,
+                 window_s: float = 0.5, clock: Callable[[], float] = time.monotonic):
+        if max_interval_s is not None:  # never below the quiet interval (a fixed one set alone wins)
+            max_interval_s = max(max_interval_s, interval_s)
+        if busy_rate <= 0 or window_s <= 0:
+            raise ValueError("commit_busy_rate and the rate window must be > 0")
+        self.interval_s, self.max_interval_s, self.busy_rate = interval_s, max_interval_s, busy_rate
+        self.window_s, self.clock = window_s, clock
+        self._count, self._at = 0.0, clock()
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_interval_s is not None
+
+    def observe(self, events: int) -> None:
+        """``events`` more were taken into a transaction now."""
+        self._count = self._decayed() + events
+
+    def _decayed(self) -> float:
+        now = self.clock()
+        count = self._count * math.exp(-max(0.0, now - self._at) / self.window_s)
+        self._at = now
+        return count
+
+    def rate(self) -> float:
+        """Events per second, over about the last ``window_s``."""
+        self._count = self._decayed()
+        return self._count / self.window_s
+
+    def interval(self) -> float:
+        """How long the open transaction may stay open now."""
+        if self.max_interval_s is None:
+            return self.interval_s
+        load = min(1.0, self.rate() / self.busy_rate)
+        return self.interval_s + (self.max_interval_s - self.interval_s) * load
+
+
 class Pacing:
     """Batches start at most every ``batch_interval_s`` (what arrives meanwhile joins the batch;
     a full ``max_batch`` goes at once): each batch costs a Triton call and a transaction, whose
     broker work per event shrinks as batches grow. After an idle spell the first event is taken
-    without waiting. An open transaction that waits for ``commit_interval_s`` shortens the wait
-    for input, so it is committed on time."""
+    without waiting. An open transaction that waits for its commit interval (``cadence``, or a
+    fixed ``commit_interval_s``) shortens the wait for input, so it is committed on time."""
 
     def __init__(self, *, max_batch: int, batch_interval_s: float = 0.0, poll_timeout_s: float = 0.005,
-                 commit_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 commit_interval_s: float = 0.0, cadence: CommitCadence | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_batch, self.batch_interval_s, self.poll_timeout_s = max_batch, batch_interval_s, poll_timeout_s
-        self.commit_interval_s, self.clock = commit_interval_s, clock
+        self.cadence = cadence or CommitCadence(commit_interval_s, clock=clock)
+        self.clock = clock
         self.batch_started = float("-inf")
 
     def fill_wait(self) -> float:
@@ -40,7 +93,7 @@ class Pacing:
         """How long to wait for a first message when none is there; ``open_txn_began``: when the
         open transaction began, if one waits for its commit interval."""
         if open_txn_began is not None:
-            return max(0.0, min(self.poll_timeout_s, open_txn_began + self.commit_interval_s - self.clock()))
+            return max(0.0, min(self.poll_timeout_s, open_txn_began + self.cadence.interval() - self.clock()))
         return self.poll_timeout_s
 
     def next_batch(self, consumer: Any, open_txn_began: float | None = None) -> list:

@@ -39,8 +39,8 @@ from schemas.plan import ServingPlan
 
 from .batch import Outcome, run_sync, score_batch
 from .fallbacks import WindowFallback
-from .kafka_pacing import Pacing, PausedPartitions, Watchdog
-from .kafka_txn import Transactions
+from .kafka_pacing import CommitCadence, Pacing, PausedPartitions, Watchdog
+from .kafka_txn import AtLeastOnce, Transactions
 from .metrics import ScorerMetrics
 from .pipeline import PreparedEvent, interactions_to_append, prepare_event, score_record
 from .tasks import ScoringTask
@@ -113,6 +113,9 @@ class ScoringStrategy:
             total.observe(rec["latency_ms"] / 1000)
 
 
+DELIVERY = ("exactly_once", "at_least_once")
+
+
 class KafkaScorer:
     """The consume-score-produce loop. Clients are injected (real ones in production and tests);
     time too (``clock``, ``sleep``): the loop's parts are :class:`scorer.kafka_pacing.Pacing`,
@@ -128,6 +131,8 @@ class KafkaScorer:
                  encoder: Any = None, strategy: Any = None, txn_call_timeout_s: float = 10.0,
                  init_timeout_s: float = 120.0, commit_interval_s: float = 0.0, watchdog_s: float = 30.0,
                  batch_interval_s: float = 0.0, group_id: str = "",
+                 commit_interval_max_s: float | None = None, commit_busy_rate: float = 1000.0,
+                 delivery: str = "exactly_once",
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.plan = plan
@@ -158,18 +163,28 @@ class KafkaScorer:
         self.now_ns = now_ns
         self.clock, self.sleep = clock, sleep
         self.init_timeout_s = init_timeout_s
+        # how long a transaction stays open: commit_interval_s, or (commit_interval_max_s set) rising
+        # with the arrival rate up to it (scorer.kafka_pacing.CommitCadence)
+        cadence = CommitCadence(commit_interval_s, max_interval_s=commit_interval_max_s, busy_rate=commit_busy_rate,
+                                clock=clock)
         self.pacing = Pacing(max_batch=max_batch, batch_interval_s=batch_interval_s, poll_timeout_s=poll_timeout_s,
-                             commit_interval_s=commit_interval_s, clock=clock)
+                             cadence=cadence, clock=clock)
         self.watchdog = Watchdog(watchdog_s, clock)
         # Pipelined transactions: batch k+1 is decoded, read and scored while batch k's transaction
         # commits on the worker thread; its records go into the next transaction as soon as that
-        # commit is done. commit_interval_s > 0 lets one transaction span several batches (fewer
-        # transactions: less broker CPU, at most that much more latency).
-        self.txns = Transactions(producer, consumer, metrics=self.metrics, on_committed=self._committed,
-                                 on_aborted=self._aborted, on_abort=self._count_abort,
-                                 commit_interval_s=commit_interval_s, txn_timeout_s=txn_timeout_s,
-                                 txn_call_timeout_s=txn_call_timeout_s, calls=BoundedCalls(clock=clock),
-                                 clock=clock, sleep=sleep)
+        # commit is done. The cadence lets one transaction span several batches (fewer
+        # transactions: less broker CPU, at most its interval more latency).
+        # delivery "at_least_once" (opt-in): an idempotent producer, offsets committed after the
+        # records are acknowledged (scorer.kafka_txn.AtLeastOnce)
+        if delivery not in DELIVERY:
+            raise ValueError(f"score.delivery: {delivery!r} is not one of {sorted(DELIVERY)}")
+        common = dict(metrics=self.metrics, on_committed=self._committed, on_aborted=self._aborted,
+                      on_abort=self._count_abort, cadence=cadence, txn_call_timeout_s=txn_call_timeout_s, clock=clock)
+        if delivery == "exactly_once":
+            self.txns = Transactions(producer, consumer, txn_timeout_s=txn_timeout_s, calls=BoundedCalls(clock=clock),
+                                     sleep=sleep, **common)
+        else:
+            self.txns = AtLeastOnce(producer, consumer, **common)
         self.model_max_batch = max_batch
         self._stop = threading.Event()
         self._revoked = False

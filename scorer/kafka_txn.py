@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_io.bounded import BoundedCalls, BoundedJob, FatalConsumerError
 
+from .kafka_pacing import CommitCadence
 from .metrics import ScorerMetrics
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,12 @@ class Transactions:
                  on_committed: Callable[[Any], None], on_aborted: Callable[[Any], None],
                  on_abort: Callable[[], None] = lambda: None, commit_interval_s: float = 0.0,
                  txn_timeout_s: float = 30.0, txn_call_timeout_s: float = 10.0,
-                 calls: BoundedCalls | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 calls: BoundedCalls | None = None, cadence: CommitCadence | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.producer, self.consumer, self.metrics = producer, consumer, metrics
         self.on_committed, self.on_aborted, self.on_abort = on_committed, on_aborted, on_abort
-        self.commit_interval_s = commit_interval_s
+        # how long a transaction stays open (fixed commit_interval_s, or adapting to load)
+        self.cadence = cadence or CommitCadence(commit_interval_s, clock=clock)
         # every blocking librdkafka call gets txn_call_timeout_s (librdkafka's timeout) and a hard
         # deadline a little later (BoundedCalls); commit/abort are resumed within txn_timeout_s
         self.txn_timeout_s = txn_timeout_s
@@ -141,7 +143,8 @@ class Transactions:
             self.abort_and_rewind(txn.first, merge=first_offsets(msgs))
             return False
         txn.add(msgs, batch)
-        if self.clock() - txn.began >= self.commit_interval_s:
+        self.cadence.observe(len(msgs))
+        if self.clock() - txn.began >= self.cadence.interval():
             self.start_commit()
         return True
 
@@ -151,7 +154,7 @@ class Transactions:
         if self.committing is not None and self.committing[1].done.is_set():
             self.finish_commit()
         if self.open is not None and self.committing is None and (
-                idle or self.clock() - self.open.began >= self.commit_interval_s):
+                idle or self.clock() - self.open.began >= self.cadence.interval()):
             self.start_commit()
 
     def flush(self) -> None:
@@ -277,3 +280,121 @@ class Transactions:
                     self.calls.current.mark("commit_transaction")
         except KafkaException as exc:
             return phase, exc
+
+
+class AtLeastOnce:
+    """The opt-in alternative to :class:`Transactions` (``score.delivery: at_least_once``), with
+    the same interface: records go out through an idempotent producer (no transaction, so no
+    markers, offset writes into a transaction or commit round trips on the broker, and downstream
+    consumers see a score as soon as it is written), and the consumed offsets are committed only
+    after every record produced before them is acknowledged. A crash or a failed delivery between
+    the two re-reads the batches since the last committed offsets: no event is lost, some may be
+    scored twice. Downstream dedupes on the record's ``event_id`` (a re-scored event has the same
+    ``event_id`` and key, and the same score unless its windows changed meanwhile).
+
+    Offsets are committed when ``cadence`` says the open batches are due (as a transaction
+    would be), or at once when the input paused; :meth:`flush` (stop, revocation) commits
+    synchronously, so a successor starts after it.
+    """
+
+    def __init__(self, producer: Any, consumer: Any, *, metrics: ScorerMetrics,
+                 on_committed: Callable[[Any], None], on_aborted: Callable[[Any], None] = lambda batch: None,
+                 on_abort: Callable[[], None] = lambda: None, commit_interval_s: float = 0.0,
+                 txn_call_timeout_s: float = 10.0, cadence: CommitCadence | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.producer = producer
+        self.consumer, self.metrics, self.on_committed = consumer, metrics, on_committed
+        self.cadence = cadence or CommitCadence(commit_interval_s, clock=clock)
+        self.call_timeout_s, self.clock = txn_call_timeout_s, clock
+        self.open: Txn | None = None  # produced, offsets not committed yet
+
+    @property
+    def producer(self) -> "DeliveryTracking":
+        return self._producer
+
+    @producer.setter
+    def producer(self, producer: Any) -> None:
+        self._producer = producer if isinstance(producer, DeliveryTracking) else DeliveryTracking(producer)
+
+    @property
+    def idle(self) -> bool:
+        return self.open is None
+
+    def open_began(self) -> float | None:
+        return self.open.began if self.open is not None else None
+
+    def init(self, budget_s: float) -> None:
+        """Nothing to fence: an idempotent producer needs no initialisation round trip."""
+
+    def produce_batch(self, msgs: Sequence[Any], produce: Callable[[], None], batch: Any) -> bool:
+        if self.open is None:
+            self.open = Txn(began=self.clock())
+        try:
+            produce()
+        except KafkaException as exc:  # local queue full or a fatal producer: new clients re-read
+            raise FatalConsumerError(f"producing score records failed: {exc.args[0]}") from exc
+        self.producer.poll(0)  # serve delivery reports
+        self.open.add(msgs, batch)
+        self.cadence.observe(len(msgs))
+        if self.clock() - self.open.began >= self.cadence.interval():
+            self.commit(asynchronous=True)
+        return True
+
+    def advance(self, idle: bool) -> None:
+        self.producer.poll(0)
+        if self.open is not None and (idle or self.clock() - self.open.began >= self.cadence.interval()):
+            self.commit(asynchronous=True)
+
+    def flush(self) -> None:
+        if self.open is not None:
+            self.commit(asynchronous=False)
+
+    def abandon(self) -> None:
+        self.open = None
+
+    def commit(self, asynchronous: bool) -> None:
+        """Wait until every record produced so far is acknowledged, then commit the consumed
+        offsets. A record not delivered: FatalConsumerError before any offset is committed (new
+        clients re-read from the last committed offsets). A failed asynchronous offset commit
+        only means those batches are read (and scored) again."""
+        txn, self.open = self.open, None
+        t0 = time.perf_counter()
+        left = self.producer.flush(self.call_timeout_s)
+        failed = self.producer.take_failures()
+        if left or failed:
+            self.metrics.errors.labels(PATH, "delivery").inc()
+            raise FatalConsumerError(f"score records not delivered ({left} still queued, "
+                                     f"{len(failed)} failed: {failed[:3]}); offsets not committed")
+        tps = [TopicPartition(t, part, off) for (t, part), off in txn.offsets.items()]
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=asynchronous)
+        except KafkaException as exc:
+            if not asynchronous:
+                raise FatalConsumerError(f"committing offsets failed: {exc.args[0]}") from exc
+            log.warning("offset commit failed, the batches will be read again: %s", exc.args[0])
+        self.metrics.stage_seconds.labels(PATH, "commit").observe(time.perf_counter() - t0)
+        for batch in txn.batches:
+            self.on_committed(batch)
+
+
+class DeliveryTracking:
+    """A producer whose every ``produce`` records delivery failures (read with
+    :meth:`take_failures`); anything else is the wrapped producer's."""
+
+    def __init__(self, producer: Any):
+        self._producer = producer
+        self._failures: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def produce(self, *args, **kwargs) -> None:
+        self._producer.produce(*args, on_delivery=self._delivered, **kwargs)
+
+    def _delivered(self, err, msg) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    def take_failures(self) -> list[str]:
+        failures, self._failures = self._failures, []
+        return failures

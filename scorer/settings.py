@@ -18,6 +18,8 @@ address from the configuration (``relstream.config.triton_grpc_url``).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES
@@ -64,6 +66,17 @@ class ScoreSettings(_Section):
     # (group commit). > 0: one transaction spans the batches of this many ms (fewer transactions,
     # less broker CPU per event, up to this much more latency)
     commit_interval_ms: float = Field(default=0.0, ge=0)
+    # adaptive commit cadence: a transaction stays open commit_interval_ms when the input is
+    # quiet, rising linearly with the arrival rate to commit_interval_max_ms at commit_busy_rate
+    # events/s and above (more events per transaction when busy, a quick commit when idle);
+    # null: always commit_interval_ms
+    commit_interval_max_ms: float | None = Field(default=50.0, ge=0)
+    commit_busy_rate: float = Field(default=2000.0, gt=0)
+    # exactly_once: Kafka transactions (read_committed consumers see each score once).
+    # at_least_once (opt-in): an idempotent producer, offsets committed after the records are
+    # acknowledged: less broker CPU and latency; after a crash some events are scored twice
+    # (dedupe downstream on the record's event_id)
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     append_scored: bool = False
     key_column: str | None = None  # fact column keying score records; default first entity
     auto_offset_reset: str = "earliest"

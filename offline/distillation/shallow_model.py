@@ -246,6 +246,13 @@ class ScoringModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
 
     def forward(self, batch: dict) -> torch.Tensor:
+        x, mask, q = self.sequence(batch)
+        enc = self.encoder(x, src_key_padding_mask=mask)
+        return self.head(torch.cat([enc[:, 0], q], dim=1)).squeeze(1)
+
+    def sequence(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's input: ``x`` [B, 1 + sum L_h, d] (the query token, then every hop's RTI
+        tokens), its padding ``mask`` (True = padded) and the query ``q`` [B, d]."""
         lay = self.layout
         fact = self.fact_norm(batch["fact"])
         missing = batch["missing"]
@@ -262,10 +269,7 @@ class ScoringModel(nn.Module):
             tok = self.token_proj[str(i)](batch[f"tokens:{h}"]) + self.node_type.weight[i + 1]
             seq.append(tok)
             pad.append(~batch[f"valid:{h}"])
-        x = torch.cat(seq, dim=1)
-        mask = torch.cat(pad, dim=1)
-        enc = self.encoder(x, src_key_padding_mask=mask)
-        return self.head(torch.cat([enc[:, 0], q], dim=1)).squeeze(1)
+        return torch.cat(seq, dim=1), torch.cat(pad, dim=1), q
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

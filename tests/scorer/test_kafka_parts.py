@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_io.bounded import BoundedCalls, ClientsWedged, FatalConsumerError
-from scorer.kafka_pacing import Pacing, PausedPartitions, Watchdog
+from scorer.kafka_pacing import CommitCadence, Pacing, PausedPartitions, Watchdog
 from scorer.kafka_service import BatchStats, KafkaScorer
 from scorer.kafka_txn import Transactions
 from scorer.metrics import ScorerMetrics
@@ -339,6 +339,59 @@ def test_batches_share_a_transaction_until_the_commit_interval_is_due():
     txns.abandon()
 
 
+def test_commit_cadence_is_quick_when_quiet_and_rises_with_the_rate_to_its_maximum():
+    clock = Clock()
+    cadence = CommitCadence(0.0, max_interval_s=0.08, busy_rate=1000.0, window_s=1.0, clock=clock)
+    assert cadence.interval() == 0.0  # nothing seen: commit at once
+    for _ in range(300):  # 500 events/s for 6 s: the decayed count settles near the rate
+        clock.t += 0.02
+        cadence.observe(10)
+    assert cadence.rate() == pytest.approx(500, rel=0.03)
+    assert cadence.interval() == pytest.approx(0.04, rel=0.03)  # half the busy rate: half the maximum
+    for _ in range(100):  # 3,000 events/s: capped at the maximum
+        clock.t += 0.01
+        cadence.observe(30)
+    assert cadence.interval() == pytest.approx(0.08)
+    clock.t += 8.0  # input stopped: back to a quick commit within a few windows
+    assert cadence.rate() < 10 and cadence.interval() < 0.001
+    assert CommitCadence(0.03, clock=clock).interval() == 0.03  # fixed: whatever the load
+    assert CommitCadence(0.15, max_interval_s=0.05, clock=clock).interval() == 0.15  # never below the quiet one
+
+
+def test_an_adaptive_cadence_puts_more_batches_in_a_transaction_when_busy():
+    clock = Clock()
+
+    def run(batch_size: int) -> int:
+        """Transactions begun for 50 batches of ``batch_size`` arriving every 20 ms."""
+        cadence = CommitCadence(0.0, max_interval_s=0.1, busy_rate=1000.0, clock=clock)
+        txns, done = transactions(FakeProducer(), clock, cadence=cadence)
+        offset = 0
+        for _ in range(50):
+            msgs = [Msg("f", 0, offset + k) for k in range(batch_size)]
+            offset += batch_size
+            txns.produce_batch(msgs, lambda: None, offset)
+            clock.t += 0.02
+            txns.advance(idle=False)
+        txns.flush()
+        assert len(done) == 50 and txns.idle  # every batch committed, none lost
+        begun = txns.producer.log.count("begin")
+        txns.abandon()
+        return begun
+
+    quiet, busy = run(1), run(40)  # 50 vs 2,000 events/s
+    assert quiet >= 45  # about a transaction per batch
+    assert busy <= 15  # ~0.1 s of batches per transaction once the rate is seen
+
+
+def test_pacing_shortens_the_wait_for_input_to_the_adaptive_commit_interval():
+    clock = Clock()
+    cadence = CommitCadence(0.0, max_interval_s=0.1, busy_rate=100.0, clock=clock)
+    pacing = Pacing(max_batch=8, poll_timeout_s=0.2, cadence=cadence, clock=clock)
+    assert pacing.poll_timeout(clock.t) == 0.0  # quiet: the open transaction is due at once
+    cadence.observe(1000)
+    assert pacing.poll_timeout(clock.t - 0.03) == pytest.approx(0.07)
+
+
 def test_a_failed_produce_aborts_and_rewinds_to_the_first_offsets():
     clock = Clock()
     txns, done = transactions(FakeProducer(), clock, commit_interval_s=10.0)
@@ -351,6 +404,70 @@ def test_a_failed_produce_aborts_and_rewinds_to_the_first_offsets():
     assert "abort" in txns.producer.log
     assert sorted(txns.consumer.seeks) == [("f", 0, 3), ("f", 1, 8)]
     txns.abandon()
+
+
+class QueueingProducer:
+    """An idempotent producer's surface: ``produce`` queues, ``flush`` delivers (or fails) them."""
+
+    def __init__(self, fail: bool = False, stuck: bool = False):
+        self.fail, self.stuck = fail, stuck
+        self.queued: list = []
+        self.delivered: list = []
+
+    def produce(self, topic, key=None, value=None, on_delivery=None, **kw):
+        self.queued.append((topic, value, on_delivery))
+
+    def poll(self, timeout):
+        return 0
+
+    def flush(self, timeout):
+        if self.stuck:
+            return len(self.queued)
+        for topic, value, cb in self.queued:
+            cb(KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None, Msg(topic, 0, 0))
+            if not self.fail:
+                self.delivered.append(value)
+        self.queued = []
+        return 0
+
+
+class CommittingConsumer(FakeConsumer):
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.commits: list = []
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append((sorted((tp.topic, tp.partition, tp.offset) for tp in offsets), asynchronous))
+
+
+def test_at_least_once_commits_offsets_only_after_the_records_are_acknowledged():
+    from scorer.kafka_txn import AtLeastOnce
+    clock = Clock()
+    consumer, done = CommittingConsumer(clock), []
+    producer = QueueingProducer()
+    txns = AtLeastOnce(producer, consumer, metrics=ScorerMetrics(), on_committed=done.append,
+                       commit_interval_s=0.05, clock=clock)
+    txns.init(1.0)  # nothing to initialise
+    assert txns.produce_batch([Msg("f", 0, 4)], lambda: txns.producer.produce("scores", value=b"a"), "b1")
+    assert producer.queued and not consumer.commits  # not due yet: nothing committed
+    clock.t += 0.06
+    txns.produce_batch([Msg("f", 1, 8)], lambda: txns.producer.produce("scores", value=b"b"), "b2")
+    assert producer.delivered == [b"a", b"b"] and done == ["b1", "b2"]
+    assert consumer.commits == [([("f", 0, 5), ("f", 1, 9)], True)]
+    txns.produce_batch([Msg("f", 0, 5)], lambda: txns.producer.produce("scores", value=b"c"), "b3")
+    txns.flush()  # stop / revocation: synchronously
+    assert consumer.commits[-1] == ([("f", 0, 6)], False) and txns.idle
+
+
+@pytest.mark.parametrize("producer", [QueueingProducer(fail=True), QueueingProducer(stuck=True)])
+def test_at_least_once_commits_nothing_when_a_record_is_not_delivered(producer):
+    from scorer.kafka_txn import AtLeastOnce
+    clock = Clock()
+    consumer = CommittingConsumer(clock)
+    txns = AtLeastOnce(producer, consumer, metrics=ScorerMetrics(), on_committed=lambda b: None, clock=clock)
+    with pytest.raises(FatalConsumerError, match="not delivered"):
+        txns.produce_batch([Msg("f", 0, 4)], lambda: txns.producer.produce("scores", value=b"a"), "b1")
+    assert consumer.commits == []  # new clients re-read from the last committed offset
 
 
 # ----- rebuilding fatal clients -------------------------------------------------------------------
