@@ -117,7 +117,15 @@ class ColumnarDecoder:
         order = np.argsort(rows, kind="stable")
         cols = {}
         for c in wanted:
-            joined = np.concatenate(col_parts[c]) if len(col_parts[c]) > 1 else col_parts[c][0]
+            parts = col_parts[c]
+            if len({p.dtype for p in parts}) > 1:
+                # Schemas disagree on this column's type (e.g. a long and a double): a numeric
+                # concatenation would turn every value into the wider type, so keep each
+                # value's own Python type and let the per-row check judge it.
+                joined = np.empty(sum(len(p) for p in parts), dtype=object)
+                joined[:] = [v for p in parts for v in p.tolist()]
+            else:
+                joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
             cols[c] = joined[order] if len(rows_parts) > 1 else joined
         return rows[order] if len(rows_parts) > 1 else rows, cols
 

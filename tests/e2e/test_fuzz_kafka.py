@@ -147,7 +147,7 @@ def test_malformed_records_go_to_the_dlq_and_good_ones_are_processed(e2e, e2e_mo
             seen.setdefault(idx, []).append(dl)
         bad_idx = {i for i, (k, _) in enumerate(stream) if k == "bad"}
         good_dead = set(seen) - bad_idx
-        assert not good_dead, f"{service}: good records dead-lettered: {[seen[i][0].record for i in list(good_dead)[:3]]}"
+        assert not good_dead, f"{service}: good records dead-lettered: {[(stream[i][1], seen[i][0].reason, seen[i][0].detail) for i in list(good_dead)[:3]]}"
         lost = bad_idx - set(seen)
         assert not lost, f"{service}: {len(lost)} malformed records not dead-lettered, e.g. {[stream[i][1] for i in list(lost)[:3]]}"
         repeats = sum(len(v) - 1 for v in seen.values())

@@ -109,3 +109,35 @@ def test_only_flat_numeric_records_have_a_layout():
                                                                   {"name": "b", "type": {"type": "double"}}]})
     for kind in ("string", "boolean", ["null", "long"], {"type": "long", "logicalType": "timestamp-millis"}):
         assert flat_layout({"type": "record", "name": "R", "fields": [{"name": "a", "type": kind}]}) is None
+
+
+def test_a_column_typed_differently_by_two_schemas_keeps_each_value_s_type(plan, codec, registry_dir):
+    """A batch mixing good records with records whose schema makes tx_datetime a double: the good
+    rows keep integer times (and their windows), the others reach the per-row check as floats,
+    which refuses them with the codec path's message."""
+    from streams.synthetic import synthetic_transactions
+
+    reg = FileSchemaRegistry(registry_dir)
+    retyped = reg.register("retyped-value", {"type": "record", "name": "Retyped", "fields": [
+        {"name": "transaction_id", "type": "long"}, {"name": "tx_datetime", "type": "double"},
+        {"name": "customer_id", "type": "long"}, {"name": "terminal_id", "type": "long"},
+        {"name": "tx_amount", "type": "float"}]})
+    events = synthetic_transactions(6, seed=5)
+    values = [codec.encode(TRANSACTIONS_SUBJECT, e) for e in events]
+    odd = {**events[0], "transaction_id": 99, "tx_datetime": 1.5e18}
+    values.insert(3, reg_encode(reg, retyped, odd))
+    rows, cols = ColumnarDecoder(reg, 4096).decode(values, plan.interaction_columns["transactions"])
+    times = cols["tx_datetime"].tolist()
+    assert rows.tolist() == list(range(7))
+    assert [type(t) for t in times] == [int, int, int, float, int, int, int]
+    assert times[:3] + times[4:] == [e["tx_datetime"] for e in events]
+
+
+def reg_encode(reg, schema_id: int, record: dict) -> bytes:
+    import io
+
+    import fastavro
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(reg.schema(schema_id)), record)
+    return struct.pack(">bI", 0, schema_id) + buf.getvalue()
