@@ -61,12 +61,17 @@ DEFAULT_TIME_UNIT = "nanoseconds"
 HOP_ARROW = "->"
 
 
-class PlanError(ValueError):
-    """An invalid serving plan. The message always names the offending field."""
+class FieldError(ValueError):
+    """Input refused because of one field; the message starts with the field's path. The
+    contract's errors (plan, row) and those of the offline spec and row staging share it."""
 
     def __init__(self, field_path: str, message: str):
         self.field = field_path
         super().__init__(f"{field_path}: {message}")
+
+
+class PlanError(FieldError):
+    """An invalid serving plan. The message always names the offending field."""
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from schemas.plan import ANCHOR_TIME, DTYPES, Hop, ServingPlan, TensorSpec
+from schemas.plan import ANCHOR_TIME, DTYPES, FieldError, Hop, ServingPlan, TensorSpec
 
 
-class RowError(ValueError):
+class RowError(FieldError):
     """A row or request that does not fit the plan. The message names the field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 # ----- values ------------------------------------------------------------------------------------

@@ -24,15 +24,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.plan import Duration, PlanError, ServingPlan, load_plan, parse_plan
+from schemas.plan import Duration, FieldError, PlanError, ServingPlan, load_plan, parse_plan
 
 
-class SpecError(ValueError):
+class SpecError(FieldError):
     """An invalid project spec (or data that does not match it); the message starts with the field."""
-
-    def __init__(self, field_path: str, message: str):
-        self.field = field_path
-        super().__init__(f"{field_path}: {message}")
 
 
 class ColumnType(str, Enum):

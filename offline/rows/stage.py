@@ -24,19 +24,15 @@ import pyarrow.parquet as pq
 
 from offline.embeddings import EMBEDDING_COLUMNS, EmbeddingError
 from offline.rows.query import EID_COL, ROW_COL, SCORE_COL
-from schemas.plan import ServingPlan
+from schemas.plan import FieldError, ServingPlan
 from schemas.tensors import event_id_int
 
 EVENTS_FILE = "events.parquet"
 SNAPSHOTS_FILE = "snapshots.parquet"
 
 
-class RowsInputError(ValueError):
+class RowsInputError(FieldError):
     """Bad input to the row generation; the message starts with the offending column."""
-
-    def __init__(self, column: str, message: str):
-        self.column = column
-        super().__init__(f"{column}: {message}")
 
 
 @dataclass(frozen=True)
