@@ -7,6 +7,7 @@ one of them, and each refusal of the safety checks must leave the serving state 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import numpy as np
@@ -54,6 +55,19 @@ def export(plan, o, tmp_path, seed, snapshot=NOW - DAY, **kw):
     return export_untrained(plan, o.repository, o.model, embeddings=emb, seed=seed, **kw)
 
 
+def settled_successes(o, version, quiet_s=0.3, timeout_s=10.0):
+    """Triton counts a request after it has answered; wait until the counter stops moving."""
+    deadline = time.monotonic() + timeout_s
+    last = o.triton.stats(o.model, [version])[version]["success"]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = o.triton.stats(o.model, [version])[version]["success"]
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"version {version}'s success counter still moving after {timeout_s} s")
+
+
 def score_of(o, plan, version, tensors):
     outs, served = o.triton.infer(plan, o.model, version, tensors)
     assert served == str(version)
@@ -87,10 +101,10 @@ def test_deploy_canary_promote_rollback(plan, ops, tmp_path):
     assert score_of(ops, plan, lc.route(entity, state), req) == s2
 
     # ramp the same canary: no reload, same instance
-    before = ops.triton.stats(ops.model, [2])[2]["success"]
+    before = settled_successes(ops, 2)
     r = ops.deploy(2, canary_percent=50)
     assert r["action"] == "ramp" and r["split"] == {1: 50.0, 2: 50.0}
-    assert ops.triton.stats(ops.model, [2])[2]["success"] == before
+    assert settled_successes(ops, 2) == before
 
     status = ops.status()
     rows = {row["version"]: row for row in status["versions"]}
