@@ -16,6 +16,13 @@ Layers, lowest priority first:
    ``kafka.client``) and ``RELSTREAM_REDIS_PASSWORD``. The YAML file may not contain them.
 
 Unknown keys and values of the wrong type are rejected with the dotted key name.
+
+Why the environment layer is our own ~60 lines and not pydantic-settings: the models are plain
+pydantic (typed, strict, one per section), but three of the four rules above are ones
+pydantic-settings does not have and would need custom sources for: values read as YAML scalars
+(it reads complex values as JSON only), single underscores turned into librdkafka's dots under
+``kafka.client``, and the local-stack layer, whose location (``run_dir``) comes from the layers
+above it. The file-secret check applies to the raw file, before any merge, either way.
 """
 from __future__ import annotations
 
