@@ -42,6 +42,10 @@ Ranking head (:class:`RankingModel`):
   only) and a per-candidate MLP gives a logit. Padded candidates score ``-inf``.
 
 Only torch, numpy and :mod:`schemas` are imported (the embedding table is passed in).
+
+Why one file of ~630 lines: it is copied verbatim into every exported Triton bundle (next to
+``schemas/plan.py`` and ``schemas/tensors.py``), and the two heads share the encodings above; one
+file keeps the served code and the trained code one artefact that cannot be vendored half-way.
 """
 
 from __future__ import annotations
