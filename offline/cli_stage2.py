@@ -254,7 +254,7 @@ def cmd_distill(args) -> int:
     """Point-in-time rows, the shallow model of the plan's kind, RUN/shallow_model.pt + RUN/distill.json."""
     from offline.distillation.trainer import MODEL_FILE, predict_rows, save_model, train_shallow
     from offline.embeddings import EmbeddingTable
-    from offline.evaluate import scoring_metrics, tx_day, write_json
+    from offline.evaluate import row_day, scoring_metrics, write_json
 
     t_start = time.perf_counter()
     cfg = _distill_config(args, _plan_of(args))  # bad flags fail before the data loads
@@ -269,7 +269,7 @@ def cmd_distill(args) -> int:
         split, test_rows = report.pop("test")
         scores = predict_rows(model, test_rows, table, device=args.device)
         metrics = scoring_metrics(split.test[inp.label].to_numpy(), scores, split.test[inp.entity].to_numpy(),
-                                tx_day(split.test, split.day0_ns, plan.fact.time_column))
+                                row_day(split.test, split.day0_ns, plan.fact.time_column))
     out = save_model(inp.run_dir / MODEL_FILE, model.cpu(), plan)
     report.update({"plan": plan.name, "metrics": metrics, "train": info, "config": cfg.to_dict(),
                    "embeddings": str(inp.embeddings), "seconds_total": time.perf_counter() - t_start})

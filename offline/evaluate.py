@@ -83,32 +83,32 @@ class Split:
         return self.config.delay_days * NS_PER_DAY
 
 
-def data_day0_ns(tx: pd.DataFrame, time: str) -> int:
-    t0 = int(tx[time].min())
+def data_day0_ns(facts: pd.DataFrame, time: str) -> int:
+    t0 = int(facts[time].min())
     return t0 - t0 % NS_PER_DAY
 
 
-def tx_day(tx: pd.DataFrame, day0_ns: int, time: str) -> np.ndarray:
-    return (tx[time].to_numpy(np.int64) - day0_ns) // NS_PER_DAY
+def row_day(facts: pd.DataFrame, day0_ns: int, time: str) -> np.ndarray:
+    return (facts[time].to_numpy(np.int64) - day0_ns) // NS_PER_DAY
 
 
-def time_split(tx: pd.DataFrame, cfg: SplitConfig, day0_ns: int | None = None, *, time: str, label: str,
+def time_split(facts: pd.DataFrame, cfg: SplitConfig, day0_ns: int | None = None, *, time: str, label: str,
                entity: str) -> Split:
     """Train = [train_start, train_end); test = [test_start, test_end), test_start = train_end +
     delay. A test day d drops the entities with a positive label known before ``d - delay`` (known
     compromised: their labels have arrived) counted from the train start, as in the protocol."""
-    day0 = data_day0_ns(tx, time) if day0_ns is None else day0_ns
-    day = tx_day(tx, day0, time)
-    train = tx.loc[(day >= cfg.train_start_day) & (day < cfg.train_end_day)].copy()
-    fraud = tx[label].to_numpy() == 1
+    day0 = data_day0_ns(facts, time) if day0_ns is None else day0_ns
+    day = row_day(facts, day0, time)
+    train = facts.loc[(day >= cfg.train_start_day) & (day < cfg.train_end_day)].copy()
+    positive = facts[label].to_numpy() == 1
     parts, removed = [], 0
     for d in range(cfg.test_start_day, cfg.test_end_day):
-        known = np.unique(tx.loc[fraud & (day >= cfg.train_start_day) & (day < d - cfg.delay_days), entity])
-        today = tx.loc[day == d]
+        known = np.unique(facts.loc[positive & (day >= cfg.train_start_day) & (day < d - cfg.delay_days), entity])
+        today = facts.loc[day == d]
         keep = ~today[entity].isin(known)
         removed += int((~keep).sum())
         parts.append(today.loc[keep])
-    test = pd.concat(parts) if parts else tx.iloc[:0]
+    test = pd.concat(parts) if parts else facts.iloc[:0]
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"split: empty {'train' if len(train) == 0 else 'test'} period for {cfg} "
                          f"(data has days 0..{int(day.max())})")

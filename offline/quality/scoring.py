@@ -35,7 +35,7 @@ from offline.distillation.replay import replay_rows
 from offline.distillation.shallow_model import prepare_features, save_model
 from offline.distillation.trainer import MODEL_FILE, DistillConfig, predict_rows, train_shallow
 from offline.embeddings import EmbeddingTable
-from offline.evaluate import SplitConfig, plot_roc_pr, scoring_metrics, time_split, tx_day, write_json
+from offline.evaluate import SplitConfig, plot_roc_pr, row_day, scoring_metrics, time_split, write_json
 from offline.quality.deep import DeepRequestScorer, HeadConfig
 from offline.quality.features import FactColumns, engineered_features, lightgbm_scores
 
@@ -157,7 +157,7 @@ def run_quality(project: Project, ds: RelationalDataset, out: str | Path, cfg: Q
 
     scores = {"deep": deep_test, "distilled": distilled_test, "lightgbm": lgb_test}
     ent = split.test[entity].to_numpy()
-    days = tx_day(split.test, split.day0_ns, time_col)
+    days = row_day(split.test, split.day0_ns, time_col)
     models = {name: scoring_metrics(y_test, s, ent, days) for name, s in scores.items()}
     models["lightgbm"]["features"] = list(feats.columns)
     bootstrap = auc_bootstrap(y_test, scores, [("distilled", "deep"), ("distilled", "lightgbm")],
