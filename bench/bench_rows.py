@@ -45,12 +45,12 @@ def _published_inputs(work: Path, dim: int) -> dict:
     """Published-scale transactions + the distill split's score mask + daily random embeddings."""
     from offline.datasets.fraud import FraudSimConfig, generate_dataset
     from offline.embeddings import random_embeddings, write_embeddings_parquet
-    from offline.evaluate import time_split
+    from offline.evaluate import SplitConfig, time_split
     from schemas.plan import builtin_plan
 
     plan = builtin_plan("fraud")
     tx = generate_dataset(FraudSimConfig()).table("transactions")
-    split = time_split(tx)
+    split = time_split(tx, SplitConfig(), time="tx_datetime", label="tx_fraud", entity="customer_id")
     mask = np.zeros(len(tx), bool)
     mask[tx.index.get_indexer(split.train.index)] = True
     mask[tx.index.get_indexer(split.test.index)] = True

@@ -8,7 +8,7 @@
 * the Kafka path: produce-to-score-consumed latency at a given rate (read_committed consumer),
   after its own warm-up (``--kafka-warmup``, 30 s), split into produced -> scorer, in the scorer,
   and record built -> consumed (transaction commit + fetch);
-* optional: the deep-at-request-time baseline (``offline/deep_baseline.py``) at the same load.
+* optional: the deep-at-request-time baseline (``offline/quality/deep.py``) at the same load.
 
 Everything is co-located on this machine: Kafka, Redis, Triton (CPU, Python backend), the
 scorer (`relstream serve` / `relstream score` as subprocesses) and this load generator.
@@ -574,36 +574,50 @@ def kafka_latency(stack, config: Path, topics, codec, payloads: Payloads, rate: 
 
 # ----- deep baseline ------------------------------------------------------------------------------
 
-def deep_baseline_latency(deep_dir: Path, qps_steps, seconds: float, log, n_payloads: int = 128) -> list[dict]:
-    """The deep model at request time (offline/deep_baseline.py), driven open-loop in-process by one
-    worker (one predictor): latency = queueing + temporal subgraph sampling + deep GNN + head.
+def deep_baseline_latency(deep_dir: Path, project_path: Path, qps_steps, seconds: float, log,
+                          n_payloads: int = 128) -> list[dict]:
+    """The project's deep model at request time (offline/quality/deep.py), driven open-loop
+    in-process by one worker (one predictor): latency = queueing + temporal subgraph sampling +
+    deep GNN (+ head).
 
-    ``deep_dir`` holds ``transactions.parquet`` and the deep ``model.pt`` (``relstream offline
-    generate`` + ``train-deep``) and optionally ``deep_head.pt``; without a trained head a random
-    one is used (same cost). Payloads are 128 transactions of the dataset's last day, scored as of
+    ``deep_dir`` is the project's run directory (``relstream offline train-deep``: its
+    ``deep_model.pt``; ``quality/deep_head.pt`` when the project has no fact-label head, else a
+    random head of the same cost). Payloads are the fact table's last 128 rows, scored as of
     their own time. No HTTP in this path, so the comparison favours the baseline."""
+    import numpy as np
     import torch
 
-    from offline.datasets.loader import load_transactions
-    from offline.deep_baseline import DeepRequestScorer, TransactionHead
-    ds_path = deep_dir / "transactions.parquet"
-    dataset = load_transactions(ds_path)
-    head = deep_dir / "deep_head.pt"
-    scorer = DeepRequestScorer.from_files(deep_dir / "model.pt", head if head.exists() else None, dataset)
-    if scorer.head is None:
+    from offline.data.sources import load_tables
+    from offline.data.spec import load_project
+    from offline.quality.deep import DeepRequestScorer, FrozenHead
+
+    project = load_project(project_path)
+    dataset = load_tables(project)
+    plan = project.plan
+    scorer = DeepRequestScorer.from_files(deep_dir / "deep_model.pt", project, dataset, plan.fact_table,
+                                          project.spec.serving.task.label)
+    n_rows = len(dataset.table(plan.fact_table))
+    rows = np.arange(max(0, n_rows - n_payloads), n_rows)
+    times = dataset.table(plan.fact_table)[plan.fact.time_column].to_numpy(np.int64)[rows]
+    head = deep_dir / "quality" / "deep_head.pt"
+    trained = not scorer.needs_head
+    if scorer.needs_head:
         torch.manual_seed(0)
-        scorer.head = TransactionHead(scorer.gnn.cfg.embedding_dim).eval()
-    import pandas as pd
-    df = pd.read_parquet(ds_path).tail(n_payloads)
-    rows = [{"customer_id": int(r.CUSTOMER_ID), "terminal_id": int(r.TERMINAL_ID), "tx_amount": float(r.TX_AMOUNT),
-             "tx_datetime": int(pd.Timestamp(r.TX_DATETIME).value)} for r in df.itertuples()]
-    for r in rows[:5]:
-        scorer.score_rows([r])  # warm-up
-    n_rows = int(len(pd.read_parquet(ds_path, columns=["TRANSACTION_ID"])))
-    return [_deep_step(scorer, rows, float(qps), seconds, log, ds_path, n_rows, head.exists()) for qps in qps_steps]
+        scorer.head = FrozenHead(scorer.encode(rows[:1], times[:1]).shape[1]).eval()
+        if head.exists():
+            scorer.head.load_state_dict(torch.load(head, weights_only=True)["state_dict"])
+            trained = True
+
+    def score_one(i: int) -> None:
+        k = i % len(rows)
+        scorer.score(rows[k:k + 1], times[k:k + 1])
+
+    for i in range(5):
+        score_one(i)  # warm-up
+    return [_deep_step(score_one, float(qps), seconds, log, str(project_path), n_rows, trained) for qps in qps_steps]
 
 
-def _deep_step(scorer, rows, qps: float, seconds: float, log, ds_path, n_rows: int, trained_head: bool) -> dict:
+def _deep_step(score_one, qps: float, seconds: float, log, source: str, n_rows: int, trained_head: bool) -> dict:
     n = int(qps * seconds)
     t0 = time.perf_counter() + 0.05
     lat, unfinished = [], 0
@@ -615,14 +629,14 @@ def _deep_step(scorer, rows, qps: float, seconds: float, log, ds_path, n_rows: i
         if time.perf_counter() - t0 > 3 * seconds:  # hopelessly behind: stop, report a lower bound
             unfinished = n - i
             break
-        scorer.score_rows([rows[i % len(rows)]])
+        score_one(i)
         lat.append(time.perf_counter() - sched)
     service = []
-    for r in rows[:20]:
+    for i in range(20):
         a = time.perf_counter()
-        scorer.score_rows([r])
+        score_one(i)
         service.append(time.perf_counter() - a)
-    res = {"qps": qps, "dataset": str(ds_path), "transactions": n_rows,
+    res = {"qps": qps, "project": source, "fact_rows": n_rows,
            "trained_head": trained_head, "latency_from_schedule": summary_ms(lat), "unfinished": unfinished,
            "service_time_unloaded": summary_ms(service)}
     log(f"  deep baseline at {qps:.0f} QPS: p99 {res['latency_from_schedule'].get('p99_ms', float('nan')):.1f} ms"
@@ -734,8 +748,9 @@ def main(argv=None) -> dict:
                     help="linger.ms of the load generator's producer of facts (librdkafka's default: 5)")
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--skip-kafka", action="store_true")
-    ap.add_argument("--deep-dir", type=Path, help="run dir with deep_model.pt + deep_head.pt + dataset "
+    ap.add_argument("--deep-dir", type=Path, help="run dir of --deep-project with deep_model.pt "
                                                   "(deep-at-request-time baseline)")
+    ap.add_argument("--deep-project", type=Path, help="the project spec of --deep-dir")
     ap.add_argument("--deep-qps", default="10", help="load(s) of the baseline comparison, comma separated "
                                                      "(also added to the HTTP sweep)")
     ap.add_argument("--nice", type=int, default=0,
@@ -841,7 +856,10 @@ def main(argv=None) -> dict:
         if args.deep_dir:
             steps = result["http"].get("/v1/score") or []
             log(f"deep-at-request-time baseline at {args.deep_qps} QPS ...")
-            sweep = deep_baseline_latency(args.deep_dir, _floats(args.deep_qps), args.duration, log)
+            if not args.deep_project:
+                raise SystemExit("--deep-dir needs --deep-project (the project spec of the run)")
+            sweep = deep_baseline_latency(args.deep_dir, args.deep_project, _floats(args.deep_qps), args.duration,
+                                          log)
             for deep in sweep:
                 distilled = next((s for s in steps if s["offered_qps"] == deep["qps"]), None)
                 if distilled and distilled["latency_from_schedule"].get("p99_ms"):

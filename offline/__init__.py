@@ -6,8 +6,8 @@
 * ``offline.tasks`` — targets of the task kinds (entity aggregate, fact label, next item);
 * ``offline.models`` — column encoders, the deep GNN, its trainer and the batch-embedding job;
 * ``offline.project`` — what every command shares (spec + run directory, manifest, errors);
-* stage 2 (docs/distillation.md): distillation, the shallow model and the Triton export, and the
-  evaluation harness (``offline.evaluate``). The fraud-only stage-1 modules (``graph``,
-  ``sampler``, ``deep_model``, ``train_deep``, ``embed``, ``train_recsys``, ``recsys_embed``)
-  remain while stage 2 still imports them.
+* stage 2 (docs/distillation.md): distillation, the shallow model and the Triton export, the
+  evaluation harness (``offline.evaluate``) and the quality reports (``offline.quality``). The
+  recommendation modules of the first pipeline (``train_recsys``, ``recsys_embed`` with
+  ``graph``, ``sampler``, ``deep_model``) remain while the ranking report still imports them.
 """

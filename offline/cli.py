@@ -8,7 +8,6 @@
     relstream offline distill    --project SPEC [--run-dir RUN]       (the shallow model of the serving plan)
     relstream offline quality    --project SPEC [--run-dir RUN]       (baselines vs deep vs distilled)
     relstream offline export     --project SPEC --repo REPO [--check] (a Triton model repository version)
-    relstream offline evaluate   --run-dir RUN --transactions PATH    (fraud: LightGBM baseline report)
 
 Outputs of a pipeline go to one run directory (default ``runs/<project>`` next to the spec); each
 command merges its entry into ``RUN/manifest.json`` (:mod:`offline.project`).
@@ -29,60 +28,6 @@ from offline.project import (OfflineCliError, add_project_args, check_device, er
 # The app prints these as one message, without a traceback (relstream/cli.py).
 EXPECTED_ERRORS = (OfflineCliError,)
 _error = error
-
-
-def _run_dir(args) -> Path:
-    d = Path(args.run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _transactions_path(args, run_dir: Path) -> Path:
-    path = Path(args.transactions) if args.transactions else run_dir / "transactions.parquet"
-    if not path.exists():
-        _error(f"--transactions: {path} does not exist (pass --transactions PATH, a file in the "
-               "simulator's published schema)")
-    return path
-
-
-def _load(path: Path):
-    from offline.datasets.loader import DatasetError, load_transactions
-
-    try:
-        return load_transactions(path)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
-        _error(f"--transactions {path}: {exc}")
-
-
-def _split_args(p: argparse.ArgumentParser) -> None:
-    from offline.evaluate import SplitConfig
-
-    d = SplitConfig()
-    g = p.add_argument_group("time split (days from the first transaction's midnight)")
-    g.add_argument("--train-start-day", type=int, default=d.train_start_day,
-                   help=f"first training day (default {d.train_start_day} = 2018-07-25 on the published data; "
-                        "moved earlier automatically when the data is too short)")
-    g.add_argument("--train-days", type=int, default=d.train_days)
-    g.add_argument("--delay-days", type=int, default=d.delay_days, help="label feedback delay (default 7)")
-    g.add_argument("--test-days", type=int, default=d.test_days)
-
-
-def _split_cfg(args, n_days: int, tail_days: int):
-    from offline.evaluate import SplitConfig
-
-    cfg = SplitConfig(args.train_start_day, args.train_days, args.delay_days, args.test_days)
-    try:
-        return cfg.fitted(n_days, tail_days)
-    except ValueError as exc:
-        _error(str(exc))
-
-
-def _n_days(ds) -> int:
-    from offline.datasets.base import NS_PER_DAY
-    from offline.evaluate import data_day0_ns
-
-    tx = ds.table("transactions")
-    return int((int(tx["tx_datetime"].max()) - data_day0_ns(tx)) // NS_PER_DAY) + 1
 
 
 # ----- dataset -------------------------------------------------------------------------------
@@ -216,30 +161,6 @@ def cmd_embed(args) -> int:
     return 0
 
 
-# ----- evaluate ------------------------------------------------------------------------------
-
-def cmd_evaluate(args) -> int:
-    from offline.evaluate import evaluate_fraud
-
-    run_dir = _run_dir(args)
-    tx_path = _transactions_path(args, run_dir)
-    emb = args.embeddings
-    if emb is None and (run_dir / "embeddings.parquet").exists() and not args.no_embeddings:
-        emb = run_dir / "embeddings.parquet"
-    if emb is not None and not Path(emb).exists():
-        _error(f"--embeddings: {emb} does not exist")
-    ds = _load(tx_path)
-    split = _split_cfg(args, _n_days(ds), tail_days=0)
-    report = evaluate_fraud(ds.table("transactions"), split, run_dir / "evaluation", embeddings=emb, seed=args.seed)
-    update_manifest(run_dir, "evaluate", {
-        "inputs": {"transactions": str(tx_path), "embeddings": str(emb) if emb else None},
-        "config": split.to_dict(), "seed": args.seed,
-        "outputs": [str(run_dir / "evaluation" / "report.json"), report["plot"]],
-        "metrics": {name: {k: v for k, v in m.items() if k != "features"} for name, m in report["models"].items()}})
-    print(f"evaluate: report -> {run_dir / 'evaluation' / 'report.json'}, plot -> {report['plot']}")
-    return 0
-
-
 # ----- parsers -------------------------------------------------------------------------------
 
 def register(subparsers) -> None:
@@ -303,18 +224,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.set_defaults(func=cmd_embed)
-
-    p = sub.add_parser("evaluate", help="fraud: time split + LightGBM baseline (+ deep embeddings): JSON report "
-                                        "and ROC/PR plot")
-    p.add_argument("--run-dir", required=True, help="directory for the report and manifest.json")
-    p.add_argument("--transactions", help="transactions in the simulator's published schema (.parquet or .csv); "
-                                          "default RUN/transactions.parquet")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _split_args(p)
-    p.add_argument("--embeddings", help="add the deep embeddings as features (default RUN/embeddings.parquet if present)")
-    p.add_argument("--no-embeddings", action="store_true", help="ignore RUN/embeddings.parquet")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_evaluate)
 
     register_stage2(sub)  # distill, quality, export
 

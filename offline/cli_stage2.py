@@ -5,8 +5,9 @@
         scoring plans: point-in-time rows of the train and test periods, test metrics
         ranking plans: [--examples 20000] [--train-weeks 12] [--negatives 64] ... sampled candidates
         -> RUN/shallow_model.pt + RUN/distill.json
-    relstream offline quality --project SPEC [--run-dir RUN]
-        scoring plans: the fraud protocol's report, deep vs distilled vs LightGBM -> RUN/quality/
+    relstream offline quality --project SPEC [--run-dir RUN] [--train-days 7]
+        scoring plans: the project's deep model at request time (RUN/deep_model.pt) vs distilled vs
+                       LightGBM on engineered features, same test rows -> RUN/quality/
         ranking plans: popularity, buy-again, deep, distilled (RUN/shallow_model.pt) on test baskets
                        [--candidates 1000] [--max-examples 2000] -> RUN/quality/
     relstream offline export --repo MODEL_REPO (--project SPEC | --untrained [--plan ...]) [--check]
@@ -54,6 +55,7 @@ class Inputs:
     label: str | None = None  # scoring: the serving task's label column of the fact table
     entity: str | None = None  # scoring: the fact column per-entity metrics group by (first embedding key)
     day0_ns: int = 0  # midnight before the data's first row: day 0 of the split
+    project: Any = None  # offline.data.spec.Project
 
 
 def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
@@ -77,16 +79,17 @@ def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> I
     deep = run.run_dir / "deep_model.pt"
     sources = {"project": str(run.spec_path), "embeddings": str(emb), "deep_model": str(deep)}
     if not load_data:
-        return Inputs(plan, run.run_dir, None, emb, deep, None, sources)
+        return Inputs(plan, run.run_dir, None, emb, deep, None, sources, project=project)
     from offline.data.sources import split_instants
 
     ds = run.load_tables()
     instants = split_instants(project, ds)
     if plan.is_ranking:
         split = {"train_cut_ns": instants["test_start_ns"], "data_end_ns": instants["data_end_ns"]}
-        return Inputs(plan, run.run_dir, ds, emb, deep, split, sources)
+        return Inputs(plan, run.run_dir, ds, emb, deep, split, sources, project=project)
     return Inputs(plan, run.run_dir, ds, emb, deep, _scoring_split(args, project, task, instants), sources,
-                  label=task.label, entity=plan.embedding_keys[0].column, day0_ns=instants["day0_ns"])
+                  label=task.label, entity=plan.embedding_keys[0].column, day0_ns=instants["day0_ns"],
+                  project=project)
 
 
 def _scoring_split(args, project, task, instants: dict):
@@ -251,7 +254,7 @@ def cmd_distill(args) -> int:
     """Point-in-time rows, the shallow model of the plan's kind, RUN/shallow_model.pt + RUN/distill.json."""
     from offline.distillation.trainer import MODEL_FILE, predict_rows, save_model, train_shallow
     from offline.embeddings import EmbeddingTable
-    from offline.evaluate import fraud_metrics, tx_day, write_json
+    from offline.evaluate import row_day, scoring_metrics, write_json
 
     t_start = time.perf_counter()
     cfg = _distill_config(args, _plan_of(args))  # bad flags fail before the data loads
@@ -265,8 +268,8 @@ def cmd_distill(args) -> int:
     if "test" in report:  # scoring: the test period's metrics
         split, test_rows = report.pop("test")
         scores = predict_rows(model, test_rows, table, device=args.device)
-        metrics = fraud_metrics(split.test[inp.label].to_numpy(), scores, split.test[inp.entity].to_numpy(),
-                                tx_day(split.test, split.day0_ns, plan.fact.time_column))
+        metrics = scoring_metrics(split.test[inp.label].to_numpy(), scores, split.test[inp.entity].to_numpy(),
+                                row_day(split.test, split.day0_ns, plan.fact.time_column))
     out = save_model(inp.run_dir / MODEL_FILE, model.cpu(), plan)
     report.update({"plan": plan.name, "metrics": metrics, "train": info, "config": cfg.to_dict(),
                    "embeddings": str(inp.embeddings), "seconds_total": time.perf_counter() - t_start})
@@ -281,28 +284,43 @@ def cmd_distill(args) -> int:
 
 # ----- quality ------------------------------------------------------------------------------------
 
+def _scoring_quality(args) -> int:
+    """Deep (the project's trained model at request time) vs distilled vs LightGBM on the split
+    of ``--train-days`` and the spec's test period; reads RUN/deep_model.pt and the embeddings,
+    trains neither."""
+    from offline.quality.scoring import QualityConfig, run_quality
+
+    cfg_distill = _distill_config(args, _plan_of(args))  # bad flags fail before the dataset loads
+    inp = resolve_inputs(args, need_deep=False, load_data=False)
+    if not inp.deep_model.exists():
+        _error(f"--run-dir: {inp.deep_model} does not exist (run `relstream offline train-deep --project "
+               f"{inp.sources['project']}` first)")
+    inp = resolve_inputs(args)
+    _torch_setup(args, inp.plan)
+    cfg = QualityConfig(split=inp.split, distill=cfg_distill)
+    out = inp.run_dir / QUALITY_DIR
+    try:
+        report = run_quality(inp.project, inp.dataset, out, cfg, label=inp.label, entity=inp.entity,
+                             day0_ns=inp.day0_ns, deep_model=inp.deep_model, embeddings=inp.embeddings,
+                             other_tables=_hop_tables(inp), progress=not args.no_progress,
+                             dataset_info={"project": inp.sources["project"]})
+    except ValueError as exc:
+        _error(str(exc))
+    update_manifest(inp.run_dir, "quality", {
+        "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict()},
+        "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png",
+                                                               "shallow_model.pt")],
+        "metrics": report["models"]})
+    models = {name: {k: v for k, v in m.items() if k != "features"} for name, m in report["models"].items()}
+    print(json.dumps({"out": str(out), "models": models, "latency": report["latency"]}, indent=1))
+    return 0
+
+
 def cmd_quality(args) -> int:
     from offline.distillation.trainer import MODEL_FILE
 
     if not _plan_of(args).is_ranking:
-        from offline.quality.scoring import QualityConfig, run_quality
-
-        cfg_distill = _distill_config(args, _plan_of(args))  # bad flags fail before the dataset loads
-        inp = resolve_inputs(args)
-        _torch_setup(args, inp.plan)
-        cfg = QualityConfig(split=inp.split, distill=cfg_distill)
-        out = inp.run_dir / QUALITY_DIR
-        # The scoring report is the fraud protocol's (simulator schema): it trains its own
-        # request-time deep baseline next to the distilled model and LightGBM.
-        report = run_quality(inp.plan, inp.dataset, out, cfg, progress=not args.no_progress,
-                             dataset_info={"project": inp.sources["project"]})
-        update_manifest(inp.run_dir, "quality", {
-            "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict()},
-            "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png",
-                                                                   "shallow_model.pt")],
-            "metrics": report["models"]})
-        print(json.dumps({"out": str(out), "models": report["models"], "latency": report["latency"]}, indent=1))
-        return 0
+        return _scoring_quality(args)
     from offline.quality.ranking import run_ranking_quality
 
     inp = resolve_inputs(args, need_deep=False)

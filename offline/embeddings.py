@@ -3,7 +3,7 @@
 One implementation, used by distillation (training rows) and inside the exported Triton model
 (vendored into the bundle), so offline and online pick the same snapshot for the same request.
 
-File format (written by ``offline/embed.py``): one row per (entity, snapshot) with columns
+File format (written by ``offline/models/embed.py``, schema :func:`embedding_schema`): one row per (entity, snapshot) with columns
 ``entity_type`` (string: the entity table, e.g. ``customers``), ``entity_id`` int64,
 ``snapshot_time`` int64 ns (the snapshot used only data strictly older than it) and
 ``embedding`` fixed_size_list<float32>[dim].
@@ -145,6 +145,14 @@ class EmbeddingTable:
         return self._indexes[entity_type].lookup(ids, lo, hi, self.dim)
 
 
+def embedding_schema(dim: int):
+    """The ``embeddings.parquet`` columns (:data:`EMBEDDING_COLUMNS`) as a pyarrow schema."""
+    import pyarrow as pa
+
+    return pa.schema([("entity_type", pa.string()), ("entity_id", pa.int64()), ("snapshot_time", pa.int64()),
+                      ("embedding", pa.list_(pa.float32(), dim))])
+
+
 def write_embeddings_parquet(path: str | Path, entity_type, entity_id, snapshot_time, vectors) -> None:
     """Write the ``embeddings.parquet`` format (used by tests and the untrained export)."""
     import pyarrow as pa
@@ -153,12 +161,12 @@ def write_embeddings_parquet(path: str | Path, entity_type, entity_id, snapshot_
     vectors = np.asarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
-    table = pa.table({
-        "entity_type": pa.array([str(t) for t in entity_type], pa.string()),
-        "entity_id": pa.array(np.asarray(entity_id, np.int64), pa.int64()),
-        "snapshot_time": pa.array(np.asarray(snapshot_time, np.int64), pa.int64()),
-        "embedding": emb,
-    })
+    table = pa.Table.from_arrays([
+        pa.array([str(t) for t in entity_type], pa.string()),
+        pa.array(np.asarray(entity_id, np.int64), pa.int64()),
+        pa.array(np.asarray(snapshot_time, np.int64), pa.int64()),
+        emb,
+    ], schema=embedding_schema(dim))
     pq.write_table(table, path)
 
 

@@ -1,6 +1,6 @@
 """Batch embeddings of the entities the serving plan's embedding keys point to -> ``embeddings.parquet``.
 
-Same format as ever (``offline/embed.py`` documents it; ``offline.embeddings.EmbeddingTable``
+Same format as ever (``offline.embeddings`` documents it; ``offline.embeddings.EmbeddingTable``
 reads it): one row per (entity type, entity id, snapshot time), a vector computed from data
 strictly older than the snapshot and labels older than the snapshot minus their delay. One row
 group per (snapshot, entity type); entities that did not exist yet at a snapshot are skipped.
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from offline.data.sources import split_instants
 from offline.data.spec import NextItemTask, Project
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
-from offline.embed import embedding_schema
+from offline.embeddings import embedding_schema
 from offline.models.train import DeepModel
 from offline.relgraph.graph import build_graph
 

@@ -438,7 +438,7 @@ class Demo:
             return {}
         steps = manifest.get("steps", {})
         out = {}
-        for name in ("distill", "export", "evaluate"):
+        for name in ("distill", "export", "quality"):
             m = steps.get(name, {}).get("metrics")
             if m:
                 out[name] = m

@@ -1,35 +1,37 @@
-"""Evaluation harness: card precision@k, metrics, the time split and engineered features."""
+"""Evaluation harness: entity precision@k, metrics and the time split."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from offline.datasets.base import NS_PER_DAY
-from offline.evaluate import (SplitConfig, card_precision_at_k, engineered_features, fraud_metrics, plot_roc_pr,
-                              time_split)
+from offline.evaluate import SplitConfig, entity_precision_at_k, plot_roc_pr, scoring_metrics, time_split
 
 H = 3600 * 10**9
 DAY0 = 1_522_540_800 * 10**9  # 2018-04-01T00:00Z
 
 
-def test_card_precision_by_hand():
+def test_entity_precision_by_hand():
     # day 0: A max 0.9 (fraud), B 0.8 (no), C 0.7 (fraud); day 1: B 0.95 (fraud), C 0.3 (fraud), A 0.2 (no)
     cust = ["A", "A", "B", "C", "A", "B", "C"]
     day = [0, 0, 0, 0, 1, 1, 1]
     score = [0.9, 0.1, 0.8, 0.7, 0.2, 0.95, 0.3]
     y = [0, 1, 0, 1, 0, 1, 1]  # A's fraud is its low-score tx: the card still counts as compromised
-    assert card_precision_at_k(y, score, cust, day, k=2) == pytest.approx((1 / 2 + 2 / 2) / 2)
-    assert card_precision_at_k(y, score, cust, day, k=3) == pytest.approx((2 / 3 + 2 / 3) / 2)
-    assert card_precision_at_k(y, score, cust, day, k=1) == pytest.approx((1 + 1) / 2)
+    assert entity_precision_at_k(y, score, cust, day, k=2) == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert entity_precision_at_k(y, score, cust, day, k=3) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert entity_precision_at_k(y, score, cust, day, k=1) == pytest.approx((1 + 1) / 2)
     # Fewer cards than k: still divided by k.
-    assert card_precision_at_k([1], [0.5], ["A"], [0], k=4) == pytest.approx(0.25)
+    assert entity_precision_at_k([1], [0.5], ["A"], [0], k=4) == pytest.approx(0.25)
 
 
-def test_fraud_metrics_by_hand():
-    m = fraud_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [1, 2, 3, 4], [0, 0, 0, 0], k=2)
+def test_scoring_metrics_by_hand():
+    m = scoring_metrics([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [1, 2, 3, 4], [0, 0, 0, 0], k=2)
     assert m["auc_roc"] == pytest.approx(0.75)
     assert m["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
-    assert m["card_precision@2"] == pytest.approx(0.5)
-    assert m["n"] == 4 and m["n_fraud"] == 2
+    assert m["entity_precision@2"] == pytest.approx(0.5)
+    assert m["n"] == 4 and m["n_positive"] == 2
+
+
+NAMES = {"time": "tx_datetime", "label": "tx_fraud", "entity": "customer_id"}
 
 
 def _tx(rows):
@@ -48,36 +50,13 @@ def test_time_split_removes_known_compromised_cards():
         ("X", 1, 6 * 24 + 1, 10.0, 0), ("Y", 1, 6 * 24 + 2, 10.0, 0), ("Z", 1, 6 * 24 + 3, 10.0, 1),
         ("W", 1, 8 * 24, 10.0, 0),
     ])
-    split = time_split(tx, cfg, day0_ns=DAY0)
+    split = time_split(tx, cfg, day0_ns=DAY0, **NAMES)
     assert list(split.train["customer_id"]) == ["X"]
     days = (split.test["tx_datetime"] - DAY0) // NS_PER_DAY
     assert sorted(zip(days, split.test["customer_id"])) == [(5, "Y"), (5, "Z"), (6, "Z")]
     assert split.removed_known_compromised == 3
     with pytest.raises(ValueError, match="empty test"):
-        time_split(tx, SplitConfig(0, 3, 20, 2), day0_ns=DAY0)
-
-
-def test_engineered_features_by_hand():
-    tx = _tx([
-        ("c", "t", 0, 10.0, 1),
-        ("c", "t", 12, 20.0, 0),
-        ("c", "u", 36, 30.0, 0),
-        ("d", "t", 72, 40.0, 0),
-    ])
-    tx["customer_id"] = tx["customer_id"].map({"c": 1, "d": 2})
-    tx["terminal_id"] = tx["terminal_id"].map({"t": 1, "u": 2})
-    f = engineered_features(tx, delay_days=1)
-    assert list(f["customer_nb_tx_1d"]) == [1, 2, 1, 1]
-    assert list(f["customer_avg_amount_1d"]) == [10, 15, 30, 40]
-    assert list(f["customer_nb_tx_7d"]) == [1, 2, 3, 1]
-    assert f["customer_avg_amount_7d"].iloc[2] == pytest.approx(20)
-    # Terminal t at hour 72 with a 1-day delay: 1-day window (24h, 48h] is empty; 7-day window
-    # (-120h, 48h] holds hours 0 (fraud) and 12 -> risk 0.5. At hour 12 nothing is old enough.
-    assert f["terminal_nb_tx_1d"].iloc[3] == 0 and f["terminal_risk_1d"].iloc[3] == 0
-    assert f["terminal_nb_tx_7d"].iloc[3] == 2 and f["terminal_risk_7d"].iloc[3] == pytest.approx(0.5)
-    assert f["terminal_nb_tx_7d"].iloc[1] == 0
-    assert list(f["tx_during_night"]) == [1, 0, 0, 1]
-    assert list(f["tx_during_weekend"]) == [1, 1, 0, 0]  # 2018-04-01 was a Sunday
+        time_split(tx, SplitConfig(0, 3, 20, 2), day0_ns=DAY0, **NAMES)
 
 
 def test_plot_writes_png(tmp_path):

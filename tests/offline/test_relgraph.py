@@ -4,7 +4,12 @@
 * a sample drawn from the full data equals, id for id and feature for feature, the sample drawn
   from the data cut with ``upto(t)`` (rows >= t removed, labels newer than t - delay masked):
   nothing at or after t, and no label newer than t - its delay, can reach a seed;
-* the trained model cannot depend on anything the training cut hides.
+* the trained model cannot depend on anything the training cut hides;
+* "most recent K rows before t" and the entity-aggregate targets equal brute force; trimmed
+  message passing gives the seeds the outputs of the full computation.
+
+Request-time scoring of a fact row (quality's deep scorer) is tested against the cut data in
+tests/offline/test_quality_scoring.py.
 """
 from dataclasses import replace
 
@@ -12,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from offline.data.spec import EntityAggregateTask
 from offline.datasets.base import NS_PER_DAY
 from offline.models.train import DeepTrainConfig, RelGNNConfig, fit_encodings, train_deep, training_plan
 from offline.relgraph.graph import build_graph
-from offline.relgraph.sampler import NodeFeatures, SamplerConfig, sample
+from offline.relgraph.sampler import NodeFeatures, SamplerConfig, recent_rows, sample
+from offline.tasks.targets import entity_aggregate
 from tests.offline.schemas_for_tests import make_project
 
 SCHEMAS = ["fraud", "bank", "shop"]
@@ -126,3 +133,67 @@ def test_training_ignores_everything_the_cut_hides():
     assert a["history"] == b["history"]
     _, c = train_deep(project, ds, replace(cfg, seed=1), **quiet)
     assert c["history"] != a["history"]
+
+
+def test_recent_rows_match_brute_force(schema):
+    """The K most recent referencing rows strictly before t, newest first (ties on t excluded)."""
+    _, _, ds = schema
+    g = build_graph(ds)
+    rng = np.random.default_rng(0)
+    for link in g.links:
+        if link.indptr is None:
+            continue
+        times = g.node_time[link.table]
+        ent = rng.integers(0, g.num_nodes[link.target], 100)
+        ts = rng.integers(int(times.min()), int(times.max()), 100)
+        ts[:10] = times[rng.integers(0, len(times), 10)]  # exactly on a row's time: that row excluded
+        owner, got_rows = recent_rows(link, ent, ts, 5)
+        for i in range(len(ent)):
+            cand = np.flatnonzero((link.target_row == ent[i]) & (times < ts[i]))
+            want = cand[np.lexsort((cand, times[cand]))][::-1][:5]
+            got = got_rows[owner == i]
+            assert list(got) == list(want), (link.edge_type, i)
+
+
+def test_entity_aggregate_target_is_the_future_window(schema):
+    """EXISTS / COUNT of matching fact rows in [t, t + horizon), by brute force."""
+    _, project, ds = schema
+    g = build_graph(ds)
+    tasks = [t for t in project.tasks if isinstance(t, EntityAggregateTask)]
+    for task in tasks:
+        link = g.link(task.facts, project.link_column(task.facts, task.entity, task.via))
+        times = g.node_time[task.facts]
+        t = int(times[len(times) // 2])  # exactly on a row's time: that row counts
+        s = entity_aggregate(project, ds, g, task, np.array([t]))
+        facts = ds.table(task.facts)
+        match = np.ones(len(facts), bool)
+        for col, value in task.filter.items():
+            match &= (facts[col].astype(object) == value).to_numpy(bool)
+        for row, y in list(zip(s.rows, s.y))[:40]:
+            m = (link.target_row == row) & (times >= t) & (times < t + task.horizon.ns) & match
+            assert y == (float(m.any()) if task.aggregate == "exists" else float(m.sum())), (task.name, row)
+    assert tasks or project.name == "shop"
+
+
+def test_trimmed_message_passing_equals_the_full_computation(schema):
+    """The deep model drops messages that cannot reach a seed; the seeds' outputs are those of
+    every edge (all hops set to 0: nothing trimmed)."""
+    from offline.models.relgnn import RelGNN
+
+    _, project, ds = schema
+    g = build_graph(ds)
+    feats = NodeFeatures(g, fit_encodings(project, ds, training_plan(project, ds)["test_start_ns"]), ds.frames)
+    t = training_plan(project, ds)["test_start_ns"]
+    batch = sample(g, feats, _seeds(g, ds, t, np.random.default_rng(0)), CFG)
+    torch.manual_seed(0)
+    net = RelGNN(RelGNNConfig(hidden=16, embedding_dim=8), list(g.node_types), g.edge_types,
+                 {n: feats.width(n) for n in g.node_types}, {n: feats.encodings[n].cardinalities for n in g.node_types},
+                 len(CFG.fanouts), {}).eval()
+    with torch.no_grad():
+        trimmed = net(batch)
+        for n in g.node_types:
+            batch[n].hop = torch.zeros_like(batch[n].hop)
+        full = net(batch)
+    assert set(trimmed) == set(full) and trimmed
+    for n in trimmed:
+        torch.testing.assert_close(trimmed[n], full[n], rtol=1e-5, atol=1e-6)
