@@ -7,7 +7,9 @@
         -> RUN/shallow_model.pt + RUN/distill.json
     relstream offline quality --project SPEC [--run-dir RUN] [--train-days 7]
         scoring plans: the project's deep model at request time (RUN/deep_model.pt) vs distilled vs
-                       LightGBM on engineered features, same test rows -> RUN/quality/
+                       LightGBM on engineered features, same test rows; [--val-days 7] [--grid ...]
+                       [--seeds 0,1,2] [--summary-json PATH] -> RUN/quality/
+    relstream offline quality-summary RUN1 RUN2 ... --out SUMMARY.json   (one run per data seed)
         ranking plans: popularity, buy-again, deep, distilled (RUN/shallow_model.pt) on test baskets
                        [--candidates 1000] [--max-examples 2000] -> RUN/quality/
     relstream offline export --repo MODEL_REPO (--project SPEC | --untrained [--plan ...]) [--check]
@@ -284,35 +286,110 @@ def cmd_distill(args) -> int:
 
 # ----- quality ------------------------------------------------------------------------------------
 
+def _seeds(args) -> tuple[int, ...]:
+    if args.seeds is None:
+        return (args.seed,)
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        _error(f"--seeds: comma-separated integers (got {args.seeds!r})")
+    if not seeds or len(set(seeds)) != len(seeds):
+        _error(f"--seeds: one or more distinct integers (got {args.seeds!r})")
+    return seeds
+
+
+def _data_seed(spec_path: Path):
+    """The generator's seed of a generated dataset (its manifest next to the spec), else None."""
+    manifest = Path(spec_path).parent / "manifest.json"
+    if not manifest.exists():
+        return None
+    steps = json.loads(manifest.read_text()).get("steps", {})
+    seeds = [v.get("config", {}).get("seed") for k, v in steps.items() if k.startswith("dataset")]
+    return next((x for x in seeds if x is not None), None)
+
+
 def _scoring_quality(args) -> int:
     """Deep (the project's trained model at request time) vs distilled vs LightGBM on the split
-    of ``--train-days`` and the spec's test period; reads RUN/deep_model.pt and the embeddings,
-    trains neither."""
-    from offline.quality.scoring import QualityConfig, run_quality
+    of ``--train-days`` and the spec's test period, the distilled model's epoch and configuration
+    chosen on the validation split of ``--val-days``; reads RUN/deep_model.pt and the embeddings,
+    trains no deep model."""
+    from offline.evaluate import write_json
+    from offline.quality.scoring import SUMMARY_FILE, QualityConfig, run_quality
+    from offline.quality.selection import configured, parse_grid, validation_split
 
     cfg_distill = _distill_config(args, _plan_of(args))  # bad flags fail before the dataset loads
+    seeds = _seeds(args)
+    if args.val_days < 0 or args.bootstrap < 0:
+        _error(f"--val-days / --bootstrap: must be >= 0 (got {args.val_days} / {args.bootstrap})")
+    try:
+        grid = parse_grid(args.grid)
+        for overrides in grid:
+            configured(cfg_distill, overrides)
+    except ValueError as exc:
+        _error(f"--{exc}")
+    if args.grid and not args.val_days:
+        _error("--grid: the choice needs a validation period (--val-days >= 1)")
     inp = resolve_inputs(args, need_deep=False, load_data=False)
     if not inp.deep_model.exists():
         _error(f"--run-dir: {inp.deep_model} does not exist (run `relstream offline train-deep --project "
                f"{inp.sources['project']}` first)")
     inp = resolve_inputs(args)
     _torch_setup(args, inp.plan)
-    cfg = QualityConfig(split=inp.split, distill=cfg_distill)
+    if args.val_days:
+        try:
+            validation_split(inp.split, args.val_days)
+        except ValueError as exc:
+            _error(f"{exc} (--val-days 0: no selection)")
+    cfg = QualityConfig(split=inp.split, distill=cfg_distill, val_days=args.val_days,
+                        grid=tuple(grid) if args.grid else (), seeds=seeds, bootstrap=args.bootstrap)
     out = inp.run_dir / QUALITY_DIR
     try:
         report = run_quality(inp.project, inp.dataset, out, cfg, label=inp.label, entity=inp.entity,
                              day0_ns=inp.day0_ns, deep_model=inp.deep_model, embeddings=inp.embeddings,
                              other_tables=_hop_tables(inp), progress=not args.no_progress,
-                             dataset_info={"project": inp.sources["project"]})
+                             dataset_info={"project": inp.sources["project"],
+                                           "seed": _data_seed(Path(inp.sources["project"]))})
     except ValueError as exc:
         _error(str(exc))
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.summary_json, json.loads((out / SUMMARY_FILE).read_text()))
     update_manifest(inp.run_dir, "quality", {
-        "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict()},
-        "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", "roc_pr.png", "metrics.png",
-                                                               "shallow_model.pt")],
+        "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict(),
+                                          "val_days": cfg.val_days, "grid": list(cfg.grid), "seeds": list(seeds)},
+        "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", SUMMARY_FILE, "roc_pr.png",
+                                                               "metrics.png", "seeds.png", "shallow_model.pt")],
         "metrics": report["models"]})
     models = {name: {k: v for k, v in m.items() if k != "features"} for name, m in report["models"].items()}
     print(json.dumps({"out": str(out), "models": models, "latency": report["latency"]}, indent=1))
+    return 0
+
+
+def cmd_quality_summary(args) -> int:
+    """Several runs' quality reports (one per data seed) -> one summary JSON and a per-seed plot."""
+    from offline.evaluate import write_json
+    from offline.quality.scoring import plot_seeds, seed_points, summarize
+
+    reports, runs = [], []
+    for run in args.runs:
+        path = run / QUALITY_DIR / "quality.json" if run.is_dir() else run
+        if not path.exists():
+            _error(f"RUN: {path} does not exist (run `relstream offline quality` there first)")
+        report = json.loads(path.read_text())
+        if "per_seed" not in report:
+            _error(f"RUN: {path} is not a scoring quality report with per-seed results")
+        reports.append(report)
+        runs.append(str(run))
+    try:
+        summary = summarize(reports, runs)
+    except ValueError as exc:
+        _error(str(exc))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, summary)
+    plot = args.plot or args.out.with_suffix(".png")
+    plot_seeds(seed_points(reports, [Path(r).name for r in runs]), plot,
+               title=f"{summary['split']['fact_table']}.{summary['split']['label']}: per seed, 95 % entity-bootstrap CIs")
+    print(json.dumps({"out": str(args.out), "plot": str(plot), "models": summary["models"]}, indent=1))
     return 0
 
 
@@ -417,7 +494,9 @@ def _trained_export(args, inp: Inputs):
     for rep_path in (weights.parent / "quality.json", run / "distill.json"):
         if rep_path.exists():
             rep = json.loads(rep_path.read_text())
-            manifest["metrics"] = rep.get("models") or rep.get("metrics") or {"train": rep.get("train", {}).get("history")}
+            # quality: the first seed's metrics, the seed whose model RUN/quality/ keeps
+            manifest["metrics"] = ((rep.get("per_seed") or [{}])[0].get("models") or rep.get("models")
+                                   or rep.get("metrics") or {"train": rep.get("train", {}).get("history")})
             manifest["training_data_range"] = {
                 "split": rep.get("split"), "transactions": rep.get("transactions"),
                 "train_rows": rep.get("train_rows") or rep.get("train", {}).get("rows"),
@@ -516,7 +595,26 @@ def register_stage2(offline_sub) -> None:
     g.add_argument("--no-anchor-gnn", action="store_true",
                    help="skip the variant that runs the GNN for the entity at the anchor time")
     g.add_argument("--ks", default="10,20,50")
+    g = p.add_argument_group("scoring plans: selection and seeds")
+    g.add_argument("--val-days", type=int, default=7,
+                   help="validation days just before the training period (same training length and label delay); "
+                        "they choose the distillation epoch (best validation AUC of --epochs) and --grid "
+                        "(default 7; 0: no selection, all --epochs)")
+    g.add_argument("--grid", help="configurations to choose among on the validation period, e.g. "
+                                  "'lr=1e-3,2e-3;d_model=32,64' (keys: lr, weight_decay, pos_weight, batch_size, "
+                                  "d_model, n_layers)")
+    g.add_argument("--seeds", help="model seeds, e.g. 0,1,2: distilled, deep head (if fitted), LightGBM per seed; "
+                                   "mean and sd over them (default: --seed)")
+    g.add_argument("--bootstrap", type=int, default=500, help="entity-bootstrap resamples per seed (default 500)")
+    g.add_argument("--summary-json", type=Path, help="also write the summary (RUN/quality/scoring_quality.json) here")
     p.set_defaults(func=cmd_quality)
+
+    p = offline_sub.add_parser("quality-summary", help="scoring: merge several runs' quality reports (one per data "
+                                                       "seed) into one summary JSON + per-seed plot")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (or quality.json files)")
+    p.add_argument("--out", type=Path, required=True, help="summary JSON")
+    p.add_argument("--plot", type=Path, help="per-seed plot (default: --out with .png)")
+    p.set_defaults(func=cmd_quality_summary)
 
     p = offline_sub.add_parser("export", help="write a Triton model repository version (and --check it)")
     p.add_argument("--repo", type=Path, required=True, help="Triton model repository")

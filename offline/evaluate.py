@@ -3,9 +3,11 @@
 * :func:`time_split` — the fraud protocol's split, for any fact table: a training period, a
   label feedback delay and a test period; entities with a positive label known when a test day
   starts are removed from that day.
-* :func:`scoring_metrics` — AUC ROC, average precision and entity precision@k (per day, the
-  share of positive entities among the k entities with the highest score, an entity's score
-  being its max over the day's rows; averaged over the test days; the protocol's card precision).
+* :func:`scoring_metrics` — AUC ROC, average precision and entity precision@k as published
+  (:func:`entity_precision_at_k`: per day, the share of positive entities among the k entities
+  with the highest score, an entity's score being its max over the day's rows, entities detected
+  on an earlier day left out; averaged over the test days; the protocol's card precision).
+* :func:`entity_bootstrap` — paired bootstrap intervals resampling entities, not rows.
 * :func:`plot_roc_pr` — ROC and PR curves of several scorers to one PNG.
 
 Inputs are a fact table with an int64 ns time column; the callers pass the column names.
@@ -117,18 +119,44 @@ def time_split(facts: pd.DataFrame, cfg: SplitConfig, day0_ns: int | None = None
 
 # ----- metrics -----------------------------------------------------------------------------
 
-def entity_precision_at_k(y_true, y_score, entity, day, k: int = 100) -> float:
-    """Mean over days of: among the k entities with the highest max-score that day, the share
-    that had at least one positive row that day (the fraud protocol's card precision@k). Days
-    with fewer than k entities still divide by k (as in the protocol)."""
+def _day_entity(y_true, y_score, entity, day) -> tuple[np.ndarray, ...]:
+    """Per (day, entity): day, entity code (0..E-1), max label, max score; and E."""
     df = pd.DataFrame({"y": np.asarray(y_true), "s": np.asarray(y_score, np.float64),
-                       "c": np.asarray(entity), "d": np.asarray(day)})
-    per_card = df.groupby(["d", "c"], sort=False).agg(y=("y", "max"), s=("s", "max")).reset_index()
+                       "c": pd.factorize(pd.Series(np.asarray(entity)), sort=True)[0], "d": np.asarray(day)})
+    g = df.groupby(["d", "c"], sort=True).agg(y=("y", "max"), s=("s", "max")).reset_index()
+    n_entities = int(df["c"].max()) + 1 if len(df) else 0
+    return (g["d"].to_numpy(), g["c"].to_numpy(np.int64), g["y"].to_numpy() > 0, g["s"].to_numpy(np.float64),
+            n_entities)
+
+
+def _precision_by_day(d, c, y, s, n_entities: int, k: int, remove_detected: bool) -> float:
+    """Mean over days (ascending) of the share of positives among the day's top-k entities
+    (score descending, entity code ascending on ties), divided by k; with ``remove_detected``
+    an entity that was a positive in an earlier day's top k is out of later days' rankings."""
+    detected = np.zeros(n_entities, bool)
     precisions = []
-    for _, day in per_card.groupby("d", sort=True):
-        top = day.sort_values(["s", "c"], ascending=[False, True], kind="stable").head(k)
-        precisions.append(top["y"].sum() / k)
+    bounds = np.flatnonzero(np.r_[True, d[1:] != d[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        cd, yd, sd = c[lo:hi], y[lo:hi], s[lo:hi]
+        if remove_detected:
+            keep = ~detected[cd]
+            cd, yd, sd = cd[keep], yd[keep], sd[keep]
+        top = np.lexsort((cd, -sd))[:k]
+        hits = cd[top][yd[top]]
+        precisions.append(len(hits) / k)
+        detected[hits] = True
     return float(np.mean(precisions)) if precisions else float("nan")
+
+
+def entity_precision_at_k(y_true, y_score, entity, day, k: int = 100, remove_detected: bool = True) -> float:
+    """Card precision@k as published (the fraud-detection handbook's ``card_precision_top_k``):
+    per day, entities ranked by their max score that day; the share of the top k with a positive
+    row that day, divided by k even when the day has fewer entities; averaged over the days.
+    Days are visited in order and an entity that was a positive in an earlier day's top k (already
+    detected) is dropped from the later days' rankings. ``remove_detected=False`` keeps them: the
+    lenient variant, higher when detected entities stay positive on later days."""
+    d, c, y, s, n = _day_entity(y_true, y_score, entity, day)
+    return _precision_by_day(d, c, y, s, n, k, remove_detected)
 
 
 def scoring_metrics(y_true, y_score, entity, day, k: int = 100) -> dict:
@@ -137,13 +165,60 @@ def scoring_metrics(y_true, y_score, entity, day, k: int = 100) -> dict:
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, np.float64)
     both = len(np.unique(y_true)) == 2
+    d, c, y, s, n = _day_entity(y_true, y_score, entity, day)
     return {
         "auc_roc": float(roc_auc_score(y_true, y_score)) if both else float("nan"),
         "average_precision": float(average_precision_score(y_true, y_score)) if both else float("nan"),
-        f"entity_precision@{k}": entity_precision_at_k(y_true, y_score, entity, day, k),
+        f"entity_precision@{k}": _precision_by_day(d, c, y, s, n, k, True),
+        f"entity_precision_lenient@{k}": _precision_by_day(d, c, y, s, n, k, False),
         "n": int(len(y_true)),
         "n_positive": int(y_true.sum()),
     }
+
+
+def entity_bootstrap(y_true, scores: dict[str, np.ndarray], entity, day, pairs: list[tuple[str, str]],
+                     n: int = 500, seed: int = 0, k: int = 100) -> dict:
+    """95 % percentile intervals of each scorer's AUC, AP and entity precision@k and of the
+    differences ``a - b`` for ``pairs``, from one paired bootstrap over *entities*: each resample
+    draws entities with replacement and keeps all rows of each drawn entity (an entity's rows are
+    correlated), every scorer on the same resample. A twice-drawn entity counts as two entities."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y_true)
+    codes = pd.factorize(pd.Series(np.asarray(entity)), sort=True)[0]
+    n_ent = int(codes.max()) + 1
+    per = {name: _day_entity(y, sc, codes, day) for name, sc in scores.items()}
+    d, c = next(iter(per.values()))[:2]  # the same (day, entity) grid for every scorer
+    order = np.argsort(c, kind="stable")  # (day, entity) records grouped by entity
+    starts = np.searchsorted(c[order], np.arange(n_ent + 1))
+    rng = np.random.default_rng(seed)
+    names = ["auc_roc", "average_precision", f"entity_precision@{k}"]
+    draws = {name: {m: [] for m in names} for name in scores}
+    for _ in range(n):
+        drawn = rng.integers(0, n_ent, n_ent)
+        weight = np.bincount(drawn, minlength=n_ent)[codes]
+        if len(np.unique(y[weight > 0])) < 2:
+            continue
+        # the drawn entities' (day, entity) records, each draw a new entity code
+        lens = starts[drawn + 1] - starts[drawn]
+        rec = order[np.repeat(starts[drawn], lens) + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)]
+        new_c = np.repeat(np.arange(n_ent), lens)
+        by_day = np.lexsort((new_c, d[rec]))
+        rec, new_c = rec[by_day], new_c[by_day]
+        for name, sc in scores.items():
+            _, _, ye, se, _ = per[name]
+            draws[name]["auc_roc"].append(roc_auc_score(y, sc, sample_weight=weight))
+            draws[name]["average_precision"].append(average_precision_score(y, sc, sample_weight=weight))
+            draws[name][names[2]].append(_precision_by_day(d[rec], new_c, ye[rec], se[rec], n_ent, k, True))
+    arr = {name: {m: np.asarray(v) for m, v in ms.items()} for name, ms in draws.items()}
+
+    def interval(v):
+        return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [float("nan")] * 2
+
+    return {"unit": "entity", "entities": n_ent, "resamples": int(len(arr[next(iter(arr))]["auc_roc"])),
+            "seed": seed,
+            "ci95": {name: {m: interval(v) for m, v in ms.items()} for name, ms in arr.items()},
+            "diff_ci95": {f"{a}-{b}": {m: interval(arr[a][m] - arr[b][m]) for m in names} for a, b in pairs}}
 
 
 def plot_roc_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:

@@ -10,7 +10,8 @@ The loss follows the plan's kind:
   dot(entity, candidate) over the row's candidates (the embedding layout makes that dot product
   the GNN's pair score).
 
-With ``max_train_rows`` only a seeded uniform subsample of the rows is used (for machines where
+``stop_after`` keeps the model after that epoch of the full schedule (what early stopping on a
+validation period chose). With ``max_train_rows`` only a seeded uniform subsample of the rows is used (for machines where
 an epoch over every training row is too slow); evaluation is not affected.
 """
 
@@ -44,6 +45,7 @@ class DistillConfig:
     max_train_rows: int | None = None  # seeded uniform subsample of the training rows (None: all)
     seed: int = 0
     device: str = "cpu"
+    stop_after: int | None = None  # stop after this many epochs of the ``epochs``-long schedule
     model: ScoringConfig | RankingConfig | None = None  # None: the default of the plan's kind
 
     def to_dict(self) -> dict:
@@ -163,7 +165,10 @@ def train_shallow(rows: TrainingRows, table: EmbeddingTable, cfg: DistillConfig 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
     history = []
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    if cfg.stop_after is not None and not 1 <= cfg.stop_after <= cfg.epochs:
+        raise ValueError(f"stop_after: must be in 1..epochs={cfg.epochs} (got {cfg.stop_after})")
+    # the learning-rate schedule spans ``epochs``: stopping early keeps the model of that epoch
+    for epoch in range(cfg.stop_after or cfg.epochs):
         model.train()
         total, seen = 0.0, 0
         bar = tqdm(list(batches(len(rows), cfg.batch_size, rng)), desc=f"distill epoch {epoch + 1}/{cfg.epochs}",

@@ -16,11 +16,36 @@ def test_entity_precision_by_hand():
     day = [0, 0, 0, 0, 1, 1, 1]
     score = [0.9, 0.1, 0.8, 0.7, 0.2, 0.95, 0.3]
     y = [0, 1, 0, 1, 0, 1, 1]  # A's fraud is its low-score tx: the card still counts as compromised
+    # k=2: day 0 top A, B -> A detected; day 1 (A out) top B, C -> both positive
     assert entity_precision_at_k(y, score, cust, day, k=2) == pytest.approx((1 / 2 + 2 / 2) / 2)
-    assert entity_precision_at_k(y, score, cust, day, k=3) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # k=3: day 0 top A, B, C -> A and C detected; day 1 ranks B only -> 1 of 3
+    assert entity_precision_at_k(y, score, cust, day, k=3) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert entity_precision_at_k(y, score, cust, day, k=3, remove_detected=False) == pytest.approx((2 / 3 + 2 / 3) / 2)
     assert entity_precision_at_k(y, score, cust, day, k=1) == pytest.approx((1 + 1) / 2)
     # Fewer cards than k: still divided by k.
     assert entity_precision_at_k([1], [0.5], ["A"], [0], k=4) == pytest.approx(0.25)
+
+
+def test_entity_precision_drops_entities_detected_on_earlier_days():
+    # A is positive on days 0, 1, 2 with the top score; B positive on day 1 only, second score;
+    # C positive on day 2 only, lowest score; a non-detected positive (B on day 0: not in top 1)
+    # stays in the ranking.
+    cust = ["A", "B", "C"] * 3
+    day = [0] * 3 + [1] * 3 + [2] * 3
+    score = [0.9, 0.5, 0.1] * 3
+    y = [1, 1, 0, 1, 1, 0, 1, 0, 1]
+    # k=1 published: day 0 A; day 1 (A out) B; day 2 (A, B out) C -> 1, 1, 1
+    assert entity_precision_at_k(y, score, cust, day, k=1) == pytest.approx(1.0)
+    # lenient: A every day -> 1, 1, 1 too; k=2 separates them:
+    # published: day 0 A, B (both detected); day 1: C only (0 of 2); day 2: C (1 of 2)
+    assert entity_precision_at_k(y, score, cust, day, k=2) == pytest.approx((2 / 2 + 0 / 2 + 1 / 2) / 3)
+    # lenient: day 0 A, B (2); day 1 A, B (2); day 2 A, B (1)
+    assert entity_precision_at_k(y, score, cust, day, k=2, remove_detected=False) == pytest.approx((1 + 1 + 1 / 2) / 3)
+    m = scoring_metrics(y, score, cust, day, k=2)
+    assert m["entity_precision@2"] == pytest.approx(0.5) and m["entity_precision_lenient@2"] == pytest.approx(5 / 6)
+    # days are taken in time order whatever the row order
+    rev = slice(None, None, -1)
+    assert entity_precision_at_k(y[rev], score[rev], cust[rev], day[rev], k=2) == pytest.approx(0.5)
 
 
 def test_scoring_metrics_by_hand():

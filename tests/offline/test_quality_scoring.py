@@ -17,7 +17,8 @@ from relstream.cli import main
 
 DEEP = ["--epochs", "1", "--max-samples-per-epoch", "500", "--hidden", "16", "--embedding-dim", "8",
         "--fanouts", "5,3,2", "--no-progress"]
-SHALLOW = ["--epochs", "1", "--d-model", "16", "--layers", "1", "--threads", "1", "--no-progress"]
+SHALLOW = ["--epochs", "1", "--d-model", "16", "--layers", "1", "--threads", "1", "--no-progress", "--val-days", "0",
+           "--bootstrap", "20"]
 
 
 def _train(spec, run, *embed):
