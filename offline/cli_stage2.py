@@ -387,8 +387,9 @@ def cmd_quality_summary(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, summary)
     plot = args.plot or args.out.with_suffix(".png")
+    split = summary["split"]
     plot_seeds(seed_points(reports, [Path(r).name for r in runs]), plot,
-               title=f"{summary['split']['fact_table']}.{summary['split']['label']}: per seed, 95 % entity-bootstrap CIs")
+               title=f"{split['fact_table']}.{split['label']}: per seed, 95 % entity-bootstrap CIs")
     print(json.dumps({"out": str(args.out), "plot": str(plot), "models": summary["models"]}, indent=1))
     return 0
 

@@ -367,7 +367,8 @@ def plot_seeds(points: list[dict], path: Path, title: str = "") -> None:
             xs = j + np.linspace(-0.25, 0.25, len(points)) if len(points) > 1 else np.array([j])
             vals = np.array([p["models"][name][metric] for p in points])
             ci = np.array([p["ci95"][name][metric] for p in points])
-            ax.errorbar(xs, vals, yerr=[vals - ci[:, 0], ci[:, 1] - vals], fmt="o", ms=4, capsize=3,
+            yerr = np.maximum(np.vstack([vals - ci[:, 0], ci[:, 1] - vals]), 0.0)  # a percentile CI may miss the value
+            ax.errorbar(xs, vals, yerr=yerr, fmt="o", ms=4, capsize=3,
                         color=f"C{j}")
             ax.hlines(vals.mean(), j - 0.35, j + 0.35, color=f"C{j}", lw=2)
             ax.annotate(f"{vals.mean():.3f}", (j, vals.mean()), xytext=(0, 6), textcoords="offset points",
