@@ -168,6 +168,12 @@ def run_quality(project: Project, ds: RelationalDataset, out: str | Path, cfg: Q
     x_test = deep.encode_many(test_i, times[test_i], progress=progress)
     val_soft = (deep.score_encoded(deep.encode_many(val["train_i"], times[val["train_i"]], progress=progress))
                 if soft and val is not None else None)
+    deep_val = None
+    if val is not None and not deep.needs_head:  # the project's own head: its validation figures too
+        vs = val["split"]
+        s_val = deep.score_encoded(deep.encode_many(val["val_i"], times[val["val_i"]], progress=progress))
+        deep_val = {k: v for k, v in scoring_metrics(val["y_val"], s_val, vs.test[entity].to_numpy(),
+                                                     row_day(vs.test, vs.day0_ns, time_col)).items() if k in METRICS}
     timings["deep_encode_s"] = time.perf_counter() - t0
 
     # ---- point-in-time rows of every period (one replay) ----
@@ -273,7 +279,8 @@ def run_quality(project: Project, ds: RelationalDataset, out: str | Path, cfg: Q
             "train_period_ns": [val["split"].ns(val["split"].config.train_start_day), val["split"].train_end_ns],
             "train_rows": len(val["split"].train), "validation_rows": len(val["split"].test),
             "train_positive": int(val["y_train"].sum()), "validation_positive": int(val["y_val"].sum()),
-            "grid": list(cfg.grid or [{}]), "max_epochs": cfg.distill.epochs},
+            "grid": list(cfg.grid or [{}]), "max_epochs": cfg.distill.epochs,
+            "deep": deep_val},  # None with a fitted head (fitted on the training period only)
         "seeds": [int(s) for s in cfg.seeds],
         "models": models,
         "per_seed": per_seed,

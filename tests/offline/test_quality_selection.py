@@ -91,6 +91,7 @@ def test_choice_is_made_on_the_validation_period_only(runs):
     assert val["validation_period_ns"][1] <= a["train_period_ns"][0]  # over before training starts
     assert val["validation_period_ns"][1] + val["split"]["delay_days"] * 86_400 * 10**9 <= a["test_period_ns"][0]
     assert val["grid"] == [{"lr": 1e-3}, {"lr": 4e-3}] and a["seeds"] == [0, 1]
+    assert 0 <= val["deep"]["auc_roc"] <= 1 and val["deep"] == b["validation"]["deep"]
     for e in a["per_seed"]:
         sel = e["selection"]
         assert sel["overrides"] in val["grid"] and 1 <= sel["epoch"] <= 2
