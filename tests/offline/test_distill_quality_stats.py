@@ -53,3 +53,20 @@ def test_bootstrap_resamples_entities_not_rows():
     for metric in ("auc_roc", "average_precision", "entity_precision@20"):
         assert rep["ci95"]["m"][metric] == pytest.approx(one["ci95"]["m"][metric], abs=1e-12), metric
     assert one["ci95"]["m"]["auc_roc"][1] - one["ci95"]["m"]["auc_roc"][0] > 0.05
+
+
+def test_weighted_auc_ap_equal_scikit_learn():
+    """The bootstrap's one-sort AUC / AP with resampling weights (zeros and ties included)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from offline.evaluate import _ranking, weighted_auc_ap
+
+    rng = np.random.default_rng(5)
+    for n, levels in ((50, 5), (2000, 40), (2000, 10**6)):
+        y = (rng.random(n) < 0.2).astype(int)
+        s = np.round(rng.random(n) + 0.3 * y, int(np.log10(levels)))  # ties when levels are few
+        w = rng.poisson(1.0, n).astype(float)
+        w[:3] = 0
+        auc, ap = weighted_auc_ap(y, w, *_ranking(s))
+        assert auc == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+        assert ap == pytest.approx(average_precision_score(y, s, sample_weight=w), abs=1e-12)
