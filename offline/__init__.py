@@ -3,11 +3,12 @@
 * ``offline.data`` — the project spec (``spec``), reading its tables (``sources``), dataset
   adapters that write files + spec (``adapters``; generators in ``offline.datasets``);
 * ``offline.relgraph`` — the temporal heterogeneous graph of any spec and its leak-free sampler;
-* ``offline.tasks`` — targets of the task kinds (entity aggregate, fact label, next item);
+* ``offline.tasks`` — targets of the task kinds (entity aggregate, fact label, next item) and the
+  in-session ranking protocol (examples, candidate sources, baselines, metrics: ``tasks.ranking``);
 * ``offline.models`` — column encoders, the deep GNN, its trainer and the batch-embedding job;
 * ``offline.project`` — what every command shares (spec + run directory, manifest, errors);
 * stage 2 (docs/distillation.md): distillation, the shallow model and the Triton export, and the
   evaluation harness (``offline.evaluate``). The fraud-only stage-1 modules (``graph``,
-  ``sampler``, ``deep_model``, ``train_deep``, ``embed``, ``train_recsys``, ``recsys_embed``)
+  ``sampler``, ``deep_model``, ``train_deep``, ``embed``)
   remain while stage 2 still imports them.
 """
