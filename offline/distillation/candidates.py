@@ -40,7 +40,7 @@ class DailyPopularity:
 class SamplingConfig:
     n_negatives: int = 64
     max_positives: int = 16
-    popularity_share: float = 0.4  # popularity-proportional among the popular products
+    popularity_share: float = 0.4  # popularity-proportional among the popular items
     history_share: float = 0.2  # from the entity's own window; the rest uniform over the popular list
     popular_n: int = 2000  # size of the popular list negatives come from
 

@@ -112,6 +112,7 @@ def candidate_ceilings(index: InteractionIndex, cooc: CoOccurrence, examples: pd
             for n, ids in sets.items():
                 share[n][N].append(float(np.isin(targets, ids).mean()))
                 size[n][N].append(len(ids))
+
     def se(v):
         return float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return {"sizes": list(sizes), "examples": len(examples),
