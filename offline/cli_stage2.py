@@ -524,7 +524,8 @@ def register_stage2(offline_sub) -> None:
                    help="skip the variant that runs the deep model for the entity at the anchor time")
     g.add_argument("--deep-model", type=Path, help="the deep model of `train-deep` for that variant "
                                                    "(default RUN/deep_model.pt if present)")
-    g.add_argument("--ceiling-sizes", help="candidate-set sizes N of the recall ceilings (default 100 and --candidates)")
+    g.add_argument("--ceiling-sizes",
+                   help="candidate-set sizes N of the recall ceilings, comma-separated (default 100 and --candidates)")
     g.add_argument("--ks", default="10,20,50")
     p.set_defaults(func=cmd_quality)
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from offline.data.spec import Project
+from offline.data.spec import NextItemTask, Project
 from offline.distillation.replay import replay_ranking_rows
 from offline.distillation.shallow_model import RankingModel
 from offline.distillation.trainer import load_model, predict_rows
@@ -393,7 +393,6 @@ def run_ranking_quality(project: Project, dataset, split: dict, out_dir: Path, *
     cols = RankingColumns.of(project)
     entity_type = project.foreign_keys(cols.facts)[cols.entity]
     item_type = project.foreign_keys(cols.facts)[cols.item]
-    task = next(t for t in project.tasks if getattr(t, "item", None) == cols.item and t.facts == cols.facts)
     tx = dataset.table(cols.facts)
     test_start, test_end = int(split["train_cut_ns"]), int(split["data_end_ns"]) + 1
     all_test = ranking_examples(tx, cols, test_start, test_end)
@@ -424,8 +423,13 @@ def run_ranking_quality(project: Project, dataset, split: dict, out_dir: Path, *
         log(f"quality: {embeddings} not found: the deep model's snapshots are skipped (run `offline embed`)")
     anchor_model = deep_model is not None and Path(deep_model).exists()
     if anchor_gnn and anchor_model:
+        heads = [t.name for t in project.tasks
+                 if isinstance(t, NextItemTask) and (t.facts, t.item) == (cols.facts, cols.item)]
+        if not heads:
+            raise ValueError(f"base_tasks: no next_item task on {cols.facts}.{cols.item}: the deep model has no pair "
+                             "score for it (or pass --no-anchor-gnn)")
         model = DeepModel.load(deep_model, device)
-        anchor = AnchorEmbedder(model, dataset, task.name)
+        anchor = AnchorEmbedder(model, dataset, heads[0])
         if table is not None and table.dim != model.net.cfg.embedding_dim + 1:
             raise ValueError(f"--embeddings: dimension {table.dim} does not fit the deep model {deep_model} "
                              f"(embedding_dim {model.net.cfg.embedding_dim} + 1)")
