@@ -9,9 +9,10 @@
         scoring plans: the project's deep model at request time (RUN/deep_model.pt) vs distilled vs
                        LightGBM on engineered features, same test rows; [--val-days 7] [--grid ...]
                        [--seeds 0,1,2] [--summary-json PATH] -> RUN/quality/
-    relstream offline quality-summary RUN1 RUN2 ... --out SUMMARY.json   (one run per data seed)
-        ranking plans: popularity, buy-again, deep, distilled (RUN/shallow_model.pt) on test baskets
+        ranking plans: popularity, buy-again, deep (RUN/embeddings.parquet, RUN/deep_model.pt), distilled
+                       (RUN/shallow_model.pt) on test sessions, recall ceilings of candidate sources
                        [--candidates 1000] [--max-examples 2000] -> RUN/quality/
+    relstream offline quality-summary RUN1 RUN2 ... --out SUMMARY.json   (scoring; one run per data seed)
     relstream offline export --repo MODEL_REPO (--project SPEC | --untrained [--plan ...]) [--check]
 
 The project's serving plan says which kind a run is (``ranking.candidate_column``: ranking); its
@@ -58,6 +59,16 @@ class Inputs:
     entity: str | None = None  # scoring: the fact column per-entity metrics group by (first embedding key)
     day0_ns: int = 0  # midnight before the data's first row: day 0 of the split
     project: Any = None  # offline.data.spec.Project
+
+    def ranking_columns(self):
+        """Ranking plans: the fact table's time, entity, item and session columns (from the spec)."""
+        from offline.tasks.ranking import RankingColumns, RankingTaskError
+        from schemas.plan import FieldError
+
+        try:
+            return RankingColumns.of(self.project)
+        except (RankingTaskError, FieldError) as exc:
+            _error(f"--project: {exc}")
 
 
 def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
@@ -219,9 +230,9 @@ def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
 
     from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
     from offline.distillation.replay import replay_ranking_rows
-    from offline.recsys_tasks import PurchaseIndex, ranking_examples
+    from offline.tasks.ranking import InteractionIndex, ranking_examples
 
-    plan = inp.plan
+    plan, cols = inp.plan, inp.ranking_columns()
     if args.examples < 1 or args.negatives < 1:
         _error("--examples and --negatives: must be >= 1")
     if not (0 <= args.history_share <= 1 and 0 <= args.popularity_share <= 1
@@ -233,9 +244,9 @@ def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
     start = max(cut - args.train_weeks * 7 * DAY_NS, int(first_snapshot) + plan.min_embedding_offset.ns)
     if start >= cut:
         _error(f"--embeddings: the first snapshot ({np.datetime64(first_snapshot, 'ns')}) is not before the training "
-               f"cut; re-run recsys-embed with snapshots before the test period")
-    tx = inp.dataset.table(plan.fact_table)
-    examples = ranking_examples(tx, start, cut, max_examples=args.examples, seed=args.seed)
+               f"cut; re-run `offline embed` with snapshots before the test period")
+    tx = inp.dataset.table(cols.facts)
+    examples = ranking_examples(tx, cols, start, cut, max_examples=args.examples, seed=args.seed)
     examples = examples[examples["anchor_time"] < cut].reset_index(drop=True)  # targets end before the cut too
     if examples.empty:
         _error("no ranking example before the training cut (too few rows?)")
@@ -243,7 +254,7 @@ def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
           f"{np.datetime64(cut, 'ns')} (seed {args.seed})")
     sampling = SamplingConfig(n_negatives=args.negatives, max_positives=args.max_positives,
                               history_share=args.history_share, popularity_share=args.popularity_share)
-    choose = TrainingCandidates(DailyPopularity(PurchaseIndex(tx), sampling.popular_n), sampling,
+    choose = TrainingCandidates(DailyPopularity(InteractionIndex(tx, cols), sampling.popular_n), sampling,
                                 plan.hops[0].key.key, plan.candidate_column, seed=args.seed)
     t0 = time.perf_counter()
     rows = replay_ranking_rows(plan, tx, examples, choose, sampling.n_negatives + sampling.max_positives,
@@ -401,21 +412,33 @@ def cmd_quality(args) -> int:
         return _scoring_quality(args)
     from offline.quality.ranking import run_ranking_quality
 
+    try:  # bad flags fail before the data loads
+        sizes = tuple(int(n) for n in args.ceiling_sizes.split(",")) if args.ceiling_sizes else None
+    except ValueError:
+        _error(f"--ceiling-sizes: expected comma-separated integers, got {args.ceiling_sizes!r}")
+    if sizes is not None and not all(1 <= n <= args.candidates for n in sizes):
+        _error(f"--ceiling-sizes: each N in [1, --candidates {args.candidates}], got {list(sizes)}")
     inp = resolve_inputs(args, need_deep=False)
     _torch_setup(args, inp.plan)
     model = args.model or inp.run_dir / MODEL_FILE
     if args.model and not model.exists():
         _error(f"--model: {model} not found")
+    inp.ranking_columns()  # a spec without a next-item task or session column fails here, naming the field
+    deep = Path(args.deep_model) if args.deep_model else inp.deep_model
+    if args.deep_model and not deep.exists():
+        _error(f"--deep-model: {deep} not found")
     try:
         report, paths = run_ranking_quality(
-            inp.plan, inp.dataset, inp.split, inp.run_dir / QUALITY_DIR, embeddings=inp.embeddings,
+            inp.project, inp.dataset, inp.split, inp.run_dir / QUALITY_DIR, embeddings=inp.embeddings,
             model_path=model if model.exists() else None, n_candidates=args.candidates,
             max_examples=args.max_examples, ks=tuple(int(k) for k in args.ks.split(",")), seed=args.seed,
-            device=args.device, anchor_gnn=not args.no_anchor_gnn, deep_model=inp.run_dir / "recsys_model.pt",
+            device=args.device, anchor_gnn=not args.no_anchor_gnn, deep_model=deep,
+            ceiling_sizes=sizes,
             progress=not args.no_progress)
     except ValueError as exc:
         _error(str(exc))
     update_manifest(inp.run_dir, "quality", {"inputs": {"embeddings": report["deep_embeddings"],
+                                                        "deep_model": report["deep_model"],
                                                         "model": report["distilled_model"]},
                                              "outputs": [str(p) for p in paths], "metrics": report})
     return 0
@@ -468,11 +491,12 @@ def _real_requests(inp: Inputs, n: int = 16):
         mask[-n:] = True
         rows = replay_rows(plan, tx, score_mask=mask, progress=False, other_tables=_hop_tables(inp))
         return [rows.request(i) for i in range(len(rows))]
-    from offline.recsys_tasks import PurchaseIndex, ranking_examples
+    from offline.tasks.ranking import InteractionIndex, ranking_examples
 
+    cols = inp.ranking_columns()
     cut = int(tx[plan.fact.time_column].max()) + 1
-    ex = ranking_examples(tx, cut - 7 * DAY_NS, cut, max_examples=6, seed=0)
-    index = PurchaseIndex(tx)
+    ex = ranking_examples(tx, cols, cut - 7 * DAY_NS, cut, max_examples=6, seed=0)
+    index = InteractionIndex(tx, cols)
     n_cands = (100, 1000, 10, 1, 250, 50)
 
     def choose(i, e, _w):
@@ -505,11 +529,11 @@ def _trained_export(args, inp: Inputs):
             break
     catalog, days = None, args.embeddings_last_days
     if plan.is_ranking:
-        from offline.recsys_tasks import PurchaseIndex
+        from offline.tasks.ranking import InteractionIndex
 
         tx = inp.dataset.table(plan.fact_table)
-        cut = int(tx[plan.fact.time_column].max()) + 1  # the export cut: after the last line
-        catalog = PurchaseIndex(tx).popular(cut, plan.max_candidates)
+        cut = int(tx[plan.fact.time_column].max()) + 1  # the export cut: after the last row
+        catalog = InteractionIndex(tx, inp.ranking_columns()).popular(cut, plan.max_candidates)
         manifest.update(catalog_cut_ns=cut,
                         catalog=f"top {len(catalog[0])} candidates by interactions in the 28 days before the cut")
         if days is None:  # serving needs snapshots up to max_embedding_offset old, plus one spare week
@@ -594,7 +618,11 @@ def register_stage2(offline_sub) -> None:
     g.add_argument("--candidates", type=int, default=1000, help="catalog top-N candidates per example (default 1000)")
     g.add_argument("--max-examples", type=int, default=2000, help="seeded sample of test baskets (default 2000)")
     g.add_argument("--no-anchor-gnn", action="store_true",
-                   help="skip the variant that runs the GNN for the entity at the anchor time")
+                   help="skip the variant that runs the deep model for the entity at the anchor time")
+    g.add_argument("--deep-model", type=Path, help="the deep model of `train-deep` for that variant "
+                                                   "(default RUN/deep_model.pt if present)")
+    g.add_argument("--ceiling-sizes",
+                   help="candidate-set sizes N of the recall ceilings, comma-separated (default 100 and --candidates)")
     g.add_argument("--ks", default="10,20,50")
     g = p.add_argument_group("scoring plans: selection and seeds")
     g.add_argument("--val-days", type=int, default=7,

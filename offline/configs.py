@@ -11,45 +11,6 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
-class DeepModelConfig:
-    hidden: int = 64
-    embedding_dim: int = 32
-    num_layers: int = 2
-    heads: int = 2
-    time_dim: int = 8
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RecsysConfig:
-    first_week: int = 4  # first training snapshot (weeks from day 0): features need history
-    test_weeks: int = 2  # last full weeks held out for evaluation
-    fanouts: tuple[int, ...] = (10, 5)
-    batch_size: int = 512
-    epochs: int = 2
-    max_positives_per_epoch: int = 60_000
-    lr: float = 3e-3
-    neg_popularity_share: float = 0.5
-    inbatch_weight: float = 0.0  # weight of the in-batch sampled-softmax loss (logQ-corrected); 0 = BCE only
-    candidates: int = 2_000
-    eval_households: int = 500
-    ks: tuple[int, ...] = (10, 50)
-    seed: int = 0
-    device: str = "cpu"
-    model: DeepModelConfig = field(default_factory=DeepModelConfig)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fanouts"], d["ks"] = list(self.fanouts), list(self.ks)
-        return d
-
-
-
-
-@dataclass(frozen=True)
 class RelGNNConfig:
     """Size of the deep model of any project (offline.models.relgnn)."""
 

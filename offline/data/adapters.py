@@ -106,10 +106,10 @@ def complete_journey_project(out_dir: str | Path, max_rows: int | None = None, s
         "links": [{"table": "transactions", "column": "household_id", "references": "households"},
                   {"table": "transactions", "column": "product_id", "references": "products"}],
         "base_tasks": [{"name": "next_products_7d", "kind": "next_item", "entity": "households",
-                        "facts": "transactions", "item": "product_id", "horizon": "7 days"}],
+                        "facts": "transactions", "item": "product_id", "horizon": "7 days", "session": "basket_id"}],
         "serving": {"plan": "plan.yaml",
                     "task": {"name": "next_products_7d", "kind": "next_item", "entity": "households",
-                             "facts": "transactions", "item": "product_id", "horizon": "7 days"}},
+                             "facts": "transactions", "item": "product_id", "horizon": "7 days", "session": "basket_id"}},
         "split": {"test_days": 7 * test_weeks, "warmup_days": 28},
     }
     return _save(out, spec, "recsys")

@@ -136,6 +136,10 @@ class NextItemTask(_TaskBase):
     via: str | None = None
     item: str  # the fact column that references the item table
     horizon: DurationField
+    # The fact column that groups rows into sessions (one basket, one visit): a ranking example
+    # reveals the start of a session and asks for the rest. Default: the facts' only id column
+    # that is neither their primary key nor a foreign key (Project.session_column).
+    session: str | None = None
 
     @field_validator("horizon")
     @classmethod
@@ -221,6 +225,19 @@ class Project:
     def link_column(self, facts: str, entity: str, via: str | None) -> str:
         cols = [c for c, ref in self.foreign_keys(facts).items() if ref == entity]
         return via if via is not None else cols[0]
+
+    def session_column(self, task: NextItemTask, where: str = "serving.task") -> str:
+        """The fact column grouping ``task``'s rows into sessions: ``session`` when given, else the
+        only ``id`` column of the facts that is neither their primary key nor a foreign key."""
+        if task.session is not None:
+            return task.session
+        t = self.spec.tables[task.facts]
+        fks = self.foreign_keys(task.facts)
+        ids = [c for c, ty in t.columns.items() if ty == ColumnType.id and c != t.primary_key and c not in fks]
+        if len(ids) != 1:
+            raise SpecError(f"{where}.session", f"name the column of {task.facts} that groups rows into sessions "
+                                                f"(id columns that are not keys: {ids})")
+        return ids[0]
 
     @property
     def embedding_entity_types(self) -> tuple[str, ...]:
@@ -378,6 +395,8 @@ def _check_task(spec: ProjectSpec, task, where: str) -> None:
         fk = _fks(spec, task.facts)
         if task.item not in fk:
             raise SpecError(f"{where}.item", f"{task.facts}.{task.item} must be a foreign key to the item table")
+        if task.session is not None and task.session not in facts.columns:
+            raise SpecError(f"{where}.session", f"unknown column {task.session!r} of {task.facts}")
 
 
 def _load_serving_plan(spec: ProjectSpec, root: Path) -> ServingPlan | None:

@@ -1,11 +1,11 @@
 """Candidates of a ranking plan's training rows: the targets plus seeded negatives.
 
 Candidates of a training example: its targets (at most ``max_positives``, seeded) plus
-``n_negatives`` distinct non-target products: a share drawn popularity-proportionally and a
-share uniformly from the popular products before the example's day (``popular_products``, lines
-strictly before the day start, so no future line is used), and a share from the entity's own
-window (products bought before but not now: without them "bought before" would be a free signal).
-Products revealed in the open basket are never negatives (they are never ranked).
+``n_negatives`` distinct non-target items: a share drawn popularity-proportionally and a share
+uniformly from the popular items before the example's day (``InteractionIndex.popular``, rows
+strictly before the day start, so no future row is used), and a share from the entity's own
+window (items taken before but not now: without them "taken before" would be a free signal).
+Items revealed in the open session are never negatives (they are never ranked).
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from offline.recsys_tasks import PurchaseIndex
+from offline.tasks.ranking import InteractionIndex
 
 NS_PER_DAY = 86_400 * 10**9
 
 
 class DailyPopularity:
-    """``popular_products`` at the start of each day (lines strictly before it), cached per day:
-    ``at(t)`` -> ``(product ids, purchase lines)``, most bought first."""
+    """The popular items at the start of each day (rows strictly before it), cached per day:
+    ``at(t)`` -> ``(item ids, row counts)``, most frequent first."""
 
-    def __init__(self, transactions: pd.DataFrame | PurchaseIndex, n: int, days: float = 28):
-        self.index = transactions if isinstance(transactions, PurchaseIndex) else PurchaseIndex(transactions)
+    def __init__(self, index: InteractionIndex, n: int, days: float = 28):
+        self.index = index
         self.n, self.days = n, days
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -41,8 +40,8 @@ class DailyPopularity:
 class SamplingConfig:
     n_negatives: int = 64
     max_positives: int = 16
-    popularity_share: float = 0.4  # popularity-proportional among the popular products
-    history_share: float = 0.2  # from the household's own window; the rest uniform over the popular list
+    popularity_share: float = 0.4  # popularity-proportional among the popular items
+    history_share: float = 0.2  # from the entity's own window; the rest uniform over the popular list
     popular_n: int = 2000  # size of the popular list negatives come from
 
 
@@ -66,10 +65,10 @@ class TrainingCandidates:
         pools = [rng.permutation(history)[:3 * n_hist] if len(history) else np.zeros(0, np.int64),
                  rng.choice(ids, 3 * n_pop, p=counts / counts.sum()) if len(ids) else np.zeros(0, np.int64),
                  rng.choice(ids, 3 * cfg.n_negatives) if len(ids) else np.zeros(0, np.int64)]
-        # Products already in the open basket are never negatives: every ranking of the quality
+        # Items already in the open session are never negatives: every ranking of the quality
         # report and the recommender leaves them out, and as negatives they would teach "like
         # the session -> unlikely", the opposite of the in-session effect.
-        revealed = example["revealed_products"] if "revealed_products" in example else ()
+        revealed = example["revealed_items"] if "revealed_items" in example else ()
         taken = set(targets.tolist()) | set(np.asarray(revealed, np.int64).tolist())
         neg: list[int] = []
 

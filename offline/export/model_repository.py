@@ -118,7 +118,7 @@ def export_model(plan: ServingPlan, repo: str | Path, model: ShallowModel, embed
     the version directory.
 
     Ranking plans need ``catalog``: ``(candidate ids, counts)`` in rank order (e.g.
-    ``popular_products`` at the export cut). ``embeddings_last_days`` keeps only the snapshots of
+    ``InteractionIndex.popular`` at the export cut). ``embeddings_last_days`` keeps only the snapshots of
     the last N days (counted back from the newest snapshot) in the bundle: serving needs no more
     than ``max_embedding_offset``. ``max_batch_size`` defaults to 256 (scoring) / 64 (ranking).
     """

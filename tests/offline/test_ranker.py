@@ -9,12 +9,14 @@ from offline.distillation.shallow_model import (RankingConfig, RankingError, Ran
 from offline.export.bundle import load_bundle, request_error, split_scores
 from offline.export import check_export, export_untrained, synthetic_requests
 from offline.export.self_check import _curl_infer
+from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
 from schemas.plan import builtin_plan
 from schemas.tensors import PAD_CANDIDATE, Window, build_tensors, stack_requests, to_triton_json
 
 T = 1_710_000_000_000_000_000
 DAY = 86_400 * 10**9
 HOUR = 3_600 * 10**9
+COLS = RankingColumns("transactions", "transaction_timestamp", "household_id", "product_id", "basket_id")
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +159,9 @@ def _toy_transactions(seed=0):
 
 def test_replayed_rows_are_build_tensors_of_the_past_only(plan):
     from offline.distillation.replay import replay_ranking_rows
-    from offline.recsys_tasks import ranking_examples
 
     tx = _toy_transactions()
-    examples = ranking_examples(tx, T - 20 * DAY, T + DAY)
+    examples = ranking_examples(tx, COLS, T - 20 * DAY, T + DAY)
     assert len(examples) >= 8
 
     def choose(i, ex, windows):
@@ -192,11 +193,10 @@ def test_replayed_rows_are_build_tensors_of_the_past_only(plan):
 
 def test_training_candidates_exclude_targets_and_revealed_and_are_seeded(plan):
     from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
-    from offline.recsys_tasks import ranking_examples
 
     tx = _toy_transactions()
-    examples = ranking_examples(tx, T - 20 * DAY, T + DAY)
-    pop = DailyPopularity(tx, 50)
+    examples = ranking_examples(tx, COLS, T - 20 * DAY, T + DAY)
+    pop = DailyPopularity(InteractionIndex(tx, COLS), 50)
     choose = TrainingCandidates(pop, SamplingConfig(n_negatives=10, max_positives=3), plan.hops[0].key.key,
                                 "product_id", seed=4)
     ex = examples.iloc[3]
@@ -206,12 +206,11 @@ def test_training_candidates_exclude_targets_and_revealed_and_are_seeded(plan):
     assert np.array_equal(cands, again)  # seeded per example
     assert len(set(cands.tolist())) == len(cands) and labels.sum() == min(3, len(ex["targets"]))
     negatives = cands[labels == 0]
-    assert not np.isin(negatives, ex["targets"]).any() and not np.isin(negatives, ex["revealed_products"]).any()
+    assert not np.isin(negatives, ex["targets"]).any() and not np.isin(negatives, ex["revealed_items"]).any()
     # Popularity is read strictly before the example's day: a later line changes nothing.
     day = int(ex["anchor_time"]) // DAY * DAY
     ids, _ = pop.at(int(ex["anchor_time"]))
-    from offline.recsys_tasks import popular_products
-    assert np.array_equal(ids, popular_products(tx[tx["transaction_timestamp"] < day], day, 50))
+    assert np.array_equal(ids, InteractionIndex(tx[tx["transaction_timestamp"] < day], COLS).popular(day, 50)[0])
 
 
 def test_sampled_softmax_loss_prefers_positives():

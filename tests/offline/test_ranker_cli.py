@@ -67,7 +67,7 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     from offline.embeddings import EmbeddingTable
     from offline.distillation.shallow_model import build_model, load_model
     from offline.quality.ranking import score_examples
-    from offline.recsys_tasks import popular_products, ranking_examples
+    from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
     from schemas.tensors import build_tensors
     from rti_store import MemoryWindowStore
     from schemas.tensors import interactions_of
@@ -77,10 +77,12 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     table = EmbeddingTable.from_parquet(run_dir / "embeddings.parquet", plan)
     model = build_model(plan, table.dim, seed=3)
     t1 = int(tx["transaction_timestamp"].max())
-    ex = ranking_examples(tx, t1 - 3 * DAY, t1, max_examples=4, seed=1)
+    cols = RankingColumns("transactions", "transaction_timestamp", "household_id", "product_id", "basket_id")
+    ex = ranking_examples(tx, cols, t1 - 3 * DAY, t1, max_examples=4, seed=1)
     cands = np.full((len(ex), 30), -1, np.int64)
+    index = InteractionIndex(tx, cols)
     for i, a in enumerate(ex["anchor_time"]):
-        cands[i, :20 + i] = popular_products(tx, int(a), 20 + i)
+        cands[i, :20 + i] = index.popular(int(a), 20 + i)[0]
     scores = score_examples(model, table, ex, cands, tx=tx, plan=plan, progress=False)
     assert scores.shape == cands.shape and np.isneginf(scores[cands < 0]).all()
     # Example 2 by hand: its household's lines strictly before the anchor, build_tensors, the model.

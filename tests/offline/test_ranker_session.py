@@ -23,13 +23,14 @@ from offline.distillation.shallow_model import serve
 from offline.distillation.candidates import DailyPopularity, SamplingConfig, TrainingCandidates
 from offline.distillation.replay import replay_ranking_rows
 from offline.distillation.trainer import DistillConfig, train_shallow
-from offline.recsys_tasks import PurchaseIndex, ranking_examples
+from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
 from schemas.plan import builtin_plan
 from schemas.tensors import build_tensors, interactions_of
 
 DAY = 86_400 * 10**9
 FIT_DAY, TRAIN_END_DAY, ANCHOR_DAY = 240, 310, 321
 TOP_K = 20
+COLS = RankingColumns("transactions", "transaction_timestamp", "household_id", "product_id", "basket_id")
 
 
 def standin_embeddings(plan, tx: pd.DataFrame, products: pd.DataFrame, fit_before: int, snapshots, households,
@@ -86,9 +87,9 @@ def train_small_ranker(n_examples: int = 2000, epochs: int = 3, sampling: Sampli
     snapshots = [day0 + FIT_DAY * DAY + w * 7 * DAY for w in range(0, 13)]
     table = standin_embeddings(plan, tx_all, products, day0 + FIT_DAY * DAY, snapshots, households)
     tx = tx_all[tx_all["household_id"].isin(households)].reset_index(drop=True)
-    examples = ranking_examples(tx, day0 + (FIT_DAY + 7) * DAY, day0 + TRAIN_END_DAY * DAY, max_examples=n_examples,
-                                  seed=0)
-    index = PurchaseIndex(tx_all)  # popularity over the whole store, strictly before each day
+    examples = ranking_examples(tx, COLS, day0 + (FIT_DAY + 7) * DAY, day0 + TRAIN_END_DAY * DAY,
+                                max_examples=n_examples, seed=0)
+    index = InteractionIndex(tx_all, COLS)  # popularity over the whole store, strictly before each day
     choose = TrainingCandidates(DailyPopularity(index, 1000), sampling or SamplingConfig(n_negatives=32, max_positives=8),
                                 plan.hops[0].key.key, "product_id", seed=0)
     width = choose.cfg.n_negatives + choose.cfg.max_positives
