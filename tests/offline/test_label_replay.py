@@ -125,3 +125,18 @@ def test_replay_rows_derive_labels_with_the_delay():
             assert rows.scalars[f"label:transactions.terminal_id:{days}d:count"][i] == inside.sum()
             assert rows.scalars[f"label:transactions.customer_id:{days}d:positives"][i] == (inside & (fraud > 0)).sum()
     assert rows.scalars["label:transactions.terminal_id:30d:count"].max() > 0  # the data reach past the delay
+
+
+def test_sql_rows_refuse_label_feedback_and_the_replay_engine_builds_it(tmp_path):
+    from offline.rows import RowsPlanError, build_rows, load_rows
+
+    tx, _ = frames([(d, 1 + d % 2, 1 + d % 3, int(d % 4 == 0), None) for d in range(0, 120, 2)], 1)
+    for engine in ("duckdb", "spark"):
+        with pytest.raises(RowsPlanError, match="^label_feedback: .*use engine='replay'"):
+            build_rows(FL, tx, engine=engine, out=tmp_path / engine, progress=False)
+    build_rows(FL, tx, engine="replay", out=tmp_path / "replay", progress=False)
+    stored = load_rows(tmp_path / "replay", FL).rows
+    direct = replay_rows(FL, tx, progress=False)
+    for name in FL.tensor_names:
+        if FL.tensors[FL.tensor_names.index(name)].kind == "label":
+            assert np.array_equal(stored.scalars[name], direct.scalars[name]), name
