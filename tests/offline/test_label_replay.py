@@ -140,3 +140,24 @@ def test_sql_rows_refuse_label_feedback_and_the_replay_engine_builds_it(tmp_path
     for name in FL.tensor_names:
         if FL.tensors[FL.tensor_names.index(name)].kind == "label":
             assert np.array_equal(stored.scalars[name], direct.scalars[name]), name
+
+
+def test_the_shallow_model_reads_the_known_label_inputs(tmp_path):
+    from offline.distillation.shallow_model import FeatureLayout, build_model, serve
+    from offline.embeddings import EmbeddingTable, write_embeddings_parquet
+    from schemas.tensors import stack_requests
+
+    layout = FeatureLayout.of(FL)
+    assert len(layout.label_inputs) == 18 and FeatureLayout.of(builtin_plan("fraud")).label_inputs == ()
+    assert layout.n_fact_features == FeatureLayout.of(builtin_plan("fraud")).n_fact_features + 18
+    path = tmp_path / "e.parquet"
+    write_embeddings_parquet(path, [], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 8), np.float32))
+    table = EmbeddingTable.from_parquet(path, FL)
+    tx, labels = frames([(d, 1, 1, int(d % 3 == 0), None) for d in range(0, 150, 2)], 2)
+    reqs = replay_requests(FL, {"transactions": tx, "transaction_labels": labels},
+                           tx.drop(columns=["tx_fraud"]).to_dict("records"), progress=False)
+    model = build_model(FL, 8, seed=0)
+    batch = stack_requests(FL, reqs[-4:])
+    base = serve(model, FL, batch, table)["score"]
+    batch["label:transactions.terminal_id:7d:positives"] = batch["label:transactions.terminal_id:7d:positives"] + 5
+    assert not np.allclose(serve(model, FL, batch, table)["score"], base)
