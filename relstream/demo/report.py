@@ -272,7 +272,7 @@ def format_summary(s: DemoSummary) -> str:
         f"latency (ms)  p50 {_f(lat['p50'])}  p90 {_f(lat['p90'])}  p99 {_f(lat['p99'])}  "
         f"max {_f(lat['max'])}   (produce -> score consumed)",
         f"quality       AUC {_f(s.auc_roc, 4)}  AP {_f(s.average_precision, 4)}  "
-        f"(fraud rate {s.fraud_rate:.2%}; labels never streamed)",
+        f"(fraud rate {s.fraud_rate:.2%}; the scored transactions' own labels never streamed)",
         f"flags         {s.degraded} degraded, {s.cold_start} cold-start score records",
     ]
     if s.parity is not None:
