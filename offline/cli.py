@@ -54,7 +54,7 @@ def cmd_dataset(args) -> int:
         cfg = FraudSimConfig(**{**base.to_dict(), **{k: v for k, v in {
             "n_customers": args.customers, "n_terminals": args.terminals, "n_days": args.days,
             "seed": args.seed}.items() if v is not None}})
-        spec = fraud_project(out, cfg, test_start=args.test_start)
+        spec = fraud_project(out, cfg, test_start=args.test_start, plan_name=args.plan or "fraud")
         config = cfg.to_dict()
     elif args.dataset == "complete-journey":
         from offline.data.adapters import complete_journey_project
@@ -182,6 +182,9 @@ def register(subparsers) -> None:
     p.add_argument("--terminals", type=int, help="fraud")
     p.add_argument("--days", type=int)
     p.add_argument("--test-start", help="fraud: first test day (ISO date; default: the protocol's, fitted)")
+    p.add_argument("--plan", choices=["fraud", "fraud_labels"],
+                   help="fraud: the built-in serving plan (default fraud; fraud_labels adds the known labels "
+                        "of each customer and terminal as inputs)")
     p.add_argument("--max-rows", type=int, help="complete-journey: the earliest N purchase lines only")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_dataset)

@@ -171,6 +171,7 @@ class StackConfig(_Strict):
 class TopicsConfig(_Strict):
     facts: str = "relstream.facts"
     interactions: list[str] = Field(default_factory=lambda: ["relstream.interactions"])
+    labels: str = "relstream.labels"  # label events of plans with label_feedback
     scores: str = "relstream.scores"
     dlq: str = "relstream.dlq"
 

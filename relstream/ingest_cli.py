@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                    "(default: config `plan`, else the built-in 'fraud')")
     p.add_argument("--topic", action="append", metavar="TOPIC[=TABLE]",
                    help="topic to consume and the plan table its records belong to (repeatable; "
-                        "default: config ingest.topics, else topics.interactions -> the plan's interaction table)")
+                        "default: config ingest.topics, else topics.interactions -> the plan's interaction table "
+                        "and, with label feedback, topics.labels -> its label table)")
     p.add_argument("--dlq-topic", metavar="TOPIC", help="dead-letter topic (default: topics.dlq)")
     add_flags(p, "ingest", IngestSection, INGEST_FLAGS)
     p.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
@@ -137,7 +138,7 @@ def cmd_ingest(args) -> int:
         signal.signal(sig, on_signal)
     try:
         topics = (parse_topic_tables(args.topic) if args.topic else dict(sec.topics)
-                  or default_topics(plan, list(cfg.topics.interactions)))
+                  or default_topics(plan, list(cfg.topics.interactions), cfg.topics.labels))
         # the scorer's topics and size limit as `relstream score` resolves them (scorer/settings.py)
         score = section(cfg, "score", ScoreSettings)
         skip = scorer_owned_topics(topics, sec.dead_letters, score.facts_topics or [cfg.topics.facts],

@@ -12,6 +12,9 @@ Semantics shared by all implementations (checked by ``tests/rti_store/test_contr
   ``newest event time in the window - horizon_ns`` (default ``plan.real_time_offset``). Both caps
   are event-time based, so the stored state depends only on the set of appended events;
 * idle windows expire ``ttl_s`` seconds (wall clock) after their last append;
+* label windows (``plan.label_hops``) are windows like the others, ordered by the time a label
+  became known; their age cap and read bounds are the plan's longest label horizon
+  (``plan.window_bounds``), and they live at least that long without appends;
 * point-in-time reads never return a row at or after ``as_of``. A read as of a time in the past is
   exact as long as the caps have not dropped rows that were visible then.
 """
@@ -151,7 +154,17 @@ class BaseWindowStore:
             raise ValueError(f"ttl_s: must be > 0 or None (never expire), got {ttl_s}")
         self.ttl_s = ttl_s
         self.codecs: dict[str, RowCodec] = codecs_for(plan)
-        self._hops = {h.key.key: h for h in plan.hops}
+        self._hops = {h.key.key: h for h in plan.stored_hops}
+        # age cap per window kind: RTI hops the store's horizon, label keys the longest label horizon
+        self.horizons: dict[str, int] = {h.key.key: (plan.window_horizon_ns(h.key.key) if plan.is_label_hop(h.key.key)
+                                                     else self.horizon_ns) for h in plan.stored_hops}
+
+    def ttl_of(self, hop_key: str) -> float | None:
+        """Idle lifetime of a window: ``ttl_s``, at least the longest label horizon for label keys
+        (a label must outlive a quiet spell of its entity as long as some horizon counts it)."""
+        if self.ttl_s is None or not self.plan.is_label_hop(hop_key):
+            return self.ttl_s
+        return max(self.ttl_s, self.horizons[hop_key] / 1e9)
 
     def codec(self, hop_key: str) -> RowCodec:
         try:

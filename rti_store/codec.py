@@ -271,7 +271,7 @@ def rows_item(rows: HopRows, j: int) -> Interaction:
 
 
 def codecs_for(plan: ServingPlan) -> dict[str, RowCodec]:
-    codecs = {h.key.key: RowCodec(plan, h) for h in plan.hops}
+    codecs = {h.key.key: RowCodec(plan, h) for h in plan.stored_hops}  # label keys too
     seen: dict[str, str] = {}
     for key, codec in codecs.items():
         if codec.layout_id in seen:  # 32-bit hash collision between two hops of one plan

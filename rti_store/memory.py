@@ -68,10 +68,10 @@ class MemoryWindowStore(BaseWindowStore):
             if rows is None:
                 rows = self._rows[key] = []
             max_len = self.codecs[key[0]].hop.max_len
-            added += logic.insert(rows, logic.prune_batch(members, max_len, self.horizon_ns), max_len,
-                                  self.horizon_ns)
+            horizon = self.horizons[key[0]]
+            added += logic.insert(rows, logic.prune_batch(members, max_len, horizon), max_len, horizon)
             if self.ttl_s is not None:
-                self._expires[key] = now + self.ttl_s
+                self._expires[key] = now + self.ttl_of(key[0])
             if not rows:  # everything was older than the horizon
                 del self._rows[key]
                 self._expires.pop(key, None)
@@ -85,7 +85,7 @@ class MemoryWindowStore(BaseWindowStore):
             now = self.clock()
             for (max_len, key), t in zip(wanted, anchors):
                 rows = self._live(key, now)
-                lo, hi = self.plan.rti_bounds(t)
+                lo, hi = self.plan.window_bounds(key[0], t)
                 selected.append(logic.select(rows, lo, hi, max_len) if rows else [])
         return _decode_grouped(self, keys, selected)
 

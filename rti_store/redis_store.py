@@ -317,9 +317,13 @@ class RedisWindowStore(BaseWindowStore):
         self.chunk_keys = chunk_keys
         self.clock = clock  # Redis expires keys by its own clock; kept for interface symmetry
         self._cluster = _is_cluster(self.client)
-        self._ttl_ms = b"0" if ttl_s is None else str(max(1, int(round(ttl_s * 1000)))).encode()
-        h = self.horizon_ns
-        self._horizon = (b"-1", b"-1") if h is None else (str(h >> 32).encode(), str(h & 0xFFFFFFFF).encode())
+        # the Lua scripts' first arguments per hop: age cap as two 32-bit halves, TTL in ms (label
+        # keys: their own horizon and a TTL of at least it, rti_store.base)
+        self._head: dict[str, tuple[bytes, bytes, bytes]] = {}
+        for k in self.codecs:
+            ttl, h = self.ttl_of(k), self.horizons[k]
+            self._head[k] = (str(h >> 32).encode(), str(h & 0xFFFFFFFF).encode(),
+                             b"0" if ttl is None else str(max(1, int(round(ttl * 1000)))).encode())
         self._key_heads = {k: f"{key_prefix}:{{{c.layout_id}:" for k, c in self.codecs.items()}
         self._int_entities = {k: self.plan.column_dtype(c.hop.key.target.table, c.hop.key.target.column)
                               in ("int64", "timestamp") for k, c in self.codecs.items()}
@@ -462,7 +466,7 @@ class RedisWindowStore(BaseWindowStore):
                 got.append(member)
         for k, members in rows.items():
             if len(members) > 1:  # sorted, distinct: what the Lua scripts expect
-                rows[k] = prune_batch(members, codecs[hop_of[k]].hop.max_len, self.horizon_ns)
+                rows[k] = prune_batch(members, codecs[hop_of[k]].hop.max_len, self.horizons[hop_of[k]])
         return self._send(rows, hop_of)
 
     def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
@@ -476,17 +480,17 @@ class RedisWindowStore(BaseWindowStore):
         """The Lua calls of :meth:`append_rows` (standalone Redis, no per-row items), built a hop
         at a time with numpy: the rows of every window pruned, sorted and encoded back to back."""
         calls = []
-        head_args = [*self._horizon, self._ttl_ms]
         for hop in rows:
             if not len(hop):
                 continue
             hop_key = hop.hop_key
             codec = self.codec(hop_key)
+            head_args = list(self._head[hop_key])
             entity = hop.entity
             if entity.dtype == object:
                 entity = np.array([self.entity(hop_key, e) for e in entity.tolist()], dtype=object)
             keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
-                                                self.horizon_ns)
+                                                self.horizons[hop_key])
             keys = self._keys_of(hop_key, entity[first])
             if self._packed[hop_key]:
                 # each window's new rows back to back: slices of one buffer, no per-row objects
@@ -525,7 +529,7 @@ class RedisWindowStore(BaseWindowStore):
             if entity.dtype == object:
                 entity = np.array([self.entity(hop.hop_key, e) for e in entity.tolist()], dtype=object)
             keep, bounds, first = prune_grouped(entity, hop.event_time, hop.event_id, codec.hop.max_len,
-                                                self.horizon_ns)
+                                                self.horizons[hop.hop_key])
             keys = self._keys_of(hop.hop_key, entity[first])
             keep_list, bounds = keep.tolist(), bounds.tolist()
             hop_key = hop.hop_key
@@ -540,7 +544,7 @@ class RedisWindowStore(BaseWindowStore):
             hop_of[key] = hop_key
             merged.add(key)
         for key in merged:
-            batch[key] = prune_batch(batch[key], self.codecs[hop_of[key]].hop.max_len, self.horizon_ns)
+            batch[key] = prune_batch(batch[key], self.codecs[hop_of[key]].hop.max_len, self.horizons[hop_of[key]])
         return batch, hop_of
 
     def _send(self, rows: dict[bytes, list[bytes]], hop_of: dict[bytes, str]) -> int:
@@ -548,14 +552,15 @@ class RedisWindowStore(BaseWindowStore):
         if not rows:
             return 0
         calls = []
-        by_hop: dict[str, list[bytes]] = defaultdict(list)
+        by_hop: dict[Any, list[bytes]] = defaultdict(list)
         for k in rows:
-            by_hop[hop_of[k] if self._packed[hop_of[k]] else ""].append(k)  # "": the sorted-set windows
+            # packed: one call per hop; sorted sets: hops of the same caps share calls
+            by_hop[hop_of[k] if self._packed[hop_of[k]] else self._head[hop_of[k]]].append(k)
         for hop_key, keys in by_hop.items():
             for group in self._groups(keys):
                 call_keys = [keys[i] for i in group]
-                args = [*self._horizon, self._ttl_ms]
-                if hop_key:  # packed: one hop per call
+                args = list(self._head[hop_of[call_keys[0]]])
+                if isinstance(hop_key, str):  # packed: one hop per call
                     args += [self._max_len[hop_key], self._width[hop_key]]
                     args += [b"".join(rows[k]) for k in call_keys]
                     calls.append((PACKED_APPEND_LUA, call_keys, args))
@@ -583,14 +588,14 @@ class RedisWindowStore(BaseWindowStore):
         round trip."""
         anchors = self.as_of_list(keys, as_of)
         redis_keys = [self.redis_key(h, e) for h, e in keys]
-        bounds: dict[int, tuple[bytes, bytes] | None] = {}
-        for t in anchors:
-            if t not in bounds:
-                lo, hi = self.plan.rti_bounds(t)
-                bounds[t] = (time_key(lo), time_key(hi)) if hi > lo else None
+        bounds: dict[tuple[str, int], tuple[bytes, bytes] | None] = {}
+        for (hop_key, _), t in zip(keys, anchors):
+            if (hop_key, t) not in bounds:
+                lo, hi = self.plan.window_bounds(hop_key, t)
+                bounds[(hop_key, t)] = (time_key(lo), time_key(hi)) if hi > lo else None
         commands, order = [], []
         for i, (hop_key, _) in enumerate(keys):
-            b = bounds[anchors[i]]
+            b = bounds[(hop_key, anchors[i])]
             if b is None:
                 continue
             if self._packed[hop_key]:  # the whole window (at most max_len rows), cut below
@@ -610,7 +615,7 @@ class RedisWindowStore(BaseWindowStore):
             for i, reply in zip(order, replies):
                 hop_key = keys[i][0]
                 if self._packed[hop_key]:
-                    lo, hi = bounds[anchors[i]]
+                    lo, hi = bounds[(hop_key, anchors[i])]
                     rows[i] = select_packed(reply or b"", self.codecs[hop_key].fixed_size, lo, hi,
                                             self.codecs[hop_key].hop.max_len)
                 else:

@@ -19,6 +19,12 @@ Time semantics (shared by every package; all instants are int64 nanoseconds sinc
   look-back horizon of the real-time history; the interval is half-open so an event is never
   part of its own history. The same bounds are applied by every window store
   (:meth:`ServingPlan.rti_bounds`), offline and online alike.
+* Label feedback (``label_feedback``, optional): labels of facts (e.g. chargebacks) arrive
+  later on their own stream, as rows of a label table whose time column is the instant the
+  label became *known* (default: the labelled fact's time + ``delay``). Per entity of each
+  label key the stores keep the known labels like a window, ordered by known time; at anchor T
+  horizon h counts the labels with ``T - h <= known < T`` (half-open like RTI: a label known
+  exactly at T is not counted). Tensors ``label:<fact column>:<horizon>:count|positives|rate``.
 * Input timestamps: a client writes a table's timestamps as ISO-8601 strings or as integers in
   the table's ``time_unit`` (default nanoseconds); they become int64 ns at the boundary
   (:mod:`schemas.values`), which also refuses instants outside a plausibility window around the
@@ -57,6 +63,10 @@ DTYPES: dict[str, tuple[str, str]] = {
 }
 
 ANCHOR_TIME = "anchor_time"
+# per label key and horizon: labels known, labels > 0, their ratio (0 without labels)
+LABEL_STATS = ("count", "positives", "rate")
+_UNIT_TAGS = {"nanoseconds": "ns", "microseconds": "us", "milliseconds": "ms", "seconds": "s", "minutes": "min",
+              "hours": "h", "days": "d"}
 DEFAULT_TIME_UNIT = "nanoseconds"
 HOP_ARROW = "->"
 
@@ -98,6 +108,11 @@ class Duration:
 
     def to_dict(self) -> dict:
         return {"value": self.value, "unit": self.unit}
+
+    @property
+    def tag(self) -> str:
+        """Short form for tensor names: ``7d``, ``12h``, ``1.5d``."""
+        return f"{self.value:g}{_UNIT_TAGS[self.unit]}"
 
 
 @dataclass(frozen=True)
@@ -176,10 +191,12 @@ class TensorSpec:
     """One model input: its Triton name, Triton datatype, numpy dtype and where it comes from."""
 
     name: str
-    kind: str  # "anchor" | "fact" | "candidate" | "rti"
+    kind: str  # "anchor" | "fact" | "candidate" | "rti" | "label"
     dtype: str  # plan dtype
     column: str | None = None
     hop_key: str | None = None
+    horizon_ns: int | None = None  # label tensors: the horizon they count over
+    stat: str | None = None  # label tensors: one of LABEL_STATS
 
     @property
     def triton_dtype(self) -> str:
@@ -217,6 +234,32 @@ class Hop:
 
 
 @dataclass(frozen=True)
+class LabelFeedback:
+    """Known labels as a live input (see the module docstring for the time rule).
+
+    ``table``: the label table (its rows are the label events; its time column is when the label
+    became known, its other columns are columns of the fact table with the same name and dtype:
+    the fact's primary key, its time column, the entity keys and ``label``). ``hops``: one per
+    label key, ``fact.fk -> entity.pk -> table.fk``; ``max_len`` = most labels kept per entity.
+    """
+
+    table: str
+    label: str
+    delay: Duration
+    horizons: tuple[Duration, ...]
+    hops: tuple[Hop, ...]
+
+    @property
+    def max_horizon_ns(self) -> int:
+        return max(h.ns for h in self.horizons)
+
+    def to_dict(self) -> dict:
+        return {"table": self.table, "label": self.label, "delay": self.delay.to_dict(),
+                "horizons": [h.to_dict() for h in self.horizons],
+                "keys": {h.key.key: h.max_len for h in self.hops}}
+
+
+@dataclass(frozen=True)
 class ServingPlan:
     name: str
     fact_table: str
@@ -230,6 +273,7 @@ class ServingPlan:
     fact_columns: tuple[str, ...] = ()
     candidate_column: str | None = None  # ranking plans: the fact column a request carries many values of
     max_candidates: int = 0
+    label_feedback: LabelFeedback | None = None
 
     # ----- derived names -------------------------------------------------------------------
     @property
@@ -240,23 +284,46 @@ class ServingPlan:
     def hop_keys(self) -> tuple[str, ...]:
         return tuple(h.key.key for h in self.hops)
 
+    @cached_property
+    def label_hops(self) -> tuple[Hop, ...]:
+        """The label keys' windows (known labels per entity); none without label feedback."""
+        return self.label_feedback.hops if self.label_feedback else ()
+
+    @cached_property
+    def stored_hops(self) -> tuple[Hop, ...]:
+        """Every window a store keeps and a fact row reads: RTI hops, then label keys."""
+        return self.hops + self.label_hops
+
+    @cached_property
+    def _hops_by_key(self) -> dict[str, Hop]:
+        return {h.key.key: h for h in self.stored_hops}
+
     def hop(self, key: str) -> Hop:
-        for h in self.hops:
-            if h.key.key == key:
-                return h
-        raise KeyError(f"unknown hop key {key!r}; plan has {list(self.hop_keys)}")
+        h = self._hops_by_key.get(key)
+        if h is None:
+            raise KeyError(f"unknown hop key {key!r}; plan has {list(self._hops_by_key)}")
+        return h
+
+    @cached_property
+    def label_hop_keys(self) -> frozenset[str]:
+        return frozenset(h.key.key for h in self.label_hops)
+
+    def is_label_hop(self, key: str) -> bool:
+        return key in self.label_hop_keys
 
     @cached_property  # derived from frozen fields: ingestion asks per event
     def hops_by_interaction_table(self) -> dict[str, tuple[Hop, ...]]:
-        """The hops each table feeds (tables that feed none are absent)."""
+        """The windows each table feeds (tables that feed none are absent); the label table
+        feeds the label keys."""
         out: dict[str, list[Hop]] = {}
-        for hop in self.hops:
+        for hop in self.stored_hops:
             out.setdefault(hop.key.target.table, []).append(hop)
         return {t: tuple(h) for t, h in out.items()}
 
     @cached_property
     def interaction_columns(self) -> dict[str, tuple[str, ...]]:
-        """Per interaction table, every column an append needs: hop columns, join keys, time, id."""
+        """Per interaction table, every column an append needs: hop columns, join keys, time, id
+        (label table: also the fact time, the default of a missing known time)."""
         out = {}
         for table, hops in self.hops_by_interaction_table.items():
             spec = self.tables[table]
@@ -264,6 +331,8 @@ class ServingPlan:
             cols[spec.time_column] = None
             if spec.primary_key:
                 cols[spec.primary_key] = None
+            if self.label_feedback and table == self.label_feedback.table:
+                cols[self.fact.time_column] = None
             out[table] = tuple(cols)
         return out
 
@@ -310,6 +379,12 @@ class ServingPlan:
                 specs.append(
                     TensorSpec(f"{hop.key.key}:{col}", "rti", table.columns[col], column=col, hop_key=hop.key.key)
                 )
+        if self.label_feedback:
+            for hop in self.label_hops:
+                for horizon in self.label_feedback.horizons:
+                    for stat in LABEL_STATS:
+                        specs.append(TensorSpec(f"label:{hop.key.source}:{horizon.tag}:{stat}", "label", "float32",
+                                                hop_key=hop.key.key, horizon_ns=horizon.ns, stat=stat))
         return tuple(specs)
 
     @cached_property  # derived from frozen fields: computed once per plan
@@ -320,6 +395,23 @@ class ServingPlan:
     def rti_bounds(self, anchor_time_ns: int) -> tuple[int, int]:
         """Half-open event-time interval ``[lo, hi)`` of interactions visible at the anchor."""
         return anchor_time_ns - self.real_time_offset.ns, anchor_time_ns
+
+    def window_bounds(self, hop_key: str, anchor_time_ns: int) -> tuple[int, int]:
+        """Half-open interval ``[lo, hi)`` of the rows of window ``hop_key`` visible at the anchor:
+        :meth:`rti_bounds` for RTI hops; for label keys the known times within the longest horizon."""
+        if hop_key in self.label_hop_keys:
+            return anchor_time_ns - self.label_feedback.max_horizon_ns, anchor_time_ns
+        return self.rti_bounds(anchor_time_ns)
+
+    def window_horizon_ns(self, hop_key: str) -> int:
+        """How far back from its newest row a window must keep rows (the store's age cap)."""
+        lo, hi = self.window_bounds(hop_key, 0)
+        return hi - lo
+
+    @cached_property
+    def lookback_ns(self) -> int:
+        """The longest look-back of any window (what a rebuild replays)."""
+        return max([self.real_time_offset.ns] + [self.window_horizon_ns(h.key.key) for h in self.label_hops])
 
     def embedding_snapshot_bounds(self, anchor_time_ns: int) -> tuple[int, int]:
         """Closed interval ``[lo, hi]`` of admissible embedding snapshot times for the anchor."""
@@ -364,6 +456,8 @@ class ServingPlan:
             out["label"] = self.label
         if self.is_ranking:
             out["ranking"] = {"candidate_column": self.candidate_column, "max_candidates": self.max_candidates}
+        if self.label_feedback:
+            out["label_feedback"] = self.label_feedback.to_dict()
         return out
 
     def to_yaml(self) -> str:
@@ -380,12 +474,15 @@ class ServingPlan:
         }
         if self.is_ranking:  # absent for scoring plans: their fingerprints are unchanged
             payload["ranking"] = [self.candidate_column, self.max_candidates]
+        if self.label_feedback:  # absent without label feedback: those fingerprints are unchanged
+            payload["label_feedback"] = self.label_feedback.to_dict()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----- parsing -------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label", "ranking"}
+_TOP_KEYS = {"name", "fact_table", "fact_columns", "tables", "distillation", "label", "ranking", "label_feedback"}
+_LABEL_FEEDBACK_KEYS = {"table", "label", "delay", "horizons", "keys"}
 _RANKING_KEYS = {"candidate_column", "max_candidates"}
 _TABLE_KEYS = {"columns", "primary_key", "time_column", "foreign_keys", "time_unit", "constraints"}
 _CONSTRAINT_KEYS = {"min", "max"}
@@ -465,6 +562,112 @@ def _parse_constraint(cols: Mapping, col: str, raw: Any, where: str) -> ValueCon
     return ValueConstraint(**bounds)
 
 
+def _parse_hop_key(key: Any, max_len: Any, where: str, tables: Mapping[str, TableSpec], fact: TableSpec,
+                   fact_columns: tuple[str, ...]) -> HopKey:
+    """A hop key ``fact.fk -> entity.pk -> table.fk`` and its ``max_len``, checked against the tables."""
+    fact_name = fact.name
+    hop = HopKey.parse(key, where)
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise PlanError(where, f"max_len must be an integer > 0, got {max_len!r}")
+    for seg_name, ref in (("segment 1", hop.source), ("segment 2", hop.entity), ("segment 3", hop.target)):
+        if ref.table not in tables:
+            raise PlanError(f"{where} ({seg_name})", f"unknown table {ref.table!r}")
+        if ref.column not in tables[ref.table].columns:
+            raise PlanError(f"{where} ({seg_name})", f"unknown column {ref}")
+    if hop.source.table != fact_name:
+        raise PlanError(f"{where} (segment 1)", f"must start at the fact table {fact_name!r}")
+    if tables[hop.entity.table].primary_key != hop.entity.column:
+        raise PlanError(f"{where} (segment 2)", f"{hop.entity} must be the primary key of {hop.entity.table}")
+    if fact.foreign_keys.get(hop.source.column) != hop.entity.table:
+        raise PlanError(f"{where} (segment 1)",
+                        f"{hop.source} must be a foreign key to {hop.entity.table} in tables.{fact_name}.foreign_keys")
+    target = tables[hop.target.table]
+    if target.foreign_keys.get(hop.target.column) != hop.entity.table:
+        raise PlanError(f"{where} (segment 3)",
+                        f"{hop.target} must be a foreign key to {hop.entity.table}")
+    if target.time_column is None:
+        raise PlanError(f"tables.{target.name}.time_column", f"interaction table of hop {key!r} needs a time column")
+    if hop.source.column not in fact_columns:
+        raise PlanError(f"{where} (segment 1)", f"{hop.source} must be a fact column: windows are looked up by it")
+    return hop
+
+
+def _parse_label_feedback(raw: Any, tables: Mapping[str, TableSpec], fact: TableSpec, fact_columns: tuple[str, ...],
+                          hops: list[Hop], ranking: bool) -> LabelFeedback | None:
+    if raw is None:
+        return None
+    raw = _mapping(raw, "label_feedback")
+    _reject_unknown(raw, _LABEL_FEEDBACK_KEYS, "label_feedback")
+    for key in sorted(_LABEL_FEEDBACK_KEYS):
+        if key not in raw:
+            raise PlanError(f"label_feedback.{key}", "missing required field")
+    if ranking:
+        raise PlanError("label_feedback", "ranking plans do not take label feedback")
+    name = raw["table"]
+    if not isinstance(name, str) or name not in tables:
+        raise PlanError("label_feedback.table", f"unknown table {name!r}; tables are {sorted(tables)}")
+    if name == fact.name:
+        raise PlanError("label_feedback.table", "the label table is not the fact table (labels arrive on their own stream)")
+    spec = tables[name]
+    where = f"tables.{name}"
+    if spec.time_column is None:
+        raise PlanError(f"{where}.time_column", "the label table's time column is when a label became known")
+    if fact.primary_key is None or spec.primary_key != fact.primary_key:
+        raise PlanError(f"{where}.primary_key",
+                        f"must be the fact table's primary key {fact.primary_key!r} (one label per fact)")
+    for col, dtype in spec.columns.items():
+        if col == spec.time_column:
+            continue
+        if col not in fact.columns:
+            raise PlanError(f"{where}.columns.{col}", f"must be a column of the fact table {fact.name!r} "
+                                                      "(a label row is its fact's row plus the known time)")
+        if fact.columns[col] != dtype:
+            raise PlanError(f"{where}.columns.{col}", f"dtype {dtype} differs from {fact.name}.{col} ({fact.columns[col]})")
+    if spec.time_column in fact.columns:
+        raise PlanError(f"{where}.time_column", f"{spec.time_column!r} is a fact column; the known time needs its own name")
+    if fact.time_column not in spec.columns:
+        raise PlanError(f"{where}.columns", f"needs the labelled fact's time {fact.time_column!r} "
+                                            "(a label without a known time is known at fact time + delay)")
+    label = raw["label"]
+    if not isinstance(label, str) or label not in spec.columns or label == spec.time_column:
+        raise PlanError("label_feedback.label", f"{label!r} is not a column of {name}")
+    if spec.columns[label] not in _NUMERIC_DTYPES:
+        raise PlanError("label_feedback.label", f"must be numeric ({', '.join(_NUMERIC_DTYPES)}), {label!r} is "
+                                                f"{spec.columns[label]}")
+    if label in fact_columns:
+        raise PlanError("label_feedback.label", f"{label!r} is a model input of the fact row; a label never is")
+    for hop in hops:
+        if hop.key.target.table == name:
+            raise PlanError("distillation.real_time_interactions",
+                            f"hop {hop.key.key!r} reads the label table; labels are inputs only through label_feedback")
+    delay = Duration.parse(raw["delay"], "label_feedback.delay")
+    horizons_raw = raw["horizons"]
+    if not isinstance(horizons_raw, list) or not horizons_raw:
+        raise PlanError("label_feedback.horizons", "expected a non-empty list of durations")
+    horizons = []
+    for i, h in enumerate(horizons_raw):
+        d = Duration.parse(h, f"label_feedback.horizons[{i}]")
+        if d.ns <= 0:
+            raise PlanError(f"label_feedback.horizons[{i}]", "must be > 0")
+        if any(d.ns == o.ns or d.tag == o.tag for o in horizons):
+            raise PlanError(f"label_feedback.horizons[{i}]", f"{d.value} {d.unit} is listed twice")
+        horizons.append(d)
+    keys = _mapping(raw["keys"], "label_feedback.keys")
+    if not keys:
+        raise PlanError("label_feedback.keys", "expected at least one label key 'fact.fk->entity.pk->labels.fk: max_labels'")
+    label_hops, sources = [], set()
+    for key, max_len in keys.items():
+        kw = f"label_feedback.keys[{key!r}]"
+        hk = _parse_hop_key(key, max_len, kw, tables, fact, fact_columns)
+        if hk.target.table != name:
+            raise PlanError(f"{kw} (segment 3)", f"must end in the label table {name!r}")
+        if hk.source.column in sources:
+            raise PlanError(kw, f"{hk.source} already keys a label window")
+        sources.add(hk.source.column)
+        label_hops.append(Hop(key=hk, max_len=max_len, columns=(label, spec.time_column)))
+    return LabelFeedback(table=name, label=label, delay=delay, horizons=tuple(horizons), hops=tuple(label_hops))
+
+
 def parse_plan(raw: Any) -> ServingPlan:
     """Validate a plan dict (as loaded from YAML) and return the typed plan."""
     raw = _mapping(raw, "plan")
@@ -541,29 +744,8 @@ def parse_plan(raw: Any) -> ServingPlan:
     hops = []
     for key, max_len in rti.items():
         where = f"distillation.real_time_interactions[{key!r}]"
-        hop = HopKey.parse(key, where)
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-            raise PlanError(where, f"max_len must be an integer > 0, got {max_len!r}")
-        for seg_name, ref in (("segment 1", hop.source), ("segment 2", hop.entity), ("segment 3", hop.target)):
-            if ref.table not in tables:
-                raise PlanError(f"{where} ({seg_name})", f"unknown table {ref.table!r}")
-            if ref.column not in tables[ref.table].columns:
-                raise PlanError(f"{where} ({seg_name})", f"unknown column {ref}")
-        if hop.source.table != fact_name:
-            raise PlanError(f"{where} (segment 1)", f"must start at the fact table {fact_name!r}")
-        if tables[hop.entity.table].primary_key != hop.entity.column:
-            raise PlanError(f"{where} (segment 2)", f"{hop.entity} must be the primary key of {hop.entity.table}")
-        if fact.foreign_keys.get(hop.source.column) != hop.entity.table:
-            raise PlanError(f"{where} (segment 1)",
-                            f"{hop.source} must be a foreign key to {hop.entity.table} in tables.{fact_name}.foreign_keys")
+        hop = _parse_hop_key(key, max_len, where, tables, fact, fact_columns)
         target = tables[hop.target.table]
-        if target.foreign_keys.get(hop.target.column) != hop.entity.table:
-            raise PlanError(f"{where} (segment 3)",
-                            f"{hop.target} must be a foreign key to {hop.entity.table}")
-        if target.time_column is None:
-            raise PlanError(f"tables.{target.name}.time_column", f"interaction table of hop {key!r} needs a time column")
-        if hop.source.column not in fact_columns:
-            raise PlanError(f"{where} (segment 1)", f"{hop.source} must be a fact column: windows are looked up by it")
         if key in rti_cols:
             cols = tuple(rti_cols[key])
             for i, col in enumerate(cols):
@@ -581,6 +763,8 @@ def parse_plan(raw: Any) -> ServingPlan:
         hops.append(Hop(key=hop, max_len=max_len, columns=cols))
 
     candidate_column, max_candidates = _parse_ranking(raw.get("ranking"), fact, fact_columns, hops)
+    label_feedback = _parse_label_feedback(raw.get("label_feedback"), tables, fact, fact_columns, hops,
+                                           candidate_column is not None)
 
     return ServingPlan(
         name=str(raw["name"]),
@@ -595,6 +779,7 @@ def parse_plan(raw: Any) -> ServingPlan:
         fact_columns=fact_columns,
         candidate_column=candidate_column,
         max_candidates=max_candidates,
+        label_feedback=label_feedback,
     )
 
 

@@ -45,6 +45,7 @@ AVRO_DIR = Path(__file__).with_name("avro")
 # Built-in schema name -> subject (TopicNameStrategy-like: one value subject per stream).
 BUILTIN_SUBJECTS = {
     "transaction": "transactions-value",
+    "transaction_label": "transaction-labels-value",  # label events (plan `fraud_labels`)
     "interaction": "interactions-value",
     "score": "scores-value",
     "dead_letter": "dead-letters-value",

@@ -3,8 +3,12 @@
 * :func:`interactions_of` turns one row of an interaction table into the window appends it
   causes (one per hop whose interaction table it belongs to). Live ingestion, backfill, offline
   replay and the scorer's optional self-append all call it.
-* :func:`window_keys` names the windows a fact row needs; a window store answers them as of the
-  anchor time with :meth:`ServingPlan.rti_bounds`.
+* :func:`window_keys` names the windows a fact row needs (RTI hops, then label keys); a window
+  store answers them as of the anchor time with :meth:`ServingPlan.window_bounds`.
+* Label feedback: a label event is a row of the plan's label table; :func:`interactions_of` turns
+  it into appends to the label windows, ordered by the time the label became known
+  (:func:`with_known_time`: the event's known time, else the fact's time + ``delay``), and
+  :func:`build_tensors` counts them per horizon (:func:`label_stats`).
 * :func:`build_tensors` assembles the model inputs of one fact row, exactly the tensors of the
   plan, in the seed request's shapes: ``[1, 1]`` for ``anchor_time`` and the fact row, and
   ``[1, seq_len, 1]`` (actual length, no padding) for each RTI column. For a ranking plan the
@@ -188,6 +192,20 @@ class Window:
 WindowKey = tuple[str, Any]  # (hop key, entity id)
 
 
+def with_known_time(plan: ServingPlan, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A label row with its known time: as given, or (missing or null) the labelled fact's time
+    plus the plan's ``label_feedback.delay`` -- the one place that default is applied."""
+    fb = plan.label_feedback
+    known_col = plan.tables[fb.table].time_column
+    if row.get(known_col) is not None:
+        return row
+    fact_col = plan.fact.time_column
+    if row.get(fact_col) is None:
+        raise RowError(f"{fb.table}.{fact_col}", "missing field (a label without a known time is known at "
+                                                 "this time + delay)")
+    return {**row, known_col: to_ns(row[fact_col], f"{fb.table}.{fact_col}") + fb.delay.ns}
+
+
 def interactions_of(plan: ServingPlan, table: str, row: Mapping[str, Any]) -> list[tuple[str, Any, Interaction]]:
     """The window appends caused by one row of ``table``: ``(hop_key, entity_id, interaction)``.
 
@@ -199,6 +217,8 @@ def interactions_of(plan: ServingPlan, table: str, row: Mapping[str, Any]) -> li
     hops = plan.hops_by_interaction_table.get(table)
     if not hops:
         return []
+    if plan.label_feedback is not None and table == plan.label_feedback.table and isinstance(row, Mapping):
+        row = with_known_time(plan, row)
     typed = coerce_row(plan, table, row, columns=plan.interaction_columns[table])  # once per row, not per hop
     if spec.primary_key:
         event_id = event_id_int(typed[spec.primary_key])
@@ -414,9 +434,9 @@ def interactions_of_rows(plan: ServingPlan, table: str, rows: Sequence[Any]) -> 
 
 
 def window_keys(plan: ServingPlan, fact_row: Mapping[str, Any]) -> list[WindowKey]:
-    """The windows a fact row needs, one per hop, in plan order."""
+    """The windows a fact row needs, one per hop (RTI hops, then label keys), in plan order."""
     keys = []
-    for hop in plan.hops:
+    for hop in plan.stored_hops:
         col = hop.key.source.column
         if col not in fact_row:
             raise RowError(f"{plan.fact_table}.{col}", "missing field (needed to find its real-time window)")
@@ -459,6 +479,25 @@ def coerce_candidates(plan: ServingPlan, candidates: Any) -> list[Any]:
     return [coerce_value(dtype, c, f"candidates[{i}]") for i, c in enumerate(candidates)]
 
 
+def label_stats(plan: ServingPlan, window: Window, anchor_time: int) -> dict[tuple[int, str], float]:
+    """``(horizon ns, stat) -> value`` of one label window as of the anchor: per horizon h the
+    labels with ``T - h <= known time < T`` (``count``), those with a label > 0 (``positives``)
+    and their ratio (``rate``, 0 without labels). The window comes from the store, already cut to
+    ``[T - longest horizon, T)``; the bounds are applied again so any longer window gives the same."""
+    fb = plan.label_feedback
+    known = np.asarray(window.event_time, np.int64)
+    positive = np.asarray(window.columns[fb.label], np.float64) > 0
+    out = {}
+    for horizon in fb.horizons:
+        inside = (known >= anchor_time - horizon.ns) & (known < anchor_time)
+        count = int(inside.sum())
+        pos = int((inside & positive).sum())
+        out[(horizon.ns, "count")] = float(count)
+        out[(horizon.ns, "positives")] = float(pos)
+        out[(horizon.ns, "rate")] = pos / count if count else 0.0
+    return out
+
+
 def build_tensors(plan: ServingPlan, fact_row: Mapping[str, Any], windows: Mapping[str, Window],
                   anchor_time: int | None = None, candidates: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
     """The model inputs for one fact row, named and shaped exactly as in ``config.pbtxt``.
@@ -478,9 +517,17 @@ def build_tensors(plan: ServingPlan, fact_row: Mapping[str, Any], windows: Mappi
     else:
         typed = coerce_row(plan, plan.fact_table, fact_row, columns=plan.fact_columns)
     out: dict[str, np.ndarray] = {}
+    stats: dict[str, dict[tuple[int, str], float]] = {}
     for spec in plan.tensors:
         if spec.kind == "anchor":
             out[spec.name] = np.array([[anchor_time]], dtype=np.int64)
+        elif spec.kind == "label":
+            if spec.hop_key not in stats:
+                window = windows.get(spec.hop_key)
+                if window is None:
+                    raise RowError(spec.hop_key, "no window given for this label key")
+                stats[spec.hop_key] = label_stats(plan, window, anchor_time)
+            out[spec.name] = np.array([[stats[spec.hop_key][(spec.horizon_ns, spec.stat)]]], dtype=np.float32)
         elif spec.kind == "fact":
             out[spec.name] = _column_array(spec, [typed[spec.column]]).reshape(1, 1)
         elif spec.kind == "candidate":
@@ -617,5 +664,5 @@ __all__ = [
     "ANCHOR_TIME", "PAD_CANDIDATE", "PAD_TIME", "Interaction", "RowError", "Window", "WindowKey", "anchor_time_of", "build_tensors",
     "check_tensors", "coerce_candidates", "coerce_row", "coerce_value", "describe", "event_id_int", "from_triton_json", "interactions_of",
     "HopRows", "InteractionBatch", "MISSING", "ROW_CHECK_ERRORS", "interactions_of_columns", "interactions_of_rows", "interactions_or_error",
-    "stack_requests", "to_ns", "to_triton_json", "window_keys",
+    "label_stats", "stack_requests", "to_ns", "to_triton_json", "window_keys", "with_known_time",
 ]

@@ -61,13 +61,17 @@ class IngestSettings:
                             shutdown_grace_s=self.shutdown_grace_s, backoff=self.backoff)
 
 
-def default_topics(plan: ServingPlan, topics: list[str]) -> dict[str, str]:
-    """Map the configured interaction topics onto the plan's one interaction table."""
+def default_topics(plan: ServingPlan, topics: list[str], labels_topic: str | None = None) -> dict[str, str]:
+    """Map the configured interaction topics onto the plan's one interaction table, and the label
+    topic onto the label table of a plan with label feedback."""
     tables = sorted({h.key.target.table for h in plan.hops})
     if len(tables) != 1:
         raise ValueError(f"ingest.topics: plan {plan.name!r} has interaction tables {tables}; "
                          "map each topic explicitly (ingest.topics: {topic: table} or --topic TOPIC=TABLE)")
-    return {t: tables[0] for t in topics}
+    out = {t: tables[0] for t in topics}
+    if plan.label_feedback is not None and labels_topic:
+        out[labels_topic] = plan.label_feedback.table
+    return out
 
 
 def scorer_owned_topics(topics: Iterable[str], dead_letters: str, scorer_topics: Iterable[str],
@@ -137,7 +141,7 @@ class IngestService:
         for i, (path, _table) in enumerate(settings.backfill_sources):
             if not Path(path).is_file():
                 raise ValueError(f"ingest.backfill_sources[{i}].path: no such file {path!r}")
-        rebuild = StateRebuild(self.consumer, store, settings.topics, plan.real_time_offset.ns,
+        rebuild = StateRebuild(self.consumer, store, settings.topics, plan.lookback_ns,
                                metrics=self.metrics, check_interval_s=settings.state_check_interval_s,
                                backfill=self._reload_backfill if settings.backfill_sources else None)
         self.loop = IngestLoop(self.consumer, store, self.decoder, self.dlq, self.metrics,

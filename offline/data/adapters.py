@@ -35,10 +35,12 @@ def _iso(ns: int) -> str:
     return str(pd.Timestamp(int(ns), unit="ns").date())
 
 
-def fraud_project(out_dir: str | Path, cfg=None, test_start: str | None = None) -> Path:
+def fraud_project(out_dir: str | Path, cfg=None, test_start: str | None = None, plan_name: str = "fraud") -> Path:
     """Simulated card transactions; base tasks: fraud at the customer / terminal within 7 days
     and the fraud label of each transaction (also the serving task). The test period defaults to the
-    protocol's (``offline.evaluate.SplitConfig``, fitted to the data length)."""
+    protocol's (``offline.evaluate.SplitConfig``, fitted to the data length). ``plan_name``: the
+    built-in serving plan (``fraud_labels``: with label feedback; its label table is derived from
+    the transactions' labels, so the project has no table of its own for it)."""
     from offline.datasets.fraud import FraudSimConfig, generate_dataset
     from offline.evaluate import SplitConfig
 
@@ -74,7 +76,7 @@ def fraud_project(out_dir: str | Path, cfg=None, test_start: str | None = None) 
                     "task": {"name": "tx_fraud", "kind": "fact_label", "table": "transactions", "label": "tx_fraud"}},
         "split": {"test_start": test_start, "test_days": 7, "warmup_days": 30},
     }
-    return _save(out, spec, "fraud")
+    return _save(out, spec, plan_name)
 
 
 def complete_journey_project(out_dir: str | Path, max_rows: int | None = None, session_seed: int = 0,

@@ -413,8 +413,17 @@ def _load_serving_plan(spec: ProjectSpec, root: Path) -> ServingPlan | None:
 
 def _check_plan(spec: ProjectSpec, plan: ServingPlan) -> None:
     """The plan's tables are project tables with the same keys, and no project label column is
-    a real-time input (the plan only knows its own single label)."""
+    a real-time input (the plan only knows its own single label). A plan's label table (label
+    feedback) need not be a project table: its rows are the fact table's labels, known after the
+    plan's delay; its label must then be a label column of the fact table."""
+    fb = plan.label_feedback
+    if fb is not None and fb.table not in spec.tables and fb.label not in spec.tables[plan.fact_table].labels:
+        raise SpecError("serving.plan.label_feedback.label",
+                        f"{plan.fact_table}.{fb.label} is not a label column of the project (the label table "
+                        f"{fb.table!r} is derived from it)")
     for name, pt in plan.tables.items():
+        if fb is not None and name == fb.table and name not in spec.tables:
+            continue
         where = f"serving.plan.tables.{name}"
         if name not in spec.tables:
             raise SpecError(where, f"not a table of the project; tables: {sorted(spec.tables)}")

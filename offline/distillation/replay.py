@@ -20,6 +20,12 @@ row that is still visible at T).
   ``prefill=True`` the store first holds every given interaction, as an online re-score sees it
   (the demo's parity reference).
 
+Label feedback (plans with ``label_feedback``): the label table is one more hop table. Its rows
+are the label events, ordered by the time each label became known (given, or the fact's time +
+``delay``: :func:`schemas.tensors.with_known_time`), so a query at T reads exactly the labels
+known strictly before T. Without a label table the replay derives it from the fact rows' labels
+(:func:`label_rows`): every fact is labelled, known at its time + ``delay``.
+
 Rows are :class:`TrainingRows`; ``batch(idx)`` stacks them with
 :func:`schemas.tensors.stack_requests`, exactly what the Triton model does with the requests of
 one ``execute()``.
@@ -38,7 +44,7 @@ from tqdm.auto import tqdm
 from rti_store import MemoryWindowStore
 from schemas.plan import ServingPlan
 from schemas.tensors import (PAD_CANDIDATE, Window, anchor_time_of, build_tensors, interactions_of, stack_requests,
-                             to_ns, window_keys)
+                             to_ns, window_keys, with_known_time)
 
 # candidates(i, windows) -> (candidate ids, their labels): the candidates of query i, chosen with
 # its windows as of the anchor (nothing later).
@@ -162,8 +168,44 @@ class TrainingRows:
 # ----- the replay ------------------------------------------------------------------------------
 
 def _interaction_tables(plan: ServingPlan) -> tuple[str, ...]:
-    """The tables whose rows feed the hops (what the replay appends); the fact table if none."""
-    return tuple(sorted({hop.key.target.table for hop in plan.hops})) or (plan.fact_table,)
+    """The tables whose rows feed the windows (what the replay appends); the fact table if none."""
+    return tuple(sorted({hop.key.target.table for hop in plan.stored_hops})) or (plan.fact_table,)
+
+
+def label_rows(plan: ServingPlan, facts: pd.DataFrame) -> pd.DataFrame:
+    """The label table of a plan with label feedback, from fact rows that carry the label: one
+    label per fact, known at the fact's time + ``label_feedback.delay`` (what the label stream
+    of a deployment with a constant delay carries)."""
+    fb = plan.label_feedback
+    if fb is None:
+        raise ValueError(f"plan {plan.name!r} has no label_feedback")
+    spec = plan.tables[fb.table]
+    missing = [c for c in spec.columns if c != spec.time_column and c not in facts.columns]
+    if missing:
+        raise ValueError(f"facts.{missing[0]}: missing column (the label table {fb.table!r} needs it)")
+    out = facts[[c for c in spec.columns if c != spec.time_column]].copy()
+    out[spec.time_column] = facts[plan.fact.time_column].to_numpy(np.int64) + fb.delay.ns
+    return out[list(spec.columns)]
+
+
+def _known_times(plan: ServingPlan, table: str, interactions):
+    """Label rows with every known time filled in (:func:`with_known_time`); others unchanged."""
+    fb = plan.label_feedback
+    if fb is None or table != fb.table:
+        return interactions
+    known, fact_time = plan.tables[table].time_column, plan.fact.time_column
+    if isinstance(interactions, pd.DataFrame):
+        if known not in interactions.columns:
+            interactions = interactions.assign(**{known: pd.Series([None] * len(interactions), dtype=object,
+                                                                   index=interactions.index)})
+        col = interactions[known]
+        if not col.isna().any():
+            return interactions
+        filled = [to_ns(v, f"{table}.{known}") if v is not None and not pd.isna(v) else
+                  to_ns(t, f"{table}.{fact_time}") + fb.delay.ns
+                  for v, t in zip(col.astype(object).tolist(), interactions[fact_time].tolist())]
+        return interactions.assign(**{known: np.asarray(filled, np.int64)})
+    return [with_known_time(plan, r) for r in interactions]
 
 
 Interactions = pd.DataFrame | Sequence[Mapping]
@@ -191,9 +233,9 @@ def _interaction_records(plan: ServingPlan, table: str, interactions, facts: Seq
     if isinstance(interactions, pd.DataFrame):
         times = interactions[tcol].to_numpy(np.int64)
         keep = (times >= lo) & (times < hi)
-        if plan.hops:  # windows are per entity: rows of entities no query reads are never read
+        if plan.stored_hops:  # windows are per entity: rows of entities no query reads are never read
             needed = np.zeros(len(interactions), bool)
-            for hop in plan.hops:
+            for hop in plan.stored_hops:
                 if hop.key.target.table != table:
                     continue
                 ids = {f[hop.key.source.column] for f in facts}
@@ -238,7 +280,7 @@ def replay(plan: ServingPlan, interactions: Interactions | Mapping[str, Interact
                else np.asarray(anchors, np.int64))
     if anchors.shape != (n,):
         raise ValueError(f"anchors: {anchors.shape[0]} anchors for {n} fact rows")
-    lo, _ = plan.rti_bounds(int(anchors.min()))
+    lo = int(anchors.min()) - plan.lookback_ns
     if prefill:
         lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
     else:
@@ -247,7 +289,7 @@ def replay(plan: ServingPlan, interactions: Interactions | Mapping[str, Interact
     # tables at equal times changes no window.
     records, times, tables = [], [], []
     for t, rows in _by_table(plan, interactions).items():
-        recs, ts = _interaction_records(plan, t, rows, facts, lo, hi)
+        recs, ts = _interaction_records(plan, t, _known_times(plan, t, rows), facts, lo, hi)
         records.extend(recs)
         times.append(ts)
         tables.extend([t] * len(recs))
@@ -257,7 +299,7 @@ def replay(plan: ServingPlan, interactions: Interactions | Mapping[str, Interact
     store = (store_factory or MemoryWindowStore)(plan)
     order = np.argsort(anchors, kind="stable")
     bounds = np.flatnonzero(np.diff(anchors[order])) + 1
-    n_hops = len(plan.hops)
+    n_hops = len(plan.stored_hops)  # windows per query: RTI hops and label keys (window_keys)
     pos = 0
     bar = tqdm(total=n, desc=desc, unit="row", disable=not progress, mininterval=1.0)
     try:
@@ -320,13 +362,17 @@ def replay_rows(plan: ServingPlan, events: pd.DataFrame, score_mask: np.ndarray 
     """Rows of the scored events (``score_mask``; default all) of a scoring plan, point-in-time.
 
     ``events`` is the plan's fact table; hops that read other tables (a second fact table, e.g.
-    logins next to payments) get their rows from ``other_tables``. Rows are in the order of the
-    frame; ``row_index`` is the position.
+    logins next to payments) get their rows from ``other_tables``. With label feedback the label
+    table is ``other_tables[<label table>]`` if given, else :func:`label_rows` of ``events``.
+    Rows are in the order of the frame; ``row_index`` is the position.
     """
     score_mask = np.ones(len(events), bool) if score_mask is None else np.asarray(score_mask, bool)
     if not score_mask.any():
         raise ValueError("score_mask: no event to score")
     interactions = {**(other_tables or {}), plan.fact_table: events}
+    fb = plan.label_feedback
+    if fb is not None and fb.table not in interactions:
+        interactions[fb.table] = label_rows(plan, events)
     scored = np.flatnonzero(score_mask)
     facts = _records(events.iloc[scored], list(plan.fact.columns))
     return build_rows(plan, interactions, facts, events[plan.fact.time_column].to_numpy(np.int64)[scored],
@@ -360,5 +406,5 @@ def replay_ranking_rows(plan: ServingPlan, interactions: pd.DataFrame, examples:
                       progress=progress, store_factory=store_factory, desc=desc)
 
 
-__all__ = ["CandidateFn", "TrainingRows", "build_rows", "check_examples", "replay", "replay_ranking_rows",
+__all__ = ["CandidateFn", "TrainingRows", "build_rows", "check_examples", "label_rows", "replay", "replay_ranking_rows",
            "replay_requests", "replay_rows"]

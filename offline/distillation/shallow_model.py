@@ -123,6 +123,7 @@ class FeatureLayout:
     hop_match: dict = field(default_factory=dict)  # hop -> columns compared for equality with the fact row
     embedding_keys: tuple[str, ...] = ()  # fact columns holding entity ids
     embedding_types: tuple[str, ...] = ()
+    label_inputs: tuple[tuple[str, bool], ...] = ()  # known-label tensors (label feedback): (name, is a rate)
 
     @classmethod
     def of(cls, plan: ServingPlan) -> "FeatureLayout":
@@ -144,13 +145,14 @@ class FeatureLayout:
             h_float[hop.key.key] = tuple(c for c in hop.columns if table.columns[c] in ("float32", "float64"))
             h_match[hop.key.key] = tuple(c for c in hop.columns if table.columns[c] in ("int64", "string")
                                          and c in plan.fact_columns and hop.key.target.table == plan.fact_table)
+        labels = tuple((t.name, t.stat == "rate") for t in plan.tensors if t.kind == "label")
         return cls(tuple(f_float), tuple(f_time), tuple(f_str), plan.hop_keys, h_time, h_float, h_match,
-                   tuple(k.column for k in plan.embedding_keys), plan.embedding_entity_types)
+                   tuple(k.column for k in plan.embedding_keys), plan.embedding_entity_types, labels)
 
     @property
     def n_fact_features(self) -> int:
         per_hop = sum(len(COUNT_HORIZONS_H) + 1 + len(self.hop_float[h]) for h in self.hop_keys)
-        return 2 * len(self.fact_float) + 4 * len(self.fact_time) + 3 + per_hop
+        return 2 * len(self.fact_float) + 4 * len(self.fact_time) + 3 + per_hop + len(self.label_inputs)
 
     def n_token_features(self, hop_key: str) -> int:
         return 2 + 2 * len(SCORING_AGE_PERIODS_H) + 3 + 2 * len(self.hop_float[hop_key]) + len(self.hop_match[hop_key])
@@ -207,6 +209,9 @@ def prepare_batch(plan: ServingPlan, stacked: dict, embedding_table, device="cpu
         out[f"tokens:{h}"] = torch.from_numpy(np.ascontiguousarray(tokens, np.float32)).to(device)
         out[f"valid:{h}"] = torch.from_numpy(valid).to(device)
 
+    for name, is_rate in layout.label_inputs:  # counts on a log scale, rates as they are
+        x = np.asarray(stacked[name], np.float64).reshape(-1)
+        fact_cols.append(x.astype(np.float32) if is_rate else _slog(x))
     out["fact"] = torch.from_numpy(np.stack(fact_cols, axis=1).astype(np.float32)).to(device)
     strings = [_hash_bucket(np.asarray(stacked[f"{ft}.{c}"]).reshape(-1), hash_buckets) for c in layout.fact_string]
     out["strings"] = torch.from_numpy(np.stack(strings, axis=1) if strings else np.zeros((B, 0), np.int64)).to(device)

@@ -84,6 +84,10 @@ def check_plan(plan: ServingPlan) -> None:
     if plan.is_ranking:
         raise RowsPlanError(f"ranking.candidate_column: plan {plan.name!r} is a ranking plan; SQL rows "
                             "are built for scoring plans (use engine='replay')")
+    if plan.label_feedback is not None:
+        # the known-label counts are built by the replay only, for now (engine 'auto' falls back to it)
+        raise RowsPlanError(f"label_feedback: plan {plan.name!r} takes known labels as inputs; SQL rows do not "
+                            "build them yet (use engine='replay')")
     fact = plan.fact
     if not fact.primary_key:
         raise RowsPlanError(f"tables.{fact.name}.primary_key: SQL rows need a primary key (the event id "

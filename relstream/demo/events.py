@@ -39,6 +39,19 @@ def transaction_records(frame) -> list[dict]:
     return out
 
 
+def label_records(frame, known_times: bool = True) -> list[dict]:
+    """Label events (the Avro `TransactionLabel` record) of a label-table frame
+    (``offline.distillation.replay.label_rows``): with its known times, or without them
+    (``known_times=False``: null, the plan's delay applies when ingested)."""
+    out = []
+    for r in frame.to_dict("records"):
+        out.append({"transaction_id": int(r["transaction_id"]), "tx_datetime": int(r["tx_datetime"]),
+                    "customer_id": int(r["customer_id"]), "terminal_id": int(r["terminal_id"]),
+                    "tx_fraud": int(r["tx_fraud"]),
+                    "label_known_at": int(r["label_known_at"]) if known_times else None})
+    return out
+
+
 def admin_client(bootstrap: str):
     from confluent_kafka.admin import AdminClient
 

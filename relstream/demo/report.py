@@ -266,12 +266,13 @@ def format_summary(s: DemoSummary) -> str:
         "================ relstream demo: summary ================",
         f"data          {s.data.get('description', '')}",
         f"streamed      {s.events:,} held-out transactions at {_f(s.offered_rate, 0)} events/s offered",
+        *([f"labels        {s.data['labels']}"] if s.data.get("labels") else []),
         f"scored        {s.scored:,} ({s.unscored} unscored, {s.duplicates} duplicate score records)",
         f"throughput    {_f(s.achieved_rate)} events/s (first produce -> last score consumed)",
         f"latency (ms)  p50 {_f(lat['p50'])}  p90 {_f(lat['p90'])}  p99 {_f(lat['p99'])}  "
         f"max {_f(lat['max'])}   (produce -> score consumed)",
         f"quality       AUC {_f(s.auc_roc, 4)}  AP {_f(s.average_precision, 4)}  "
-        f"(fraud rate {s.fraud_rate:.2%}; labels never streamed)",
+        f"(fraud rate {s.fraud_rate:.2%}; the scored transactions' own labels never streamed)",
         f"flags         {s.degraded} degraded, {s.cold_start} cold-start score records",
     ]
     if s.parity is not None:
@@ -307,6 +308,7 @@ def write_report(s: DemoSummary, stream: StreamMeasurement, out_dir: str | Path)
         "",
         f"- Data: {s.data.get('description', '')}",
         f"- Held-out period streamed through Kafka: {s.data.get('holdout', '')}",
+        *([f"- Label feedback (plan `fraud_labels`): {s.data['labels']}"] if s.data.get("labels") else []),
         f"- Machine: {os.cpu_count()} CPUs shared with other work; 1-minute load average when streaming began: "
         f"{s.data.get('load_avg_at_stream', 'n/a')}",
         "- Path: producer -> Kafka -> `relstream score` (windows from Redis as of each event's time, "

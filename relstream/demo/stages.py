@@ -10,9 +10,12 @@ Stages (each prints its progress and timing; a failure names the stage and shows
  4. embed       daily embeddings of every customer/terminal (`relstream offline embed`)
  5. distill     point-in-time distillation rows + the shallow model (`relstream offline distill`)
  6. export      Triton model repository, loaded into the running Triton (`relstream offline export`)
- 7. backfill    windows from the history before the held-out day (`relstream ingest --backfill`)
+ 7. backfill    windows from the history before the held-out day (`relstream ingest --backfill`), and
+                the labels known by then (plan `fraud_labels`: known labels are model inputs)
  8. services    `relstream ingest` and `relstream score` as subprocesses
- 9. stream      the held-out day produced to Kafka at a fixed rate; every score consumed
+ 9. stream      the held-out day produced to Kafka at a fixed rate, with the label events that become
+                known that day (transactions of a week before: the plan's feedback delay); every
+                score consumed
 10. parity      the same events re-scored from caught-up windows vs the offline model on
                 offline-built tensors (max abs diff <= 1e-5)
 11. http        `relstream serve` and one real curl call
@@ -44,12 +47,13 @@ from relstream.config import load_config, redis_client, serving_plan
 from relstream.stack import LocalStack
 from rti_store import Completeness, RedisWindowStore
 
-from .events import (RateProducer, ScoreCollector, create_topics, open_codec, transaction_records, wait_caught_up,
-                     wait_group_members)
+from .events import (RateProducer, ScoreCollector, create_topics, label_records, open_codec, transaction_records,
+                     wait_caught_up, wait_group_members)
 from .reference import event_time_reference_scores, offline_reference_scores
 from .report import (CurlCall, StageTiming, StreamMeasurement, curl_command, format_summary, parity_of, summarise,
                      token_export, write_report)
-from .tools import (PARITY_TOLERANCE, REPO_ROOT, TOKEN_ENV, TX_FIELDS, DemoError, Service, latest_version_dir,
+from .tools import (LABEL_PLAN, LABEL_SUBJECT, PARITY_TOLERANCE, REPO_ROOT, TOKEN_ENV, TX_FIELDS, DemoError, Service,
+                    latest_version_dir,
                     load_model, relstream_argv, run_step, serve_address, stop_command, wait_http, warm_up,
                     write_service_config)
 
@@ -70,6 +74,7 @@ class DemoOptions:
     http: bool = True
     score_timeout_s: float = 300.0
     threads: int = 1
+    label_feedback: bool = True  # plan fraud_labels: label events on their own topic are model inputs
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Demo:
     TOPIC_SCORES = "relstream.scores"
     TOPIC_SCORES_REPLAY = "relstream.scores.replay"
     TOPIC_DLQ = "relstream.dlq"
+    TOPIC_LABELS = "relstream.transaction-labels"
     API_TOKEN = "demo-token-" + uuid.uuid4().hex[:12]
 
     def __init__(self, opts: DemoOptions, out=sys.stdout):
@@ -118,6 +124,8 @@ class Demo:
         self.stack = None
         self.services: list[Service] = []
         self.collectors: list[ScoreCollector] = []
+        self.labels_history: list[dict] = []
+        self.labels_stream: list[dict] = []
 
     def say(self, text: str) -> None:
         print(f"        {text}", file=self.out, flush=True)
@@ -181,7 +189,8 @@ class Demo:
                                           f"{o.days} days") as d:
             run_step("generate", relstream_argv(None, "offline", "dataset", "fraud", "--out", self.offline_dir,
                                                 "--customers", o.customers, "--terminals", o.terminals,
-                                                "--days", o.days, "--seed", o.seed),
+                                                "--days", o.days, "--seed", o.seed,
+                                                "--plan", LABEL_PLAN if o.label_feedback else "fraud"),
                      self.logs / "generate.log", 1800)
             ds = load_tables(load_project(self.spec))
             self.tx = ds.table("transactions")
@@ -249,6 +258,8 @@ class Demo:
             "holdout": f"day {day} ({len(self.holdout):,} transactions), history {len(self.history):,} transactions",
             "holdout_day": day,
         }
+        if self.o.label_feedback:
+            self.split_labels(lo, hi)
         self.write_config()
         with self.clock.stage("backfill", f"windows from {len(self.history):,} history transactions") as d:
             path = self.run_dir / "history.parquet"
@@ -260,18 +271,51 @@ class Demo:
                 d["text"] = f"{rep['rows']:,} rows -> {rep['interactions']:,} window appends in {rep['seconds']:.1f}s"
             except (ValueError, KeyError, IndexError):
                 d["text"] = tail.strip()[-160:]
+            if self.o.label_feedback:
+                tail = run_step("backfill", relstream_argv(self.config, "ingest", "--backfill", self.labels_file,
+                                                           "--backfill-table", self.label_table, "--no-progress"),
+                                self.logs / "backfill-labels.log", 900)
+                d["text"] += f"; {len(self.labels_history):,} labels known before the held-out day"
+
+    @property
+    def labels_file(self) -> Path:
+        return self.run_dir / "labels-history.parquet"
+
+    def split_labels(self, lo: int, hi: int) -> None:
+        """The label events: one per transaction, known a delay after it (``label_rows``). Those
+        known before the held-out day are backfilled (with their known time); those that become
+        known during it are streamed with the transactions (without one: ingest applies the delay)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from offline.distillation.replay import label_rows
+        from schemas.plan import builtin_plan
+
+        plan = builtin_plan(LABEL_PLAN)
+        self.label_table = plan.label_feedback.table
+        labels = label_rows(plan, self.tx)
+        known = labels[plan.tables[self.label_table].time_column].to_numpy(np.int64)
+        history = labels[known < lo]
+        pq.write_table(pa.Table.from_pandas(history, preserve_index=False), self.labels_file)
+        self.labels_history = label_records(history)
+        self.labels_stream = label_records(labels[(known >= lo) & (known < hi)], known_times=False)
+        self.data_info["labels"] = (f"{len(self.labels_history):,} label events backfilled, "
+                                    f"{len(self.labels_stream):,} streamed (known during the held-out day)")
 
     def write_config(self) -> None:
+        sources = [{"path": str(self.run_dir / "history.parquet")}]
+        topics = {"facts": self.TOPIC_TX, "interactions": [self.TOPIC_TX], "scores": self.TOPIC_SCORES,
+                  "dlq": self.TOPIC_DLQ}
+        if self.o.label_feedback:
+            sources.append({"path": str(self.labels_file), "table": self.label_table})
+            topics["labels"] = self.TOPIC_LABELS
         self.config = write_service_config(
             self.run_dir / "relstream.yaml", self.stack, run_dir=self.run_dir, model_name=self.MODEL_NAME,
-            topics={"facts": self.TOPIC_TX, "interactions": [self.TOPIC_TX], "scores": self.TOPIC_SCORES,
-                    "dlq": self.TOPIC_DLQ},
-            registry_dir=self.registry_dir,
-            # the history file is reloaded if the windows are ever rebuilt (docs/streams.md)
-            ingest={"group_id": "demo-ingest", "batch_timeout_s": 0.02,
-                    "backfill_sources": [{"path": str(self.run_dir / "history.parquet")}]},
+            topics=topics, registry_dir=self.registry_dir,
+            # the history files are reloaded if the windows are ever rebuilt (docs/streams.md)
+            ingest={"group_id": "demo-ingest", "batch_timeout_s": 0.02, "backfill_sources": sources},
             score={"group_id": "demo-scorer", "transactional_id": "demo-scorer-0", "append_scored": True},
-            serve={"port": 0})
+            serve={"port": 0}, plan=LABEL_PLAN if self.o.label_feedback else None)
 
     def start_service(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
         svc = Service(name, relstream_argv(self.config, *args), self.logs / f"{name}.log", env).start()
@@ -281,7 +325,7 @@ class Demo:
     def stage_services(self) -> None:
         with self.clock.stage("services", "relstream ingest + relstream score") as d:
             create_topics(self.stack.kafka_bootstrap, [self.TOPIC_TX, self.TOPIC_SCORES, self.TOPIC_SCORES_REPLAY,
-                                                       self.TOPIC_DLQ])
+                                                       self.TOPIC_DLQ, *self.label_topics])
             self.ingest = self.start_service("ingest", "ingest", "--no-progress")
             self.scorer = self.start_service("score", "score")
             codec = open_codec(self.registry_dir)
@@ -296,6 +340,10 @@ class Demo:
             took = self.wait_windows_complete(120, check=lambda: self.ingest.check_alive("services"))
             d["text"] = (f"ingest pid {self.ingest.pid}, score pid {self.scorer.pid}; "
                          f"window store complete after {took:.1f}s")
+
+    @property
+    def label_topics(self) -> list[str]:
+        return [self.TOPIC_LABELS] if self.o.label_feedback else []
 
     def wait_windows_complete(self, timeout_s: float, check: Callable[[], Any]) -> float:
 
@@ -321,9 +369,15 @@ class Demo:
             ids = [str(r["transaction_id"]) for r in records]
             self.data_info["load_avg_at_stream"] = round(os.getloadavg()[0], 1)  # 2 shared cores: context
             producer = RateProducer(self.stack.kafka_bootstrap, open_codec(self.registry_dir))
+            labels = self.stream_labels(n) if self.labels_stream else None
             t0 = time.monotonic()
             produced = producer.produce(self.TOPIC_TX, records, rate=self.o.rate)
             producer.flush()
+            if labels is not None:
+                labels.join()
+                if labels.error:
+                    raise DemoError("stream", f"label events: {labels.error}")
+                self.say(f"produced {len(self.labels_stream):,} label events to {self.TOPIC_LABELS}")
             produce_s = time.monotonic() - t0
             self.say(f"produced {n:,} in {produce_s:.1f}s; waiting for every score ...")
 
@@ -354,11 +408,32 @@ class Demo:
             d["text"] = f"all {n:,} scored, p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms"
             return stream
 
+    def stream_labels(self, n_tx: int) -> "threading.Thread":
+        """The day's label events on their own topic, alongside the transactions and spread over
+        the same time (a background producer at the proportional rate)."""
+        import threading
+
+        class Labels(threading.Thread):
+            error: str | None = None
+
+            def run(inner) -> None:
+                try:
+                    p = RateProducer(self.stack.kafka_bootstrap, open_codec(self.registry_dir))
+                    rate = self.o.rate * len(self.labels_stream) / max(n_tx, 1) if self.o.rate else None
+                    p.produce(self.TOPIC_LABELS, self.labels_stream, rate=rate, subject=LABEL_SUBJECT)
+                    p.flush()
+                except Exception as exc:  # noqa: BLE001 - reported by the stream stage
+                    inner.error = f"{type(exc).__name__}: {exc}"
+
+        t = Labels(daemon=True)
+        t.start()
+        return t
+
     def stage_parity(self):
 
         with self.clock.stage("parity", "re-score from caught-up windows vs the offline model") as d:
             # 1. the windows hold every streamed event once ingest committed them all
-            waited = wait_caught_up(self.stack.kafka_bootstrap, "demo-ingest", [self.TOPIC_TX], 120,
+            waited = wait_caught_up(self.stack.kafka_bootstrap, "demo-ingest", [self.TOPIC_TX, *self.label_topics], 120,
                                     check=lambda: self.ingest.check_alive("parity"))
             # 2. a second scorer (own group, own transactional id) re-reads the held-out day
             replay = self.start_service("score-replay", "score", env={
@@ -378,7 +453,10 @@ class Demo:
             replay.stop()
             online = np.array([collector.seen[i].record["score"] for i in self.stream_ids], np.float32)
             # 3. offline: same window contents in the in-memory store, tensors built offline
-            window_records = transaction_records(self.history) + self.stream_records
+            window_records: Any = transaction_records(self.history) + self.stream_records
+            if self.o.label_feedback:  # the label events as ingest got them (known time or not)
+                window_records = {"transactions": window_records,
+                                  self.label_table: self.labels_history + self.labels_stream}
             offline, _cold = offline_reference_scores(self.version_dir, window_records, self.stream_records)
             parity = parity_of(self.stream_ids, online, offline, PARITY_TOLERANCE)
             # 4. the live pass against the training-time rows (event-time replay of the distillation)
@@ -487,6 +565,8 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     p.add_argument("--distill-epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the offline stages")
     p.add_argument("--no-parity", action="store_true", help="skip the parity re-scoring")
+    p.add_argument("--no-label-feedback", action="store_true",
+                   help="serve the plain fraud plan (no label events, no known-label inputs)")
     p.add_argument("--no-http", action="store_true", help="skip relstream serve + curl")
     p.add_argument("--keep-stack", action="store_true", default=os.environ.get("KEEP_STACK", "") not in ("", "0"),
                    help="leave the stack and services running (also KEEP_STACK=1)")
@@ -496,7 +576,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     return DemoOptions(run_dir=run_dir, customers=a.customers, terminals=a.terminals, days=a.days, seed=a.seed,
                        rate=a.rate, holdout_day=a.holdout_day, deep_epochs=a.deep_epochs,
                        distill_epochs=a.distill_epochs, keep_stack=a.keep_stack, parity=not a.no_parity,
-                       http=not a.no_http, threads=a.threads)
+                       http=not a.no_http, threads=a.threads, label_feedback=not a.no_label_feedback)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

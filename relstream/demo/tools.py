@@ -26,6 +26,8 @@ from scorer.triton import make_inputs
 TOKEN_ENV = "RELSTREAM_API_TOKEN"  # serve.token_env in the demo's config (the default)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TX_SUBJECT = "transactions-value"
+LABEL_SUBJECT = "transaction-labels-value"  # label events of the fraud_labels plan
+LABEL_PLAN = "fraud_labels"
 SCORES_SUBJECT = "scores-value"
 DLQ_SUBJECT = "dead-letters-value"
 TX_FIELDS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")

@@ -63,12 +63,15 @@ def e2e_model(stack, plan, fraud_tx, tmp_path_factory):
 class E2E:
     """One test's world: unique topics, its own Redis DB and registry, services as subprocesses."""
 
-    def __init__(self, stack, root: Path, model_name: str = E2E_MODEL, partitions: int = 2):
+    def __init__(self, stack, root: Path, model_name: str = E2E_MODEL, partitions: int = 2,
+                 plan: str | None = None):
         self.stack = stack
         self.root = root
         self.tag = uuid.uuid4().hex[:8]
+        self.plan = plan  # a built-in plan name for the services (default: the config's default)
         self.topics = {"facts": f"e2e.facts.{self.tag}", "interactions": [f"e2e.tx.{self.tag}"],
-                       "scores": f"e2e.scores.{self.tag}", "dlq": f"e2e.dlq.{self.tag}"}
+                       "scores": f"e2e.scores.{self.tag}", "dlq": f"e2e.dlq.{self.tag}",
+                       "labels": f"e2e.labels.{self.tag}"}
         self.tx_topic = self.topics["interactions"][0]
         self.redis_db = 1 + next(_redis_dbs) % 15  # DB 0 belongs to the shared `redis_client` fixture
         self.registry = root / "registry"
@@ -78,7 +81,8 @@ class E2E:
         self.model_name = model_name
         self.services: list[Service] = []
         create_topics(stack.kafka_bootstrap, [self.topics["facts"], self.tx_topic, self.topics["scores"],
-                                              self.topics["dlq"]], partitions=partitions)
+                                              self.topics["dlq"]] + ([self.topics["labels"]] if plan else []),
+                      partitions=partitions)
         self.redis().flushdb()
         self.config = self.write_config()
 
@@ -91,7 +95,7 @@ class E2E:
                     **sections.get("ingest", {})},
             score={"group_id": self.score_group, "transactional_id": f"e2e-score-{self.tag}", "max_batch": 64,
                    **sections.get("score", {})},
-            serve=sections.get("serve", {}))
+            serve=sections.get("serve", {}), plan=self.plan)
 
     def redis(self):
         import redis
@@ -103,13 +107,15 @@ class E2E:
         self.services.append(svc)
         return svc.start()
 
-    def backfill(self, frame) -> str:
+    def backfill(self, frame, table: str | None = None) -> str:
         import pyarrow as pa
         import pyarrow.parquet as pq
         path = self.root / f"backfill-{uuid.uuid4().hex[:6]}.parquet"
-        cols = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]
-        pq.write_table(pa.Table.from_pandas(frame[cols], preserve_index=False), path)
-        return run_step("backfill", relstream_argv(self.config, "ingest", "--backfill", path, "--no-progress"),
+        if table is None:
+            frame = frame[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]]
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        extra = ("--backfill-table", table) if table else ()
+        return run_step("backfill", relstream_argv(self.config, "ingest", "--backfill", path, *extra, "--no-progress"),
                         self.root / "logs" / "backfill.log", 300)
 
     def close(self) -> None:

@@ -34,8 +34,9 @@ def codec(reg):
 
 def test_builtin_schemas_register_once(reg):
     ids = load_builtin_schemas(reg)
-    assert set(ids) == {"transaction", "interaction", "score", "dead_letter", "purchase_line", "recommendation"}
-    assert len(set(ids.values())) == 6
+    assert set(ids) == {"transaction", "interaction", "score", "dead_letter", "purchase_line", "recommendation",
+                        "transaction_label"}
+    assert len(set(ids.values())) == 7
     assert load_builtin_schemas(reg) == ids  # identical schema -> same id, no new version
     assert reg.versions("transactions-value") == [ids["transaction"]]
     sid, schema = reg.latest("transactions-value")

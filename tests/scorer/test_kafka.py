@@ -21,7 +21,8 @@ def test_kafka_scores_equal_direct_calls_and_bad_records_go_to_the_dlq(
     # valid Avro of another stream: not a fact row of the plan
     wrong_stream = codec.encode("interactions-value", {"event_id": "e1", "event_type": "view", "event_time": 1,
                                                        "household_id": 1, "product_id": 2})
-    garbage = [b"\x00\x00\x00\x00\x07garbage", b"not avro at all", wrong_stream]
+    # magic 0 + schema id 99: not registered (the built-in schemas take the first ids)
+    garbage = [b"\x00\x00\x00\x00\x63garbage", b"not avro at all", wrong_stream]
     produce_facts(kafka_client_config, facts, codec, rows, raw=garbage)
 
     scorer = scorer_for(plan, stack, test_model, consumer_config=kafka_consumer_config,
