@@ -28,138 +28,15 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DAY_NS = 86_400 * 10**9
-QUALITY_DIR = "quality"
-
-
-from offline.project import OfflineCliError, add_project_args, error, open_project, update_manifest
-
+from offline.cli_inputs import (DAY_NS, QUALITY_DIR, Inputs, add_distill_args, distill_config, hop_tables, plan_of,
+                                resolve_inputs, torch_setup)
+from offline.cli_quality import register_quality
+from offline.project import OfflineCliError, error, update_manifest
 
 _error = error
-
-
-# ----- inputs -------------------------------------------------------------------------------------
-
-@dataclass
-class Inputs:
-    """What a distill/quality/export run reads: the plan, the data, the deep model's outputs."""
-
-    plan: Any  # schemas.plan.ServingPlan
-    run_dir: Path
-    dataset: Any = None  # offline.datasets.base.RelationalDataset
-    embeddings: Path | None = None
-    deep_model: Path | None = None
-    split: Any = None  # scoring: offline.evaluate.SplitConfig; ranking: {"train_cut_ns", "data_end_ns"}
-    sources: dict = field(default_factory=dict)  # paths, for manifests
-    label: str | None = None  # scoring: the serving task's label column of the fact table
-    entity: str | None = None  # scoring: the fact column per-entity metrics group by (first embedding key)
-    day0_ns: int = 0  # midnight before the data's first row: day 0 of the split
-    project: Any = None  # offline.data.spec.Project
-
-    def ranking_columns(self):
-        """Ranking plans: the fact table's time, entity, item and session columns (from the spec)."""
-        from offline.tasks.ranking import RankingColumns, RankingTaskError
-        from schemas.plan import FieldError
-
-        try:
-            return RankingColumns.of(self.project)
-        except (RankingTaskError, FieldError) as exc:
-            _error(f"--project: {exc}")
-
-
-def resolve_inputs(args, *, need_deep: bool = True, load_data: bool = True) -> Inputs:
-    """The one place that turns ``--project`` + run directory into a plan, data and embeddings.
-
-    ``need_deep``: the deep model's embeddings must exist (distill, quality); ``load_data``: load the
-    tables (an export of a scoring plan without ``--check`` needs none)."""
-    from offline.data.spec import FactLabelTask
-
-    run = open_project(args)
-    project, plan = run.project, run.project.plan
-    if plan is None or project.spec.serving is None:
-        _error(f"--project {run.spec_path}: the spec has no serving section (serving.plan and serving.task)")
-    task = project.spec.serving.task
-    if plan.is_ranking == isinstance(task, FactLabelTask):
-        _error(f"--project {run.spec_path}: serving.task: a {'ranking' if plan.is_ranking else 'scoring'} plan "
-               f"needs a {'next_item' if plan.is_ranking else 'fact_label'} task (got {task.kind})")
-    emb = Path(getattr(args, "embeddings", None) or run.run_dir / "embeddings.parquet")
-    if need_deep and not emb.exists():
-        _error(f"--embeddings: {emb} does not exist (run `relstream offline embed --project {run.spec_path}` first)")
-    deep = run.run_dir / "deep_model.pt"
-    sources = {"project": str(run.spec_path), "embeddings": str(emb), "deep_model": str(deep)}
-    if not load_data:
-        return Inputs(plan, run.run_dir, None, emb, deep, None, sources, project=project)
-    from offline.data.sources import split_instants
-
-    ds = run.load_tables()
-    instants = split_instants(project, ds)
-    if plan.is_ranking:
-        split = {"train_cut_ns": instants["test_start_ns"], "data_end_ns": instants["data_end_ns"]}
-        return Inputs(plan, run.run_dir, ds, emb, deep, split, sources, project=project)
-    return Inputs(plan, run.run_dir, ds, emb, deep, _scoring_split(args, project, task, instants), sources,
-                  label=task.label, entity=plan.embedding_keys[0].column, day0_ns=instants["day0_ns"],
-                  project=project)
-
-
-def _scoring_split(args, project, task, instants: dict):
-    """The distillation's periods in whole days from day 0: test = the spec's test period; train =
-    ``--train-days`` days ending one label delay before the test start, so every training label
-    had arrived when the test period begins."""
-    from offline.datasets.base import NS_PER_DAY
-    from offline.evaluate import SplitConfig
-
-    if getattr(args, "train_days", None) is None:  # export: no training period
-        return None
-    delay_days = -(-project.spec.tables[task.table].label_delay_ns(task.label) // NS_PER_DAY)
-    test_start_day = (instants["test_start_ns"] - instants["day0_ns"]) // NS_PER_DAY
-    train_start_day = test_start_day - delay_days - args.train_days
-    if args.train_days < 1 or train_start_day < 0:
-        _error(f"--train-days: {args.train_days} training days + a {delay_days}-day label delay do not fit before "
-               f"the test start (day {test_start_day} of the data)")
-    return SplitConfig(train_start_day=int(train_start_day), train_days=args.train_days, delay_days=int(delay_days),
-                       test_days=project.spec.split.test_days)
-
-
-def _torch_setup(args, plan) -> None:
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        _error("--device cuda: no CUDA device available")
-    threads = args.threads or (1 if plan.is_ranking else None)  # ranking: 1 (shared CPU, see docs/recsys.md)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-# Per plan kind: defaults of the flags whose best value differs (scoring, ranking).
-KIND_DEFAULTS = {"epochs": (6, 3), "batch_size": (256, 64), "layers": (2, 1)}
-
-
-def _kind_default(args, name: str, plan):
-    value = getattr(args, name)
-    return KIND_DEFAULTS[name][int(plan.is_ranking)] if value is None else value
-
-
-def _distill_config(args, plan):
-    from offline.distillation.shallow_model import RankingConfig, ScoringConfig
-    from offline.distillation.trainer import DistillConfig
-
-    if args.max_train_rows is not None and args.max_train_rows < 1:
-        _error(f"--max-train-rows: must be >= 1 (got {args.max_train_rows})")
-    if not 0.0 <= args.soft_weight <= 1.0 or (plan.is_ranking and args.soft_weight == 1.0):
-        _error(f"--soft-weight: must be in [0, 1{')' if plan.is_ranking else ']'} (got {args.soft_weight})")
-    epochs = _kind_default(args, "epochs", plan)
-    if epochs < 1:
-        _error(f"--epochs: must be >= 1 (got {epochs})")
-    layers = _kind_default(args, "layers", plan)
-    head = (RankingConfig(d_model=args.d_model, n_layers=layers, d_ff=2 * args.d_model) if plan.is_ranking
-            else ScoringConfig(d_model=args.d_model, n_layers=layers, d_ff=2 * args.d_model))
-    return DistillConfig(epochs=epochs, batch_size=_kind_default(args, "batch_size", plan), lr=args.lr,
-                         loss=args.loss, soft_weight=args.soft_weight, max_train_rows=args.max_train_rows,
-                         seed=args.seed, device=args.device, model=head)
 
 
 # ----- distill ------------------------------------------------------------------------------------
@@ -207,7 +84,7 @@ def _point_in_time_rows(args, inp: Inputs, tx, mask):
             engine = "replay"
     if engine == "replay":
         return replay_rows(inp.plan, tx, score_mask=mask, progress=not args.no_progress,
-                           other_tables=_hop_tables(inp))
+                           other_tables=hop_tables(inp))
     out = inp.run_dir / "rows"
     try:
         build_rows(inp.plan, tx, None, mask, engine=engine, out=out, spark=args.spark_master,
@@ -215,12 +92,6 @@ def _point_in_time_rows(args, inp: Inputs, tx, mask):
     except RowsPlanError as exc:
         _error(f"--engine {engine}: {exc}")
     return load_rows(out, inp.plan).rows
-
-
-def _hop_tables(inp: Inputs) -> dict:
-    """The tables the plan's hops read besides the fact table (their rows feed the windows)."""
-    return {h.key.target.table: inp.dataset.table(h.key.target.table) for h in inp.plan.hops
-            if h.key.target.table != inp.plan.fact_table}
 
 
 def _ranking_rows(args, inp: Inputs, table) -> tuple[Any, dict, dict]:
@@ -270,10 +141,10 @@ def cmd_distill(args) -> int:
     from offline.evaluate import row_day, scoring_metrics, write_json
 
     t_start = time.perf_counter()
-    cfg = _distill_config(args, _plan_of(args))  # bad flags fail before the data loads
+    cfg = distill_config(args, plan_of(args))  # bad flags fail before the data loads
     inp = resolve_inputs(args)
     plan = inp.plan
-    _torch_setup(args, plan)
+    torch_setup(args, plan)
     table = EmbeddingTable.from_parquet(inp.embeddings, plan)
     rows, train_kwargs, report = (_ranking_rows if plan.is_ranking else _scoring_rows)(args, inp, table)
     model, info = train_shallow(rows, table, cfg, progress=not args.no_progress, **train_kwargs)
@@ -293,172 +164,6 @@ def cmd_distill(args) -> int:
     print(json.dumps({"out": str(out), "parameters": info["parameters"], "rows": info["rows"], "metrics": metrics},
                      indent=1))
     return 0
-
-
-# ----- quality ------------------------------------------------------------------------------------
-
-def _seeds(args) -> tuple[int, ...]:
-    if args.seeds is None:
-        return (args.seed,)
-    try:
-        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
-    except ValueError:
-        _error(f"--seeds: comma-separated integers (got {args.seeds!r})")
-    if not seeds or len(set(seeds)) != len(seeds):
-        _error(f"--seeds: one or more distinct integers (got {args.seeds!r})")
-    return seeds
-
-
-def _data_seed(spec_path: Path):
-    """The generator's seed of a generated dataset (its manifest next to the spec), else None."""
-    manifest = Path(spec_path).parent / "manifest.json"
-    if not manifest.exists():
-        return None
-    steps = json.loads(manifest.read_text()).get("steps", {})
-    seeds = [v.get("config", {}).get("seed") for k, v in steps.items() if k.startswith("dataset")]
-    return next((x for x in seeds if x is not None), None)
-
-
-def _scoring_quality(args) -> int:
-    """Deep (the project's trained model at request time) vs distilled vs LightGBM on the split
-    of ``--train-days`` and the spec's test period, the distilled model's epoch and configuration
-    chosen on the validation split of ``--val-days``; reads RUN/deep_model.pt and the embeddings,
-    trains no deep model."""
-    from offline.evaluate import write_json
-    from offline.quality.scoring import SUMMARY_FILE, QualityConfig, run_quality
-    from offline.quality.selection import configured, parse_grid, validation_split
-
-    cfg_distill = _distill_config(args, _plan_of(args))  # bad flags fail before the dataset loads
-    seeds = _seeds(args)
-    if args.val_days < 0 or args.bootstrap < 0:
-        _error(f"--val-days / --bootstrap: must be >= 0 (got {args.val_days} / {args.bootstrap})")
-    try:
-        grid = parse_grid(args.grid)
-        for overrides in grid:
-            configured(cfg_distill, overrides)
-    except ValueError as exc:
-        _error(f"--{exc}")
-    if args.grid and not args.val_days:
-        _error("--grid: the choice needs a validation period (--val-days >= 1)")
-    inp = resolve_inputs(args, need_deep=False, load_data=False)
-    if not inp.deep_model.exists():
-        _error(f"--run-dir: {inp.deep_model} does not exist (run `relstream offline train-deep --project "
-               f"{inp.sources['project']}` first)")
-    inp = resolve_inputs(args)
-    _torch_setup(args, inp.plan)
-    if args.val_days:
-        try:
-            validation_split(inp.split, args.val_days)
-        except ValueError as exc:
-            _error(f"{exc} (--val-days 0: no selection)")
-    cfg = QualityConfig(split=inp.split, distill=cfg_distill, val_days=args.val_days,
-                        grid=tuple(grid) if args.grid else (), seeds=seeds, bootstrap=args.bootstrap)
-    out = inp.run_dir / QUALITY_DIR
-    try:
-        report = run_quality(inp.project, inp.dataset, out, cfg, label=inp.label, entity=inp.entity,
-                             day0_ns=inp.day0_ns, deep_model=inp.deep_model, embeddings=inp.embeddings,
-                             other_tables=_hop_tables(inp), progress=not args.no_progress,
-                             dataset_info={"project": inp.sources["project"],
-                                           "seed": _data_seed(Path(inp.sources["project"]))})
-    except ValueError as exc:
-        _error(str(exc))
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.summary_json, json.loads((out / SUMMARY_FILE).read_text()))
-    update_manifest(inp.run_dir, "quality", {
-        "inputs": inp.sources, "config": {"split": inp.split.to_dict(), "distill": cfg.distill.to_dict(),
-                                          "val_days": cfg.val_days, "grid": list(cfg.grid), "seeds": list(seeds)},
-        "seed": args.seed, "outputs": [str(out / n) for n in ("quality.json", SUMMARY_FILE, "roc_pr.png",
-                                                               "metrics.png", "seeds.png", "shallow_model.pt")],
-        "metrics": report["models"]})
-    models = {name: {k: v for k, v in m.items() if k != "features"} for name, m in report["models"].items()}
-    print(json.dumps({"out": str(out), "models": models, "latency": report["latency"]}, indent=1))
-    return 0
-
-
-def cmd_quality_summary(args) -> int:
-    """Several runs' quality reports (one per data seed) -> one summary JSON and a per-seed plot."""
-    from offline.evaluate import write_json
-    from offline.quality.scoring import plot_seeds, seed_points, summarize
-
-    reports, runs = [], []
-    for run in args.runs:
-        path = run / QUALITY_DIR / "quality.json" if run.is_dir() else run
-        if not path.exists():
-            _error(f"RUN: {path} does not exist (run `relstream offline quality` there first)")
-        report = json.loads(path.read_text())
-        if "per_seed" not in report:
-            _error(f"RUN: {path} is not a scoring quality report with per-seed results")
-        reports.append(report)
-        runs.append(str(run))
-    try:
-        summary = summarize(reports, runs)
-    except ValueError as exc:
-        _error(str(exc))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, summary)
-    plot = args.plot or args.out.with_suffix(".png")
-    split = summary["split"]
-    plot_seeds(seed_points(reports, [Path(r).name for r in runs]), plot,
-               title=f"{split['fact_table']}.{split['label']}: per seed, 95 % entity-bootstrap CIs")
-    print(json.dumps({"out": str(args.out), "plot": str(plot), "models": summary["models"]}, indent=1))
-    return 0
-
-
-def cmd_quality(args) -> int:
-    from offline.distillation.trainer import MODEL_FILE
-
-    if not _plan_of(args).is_ranking:
-        return _scoring_quality(args)
-    from offline.quality.ranking import run_ranking_quality
-
-    try:  # bad flags fail before the data loads
-        sizes = tuple(int(n) for n in args.ceiling_sizes.split(",")) if args.ceiling_sizes else None
-    except ValueError:
-        _error(f"--ceiling-sizes: expected comma-separated integers, got {args.ceiling_sizes!r}")
-    if sizes is not None and not all(1 <= n <= args.candidates for n in sizes):
-        _error(f"--ceiling-sizes: each N in [1, --candidates {args.candidates}], got {list(sizes)}")
-    inp = resolve_inputs(args, need_deep=False)
-    _torch_setup(args, inp.plan)
-    model = args.model or inp.run_dir / MODEL_FILE
-    if args.model and not model.exists():
-        _error(f"--model: {model} not found")
-    inp.ranking_columns()  # a spec without a next-item task or session column fails here, naming the field
-    deep = Path(args.deep_model) if args.deep_model else inp.deep_model
-    if args.deep_model and not deep.exists():
-        _error(f"--deep-model: {deep} not found")
-    try:
-        report, paths = run_ranking_quality(
-            inp.project, inp.dataset, inp.split, inp.run_dir / QUALITY_DIR, embeddings=inp.embeddings,
-            model_path=model if model.exists() else None, n_candidates=args.candidates,
-            max_examples=args.max_examples, ks=tuple(int(k) for k in args.ks.split(",")), seed=args.seed,
-            device=args.device, anchor_gnn=not args.no_anchor_gnn, deep_model=deep,
-            ceiling_sizes=sizes,
-            progress=not args.no_progress)
-    except ValueError as exc:
-        _error(str(exc))
-    update_manifest(inp.run_dir, "quality", {"inputs": {"embeddings": report["deep_embeddings"],
-                                                        "deep_model": report["deep_model"],
-                                                        "model": report["distilled_model"]},
-                                             "outputs": [str(p) for p in paths], "metrics": report})
-    return 0
-
-
-def _plan_of(args):
-    """The serving plan: the project's (``--project``), or a built-in/YAML plan (``export --untrained``)."""
-    if getattr(args, "project", None):
-        from offline.data.spec import SpecError, load_project
-
-        try:  # the spec alone: bad flags fail before the run directory or the data are touched
-            plan = load_project(args.project).plan
-        except SpecError as exc:
-            _error(f"--project {args.project}: {exc}")
-        if plan is None:
-            _error(f"--project {args.project}: the spec has no serving section (serving.plan and serving.task)")
-        return plan
-    from schemas.plan import builtin_plan, load_plan
-
-    return load_plan(args.plan) if Path(args.plan).suffix in (".yaml", ".yml") else builtin_plan(args.plan)
 
 
 # ----- export -------------------------------------------------------------------------------------
@@ -489,7 +194,7 @@ def _real_requests(inp: Inputs, n: int = 16):
     if not plan.is_ranking:
         mask = np.zeros(len(tx), bool)
         mask[-n:] = True
-        rows = replay_rows(plan, tx, score_mask=mask, progress=False, other_tables=_hop_tables(inp))
+        rows = replay_rows(plan, tx, score_mask=mask, progress=False, other_tables=hop_tables(inp))
         return [rows.request(i) for i in range(len(rows))]
     from offline.tasks.ranking import InteractionIndex, ranking_examples
 
@@ -545,7 +250,7 @@ def _trained_export(args, inp: Inputs):
 def cmd_export(args) -> int:
     from offline.export import check_export, export_untrained
 
-    plan = _plan_of(args)
+    plan = plan_of(args)
     inp = None
     if args.untrained:
         vdir = export_untrained(plan, args.repo, model_name=args.model_name, embeddings=args.embeddings,
@@ -568,82 +273,12 @@ def cmd_export(args) -> int:
     return 0
 
 
-# ----- parsers ------------------------------------------------------------------------------------
-
-def _common(p) -> None:
-    add_project_args(p)  # --project SPEC (its serving plan says the kind), --run-dir, --no-progress
-    p.add_argument("--embeddings", type=Path, help="default RUN/embeddings.parquet")
-    p.add_argument("--engine", choices=["auto", "duckdb", "spark", "replay"], default="auto",
-                   help="scoring plans: who builds the point-in-time rows (auto: DuckDB when the plan's windows "
-                        "are rows of the fact table, else the Python replay; docs/rows.md)")
-    p.add_argument("--spark-master", help="--engine spark: a master URL (default: a local session)")
-    p.add_argument("--train-days", type=int, default=7,
-                   help="scoring plans: training days, ending one label delay before the test start (default 7)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: scoring torch's choice, ranking 1)")
-    p.add_argument("--epochs", type=int, help="distillation epochs (default: scoring 6, ranking 3)")
-    p.add_argument("--batch-size", type=int, help="default: scoring 256, ranking 64")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--d-model", type=int, default=64, help="shallow model width")
-    p.add_argument("--layers", type=int, help="shallow model transformer layers (default: scoring 2, ranking 1)")
-    p.add_argument("--soft-weight", type=float, default=0.0,
-                   help="weight of the deep model's soft targets in the loss (0..1): scoring, its request-time "
-                        "predictions; ranking, its pair scores (dot of the embeddings)")
-    p.add_argument("--max-train-rows", type=int,
-                   help="train on a seeded uniform subsample of this many training rows (default: all)")
-    g = p.add_argument_group("ranking plans: training examples and candidates")
-    g.add_argument("--examples", type=int, default=20000, help="seeded sample of training baskets (default 20000)")
-    g.add_argument("--train-weeks", type=int, default=12, help="weeks before the training cut to sample from")
-    g.add_argument("--negatives", type=int, default=64, help="sampled negatives per example (default 64)")
-    g.add_argument("--max-positives", type=int, default=16)
-    g.add_argument("--history-share", type=float, default=0.2,
-                   help="share of negatives from the entity's own window (seen before, not now)")
-    g.add_argument("--popularity-share", type=float, default=0.4,
-                   help="share drawn popularity-proportionally; the rest uniform over the popular list")
-    g.add_argument("--loss", choices=["softmax", "bce"], default="softmax")
-
-
 def register_stage2(offline_sub) -> None:
     p = offline_sub.add_parser("distill", help="train the shallow model (scoring or ranking head, from the plan) "
                                                "on point-in-time rows -> RUN/shallow_model.pt")
-    _common(p)
+    add_distill_args(p)
     p.set_defaults(func=cmd_distill)
-
-    p = offline_sub.add_parser("quality", help="scoring: deep vs distilled vs LightGBM; ranking: baselines, deep "
-                                               "and distilled on test baskets -> RUN/quality/ (JSON + plots)")
-    _common(p)
-    g = p.add_argument_group("ranking plans: the test protocol")
-    g.add_argument("--model", type=Path, help="distilled model to rank with (default RUN/shallow_model.pt if present)")
-    g.add_argument("--candidates", type=int, default=1000, help="catalog top-N candidates per example (default 1000)")
-    g.add_argument("--max-examples", type=int, default=2000, help="seeded sample of test baskets (default 2000)")
-    g.add_argument("--no-anchor-gnn", action="store_true",
-                   help="skip the variant that runs the deep model for the entity at the anchor time")
-    g.add_argument("--deep-model", type=Path, help="the deep model of `train-deep` for that variant "
-                                                   "(default RUN/deep_model.pt if present)")
-    g.add_argument("--ceiling-sizes",
-                   help="candidate-set sizes N of the recall ceilings, comma-separated (default 100 and --candidates)")
-    g.add_argument("--ks", default="10,20,50")
-    g = p.add_argument_group("scoring plans: selection and seeds")
-    g.add_argument("--val-days", type=int, default=7,
-                   help="validation days just before the training period (same training length and label delay); "
-                        "they choose the distillation epoch (best validation AUC of --epochs) and --grid "
-                        "(default 7; 0: no selection, all --epochs)")
-    g.add_argument("--grid", help="configurations to choose among on the validation period, e.g. "
-                                  "'lr=1e-3,2e-3;d_model=32,64' (keys: lr, weight_decay, pos_weight, batch_size, "
-                                  "d_model, n_layers)")
-    g.add_argument("--seeds", help="model seeds, e.g. 0,1,2: distilled, deep head (if fitted), LightGBM per seed; "
-                                   "mean and sd over them (default: --seed)")
-    g.add_argument("--bootstrap", type=int, default=500, help="entity-bootstrap resamples per seed (default 500)")
-    g.add_argument("--summary-json", type=Path, help="also write the summary (RUN/quality/scoring_quality.json) here")
-    p.set_defaults(func=cmd_quality)
-
-    p = offline_sub.add_parser("quality-summary", help="scoring: merge several runs' quality reports (one per data "
-                                                       "seed) into one summary JSON + per-seed plot")
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (or quality.json files)")
-    p.add_argument("--out", type=Path, required=True, help="summary JSON")
-    p.add_argument("--plot", type=Path, help="per-seed plot (default: --out with .png)")
-    p.set_defaults(func=cmd_quality_summary)
+    register_quality(offline_sub)
 
     p = offline_sub.add_parser("export", help="write a Triton model repository version (and --check it)")
     p.add_argument("--repo", type=Path, required=True, help="Triton model repository")
