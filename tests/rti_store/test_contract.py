@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import HopRows, RowError, interactions_of, interactions_of_rows
 from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
+from tests.rti_store.conftest import FakeClock
 
 def small_plan(name: str, columns: dict[str, str]):
     """Two hops over an ``interactions`` table with ``columns`` (households: max_len 4, products: 3),
@@ -63,36 +64,12 @@ def appends(plan, rows, table="interactions"):
 
 # ----- the two implementations --------------------------------------------------------------------
 
-class FakeClock:
-    def __init__(self, now: float = 1_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_store(request):
-    made = []
-    if request.param == "redis":
-        client = request.getfixturevalue("redis_client")
-
-        def make(plan=RECO, **kw):
-            kw.setdefault("key_prefix", f"t{uuid.uuid4().hex[:8]}")
-            kw.setdefault("chunk_keys", 7)  # small Lua calls: every batch spans several of them
-            kw.pop("clock", None)
-            store = RedisWindowStore(plan, client, **kw)
-            made.append(store)
-            return store
-    else:
-        def make(plan=RECO, **kw):
-            store = MemoryWindowStore(plan, **kw)
-            made.append(store)
-            return store
-    make.kind = request.param
-    yield make
-    for store in made:
-        store.close()
+@pytest.fixture
+def make_store(store_factory):
+    def make(plan=RECO, **kw):
+        return store_factory(plan, **kw)
+    make.kind = store_factory.kind
+    return make
 
 
 # ----- the independent reference -----------------------------------------------------------------

@@ -8,7 +8,6 @@ from the set of distinct label events, written from the rule, not from either st
 from __future__ import annotations
 
 import random
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 
 from schemas.plan import builtin_plan
 from schemas.tensors import interactions_of, interactions_of_rows, label_stats, with_known_time
-from rti_store import MemoryWindowStore, RedisWindowStore
+from tests.rti_store.conftest import FakeClock
 
 DAY = 86_400 * 10**9
 FL = builtin_plan("fraud_labels")
@@ -24,31 +23,14 @@ CUST, TERM = (h.key.key for h in FL.label_hops)
 T0 = 1_000 * DAY
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["memory", "redis"])
-def make_store(request):
-    made = []
-
+@pytest.fixture
+def make_store(store_factory):
     def make(**kw):
-        if request.param == "redis":
-            kw.pop("clock", None)
-            store = RedisWindowStore(FL, request.getfixturevalue("redis_client"),
-                                     key_prefix=f"l{uuid.uuid4().hex[:8]}", chunk_keys=3, **kw)
-        else:
-            store = MemoryWindowStore(FL, **kw)
-        made.append(store)
-        return store
-    make.kind = request.param
-    yield make
-    for s in made:
-        s.close()
+        if store_factory.kind == "redis":
+            kw.setdefault("chunk_keys", 3)
+        return store_factory(FL, **kw)
+    make.kind = store_factory.kind
+    return make
 
 
 def label(tx: int, t: int, fraud: int, known: int | None = None, customer: int = 1, terminal: int = 2) -> dict:
