@@ -3,16 +3,10 @@ import numpy as np
 import pytest
 
 from offline.embeddings import EmbeddingError, EmbeddingTable, write_embeddings_parquet
-from schemas.plan import builtin_plan
 
 H = 3_600 * 10**9
 DAY = 24 * H
 T0 = 1_522_540_800 * 10**9  # 2018-04-01
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return builtin_plan("fraud")  # min offset 12 h, max offset 14 days
 
 
 def _table(plan, tmp_path, rows):

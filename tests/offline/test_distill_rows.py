@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.datasets.fraud import TINY, generate_dataset
 from offline.distillation.replay import TrainingRows, replay_rows
 from rti_store import MemoryWindowStore
 from schemas.plan import builtin_plan
@@ -13,16 +12,6 @@ from schemas.tensors import build_tensors, interactions_of, stack_requests, wind
 
 T0 = 1_522_540_800 * 10**9
 S = 10**9
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return builtin_plan("fraud")
-
-
-@pytest.fixture(scope="module")
-def tx():
-    return generate_dataset(TINY).table("transactions")
 
 
 @pytest.fixture(scope="module")

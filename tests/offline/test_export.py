@@ -11,14 +11,9 @@ from tritonclient.grpc import model_config_pb2
 from offline.export.bundle import load_bundle, split_scores
 from offline.embeddings import random_embeddings, write_embeddings_parquet
 from offline.export import export_untrained, render_config, synthetic_requests
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan import parse_plan
 
 T = 1_710_000_000_000_000_000
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return builtin_plan("fraud")
 
 
 def _parse(text):

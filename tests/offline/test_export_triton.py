@@ -7,16 +7,11 @@ import pytest
 from offline.embeddings import random_embeddings, write_embeddings_parquet
 from offline.export import check_export, export_untrained, load_in_triton, synthetic_requests
 from offline.export.self_check import _curl_infer
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan import parse_plan
 from schemas.tensors import to_triton_json
 
 T = 1_710_000_000_000_000_000
 DAY = 86_400 * 10**9
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return builtin_plan("fraud")
 
 
 def test_export_answers_like_offline_over_http_and_grpc(stack, plan, tmp_path):

@@ -3,21 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.datasets.fraud import TINY, generate_dataset
 from offline.distillation.replay import replay_rows
 from offline.rows import RowsInputError, RowsPlanError, build_rows, load_rows, read_manifest, read_rows
 from schemas.plan import builtin_plan, parse_plan
 from schemas.tensors import stack_requests
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return builtin_plan("fraud")
-
-
-@pytest.fixture(scope="module")
-def tx():
-    return generate_dataset(TINY).table("transactions")
 
 
 @pytest.fixture(scope="module")
