@@ -1,6 +1,6 @@
 """Load benchmark of POST /v1/recommend (ranking plan ``recsys``), the scorer's protocol
-(``bench/bench_serve.py``, whose open-loop generator, CPU accounting, server handling and plot
-this reuses):
+(``bench/bench_serve.py``; this reuses its open-loop generator and CPU accounting (``serve_load.py``),
+server handling (``serve_env.py``) and plot (``serve_report.py``)):
 
 * open-loop traffic at a constant arrival rate, a sweep of offered QPS (default 50..300);
 * 128 pre-generated payloads, each a household with a window of N in {4, 16, 50, 100} purchase
@@ -40,8 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serve import (_env, autogroup_enabled, http_sweep, plot, scrape,  # noqa: E402
-                               set_autogroup_nice, stop, wait_ready)
+from bench.serve_env import autogroup_enabled, service_env, set_autogroup_nice, stop, wait_ready  # noqa: E402
+from bench.serve_load import http_sweep, scrape  # noqa: E402
+from bench.serve_report import plot  # noqa: E402
 from schemas.plan import builtin_plan  # noqa: E402
 
 TARGET = {"qps": 200, "p99_ms": 50.0, "errors": 0}
@@ -145,7 +146,7 @@ def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: li
     difference (ratios in the verdict)."""
     import torch
 
-    from bench.bench_serve import summary_ms
+    from bench.serve_load import summary_ms
     from offline.export.bundle import load_bundle, split_scores
     from rti_store import MemoryWindowStore
     from schemas.tensors import interactions_of
@@ -212,7 +213,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--nice", type=int, default=0, help="run the whole benchmark (stack, scorer, load) at this "
                                                          "niceness, e.g. -10 (root): less noise from other load; "
                                                          "with sched_autogroup its sessions' autogroups too "
-                                                         "(bench_serve.set_autogroup_nice)")
+                                                         "(serve_env.set_autogroup_nice)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recommend")
     args = ap.parse_args(argv)
 
@@ -221,7 +222,7 @@ def main(argv=None) -> dict:
     from relstream.stack import free_port
     from rti_store import RedisWindowStore
     from schemas.tensors import interactions_of
-    from bench.bench_serve import start_serve
+    from bench.serve_env import start_serve
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -307,7 +308,7 @@ def main(argv=None) -> dict:
 
 
 def _token() -> str:
-    return _env()["RELSTREAM_API_TOKEN"]
+    return service_env()["RELSTREAM_API_TOKEN"]
 
 
 if __name__ == "__main__":

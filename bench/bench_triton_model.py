@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serve import cpu_seconds  # noqa: E402
+from bench.serve_load import cpu_seconds  # noqa: E402
 from bench.payloads import LENGTHS  # noqa: E402
 from schemas.plan import builtin_plan  # noqa: E402
 from schemas.tensors import stack_requests  # noqa: E402

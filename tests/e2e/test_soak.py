@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 def open_loop_step(url: str, bodies: list[bytes], qps: float, seconds: float) -> dict:
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.bench_serve import open_loop
+    from bench.serve_load import open_loop
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     return asyncio.run(open_loop(url, bodies, qps, 0.0, seconds, headers))
 
