@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_serve import (_env, autogroup_enabled, http_sweep, plot, scrape,  # noqa: E402
                                set_autogroup_nice, stop, wait_ready)
-from schemas.plan import builtin_plan  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 
 TARGET = {"qps": 200, "p99_ms": 50.0, "errors": 0}
 LENGTHS = (4, 16, 50, 100)
@@ -148,7 +148,7 @@ def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: li
     from bench.bench_serve import summary_ms
     from offline.export.bundle import load_bundle, split_scores
     from rti_store import MemoryWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
     from scorer.recommend import RecommendSettings, parse_request, prepare, request_tensors
 
     torch.set_num_threads(1)
@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
 
     from relstream.stack import free_port
     from rti_store import RedisWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
     from bench.bench_serve import start_serve
 
     def log(msg):

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.payloads import LENGTHS, Payloads, infer_bodies, make_payloads  # noqa: E402
 from relstream.stack.process import Process  # noqa: E402
-from schemas.plan import builtin_plan  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 
 TOKEN = "bench-" + uuid.uuid4().hex
 TARGET_HTTP = {"qps": 1000, "p99_ms": 50.0, "errors": 0}

@@ -289,7 +289,7 @@ class Demo:
         import pyarrow.parquet as pq
 
         from offline.distillation.replay import label_rows
-        from schemas.plan import builtin_plan
+        from schemas.plan_loading import builtin_plan
 
         plan = builtin_plan(LABEL_PLAN)
         self.label_table = plan.label_feedback.table
