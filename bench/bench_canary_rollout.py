@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     from relstream.model_ops import ModelOps
     from relstream.triton_control import TritonControl
     from relstream.stack import LocalStack
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     plan = builtin_plan("fraud")
     now = time.time_ns()

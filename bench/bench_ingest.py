@@ -36,6 +36,7 @@ Prints JSON and writes bench/results/ingest[_<priority>].json and .png.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -82,10 +83,24 @@ def server_cpu_s(client) -> float:
 
 # ----- worker side: runs with the code of one tree ------------------------------------------------
 
+# Where the tree on sys.path keeps a contract function: a baseline tree may predate the split of
+# schemas.plan / schemas.tensors into plan_loading / interactions / values.
+_CONTRACT_MODULES = ("schemas.interactions", "schemas.plan_loading", "schemas.tensors", "schemas.plan")
+
+
+def contract(name: str):
+    """The contract function ``name`` of the tree on sys.path; ``None`` when that tree lacks it."""
+    for module in _CONTRACT_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            found = getattr(importlib.import_module(module), name, None)
+            if found is not None:
+                return found
+    return None
+
+
 def batch_api() -> bool:
     """Whether the tree on sys.path has the batch path (columns through the contract)."""
-    import schemas.tensors
-    return hasattr(schemas.tensors, "interactions_of_columns")
+    return contract("interactions_of_columns") is not None
 
 
 def run_pipeline(plan, bootstrap: str, redis_url: str, registry: Path, topic: str, n: int, batch_size: int,
@@ -174,15 +189,15 @@ def _stage_batches(plan, registry: Path, values: list[bytes], batch_events: int)
     for i in range(0, len(values), batch_events):
         chunk = values[i:i + batch_events]
         if batch_api():
-            from schemas.tensors import interactions_of_columns
             from streams.columnar import ColumnarDecoder
 
+            interactions_of_columns = contract("interactions_of_columns")
             cols = plan.interaction_columns[TABLE]
             _rows, columns = ColumnarDecoder(codec.registry, 1 << 20).decode(chunk, cols)
             batch = interactions_of_columns(plan, TABLE, columns, len(chunk))
             out.append((batch, (lambda st, hops: st.append_rows(hops), (batch.hops,))))
         else:
-            from schemas.tensors import interactions_of
+            interactions_of = contract("interactions_of")
 
             items = [a for v in chunk for a in interactions_of(plan, TABLE, codec.decode(v)[1])]
             out.append((items, (lambda st, its: st.append(its), (items,))))
@@ -201,9 +216,9 @@ def run_stages(plan, registry: Path, values: list[bytes], batch_events: int) -> 
     chunks = [values[i:i + batch_events] for i in range(0, len(values), batch_events)]
     clock = time.process_time
     if batch_api():
-        from schemas.tensors import interactions_of_columns
         from streams.columnar import ColumnarDecoder
 
+        interactions_of_columns = contract("interactions_of_columns")
         columnar = ColumnarDecoder(codec.registry, 1 << 20)
         cols = plan.interaction_columns[TABLE]
         t0 = clock()
@@ -215,7 +230,7 @@ def run_stages(plan, registry: Path, values: list[bytes], batch_events: int) -> 
             store.encode_calls(b.hops)
         t3 = clock()
     else:
-        from schemas.tensors import interactions_of
+        interactions_of = contract("interactions_of")
 
         t0 = clock()
         decoded = [[codec.decode(v)[1] for v in c] for c in chunks]
@@ -238,7 +253,7 @@ def worker(args) -> None:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     if args.priority != "default":
         boost(0, args.priority)  # before any librdkafka thread exists: they inherit it
-    from schemas.plan import builtin_plan
+    builtin_plan = contract("builtin_plan")
 
     plan = builtin_plan("fraud")
     job = json.loads(args.worker)

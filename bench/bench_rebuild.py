@@ -126,7 +126,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from relstream.stack import ComponentSettings, LocalStack
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
     from schemas.registry import AvroCodec, FileSchemaRegistry, load_builtin_schemas
 
     plan = builtin_plan("fraud")

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench.serve_env import autogroup_enabled, service_env, set_autogroup_nice, stop, wait_ready  # noqa: E402
 from bench.serve_load import http_sweep, scrape  # noqa: E402
 from bench.serve_report import plot  # noqa: E402
-from schemas.plan import builtin_plan  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 
 TARGET = {"qps": 200, "p99_ms": 50.0, "errors": 0}
 LENGTHS = (4, 16, 50, 100)
@@ -149,7 +149,7 @@ def in_process_baseline(plan, version_dir: Path, bodies: list[dict], history: li
     from bench.serve_load import summary_ms
     from offline.export.bundle import load_bundle, split_scores
     from rti_store import MemoryWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
     from scorer.recommend import RecommendSettings, parse_request, prepare, request_tensors
 
     torch.set_num_threads(1)
@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
 
     from relstream.stack import free_port
     from rti_store import RedisWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
     from bench.serve_env import start_serve
 
     def log(msg):

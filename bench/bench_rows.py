@@ -46,7 +46,7 @@ def _published_inputs(work: Path, dim: int) -> dict:
     from offline.datasets.fraud import FraudSimConfig, generate_dataset
     from offline.embeddings import random_embeddings, write_embeddings_parquet
     from offline.evaluate import SplitConfig, time_split
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     plan = builtin_plan("fraud")
     tx = generate_dataset(FraudSimConfig()).table("transactions")
@@ -72,7 +72,7 @@ def _sharded_inputs(work: Path, shards: int, score_every: int, dim: int, snapsho
 
     from offline.datasets.fraud import FraudSimConfig, generate_dataset
     from offline.embeddings import random_embeddings, write_embeddings_parquet
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     plan = builtin_plan("fraud")
     cfg = FraudSimConfig()
@@ -105,7 +105,7 @@ def _run_one(work: str, engine: str, out: str, chunk_events: int, result_path: s
              duckdb_memory_limit: str | None = None) -> None:
     """In a fresh process: one build_rows, its timings written to result_path."""
     from offline.rows import build_rows
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     work = Path(work)
     mask = np.load(work / "mask.npy")

@@ -41,7 +41,7 @@ from bench.serve_kafka import kafka_latency  # noqa: E402
 from bench.serve_load import http_sweep, scrape  # noqa: E402
 from bench.serve_report import (TARGET_HTTP, TARGET_KAFKA, merge_cpu_summary, plot, plot_cpu_summary,  # noqa: E402
                                 verdict)
-from schemas.plan import builtin_plan  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 
 
 def _floats(csv: str) -> list[float]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.serve_load import cpu_seconds  # noqa: E402
 from bench.payloads import LENGTHS  # noqa: E402
-from schemas.plan import builtin_plan  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 from schemas.tensors import stack_requests  # noqa: E402
 
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from relstream.stack import LocalStack  # noqa: E402
 from rti_store import MemoryWindowStore, RedisWindowStore  # noqa: E402
-from schemas.plan import builtin_plan  # noqa: E402
-from schemas.tensors import interactions_of  # noqa: E402
+from schemas.interactions import interactions_of  # noqa: E402
+from schemas.plan_loading import builtin_plan  # noqa: E402
 
 DAY = 86_400 * 10**9
 T0 = 1_700_000_000 * 10**9
@@ -219,7 +219,7 @@ def main() -> None:
     prep_us = (time.perf_counter() - t) / len(rows) * 1e6
     batches = [[a for r in items[i:i + args.batch] for a in r] for i in range(0, len(items), args.batch)]
     try:  # the batch path, where this version has it
-        from schemas.tensors import interactions_of_rows
+        from schemas.interactions import interactions_of_rows
         hop_batches = [interactions_of_rows(plan, "transactions", rows[i:i + args.batch]).hops
                        for i in range(0, len(rows), args.batch)]
     except ImportError:

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from schemas.interactions import Interaction, Window, interactions_of
 from schemas.plan import ServingPlan
-from schemas.tensors import Interaction, Window, build_tensors, interactions_of, to_triton_json
+from schemas.tensors import build_tensors, to_triton_json
 
 LENGTHS = (4, 8, 16, 32)
 T0 = 1_700_000_000 * 10**9  # anchor time of every payload (ns)

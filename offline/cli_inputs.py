@@ -156,7 +156,7 @@ def plan_of(args):
         if plan is None:
             _error(f"--project {args.project}: the spec has no serving section (serving.plan and serving.task)")
         return plan
-    from schemas.plan import builtin_plan, load_plan
+    from schemas.plan_loading import builtin_plan, load_plan
 
     return load_plan(args.plan) if Path(args.plan).suffix in (".yaml", ".yml") else builtin_plan(args.plan)
 

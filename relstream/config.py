@@ -37,7 +37,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from redis.cluster import RedisCluster
 
-from schemas.plan import ServingPlan, resolve_plan
+from schemas.plan import ServingPlan
+from schemas.plan_loading import resolve_plan
 from scorer.settings import ScoreSettings, ServeSettings
 from streams.settings import IngestSection
 
@@ -448,7 +449,7 @@ def stack_from_config(cfg: Config):
 
 def serving_plan(cfg: Config, override: str | os.PathLike | None = None) -> ServingPlan:
     """The serving plan of a command: ``override`` (``--plan``, ``score.plan`` ...), else the
-    top-level ``plan``, else the built-in default (``schemas.plan.resolve_plan``)."""
+    top-level ``plan``, else the built-in default (``schemas.plan_loading.resolve_plan``)."""
     return resolve_plan(override or cfg.plan)
 
 

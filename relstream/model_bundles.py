@@ -13,7 +13,8 @@ from typing import Mapping
 
 from google.protobuf import text_format
 
-from schemas.plan import ServingPlan, load_plan
+from schemas.plan import ServingPlan
+from schemas.plan_loading import load_plan
 
 PLAN_FILE = "plan.yaml"
 MANIFEST_FILE = "manifest.json"

@@ -17,8 +17,9 @@ from typing import Mapping
 
 import numpy as np
 
+from schemas.interactions import Interaction, Window
 from schemas.plan import ServingPlan
-from schemas.tensors import Interaction, Window, build_tensors
+from schemas.tensors import build_tensors
 
 from .model_bundles import REQUIRED_OUTPUTS, DeployRefused, plan_signature
 

@@ -25,8 +25,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from schemas.interactions import HopRows, Interaction, Window
 from schemas.plan import ServingPlan
-from schemas.tensors import HopRows, Interaction, RowError, Window
+from schemas.values import RowError
 
 from rti_store.codec import RowCodec, codecs_for, coerce_entity
 
@@ -97,7 +98,7 @@ class WindowStore(Protocol):
 
     def append_rows(self, rows: Sequence[HopRows], items: Sequence[AppendItem] = ()) -> int:
         """:meth:`append` of the window rows of a decoded batch (``HopRows`` of
-        ``schemas.tensors.interactions_of_columns``) plus per-row ``items``, in one round trip.
+        ``schemas.interactions.interactions_of_columns``) plus per-row ``items``, in one round trip.
         Same effect as :meth:`append` of ``rows``' items (each hop's in batch order) followed by
         ``items``."""
 

@@ -23,8 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from schemas.interactions import HopRows, Interaction, Window
 from schemas.plan import Hop, ServingPlan
-from schemas.tensors import HopRows, Interaction, RowError, Window, describe
+from schemas.values import RowError, describe
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

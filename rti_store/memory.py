@@ -7,8 +7,8 @@ import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
+from schemas.interactions import Window
 from schemas.plan import ServingPlan
-from schemas.tensors import Window
 
 from rti_store import logic
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, WindowKey, completeness_of,

@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import redis
 
+from schemas.interactions import HopRows, Window
 from schemas.plan import ServingPlan
-from schemas.tensors import HopRows, Window
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
                             completeness_of, parse_marker, pending_field, step_field)

@@ -3,8 +3,11 @@
 Every other package imports these; nothing redefines plan fields, tensor names or window bounds.
 """
 
-from schemas.plan import PlanError, ServingPlan, builtin_plan, load_plan, parse_plan
-from schemas.tensors import Interaction, RowError, Window, build_tensors, interactions_of, window_keys
+from schemas.interactions import Interaction, Window, interactions_of, window_keys
+from schemas.plan import PlanError, ServingPlan
+from schemas.plan_loading import builtin_plan, load_plan, parse_plan
+from schemas.tensors import build_tensors
+from schemas.values import RowError
 
 __all__ = [
     "Interaction", "PlanError", "RowError", "ServingPlan", "Window", "build_tensors", "builtin_plan",

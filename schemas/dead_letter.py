@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from schemas.registry import DecodeError
-from schemas.tensors import RowError
+from schemas.values import RowError
 
 DLQ_SUBJECT = "dead-letters-value"
 HEADER_PREFIX = "relstream.dlq."

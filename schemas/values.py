@@ -1,8 +1,12 @@
-"""The value rules of the contract: what a timestamp or a number must be to enter relstream.
+"""The value rules of the contract: what a cell, a timestamp or a number must be to enter relstream.
 
-One definition, applied wherever rows enter: the HTTP scorer (one request's values) and the
-offline loader (whole columns of training data) both call :func:`check_column`, so a plan
-constraint such as ``{tx_amount: {min: 0}}`` cannot hold on one side and not the other.
+Cells become the plan dtype's Python value by :func:`coerce_value` / :func:`coerce_row` (the
+lenient internal rule: an integer timestamp is already ns, :func:`to_ns`); refusals are
+:class:`RowError`, worded by :func:`describe`; :func:`event_id_int` makes any event id an int64.
+
+Client input has one definition, applied wherever rows enter: the HTTP scorer (one request's
+values) and the offline loader (whole columns of training data) both call :func:`check_column`,
+so a plan constraint such as ``{tx_amount: {min: 0}}`` cannot hold on one side and not the other.
 
 * Timestamps a client sends are ISO-8601 strings or integers in the table's declared
   ``time_unit`` (:func:`timestamp_ns`); inside relstream they are int64 nanoseconds.
@@ -15,16 +19,130 @@ Error messages name the field and speak plain words (never a Python type name or
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from schemas.plan import ANCHOR_TIME, NS_PER, ServingPlan
-from schemas.tensors import RowError, describe
+from schemas.plan import ANCHOR_TIME, NS_PER, FieldError, ServingPlan
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+class RowError(FieldError):
+    """A row or request that does not fit the plan. The message names the field."""
+
+
+def describe(value: Any) -> str:
+    """A value in plain words for error messages: JSON's vocabulary, never a Python type or repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, np.integer)):
+        return f"the integer {int(value)}"
+    if isinstance(value, (float, np.floating)):
+        return f"the number {float(value)!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f'the text "{shown}"'
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    return "a value of an unsupported kind"
+
+
+def to_ns(value: Any, field: str = "timestamp") -> int:
+    """An instant as int64 nanoseconds since the epoch (UTC).
+
+    Accepts integers (already ns), ``datetime`` (naive = UTC), ``numpy.datetime64``, pandas
+    ``Timestamp`` and ISO-8601 strings.
+    """
+    if isinstance(value, bool):
+        raise RowError(field, f"expected a timestamp, got a boolean {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[ns]").astype(np.int64))
+    if hasattr(value, "value") and hasattr(value, "tz_localize"):  # pandas.Timestamp
+        return int(value.value)
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        delta = value - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise RowError(field, f"unparseable timestamp {describe(value)} (use int ns or ISO-8601)") from None
+        return to_ns(parsed, field)
+    raise RowError(field, f"expected a timestamp (int ns or ISO-8601), got {describe(value)}")
+
+
+def coerce_value(dtype: str, value: Any, field: str) -> Any:
+    """One cell, checked and converted to the plan dtype's Python value."""
+    if value is None:
+        raise RowError(field, "missing value (null)")
+    if dtype == "timestamp":
+        return to_ns(value, field)
+    if dtype == "int64":
+        if isinstance(value, bool):
+            raise RowError(field, f"expected an integer, got {describe(value)}")
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+        raise RowError(field, f"expected an integer, got {describe(value)}")
+    if dtype in ("float32", "float64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise RowError(field, f"expected a number, got {describe(value)}")
+        value = float(value)
+        if not np.isfinite(value):
+            raise RowError(field, f"expected a finite number, got {value!r}")
+        return value
+    if dtype == "string":
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (str, int, np.integer)) and not isinstance(value, bool):
+            return str(value).encode("utf-8")
+        raise RowError(field, f"expected a string, got {describe(value)}")
+    raise RowError(field, f"unknown dtype {dtype!r}")
+
+
+def coerce_row(plan: ServingPlan, table: str, row: Mapping[str, Any], *, columns: Iterable[str] | None = None,
+               allow_extra: bool = True) -> dict[str, Any]:
+    """Check a row of ``table`` against the plan and return it with plan-typed values."""
+    spec = plan.tables.get(table)
+    if spec is None:
+        raise RowError("table", f"unknown table {table!r}")
+    if not isinstance(row, Mapping):
+        raise RowError(table, f"expected an object, got {describe(row)}")
+    if not allow_extra:
+        for key in row:
+            if key not in spec.columns:
+                raise RowError(f"{table}.{key}", f"unknown field; {table} has {list(spec.columns)}")
+    out = {}
+    for col in (spec.columns if columns is None else columns):
+        if col not in row:
+            raise RowError(f"{table}.{col}", "missing field")
+        out[col] = coerce_value(spec.columns[col], row[col], f"{table}.{col}")
+    return out
+
+
+def event_id_int(value: Any) -> int:
+    """A signed 64-bit id for any event id: integers as they are, strings by a stable hash."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        v = int(value)
+        if -(2**63) <= v < 2**63:
+            return v
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -198,4 +316,5 @@ def check_row(plan: ServingPlan, table: str, row: Mapping[str, Any], *, now_ns: 
     return out
 
 
-__all__ = ["TimestampWindow", "check_column", "check_row", "iso", "timestamp_ns"]
+__all__ = ["RowError", "TimestampWindow", "check_column", "check_row", "coerce_row", "coerce_value", "describe",
+           "event_id_int", "iso", "timestamp_ns", "to_ns"]

@@ -23,8 +23,8 @@ from typing import Any, Awaitable, Callable, Generator, Mapping, Protocol, Seque
 import numpy as np
 
 from schemas.dead_letter import ROW_ERRORS
+from schemas.interactions import Window, WindowKey
 from schemas.plan import ServingPlan
-from schemas.tensors import Window, WindowKey
 
 from .triton import TritonRequestError
 

@@ -23,8 +23,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from schemas.interactions import Window, WindowKey
 from schemas.plan import ServingPlan
-from schemas.tensors import Window, WindowKey
 
 from rti_store.base import Completeness
 

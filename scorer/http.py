@@ -36,8 +36,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.plan import ANCHOR_TIME, ServingPlan
-from schemas.tensors import RowError, describe, from_triton_json
-from schemas.values import check_row
+from schemas.tensors import from_triton_json
+from schemas.values import RowError, check_row, describe
 
 from .batch import Outcome
 from .batcher import MicroBatcher

@@ -20,7 +20,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from schemas.tensors import RowError
+from schemas.values import RowError
 
 from .batch import Outcome, ServingTask, run_async, score_batch
 from .metrics import ScorerMetrics

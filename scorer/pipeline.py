@@ -19,11 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from schemas.interactions import Interaction, Window, WindowKey, interactions_of, window_keys
 from schemas.plan import ANCHOR_TIME, ServingPlan
-from schemas.tensors import (Interaction, RowError, Window, WindowKey, anchor_time_of, build_tensors,
-                             coerce_row, coerce_value, describe, event_id_int, interactions_of, stack_requests,
-                             to_ns, window_keys)
-from schemas.values import check_column
+from schemas.tensors import anchor_time_of, build_tensors, stack_requests
+from schemas.values import RowError, check_column, coerce_row, coerce_value, describe, event_id_int, to_ns
 
 # Degraded-flag vocabulary (strings in the score record's ``degraded`` array).
 DEGRADED_WINDOWS = "windows_unavailable"  # window store down or past the deadline: empty windows

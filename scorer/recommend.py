@@ -37,10 +37,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from schemas.interactions import Interaction, Window, WindowKey, interactions_of, window_keys
 from schemas.plan import ANCHOR_TIME, Hop, ServingPlan
-from schemas.tensors import (Interaction, RowError, Window, WindowKey, build_tensors, coerce_candidates, coerce_row,
-                             coerce_value, describe, interactions_of, window_keys)
-from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
+from schemas.tensors import build_tensors, coerce_candidates
+from schemas.values import (RowError, TimestampWindow, check_column, check_row, coerce_row, coerce_value, describe,
+                            timestamp_ns)
 
 from .pipeline import EMBEDDING_MISSING, cold_start_columns
 from .settings import RecommendSettings

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from schemas.plan import ANCHOR_TIME, ServingPlan
-from schemas.tensors import RowError
+from schemas.values import RowError
 
 from .batch import Outcome
 from .batcher import MicroBatcher

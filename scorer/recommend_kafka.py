@@ -23,8 +23,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from schemas.dead_letter import INVALID_ROW, ROW_ERRORS
+from schemas.interactions import interactions_of
 from schemas.plan import ServingPlan
-from schemas.tensors import coerce_row, interactions_of
+from schemas.values import coerce_row
 
 from .batch import Outcome
 from .recommend import RankRequest, degraded_flags, find_catalog, load_catalog, shared_columns, top_items

@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from schemas.interactions import Window, WindowKey
 from schemas.plan import ServingPlan
-from schemas.tensors import Window, WindowKey, stack_requests
+from schemas.tensors import stack_requests
 
 from .pipeline import PreparedEvent, event_tensors
 from .recommend import Prepared, RankRequest, prepare, request_tensors

@@ -1,6 +1,6 @@
 """`relstream ingest --backfill FILE.parquet`: fill the windows from history.
 
-Rows take the live path: :meth:`RecordDecoder.row_appends` (= ``schemas.tensors.interactions_of``)
+Rows take the live path: :meth:`RecordDecoder.row_appends` (= ``schemas.interactions.interactions_of``)
 then ONE ``store.append`` per chunk, retried with backoff like a live batch. Appends are
 idempotent and the final window state does not depend on arrival order, so a backfill may be
 re-run or overlap with live ingestion.
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from kafka_io.retry import Backoff, retry_until
-from schemas.tensors import RowError
+from schemas.values import RowError
 from streams.records import RecordDecoder
 
 

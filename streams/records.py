@@ -1,12 +1,12 @@
 """Kafka records -> window appends (pure logic, no I/O).
 
 A record of an interaction topic is decoded with the Avro codec (Confluent wire format) and
-turned into window appends by :func:`schemas.tensors.interactions_of` -- the same function the
+turned into window appends by :func:`schemas.interactions.interactions_of` -- the same function the
 backfill, offline replay and scorer use, so the hop logic lives in exactly one place.
 
 Live ingestion takes a batch at a time: each topic's records are decoded together (flat numeric
 records column by column, :mod:`streams.columnar`; the others by the codec) and turned into window
-rows of every hop at once by :func:`schemas.tensors.interactions_of_columns`, which falls back to
+rows of every hop at once by :func:`schemas.interactions.interactions_of_columns`, which falls back to
 ``interactions_of`` for any row that is not plainly typed -- record for record the same verdict,
 appends and dead letters as the per-record path (:meth:`RecordDecoder.appends`, the reference).
 
@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from schemas.dead_letter import DEFAULT_MAX_PAYLOAD_BYTES, UNMAPPED_TOPIC, RecordRejected, check_record, invalid_row
+from schemas.interactions import (MISSING, HopRows, Interaction, InteractionBatch, interactions_of,
+                                  interactions_of_columns, interactions_or_error)
 from schemas.plan import ServingPlan
-from schemas.tensors import (MISSING, HopRows, Interaction, InteractionBatch, interactions_of,
-                             interactions_of_columns, interactions_or_error)
 from streams.columnar import ColumnarDecoder
 
 Append = tuple[str, Any, Interaction]  # (hop key, entity id, interaction), as interactions_of returns

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from offline.datasets.base import NS_PER_DAY, RelationalDataset
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 
 def _write(ds: RelationalDataset, out: Path, columns: dict[str, list[str]]) -> None:

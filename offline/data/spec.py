@@ -3,7 +3,7 @@
 A project names every table (where its file(s) are, primary key, time column, column types),
 the foreign keys that link them, the offline-only label columns with their feedback delay,
 the *base* task(s) the deep model trains on, the *serving* task of the distilled model, and
-the serving plan (``schemas/plans/*.yaml``, by path or inline; parsed by ``schemas.plan``).
+the serving plan (``schemas/plans/*.yaml``, by path or inline; parsed by ``schemas.plan_loading``).
 Validation happens in two steps, and every error names the offending field:
 
 * :func:`parse_project` / :func:`load_project` — the spec alone (types, references between
@@ -24,7 +24,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.plan import Duration, FieldError, PlanError, ServingPlan, load_plan, parse_plan
+from schemas.plan import Duration, FieldError, PlanError, ServingPlan
+from schemas.plan_loading import load_plan, parse_plan
 
 
 class SpecError(FieldError):

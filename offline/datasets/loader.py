@@ -16,9 +16,9 @@ import pandas as pd
 
 from offline.datasets.base import NS_PER_DAY, NS_PER_SECOND, RelationalDataset
 from offline.datasets.fraud import PUBLISHED_COLUMNS, normalise
-from schemas.plan import ServingPlan, builtin_plan
-from schemas.tensors import RowError
-from schemas.values import TimestampWindow, check_column
+from schemas.plan import ServingPlan
+from schemas.plan_loading import builtin_plan
+from schemas.values import RowError, TimestampWindow, check_column
 
 REQUIRED = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 # Derivable when absent: time offsets from the first day's midnight; scenario 0 ("unknown").

@@ -2,7 +2,7 @@
 
 One replay serves every plan kind. Interactions (rows of the table the plan's hops read) are
 appended in event-time order to the in-memory window store of :mod:`rti_store` through
-:func:`schemas.tensors.interactions_of`; each query (a fact row and its anchor time) is read
+:func:`schemas.interactions.interactions_of`; each query (a fact row and its anchor time) is read
 once every interaction strictly before its anchor has been appended (``window_keys`` +
 ``read_many``) and its tensors are built by :func:`schemas.tensors.build_tensors` -- the calls the
 online scorer makes, so online and offline tensors are equal by construction.
@@ -22,7 +22,7 @@ row that is still visible at T).
 
 Label feedback (plans with ``label_feedback``): the label table is one more hop table. Its rows
 are the label events, ordered by the time each label became known (given, or the fact's time +
-``delay``: :func:`schemas.tensors.with_known_time`), so a query at T reads exactly the labels
+``delay``: :func:`schemas.interactions.with_known_time`), so a query at T reads exactly the labels
 known strictly before T. Without a label table the replay derives it from the fact rows' labels
 (:func:`label_rows`): every fact is labelled, known at its time + ``delay``.
 
@@ -42,9 +42,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rti_store import MemoryWindowStore
+from schemas.interactions import Window, interactions_of, window_keys, with_known_time
 from schemas.plan import ServingPlan
-from schemas.tensors import (PAD_CANDIDATE, Window, anchor_time_of, build_tensors, interactions_of, stack_requests,
-                             to_ns, window_keys, with_known_time)
+from schemas.tensors import PAD_CANDIDATE, anchor_time_of, build_tensors, stack_requests
+from schemas.values import to_ns
 
 # candidates(i, windows) -> (candidate ids, their labels): the candidates of query i, chosen with
 # its windows as of the anchor (nothing later).

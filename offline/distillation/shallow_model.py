@@ -44,7 +44,7 @@ Ranking head (:class:`RankingModel`):
 Only torch, numpy and :mod:`schemas` are imported (the embedding table is passed in).
 
 Why one file of ~630 lines: it is copied verbatim into every exported Triton bundle (next to
-``schemas/plan.py`` and ``schemas/tensors.py``), and the two heads share the encodings above; one
+the ``schemas`` modules it imports), and the two heads share the encodings above; one
 file keeps the served code and the trained code one artefact that cannot be vendored half-way.
 """
 

@@ -24,7 +24,8 @@ import torch
 
 from offline.distillation.shallow_model import ShallowModel, load_model, prepare_features, serve
 from offline.embeddings import EmbeddingTable
-from schemas.plan import ANCHOR_TIME, ServingPlan, load_plan
+from schemas.plan import ANCHOR_TIME, ServingPlan
+from schemas.plan_loading import load_plan
 from schemas.tensors import PAD_TIME, stack_requests
 
 log = logging.getLogger(__name__)

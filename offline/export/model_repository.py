@@ -9,8 +9,9 @@ Layout written by :func:`export_model` (one new version directory per export)::
     <repo>/<model_name>/<N>/catalog.parquet     ranking plans: most frequent candidates before the export cut
     <repo>/<model_name>/<N>/plan.yaml           the serving plan
     <repo>/<model_name>/<N>/manifest.json       data range, metrics, git commit, plan fingerprint
-    <repo>/<model_name>/<N>/vendor/             schemas/{plan,tensors}.py + offline/embeddings.py,
-                                                offline/distillation/shallow_model.py, offline/export/bundle.py
+    <repo>/<model_name>/<N>/vendor/             schemas/{plan,plan_loading,values,interactions,tensors}.py,
+                                                offline/embeddings.py, offline/distillation/shallow_model.py,
+                                                offline/export/bundle.py
 
 The self-check against a real Triton is :mod:`offline.export.self_check`.
 """
@@ -32,8 +33,9 @@ from offline.distillation.shallow_model import RankingConfig, ScoringConfig, Sha
 from offline.embeddings import EmbeddingTable, random_embeddings, write_embeddings_parquet
 from offline.export.bundle import CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, PLAN_FILE, WEIGHTS_FILE, write_catalog
 from schemas.files import file_sha256
+from schemas.interactions import Window
 from schemas.plan import ServingPlan
-from schemas.tensors import Window, build_tensors
+from schemas.tensors import build_tensors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = Path(__file__).parent / "triton_model"
@@ -41,7 +43,10 @@ TEMPLATE_DIR = Path(__file__).parent / "triton_model"
 DEFAULT_MODEL_NAME = "relstream"
 DEFAULT_RANKING_MODEL_NAME = "relstream_ranker"
 # Code the bundle needs, copied verbatim (paths relative to the repository root).
-VENDORED = ("schemas/plan.py", "schemas/tensors.py", "offline/embeddings.py", "offline/distillation/shallow_model.py",
+# The schemas modules are bundle.py's and shallow_model.py's imports with their own (plan_loading for
+# load_plan; tensors -> interactions, values).
+VENDORED = ("schemas/plan.py", "schemas/plan_loading.py", "schemas/values.py", "schemas/interactions.py",
+            "schemas/tensors.py", "offline/embeddings.py", "offline/distillation/shallow_model.py",
             "offline/export/bundle.py")
 
 

@@ -5,7 +5,7 @@ differs only in function names and identifier quoting). Inputs are two relations
 registers under the names it passes in:
 
 * events (staged by :mod:`offline.rows.stage`): the fact table's columns, plus ``__row`` (the
-  row's position in the caller's frame), ``__eid`` (its event id, :func:`schemas.tensors.event_id_int`
+  row's position in the caller's frame), ``__eid`` (its event id, :func:`schemas.values.event_id_int`
   of the primary key) and ``__score`` (whether the row is an anchor to build a training row for);
 * snapshots: ``entity_type, entity_id, snapshot_time, embedding`` (``embeddings.parquet``).
 

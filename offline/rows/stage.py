@@ -3,7 +3,7 @@
 Events (the plan's fact table: a pandas frame or a Parquet file) get three columns:
 ``__row`` (position in the input: what :class:`offline.distillation.replay.TrainingRows` calls ``row_index``),
 ``__eid`` (the event id the window store orders equal timestamps by,
-:func:`schemas.tensors.event_id_int` of the primary key) and ``__score`` (an anchor to build a row
+:func:`schemas.values.event_id_int` of the primary key) and ``__score`` (an anchor to build a row
 for). Nulls and non-finite numbers in the columns the rows read are refused here, naming the
 column, instead of surfacing as an engine error deep inside a query. Timestamps become int64 ns.
 
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from offline.embeddings import EMBEDDING_COLUMNS, EmbeddingError
 from offline.rows.query import EID_COL, ROW_COL, SCORE_COL
 from schemas.plan import FieldError, ServingPlan
-from schemas.tensors import event_id_int
+from schemas.values import event_id_int
 
 EVENTS_FILE = "events.parquet"
 SNAPSHOTS_FILE = "snapshots.parquet"

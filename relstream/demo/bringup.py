@@ -229,7 +229,7 @@ class BringUp:
         import pyarrow.parquet as pq
 
         from offline.distillation.replay import label_rows
-        from schemas.plan import builtin_plan
+        from schemas.plan_loading import builtin_plan
 
         plan = builtin_plan(LABEL_PLAN)
         self.label_table = plan.label_feedback.table

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from relstream.stack.process import Process, ProcessExited
-from schemas.plan import load_plan
+from schemas.plan_loading import load_plan
 from schemas.tensors import stack_requests
 from scorer.triton import make_inputs
 

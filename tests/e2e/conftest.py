@@ -20,7 +20,7 @@ _redis_dbs = itertools.count()
 
 @pytest.fixture(scope="session")
 def plan():
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
     return builtin_plan("fraud")
 
 

@@ -69,7 +69,7 @@ class FaultReport:
 def window_state_equal(plan, redis_client, events: list[dict]) -> tuple[bool, str]:
     """Redis windows of every entity == the in-memory store fed with ``events`` once."""
     from rti_store import MemoryWindowStore, RedisWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
 
     mem = MemoryWindowStore(plan)
     items = [it for e in events for it in interactions_of(plan, plan.fact_table, e)]

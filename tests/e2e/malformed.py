@@ -143,7 +143,7 @@ def rejected_by_ingest(plan, codec, value, max_payload_bytes: int) -> str | None
 def rejected_by_scorer(plan, codec, value) -> str | None:
     """The scorer's verdict through its own decode + validation + tensor building."""
     from schemas.registry import DecodeError
-    from schemas.tensors import RowError
+    from schemas.values import RowError
     from scorer.pipeline import empty_windows, event_tensors, prepare_event
 
     try:

@@ -17,7 +17,7 @@ from offline.distillation.replay import replay_requests
 from offline.export.bundle import load_bundle, split_scores
 from relstream.cli import main
 from rti_store import RedisWindowStore
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
 from tests.scorer.conftest import AUTH, ServerThread, make_app
 
 pytestmark = pytest.mark.timeout(600)

@@ -26,7 +26,7 @@ LABEL_MODEL = "e2e_label_model"
 
 @pytest.fixture(scope="module")
 def label_plan():
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
     return builtin_plan("fraud_labels")
 
 

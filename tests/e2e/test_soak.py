@@ -63,7 +63,7 @@ def test_soak_http_and_kafka(e2e, soak):
 
     from bench.payloads import make_payloads
     from rti_store import RedisWindowStore
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     plan = builtin_plan("fraud")
     payloads = make_payloads(128)

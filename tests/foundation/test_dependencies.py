@@ -81,7 +81,7 @@ def test_serving_install_has_no_training_or_stack_packages(serving_venv):
 
 def test_relstream_serve_scores_from_the_serving_install(serving_venv, stack, tmp_path):
     """`relstream serve` (uvloop + httptools, as configured) answers /v1/score with only the core."""
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
     from tests.ops import services as svc
     from tests.scorer.conftest import fact_row, load_test_model
 

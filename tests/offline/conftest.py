@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from offline.datasets.fraud import TINY, generate_dataset
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 
 @pytest.fixture(scope="module")

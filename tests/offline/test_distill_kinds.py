@@ -7,7 +7,7 @@ from offline.distillation.shallow_model import (RankingModel, ScoringModel, buil
 from offline.distillation.trainer import train_shallow
 from offline.embeddings import EmbeddingTable, write_embeddings_parquet
 from offline.export import synthetic_requests
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from schemas.tensors import stack_requests
 
 

@@ -42,7 +42,7 @@ def test_distill_then_export_matches_offline_scores(project, run_dir, tmp_path):
     from offline.embeddings import EmbeddingTable
     from offline.distillation.trainer import MODEL_FILE, load_model
     from offline.distillation.shallow_model import serve
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     code = relstream_main(["offline", "distill", *args(project, "--epochs", "1", "--d-model", "32", "--layers", "1")])
     assert code == 0

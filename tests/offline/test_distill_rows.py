@@ -7,8 +7,9 @@ import pytest
 
 from offline.distillation.replay import TrainingRows, replay_rows
 from rti_store import MemoryWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import build_tensors, interactions_of, stack_requests, window_keys
+from schemas.interactions import interactions_of, window_keys
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import build_tensors, stack_requests
 
 T0 = 1_522_540_800 * 10**9
 S = 10**9

@@ -7,7 +7,7 @@ from offline.distillation.trainer import DistillConfig, subsample_indices, train
 from offline.embeddings import EmbeddingTable, random_embeddings
 from offline.distillation.shallow_model import ScoringConfig
 from relstream.cli import main as relstream_main
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 
 def test_subsample_is_seeded_sorted_unique_and_sized():

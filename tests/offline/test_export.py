@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2
 from offline.export.bundle import load_bundle, split_scores
 from offline.embeddings import random_embeddings, write_embeddings_parquet
 from offline.export import export_untrained, render_config, synthetic_requests
-from schemas.plan import parse_plan
+from schemas.plan_loading import parse_plan
 
 T = 1_710_000_000_000_000_000
 

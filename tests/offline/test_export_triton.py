@@ -7,7 +7,7 @@ import pytest
 from offline.embeddings import random_embeddings, write_embeddings_parquet
 from offline.export import check_export, export_untrained, load_in_triton, synthetic_requests
 from offline.export.self_check import _curl_infer
-from schemas.plan import parse_plan
+from schemas.plan_loading import parse_plan
 from schemas.tensors import to_triton_json
 
 T = 1_710_000_000_000_000_000

@@ -5,7 +5,7 @@ import pytest
 
 from offline.datasets.fraud import PUBLISHED_COLUMNS, TINY, FraudSimConfig, generate_transactions, write_transactions
 from offline.datasets.loader import DatasetError, load_transactions, validate_transactions
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 
 @pytest.fixture(scope="module")

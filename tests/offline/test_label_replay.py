@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from offline.distillation.replay import label_rows, replay_requests, replay_rows
 from rti_store import MemoryWindowStore, RedisWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of, with_known_time
+from schemas.interactions import interactions_of, with_known_time
+from schemas.plan_loading import builtin_plan
 from scorer.pipeline import event_tensors, prepare_event, split_windows, window_requests
 
 DAY = 86_400 * 10**9

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from offline.datasets.loader import DatasetError, validate_transactions
-from schemas.plan import NS_PER, builtin_plan, parse_plan
+from schemas.plan import NS_PER
+from schemas.plan_loading import builtin_plan, parse_plan
 from schemas.values import TimestampWindow
 
 

@@ -78,7 +78,7 @@ def test_embeddings_parquet_contract(fraud_run):
     assert table.num_rows == side["rows"] == 3 * (50 + 100)
     vec = np.stack(df["embedding"].to_numpy())
     assert np.isfinite(vec).all() and vec.std() > 0
-    from schemas.plan import builtin_plan
+    from schemas.plan_loading import builtin_plan
 
     day0 = np.datetime64("2018-04-01").astype("datetime64[ns]").astype(np.int64)
     emb = EmbeddingTable.from_parquet(path, builtin_plan("fraud"))

@@ -10,8 +10,9 @@ from offline.export.bundle import load_bundle, request_error, split_scores
 from offline.export import check_export, export_untrained, synthetic_requests
 from offline.export.self_check import _curl_infer
 from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
-from schemas.plan import builtin_plan
-from schemas.tensors import PAD_CANDIDATE, Window, build_tensors, stack_requests, to_triton_json
+from schemas.interactions import Window
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import PAD_CANDIDATE, build_tensors, stack_requests, to_triton_json
 
 T = 1_710_000_000_000_000_000
 DAY = 86_400 * 10**9

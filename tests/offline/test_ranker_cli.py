@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from offline.embeddings import random_embeddings, write_embeddings_parquet
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 DAY = 86_400 * 10**9
 MAX_ROWS = 60_000  # the first ~3 weeks of purchase lines
@@ -70,7 +70,7 @@ def test_score_examples_matches_the_bundle_and_pads_minus_inf(run_dir):
     from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
     from schemas.tensors import build_tensors
     from rti_store import MemoryWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
 
     plan = builtin_plan("recsys")
     tx = load_complete_journey(max_rows=MAX_ROWS).table("transactions")

@@ -24,8 +24,9 @@ from offline.distillation.candidates import DailyPopularity, SamplingConfig, Tra
 from offline.distillation.replay import replay_ranking_rows
 from offline.distillation.trainer import DistillConfig, train_shallow
 from offline.tasks.ranking import InteractionIndex, RankingColumns, ranking_examples
-from schemas.plan import builtin_plan
-from schemas.tensors import build_tensors, interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import build_tensors
 
 DAY = 86_400 * 10**9
 FIT_DAY, TRAIN_END_DAY, ANCHOR_DAY = 240, 310, 321

@@ -5,7 +5,7 @@ import pytest
 
 from offline.distillation.replay import replay_rows
 from offline.rows import RowsInputError, RowsPlanError, build_rows, load_rows, read_manifest, read_rows
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan_loading import builtin_plan, parse_plan
 from schemas.tensors import stack_requests
 
 

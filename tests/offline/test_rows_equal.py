@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from offline.embeddings import write_embeddings_parquet
 from offline.rows import build_rows, load_rows
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan_loading import builtin_plan, parse_plan
 
 S = 10**9
 T0 = 1_700_000_000 * S

@@ -89,7 +89,7 @@ def test_label_column_in_a_real_time_window():
     raw = spec()
     hop = "card_payments.account_id->accounts.account_id->card_payments.account_id"
     raw["serving"]["plan"]["distillation"]["real_time_columns"] = {hop: ["amount", "is_fraud"]}
-    err = error_of(raw)  # the plan's own label: refused by schemas.plan, field named
+    err = error_of(raw)  # the plan's own label: refused by schemas.plan_loading, field named
     assert err.field == f"serving.plan.distillation.real_time_columns.{hop}[1]" and "never" in str(err)
     # a label the plan does not know about (the project's, on another table) is refused as well
     raw = spec()

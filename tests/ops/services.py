@@ -16,7 +16,7 @@ import yaml
 
 from relstream.stack import free_port
 from relstream.stack.process import Process
-from schemas.plan import PLANS_DIR
+from schemas.plan_loading import PLANS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 

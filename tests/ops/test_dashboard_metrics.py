@@ -20,7 +20,7 @@ from offline.export import export_untrained
 from relstream import lifecycle as lc
 from relstream.model_ops import ModelOps
 from relstream.triton_control import TritonControl
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from tests.ops import services as svc
 from tests.ops.test_model_lifecycle_triton import DAY, embeddings
 

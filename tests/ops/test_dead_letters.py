@@ -19,7 +19,7 @@ import pytest
 
 from relstream.demo.events import read_topic, wait_caught_up
 from schemas.dead_letter import KEEP_PAYLOAD_BYTES, REASONS, dead_letter_headers, parse_dead_letter
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from schemas.registry import builtin_schema
 from tests.ops import services as svc
 from tests.scorer.conftest import load_test_model

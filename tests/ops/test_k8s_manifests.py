@@ -172,7 +172,7 @@ def test_secrets_come_from_the_secret_under_names_relstream_reads():
                                         ("Deployment", "relstream-serve"), ("Job", None)])
 def test_config_loads_strictly_in_each_container(tmp_path, kind, name):
     from relstream.config import load_config, section
-    from schemas.plan import builtin_plan, load_plan
+    from schemas.plan_loading import builtin_plan, load_plan
     from scorer.settings import ScoreSettings, ServeSettings
     from streams.ingest import IngestSection
 

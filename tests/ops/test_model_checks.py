@@ -10,7 +10,7 @@ from offline.embeddings import write_embeddings_parquet
 from offline.export import render_config
 from relstream import model_bundles, model_checks, model_metrics, model_ops, triton_control
 from relstream.model_checks import DeployRefused
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan_loading import builtin_plan, parse_plan
 
 DAY = 86_400 * 10**9
 NOW = 1_790_000_000 * 10**9

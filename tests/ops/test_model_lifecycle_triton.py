@@ -19,7 +19,7 @@ from relstream import lifecycle as lc
 from relstream.model_checks import DeployRefused, synthetic_requests
 from relstream.model_ops import ModelOps
 from relstream.triton_control import TritonControl
-from schemas.plan import builtin_plan, parse_plan
+from schemas.plan_loading import builtin_plan, parse_plan
 
 DAY = 86_400 * 10**9
 NOW = 1_790_000_000 * 10**9
@@ -207,7 +207,7 @@ def test_cli_deploy_status_rollback(plan, stack, tmp_path, capsys):
     import time
 
     from relstream.cli import main
-    from schemas.plan import PLANS_DIR
+    from schemas.plan_loading import PLANS_DIR
 
     model = f"ops_cli_{uuid.uuid4().hex[:6]}"
     emb = embeddings(tmp_path / "emb.parquet", plan, time.time_ns() - DAY)

@@ -14,7 +14,7 @@ from relstream.model_ops import ModelOps
 from relstream.triton_control import TritonControl
 from relstream.model_routing import (AsyncRoutedTritonScorer, RoutedTritonScorer, entity_tensor,
                                      route_rows)
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from schemas.tensors import stack_requests
 from tests.ops.test_model_lifecycle_triton import DAY, NOW, embeddings
 

@@ -6,8 +6,8 @@ import pytest
 
 from relstream.config import redis_client, validate
 from rti_store import MemoryWindowStore, RedisWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 
 PLAN = builtin_plan("fraud")
 

@@ -18,7 +18,7 @@ from offline.export import export_untrained
 from relstream import lifecycle as lc
 from relstream.model_ops import ModelOps
 from relstream.triton_control import TritonControl
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from tests.ops import services as svc
 from tests.ops.test_model_lifecycle_triton import DAY, embeddings
 
@@ -59,7 +59,7 @@ def test_two_ingest_two_score_survive_sigkill_on_redis_cluster(stack, redis_clus
     from redis.cluster import RedisCluster
 
     from rti_store import MemoryWindowStore, RedisWindowStore
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
 
     plan = builtin_plan("fraud")
     model = f"ops_scale_{uuid.uuid4().hex[:6]}"

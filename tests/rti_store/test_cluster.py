@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 from rti_store import MemoryWindowStore, RedisWindowStore
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import builtin_plan, parse_plan
-from schemas.tensors import HopRows, RowError, interactions_of, interactions_of_rows
+from schemas.interactions import HopRows, interactions_of, interactions_of_rows
+from schemas.plan_loading import builtin_plan, parse_plan
+from schemas.values import RowError
 from rti_store import Completeness, MemoryWindowStore, RedisWindowStore, StoreMarker, WindowStore
 from tests.rti_store.conftest import FakeClock
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from redis.cluster import key_slot
 
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from rti_store.codec import codecs_for
 from rti_store.redis_store import RedisWindowStore, entity_token
 
@@ -66,7 +66,8 @@ def test_text_clients_are_refused():
 
 def test_numpy_scalars_encode_like_python_ints_and_floats_are_refused():
     import numpy as np
-    from schemas.tensors import Interaction, RowError
+    from schemas.interactions import Interaction
+    from schemas.values import RowError
     from rti_store.codec import RowCodec
 
     codec = RowCodec(PLAN, PLAN.hop(HOP_C))

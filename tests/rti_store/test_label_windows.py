@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of, interactions_of_rows, label_stats, with_known_time
+from schemas.interactions import interactions_of, interactions_of_rows, with_known_time
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import label_stats
 from tests.rti_store.conftest import FakeClock
 
 DAY = 86_400 * 10**9

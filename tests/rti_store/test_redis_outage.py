@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 from rti_store import RedisWindowStore, StoreUnavailable
 
 PLAN = builtin_plan("fraud")

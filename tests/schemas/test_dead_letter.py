@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import dead_letter as dl
-from schemas.plan import builtin_plan
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 from schemas.registry import AvroCodec, FileSchemaRegistry, backward_problems, builtin_schema, load_builtin_schemas
-from schemas.tensors import interactions_of
 
 TX = {"transaction_id": 1001, "tx_datetime": 1_523_361_600_000_000_000, "customer_id": 42, "terminal_id": 7,
       "tx_amount": 29.5}

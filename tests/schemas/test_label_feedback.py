@@ -7,8 +7,11 @@ import copy
 import numpy as np
 import pytest
 
-from schemas.plan import PlanError, builtin_plan, parse_plan
-from schemas.tensors import RowError, Window, build_tensors, interactions_of, label_stats, window_keys, with_known_time
+from schemas.interactions import Window, interactions_of, window_keys, with_known_time
+from schemas.plan import PlanError
+from schemas.plan_loading import builtin_plan, parse_plan
+from schemas.tensors import build_tensors, label_stats
+from schemas.values import RowError
 
 DAY = 86_400 * 10**9
 FL = builtin_plan("fraud_labels")

@@ -3,7 +3,8 @@ import copy
 import pytest
 import yaml
 
-from schemas.plan import PLANS_DIR, PlanError, builtin_plan, parse_plan
+from schemas.plan import PlanError
+from schemas.plan_loading import PLANS_DIR, builtin_plan, parse_plan
 
 HOP_C = "transactions.customer_id->customers.customer_id->transactions.customer_id"
 HOP_T = "transactions.terminal_id->terminals.terminal_id->transactions.terminal_id"

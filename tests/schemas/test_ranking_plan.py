@@ -6,9 +6,12 @@ import pytest
 import yaml
 
 from offline.export import render_config, synthetic_requests
-from schemas.plan import PLANS_DIR, PlanError, builtin_plan, parse_plan
-from schemas.tensors import (PAD_CANDIDATE, PAD_TIME, Interaction, RowError, Window, build_tensors,
-                             check_tensors, from_triton_json, interactions_of, stack_requests, to_triton_json)
+from schemas.interactions import Interaction, Window, interactions_of
+from schemas.plan import PlanError
+from schemas.plan_loading import PLANS_DIR, builtin_plan, parse_plan
+from schemas.tensors import (PAD_CANDIDATE, PAD_TIME, build_tensors, check_tensors, from_triton_json, stack_requests,
+                             to_triton_json)
+from schemas.values import RowError
 
 PLAN = builtin_plan("recsys")
 HOP = PLAN.hop_keys[0]

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from schemas.plan import builtin_plan
-from schemas.tensors import (RowError, Window, build_tensors, check_tensors, from_triton_json,
-                             interactions_of, to_ns, to_triton_json, window_keys)
+from schemas.interactions import Window, interactions_of, window_keys
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import build_tensors, check_tensors, from_triton_json, to_triton_json
+from schemas.values import RowError, to_ns
 
 PLAN = builtin_plan("fraud")
 HOP_C, HOP_T = PLAN.hop_keys

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import builtin_plan
-from schemas.tensors import (MISSING, ROW_CHECK_ERRORS, interactions_of, interactions_of_columns,
-                             interactions_of_rows)
+from schemas.interactions import (MISSING, ROW_CHECK_ERRORS, interactions_of, interactions_of_columns,
+                                  interactions_of_rows)
+from schemas.plan_loading import builtin_plan
 from tests.rti_store.test_contract import RECO
 
 FRAUD = builtin_plan("fraud")

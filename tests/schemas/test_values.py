@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import NS_PER, PlanError, builtin_plan, parse_plan
-from schemas.tensors import RowError, describe
-from schemas.values import TimestampWindow, check_column, check_row, timestamp_ns
+from schemas.plan import NS_PER, PlanError
+from schemas.plan_loading import builtin_plan, parse_plan
+from schemas.values import RowError, TimestampWindow, check_column, check_row, describe, timestamp_ns
 
 NOW = 1_780_000_000_000_000_000  # the injected server clock (2026-05-28)
 DAY = NS_PER["days"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 
 TEST_MODEL = "relstream_scorer_test"
 BASE_T = 1_700_000_000_000_000_000  # ns
@@ -50,7 +50,7 @@ def fact_row(i: int, *, customer: int = 7, terminal: int = 11, t: int | None = N
 
 def history(plan, rows):
     """Window appends for fact rows (the facts are also the interactions of the fraud plan)."""
-    from schemas.tensors import interactions_of
+    from schemas.interactions import interactions_of
     items = []
     for r in rows:
         items.extend(interactions_of(plan, plan.fact_table, r))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from schemas.tensors import RowError
+from schemas.values import RowError
 from scorer.batch import Infer, ReadWindows, run_async, run_sync, score_batch
 from scorer.triton import TritonRequestError, TritonUnavailable
 

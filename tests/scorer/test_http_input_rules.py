@@ -186,8 +186,8 @@ def test_repeated_keys_are_found_whatever_the_spacing(raw, key):
 def test_recommend_requests_follow_the_same_rules():
     import numpy as np
 
-    from schemas.plan import builtin_plan
-    from schemas.tensors import RowError
+    from schemas.plan_loading import builtin_plan
+    from schemas.values import RowError
     from scorer.recommend import RecommendSettings, parse_request
     from scorer.settings import TimestampWindowSettings
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rti_store import MemoryWindowStore, RedisWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 from tests.scorer.conftest import AUTH, TOKEN, ServerThread
 from tests.scorer.recsys_fixtures import RANKER, T0, expected_top, load_ranker, reference_ranking
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from rti_store import MemoryWindowStore, RedisWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
 from streams.sessions import PURCHASE_LINES_SUBJECT, RECOMMENDATIONS_SUBJECT, synthetic_purchase_lines
 from streams.synthetic import produce_values
 from tests.scorer.conftest import consume_all

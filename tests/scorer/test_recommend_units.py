@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from rti_store import MemoryWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import RowError, build_tensors, interactions_of
+from schemas.interactions import interactions_of
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import build_tensors
+from schemas.values import RowError
 from scorer.recommend import (RecommendSettings, drop_items, merge_session, parse_request, prepare,
                               request_tensors, session_appends, session_items, top_items)
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from rti_store import MemoryWindowStore
-from schemas.tensors import RowError, Window, build_tensors, stack_requests
+from schemas.interactions import Window
+from schemas.tensors import build_tensors, stack_requests
+from schemas.values import RowError
 from scorer.batcher import MicroBatcher
 from scorer.fallbacks import WindowFallback
 from scorer.pipeline import (DEGRADED_WINDOWS, batch_tensors, event_tensors, prepare_event, score_record,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from schemas.registry import AvroCodec, DecodeError, FileSchemaRegistry, load_builtin_schemas
 
 

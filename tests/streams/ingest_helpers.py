@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from rti_store import MemoryWindowStore
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
 from streams.ingest import IngestService, IngestSettings, open_codec
 from kafka_io.retry import Backoff
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rti_store import MemoryWindowStore, RedisWindowStore
-from schemas.tensors import interactions_of
+from schemas.interactions import interactions_of
 from streams.backfill import BackfillError, backfill
 from streams.records import RecordDecoder
 from streams.synthetic import synthetic_transactions

@@ -19,8 +19,9 @@ import yaml
 
 from relstream.stack.process import Process
 from rti_store import RedisWindowStore
-from schemas.plan import builtin_plan
-from schemas.tensors import label_stats, with_known_time
+from schemas.interactions import with_known_time
+from schemas.plan_loading import builtin_plan
+from schemas.tensors import label_stats
 from streams.synthetic import produce_values, synthetic_transactions
 
 LABELS_SUBJECT = "transaction-labels-value"

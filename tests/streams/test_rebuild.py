@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from rti_store import Completeness, MemoryWindowStore
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from streams.rebuild import StateRebuild
 
 DAY_MS = 86_400_000

@@ -7,8 +7,8 @@ import pytest
 from confluent_kafka import Message
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.tensors import interactions_of
 from schemas.dead_letter import DLQ_SUBJECT, KEEP_PAYLOAD_BYTES
+from schemas.interactions import interactions_of
 from streams.dlq import DeadLetterSink
 from streams.ingest import IngestSettings, consumer_config, default_topics, producer_config, scorer_owned_topics
 from streams.metrics import IngestMetrics

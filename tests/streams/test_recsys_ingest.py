@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rti_store import RedisWindowStore
-from schemas.plan import builtin_plan
+from schemas.plan_loading import builtin_plan
 from streams.sessions import PURCHASE_LINES_SUBJECT, synthetic_purchase_lines
 from streams.synthetic import TRANSACTIONS_SUBJECT, produce_values, synthetic_transactions
 
