@@ -89,9 +89,14 @@ _CONTRACT_MODULES = ("schemas.interactions", "schemas.plan_loading", "schemas.te
 
 
 def contract(name: str):
-    """The contract function ``name`` of the tree on sys.path; ``None`` when that tree lacks it."""
+    """The contract function ``name`` of the tree on sys.path; ``None`` when that tree lacks it.
+    Modules are looked up as files of that tree: the editable install would otherwise find a
+    module the baseline tree lacks in the project's own checkout."""
+    import schemas
+
+    tree = Path(schemas.__file__).resolve().parents[1]
     for module in _CONTRACT_MODULES:
-        if importlib.util.find_spec(module) is not None:
+        if (tree / (module.replace(".", "/") + ".py")).exists():
             found = getattr(importlib.import_module(module), name, None)
             if found is not None:
                 return found

@@ -66,13 +66,6 @@ def identity(event_time: int, event_id: int) -> bytes:
     return PREFIX.pack(int(event_time) + _BIAS, int(event_id) + _BIAS)
 
 
-def identities(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(event_time, event_id)`` of packed rows given as a 2-d uint8 array (one row per line)."""
-    prefix = np.ascontiguousarray(rows[:, :ID_LEN]).view(">u8")
-    return ((prefix[:, 0].astype(np.uint64) ^ _SIGN).view(np.int64),
-            (prefix[:, 1].astype(np.uint64) ^ _SIGN).view(np.int64))
-
-
 class RowCodec:
     """Encodes interactions of one hop into members and decodes many members at once."""
 

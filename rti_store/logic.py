@@ -15,11 +15,11 @@ Why the final state depends only on the SET of events (never on delivery order):
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from rti_store.codec import ID_LEN, INT64_MIN, identities, time_key, time_of
+from rti_store.codec import ID_LEN, INT64_MIN, time_key, time_of
 
 
 def prune_batch(new: list[bytes], max_len: int, horizon_ns: int | None) -> list[bytes]:
@@ -78,39 +78,6 @@ def prune_grouped(entity: np.ndarray, event_time: np.ndarray, event_id: np.ndarr
     order, g = order[keep], g[keep]
     bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
     return order, bounds, order[bounds[:-1]]
-
-
-def merge_packed(stored: Sequence[bytes], new: Sequence[bytes], width: int, max_len: int,
-                 horizon_ns: int | None) -> tuple[list[bytes], np.ndarray]:
-    """:func:`insert` of many windows of fixed-width rows at once (numpy), on their packed strings.
-
-    ``stored[w]`` is window ``w`` as kept (its rows back to back, sorted; ``b""`` when absent),
-    ``new[w]`` its batch (sorted, distinct, at least one row: :func:`prune_grouped`). Returns each
-    window's rows after the insert and the caps, and how many rows each newly stored. A stored row
-    wins over a new one with the same (time, id): it was delivered first.
-    """
-    n = len(new)
-    old_counts = np.fromiter(map(len, stored), np.int64, n)
-    new_counts = np.fromiter(map(len, new), np.int64, n)
-    if ((old_counts % width) | (new_counts % width)).any():
-        w = int(np.flatnonzero((old_counts % width) | (new_counts % width))[0])
-        raise ValueError(f"window {w}: {len(stored[w])} stored / {len(new[w])} new bytes are not rows of {width} bytes")
-    old_counts //= width
-    new_counts //= width
-    if not new_counts.all():
-        raise ValueError(f"window {int(np.flatnonzero(new_counts == 0)[0])}: no new rows")
-    rows = np.frombuffer(b"".join(stored) + b"".join(new), np.uint8).reshape(-1, width)
-    windows = np.arange(n)
-    window = np.concatenate([np.repeat(windows, old_counts), np.repeat(windows, new_counts)])
-    is_new = np.zeros(len(rows), np.int64)
-    is_new[int(old_counts.sum()):] = 1
-    times, ids = identities(rows)
-    keep, bounds, _ = prune_grouped(window, times, ids, max_len, horizon_ns)
-    # every window keeps its newest row, so the groups are the windows, in order
-    flat = rows[keep].tobytes()
-    offsets = (bounds * width).tolist()
-    merged = [flat[offsets[w]:offsets[w + 1]] for w in range(n)]
-    return merged, np.add.reduceat(is_new[keep], bounds[:-1])
 
 
 def insert(members: list[bytes], new: Iterable[bytes], max_len: int, horizon_ns: int | None) -> int:

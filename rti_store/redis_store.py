@@ -1,4 +1,4 @@
-"""Redis window store: one Redis value per (hop, entity) window, rows ordered by their bytes.
+"""Redis window store: one sorted set per (hop, entity), rows ordered by their bytes.
 
 Layout and why:
 
@@ -6,19 +6,15 @@ Layout and why:
   window touches one key in one slot, and different entities spread over the cluster. The hop id
   is 8 hex chars of a hash of the hop key *and its row layout* (columns + dtypes), so keys stay
   short and a plan change that changes the layout never decodes old rows (they expire by TTL).
-* rows are the packed rows of :mod:`rti_store.codec` (big-endian biased time || id || values), so
-  byte order = (event time, event id) order at exact ns precision.
-* hops whose rows are fixed-width (numbers only) keep a window as ONE string of its rows, sorted.
-  Append = read all touched windows (``MGET``), merge the batch in on the client
-  (:func:`rti_store.logic.merge_packed`: idempotency by (time, id), count and age caps, numpy over
-  the whole batch), then one compare-and-set Lua call per chunk of windows (``GET``, compare,
-  ``SET ... PX ttl``); windows another writer changed in between go round again. Two round trips
-  per batch, and Redis does no per-row work.
-* hops with string columns keep a sorted set per window (members with score 0, ordered
-  lexicographically); append = one Lua call per chunk of windows: idempotency check, ``ZADD``,
-  trims by rank (count cap) and by lex range (age cap), ``PEXPIRE``.
-* appends are idempotent, so a failed batch can simply be retried. An as-of read is a ``GET`` (or
-  ``ZREVRANGEBYLEX``) per window, all windows of a read in one round trip, decoded per hop in one
+* members are the packed rows of :mod:`rti_store.codec` (big-endian biased time || id || values),
+  all with score 0, so lexicographic order = (event time, event id) order at exact ns precision
+  (float scores hold 53 bits; ns timestamps need 61).
+* append = one Lua script call per touched window (atomic per key): idempotency check by the
+  16-byte (time, id) prefix, ZADD, trim by rank (count cap) and by lex range (age cap), PEXPIRE.
+  All windows of a batch go out in one pipeline (one round trip; on a cluster client redis-py
+  splits the pipeline per node). Appends are idempotent, so a failed batch can simply be retried.
+* as-of read = ``ZREVRANGEBYLEX key (<as_of> [<lo> LIMIT 0 max_len``: the newest ``max_len``
+  rows with ``lo <= t < as_of``; all windows of a read in one pipeline, decoded per hop in one
   numpy pass.
 """
 
@@ -37,8 +33,8 @@ from schemas.plan import ServingPlan
 
 from rti_store.base import (AppendItem, BaseWindowStore, Completeness, StoreMarker, StoreUnavailable, WindowKey,
                             completeness_of, parse_marker, pending_field, step_field)
-from rti_store.codec import STORAGE_FORMAT, CorruptRowError, time_key
-from rti_store.logic import merge_packed, prune_batch, prune_grouped
+from rti_store.codec import STORAGE_FORMAT, time_key
+from rti_store.logic import prune_batch, prune_grouped
 from rti_store.memory import _decode_grouped
 
 # Append to many windows in one call (standalone: chunks of keys; cluster: keys of one slot).
@@ -144,30 +140,110 @@ end
 return added
 """
 
-# Windows of fixed-width rows are each ONE string of their rows, sorted. The client reads them,
-# merges the new rows in (rti_store.logic.merge_packed, numpy over the whole batch) and writes them
-# back with this compare-and-set: a window that changed since it was read (another writer) is
-# left alone and reported, and the client reads, merges and sets it again. Redis does a GET, a
-# string comparison and a SET per window; the merge in Lua cost it more than both together.
-# KEYS windows; ARGV[1] TTL in ms ("0" = no expiry); then per key: the window as read, the window
-# to write. Returns the positions (1-based, in KEYS) of the windows that changed meanwhile.
-CAS_WINDOWS_LUA = r"""
+# The same for windows of fixed-width rows, each kept as ONE string of its rows, sorted: per window
+# a GET and a SET (with the TTL), the rows merged in by binary search on the identities.
+# KEYS: windows of ONE hop; ARGV[1..3] as above, ARGV[4] max_len, ARGV[5] row width; then per key
+# the new rows back to back in one string (sorted, distinct (time, id), at most max_len of them).
+PACKED_APPEND_LUA = r"""
 local call = redis.call
-local ttl = ARGV[1]
+local unpack4 = struct.unpack
+local sub, floor = string.sub, math.floor
+local h_hi, h_lo = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ttl = ARGV[3]
 local expire = tonumber(ttl) > 0
-local changed = {}
+local max_len, w = tonumber(ARGV[4]), tonumber(ARGV[5])
+local added = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local seen, out = ARGV[2 * k], ARGV[2 * k + 1]
-  if (call('GET', key) or '') ~= seen then
-    changed[#changed + 1] = k
-  elseif out ~= seen then
-    if expire then call('SET', key, out, 'PX', ttl) else call('SET', key, out) end
-  elseif expire then
-    call('PEXPIRE', key, ttl)  -- only redeliveries: an append too, the window stays alive
+  local new = ARGV[5 + k]
+  local blob = call('GET', key) or ''
+  local count = floor(#blob / w)
+  local pieces, fresh = {}, {}
+  local copied, lo, merged = 0, 0, 0  -- stored rows copied out; search start; rows out so far
+  for i = 0, floor(#new / w) - 1 do
+    local m1, m2, m3, m4 = unpack4('>I4I4I4I4', new, i * w + 1)
+    -- the first stored row not before this one (identities compared as four 32-bit numbers: Lua string
+    -- comparison follows the locale)
+    local l, h = lo, count
+    if count > 0 then  -- in time order (the usual case): after the newest stored row
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, (count - 1) * w + 1)
+      if s1 < m1 or (s1 == m1 and (s2 < m2 or (s2 == m2 and (s3 < m3 or (s3 == m3 and s4 < m4))))) then
+        l = count
+      end
+    end
+    while l < h do
+      local mid = floor((l + h) / 2)
+      local s1, s2 = unpack4('>I4I4', blob, mid * w + 1)  -- times differ far more often than not
+      if s1 == m1 and s2 == m2 then
+        local s3, s4 = unpack4('>I4I4', blob, mid * w + 9)
+        if s3 < m3 or (s3 == m3 and s4 < m4) then l = mid + 1 else h = mid end
+      elseif s1 < m1 or (s1 == m1 and s2 < m2) then
+        l = mid + 1
+      else
+        h = mid
+      end
+    end
+    local seen = false
+    if l < count then
+      local s1, s2, s3, s4 = unpack4('>I4I4I4I4', blob, l * w + 1)
+      seen = s1 == m1 and s2 == m2 and s3 == m3 and s4 == m4  -- a redelivery
+    end
+    if not seen then
+      if l > copied then
+        pieces[#pieces + 1] = sub(blob, copied * w + 1, l * w)
+        merged = merged + l - copied
+        copied = l
+      end
+      pieces[#pieces + 1] = #new == w and new or sub(new, i * w + 1, i * w + w)
+      fresh[#fresh + 1] = merged
+      merged = merged + 1
+    end
+    lo = l
+  end
+  if #fresh > 0 then
+    if copied < count then
+      pieces[#pieces + 1] = sub(blob, copied * w + 1, count * w)
+      merged = merged + count - copied
+    end
+    local out = table.concat(pieces)
+    -- count cap: keep the newest max_len
+    local drop = 0
+    if merged > max_len then drop = merged - max_len end
+    if h_hi >= 0 then
+      -- age cap: drop rows older than newest - horizon, on the biased 64-bit time in two 32-bit
+      -- halves (Lua numbers are doubles and cannot hold ns timestamps exactly)
+      local n1, n2 = unpack4('>I4I4', out, (merged - 1) * w + 1)
+      local hi, lo2 = n1 - h_hi, n2 - h_lo
+      if lo2 < 0 then
+        lo2 = lo2 + 4294967296
+        hi = hi - 1
+      end
+      local o1, o2 = unpack4('>I4I4', out, drop * w + 1)
+      if hi >= 0 and (o1 < hi or (o1 == hi and o2 < lo2)) then  -- the oldest kept row is too old
+        local l, h = drop, merged
+        while l < h do
+          local mid = floor((l + h) / 2)
+          local t1, t2 = unpack4('>I4I4', out, mid * w + 1)
+          if t1 < hi or (t1 == hi and t2 < lo2) then l = mid + 1 else h = mid end
+        end
+        drop = l
+      end
+    end
+    -- count what was stored AND survived the caps
+    for _, at in ipairs(fresh) do
+      if at >= drop then added = added + 1 end
+    end
+    if drop > 0 then out = sub(out, drop * w + 1) end
+    if expire then
+      call('SET', key, out, 'PX', ttl)
+    else
+      call('SET', key, out)
+    end
+  elseif expire and count > 0 then
+    call('PEXPIRE', key, ttl)  -- a redelivery is an append too: the window stays alive
   end
 end
-return changed
+return added
 """
 
 # Completeness marker (rti_store.base.Completeness), one hash per key prefix: ``epoch`` plus one
@@ -192,10 +268,6 @@ MARK_COMPLETE_LUA = r"""
 redis.call('DEL', KEYS[1])
 return redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
 """
-
-# What a batch stores in the windows of one packed hop: (hop key, window keys, each window's new rows
-# back to back).
-PackedAppend = tuple[str, list[bytes], list[bytes]]
 
 _TAG_ESCAPES = {ord("{"): "%7B", ord("}"): "%7D", ord("%"): "%25"}
 
@@ -379,10 +451,6 @@ class RedisWindowStore(BaseWindowStore):
         raise AssertionError("unreachable")
 
     # ----- append ---------------------------------------------------------------------------
-    # Rounds of read-merge-set before a batch gives up on windows that keep changing under it (each
-    # round is lost only to another writer that stored rows in the same window meanwhile).
-    CAS_ROUNDS = 100
-
     def append(self, items: Sequence[AppendItem]) -> int:
         rows: dict[bytes, list[bytes]] = {}
         hop_of: dict[bytes, str] = {}
@@ -397,7 +465,7 @@ class RedisWindowStore(BaseWindowStore):
             else:
                 got.append(member)
         for k, members in rows.items():
-            if len(members) > 1:  # sorted, distinct: what the merge and the Lua script expect
+            if len(members) > 1:  # sorted, distinct: what the Lua scripts expect
                 rows[k] = prune_batch(members, codecs[hop_of[k]].hop.max_len, self.horizons[hop_of[k]])
         return self._send(rows, hop_of)
 
@@ -405,19 +473,19 @@ class RedisWindowStore(BaseWindowStore):
         """:meth:`append` of window rows given as columns (vectorised encoding and pruning)."""
         if items or self._cluster:  # merged per window with the per-row items / grouped per slot
             return self._send(*self.encode_rows(rows, items))
-        return self._write(*self.encode_calls(rows))
+        calls = self.encode_calls(rows)
+        return sum(int(r) for r in self._eval_scripts(calls)) if calls else 0
 
-    def encode_calls(self, rows: Sequence[HopRows]) -> tuple[list[PackedAppend], list[tuple[str, list[bytes], list[Any]]]]:
-        """What :meth:`append_rows` sends (standalone Redis, no per-row items), built a hop at a time
-        with numpy: per packed hop its windows' new rows (pruned, sorted, back to back), and the Lua
-        calls of the sorted-set hops."""
-        packed: list[PackedAppend] = []
+    def encode_calls(self, rows: Sequence[HopRows]) -> list[tuple[str, list[bytes], list[Any]]]:
+        """The Lua calls of :meth:`append_rows` (standalone Redis, no per-row items), built a hop
+        at a time with numpy: the rows of every window pruned, sorted and encoded back to back."""
         calls = []
         for hop in rows:
             if not len(hop):
                 continue
             hop_key = hop.hop_key
             codec = self.codec(hop_key)
+            head_args = list(self._head[hop_key])
             entity = hop.entity
             if entity.dtype == object:
                 entity = np.array([self.entity(hop_key, e) for e in entity.tolist()], dtype=object)
@@ -428,20 +496,24 @@ class RedisWindowStore(BaseWindowStore):
                 # each window's new rows back to back: slices of one buffer, no per-row objects
                 flat = codec.encode_rows_packed(hop, keep)
                 offsets = (bounds * codec.fixed_size).tolist()
-                packed.append((hop_key, keys, [flat[offsets[w]:offsets[w + 1]] for w in range(len(keys))]))
+                for w0 in range(0, len(keys), self.chunk_keys):
+                    w1 = min(w0 + self.chunk_keys, len(keys))
+                    args = [*head_args, self._max_len[hop_key], self._width[hop_key]]
+                    args += [flat[offsets[w]:offsets[w + 1]] for w in range(w0, w1)]
+                    calls.append((PACKED_APPEND_LUA, keys[w0:w1], args))
                 continue
             members = codec.encode_rows(hop, keep)
             cap = self._max_len[hop_key]
             bounds = bounds.tolist()
             for w0 in range(0, len(keys), self.chunk_keys):
                 w1 = min(w0 + self.chunk_keys, len(keys))
-                args = list(self._head[hop_key])
+                args = list(head_args)
                 for w in range(w0, w1):
                     args.append(cap)
                     args.append(bounds[w + 1] - bounds[w])
                     args.extend(members[bounds[w]:bounds[w + 1]])
                 calls.append((APPEND_LUA, keys[w0:w1], args))
-        return packed, calls
+        return calls
 
     def encode_rows(self, rows: Sequence[HopRows],
                     items: Sequence[AppendItem] = ()) -> tuple[dict[bytes, list[bytes]], dict[bytes, str]]:
@@ -476,79 +548,30 @@ class RedisWindowStore(BaseWindowStore):
         return batch, hop_of
 
     def _send(self, rows: dict[bytes, list[bytes]], hop_of: dict[bytes, str]) -> int:
-        """:meth:`_write` of windows whose rows are pruned (sorted, distinct), given per key."""
+        """One round trip of Lua calls for windows whose rows are pruned (sorted, distinct)."""
         if not rows:
             return 0
-        packed: dict[str, tuple[list[bytes], list[bytes]]] = {}
-        zsets: dict[Any, list[bytes]] = defaultdict(list)
-        for k, members in rows.items():
-            hop_key = hop_of[k]
-            if self._packed[hop_key]:
-                keys, news = packed.setdefault(hop_key, ([], []))
-                keys.append(k)
-                news.append(b"".join(members))
-            else:  # hops of the same caps share calls
-                zsets[self._head[hop_key]].append(k)
         calls = []
-        for head, keys in zsets.items():
+        by_hop: dict[Any, list[bytes]] = defaultdict(list)
+        for k in rows:
+            # packed: one call per hop; sorted sets: hops of the same caps share calls
+            by_hop[hop_of[k] if self._packed[hop_of[k]] else self._head[hop_of[k]]].append(k)
+        for hop_key, keys in by_hop.items():
             for group in self._groups(keys):
                 call_keys = [keys[i] for i in group]
-                args = list(head)
+                args = list(self._head[hop_of[call_keys[0]]])
+                if isinstance(hop_key, str):  # packed: one hop per call
+                    args += [self._max_len[hop_key], self._width[hop_key]]
+                    args += [b"".join(rows[k]) for k in call_keys]
+                    calls.append((PACKED_APPEND_LUA, call_keys, args))
+                    continue
                 for k in call_keys:
+                    members = rows[k]
                     args.append(self._max_len[hop_of[k]])
-                    args.append(len(rows[k]))
-                    args.extend(rows[k])
+                    args.append(len(members))
+                    args.extend(members)
                 calls.append((APPEND_LUA, call_keys, args))
-        return self._write([(h, keys, news) for h, (keys, news) in packed.items()], calls)
-
-    def _write(self, packed: list[PackedAppend], calls: list[tuple[str, list[bytes], list[Any]]]) -> int:
-        """Store new rows: packed windows by read, merge (client) and compare-and-set (Redis), in
-        rounds until no window changed under it; the sorted-set ``calls`` go with the first set.
-        Returns the number of rows newly stored."""
-        added = 0
-        pending = [(hop_key, keys, news, self._groups(keys)) for hop_key, keys, news in packed if keys]
-        for _ in range(self.CAS_ROUNDS):
-            if not pending and not calls:
-                return added
-            reads = [("MGET", *[keys[i] for i in group]) for _, keys, _, groups in pending for group in groups]
-            replies = iter(self._roundtrip(reads) if reads else ())
-            sets, counts, retry = [], [], []
-            for hop_key, keys, news, groups in pending:
-                stored = [b""] * len(keys)
-                for group in groups:
-                    for i, value in zip(group, next(replies)):
-                        if value is not None:
-                            stored[i] = value
-                codec = self.codecs[hop_key]
-                try:
-                    merged, fresh = merge_packed(stored, news, codec.fixed_size, codec.hop.max_len,
-                                                 self.horizons[hop_key])
-                except ValueError as exc:
-                    raise CorruptRowError(f"{hop_key} (layout {codec.layout_id}): {exc}; written with another "
-                                          f"plan?") from None
-                ttl = self._head[hop_key][2]
-                for group in groups:
-                    args: list[bytes] = [ttl]
-                    for i in group:
-                        args.append(stored[i])
-                        args.append(merged[i])
-                    sets.append((CAS_WINDOWS_LUA, [keys[i] for i in group], args))
-                counts.append((hop_key, keys, news, groups, fresh))
-            results = self._eval_scripts(sets + calls) if sets or calls else []
-            added += sum(int(r) for r in results[len(sets):])
-            calls = []
-            results = iter(results[:len(sets)])
-            for hop_key, keys, news, groups, fresh in counts:
-                changed: list[int] = []
-                for group in groups:
-                    changed += [group[int(k) - 1] for k in next(results)]
-                added += int(fresh.sum()) - int(fresh[changed].sum())
-                if changed:
-                    retry_keys = [keys[i] for i in changed]
-                    retry.append((hop_key, retry_keys, [news[i] for i in changed], self._groups(retry_keys)))
-            pending = retry
-        raise StoreUnavailable(f"redis: {sum(len(p[1]) for p in pending)} windows changed under every one of "
-                               f"{self.CAS_ROUNDS} read-merge-set rounds (other writers of the same windows)")
+        return sum(int(r) for r in self._eval_scripts(calls))
 
     # ----- reads ----------------------------------------------------------------------------
     def read_many(self, keys: Sequence[WindowKey], as_of: int | Sequence[int]) -> list[Window]:
@@ -731,7 +754,7 @@ def select_packed(blob: bytes, size: int, lo: bytes, hi: bytes, max_len: int) ->
     return blob[max(i, j - max_len) * size:j * size]
 
 
-__all__ = ["APPEND_LUA", "CAS_WINDOWS_LUA", "RedisWindowStore", "entity_token", "select_packed"]
+__all__ = ["APPEND_LUA", "PACKED_APPEND_LUA", "RedisWindowStore", "entity_token", "select_packed"]
 
 
 def _text(value: bytes | str) -> str:

@@ -1,7 +1,6 @@
 """The reference window algebra (rti_store.logic) on raw packed rows: pruning a batch is exact."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,26 +29,3 @@ def test_select_is_half_open_and_capped():
     assert logic.select(members, 20, 40, 10) == members[1:3]
     assert logic.select(members, 0, 100, 2) == members[2:]
     assert logic.select(members, 50, 40, 5) == []
-
-
-@settings(max_examples=300, deadline=None)
-@given(windows=st.lists(st.tuples(rows, rows.filter(bool)), min_size=1, max_size=6), max_len=st.integers(1, 6),
-       horizon=st.one_of(st.none(), st.integers(0, 120)))
-def test_merge_packed_is_insert_on_many_windows_at_once(windows, max_len, horizon):
-    stored, new, expected, counts = [], [], [], []
-    for before, batch in windows:
-        members: list[bytes] = []
-        logic.insert(members, before, max_len, horizon)
-        batch = logic.prune_batch(batch, max_len, horizon)
-        stored.append(b"".join(members))
-        new.append(b"".join(batch))
-        counts.append(logic.insert(members, batch, max_len, horizon))
-        expected.append(b"".join(members))
-    merged, fresh = logic.merge_packed(stored, new, 17, max_len, horizon)  # rows: 16-byte identity + 1 byte
-    assert merged == expected and fresh.tolist() == counts
-
-
-def test_merge_packed_refuses_rows_of_another_width():
-    ok = identity(1, 1) + b"x"
-    with pytest.raises(ValueError, match="window 0: 18 stored / 17 new bytes are not rows of 17 bytes"):
-        logic.merge_packed([ok + b"y"], [ok], 17, 4, None)
