@@ -1,7 +1,7 @@
 """Window semantics on a sorted list of packed members: the reference both stores implement.
 
 The in-memory store runs these functions directly; the Redis store runs the same steps inside a
-Lua script (``redis_store.APPEND_LUA``) on a sorted set whose lexicographic order is the list's
+Lua script (``redis_scripts.APPEND_LUA``) on a sorted set whose lexicographic order is the list's
 order. Keeping one reference makes "identical results" checkable.
 
 Why the final state depends only on the SET of events (never on delivery order):
