@@ -2,7 +2,8 @@
 
 Every test runs against both implementations and compares with an independent, set-based
 reference (``expected_state`` / ``expected_read``) written from the definition in
-``rti_store.base`` rather than from either implementation.
+``rti_store.base`` rather than from either implementation. One file on purpose (~580 lines): the
+contract reads as one list of rules that every store must keep.
 """
 from __future__ import annotations
 
